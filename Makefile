@@ -1,0 +1,40 @@
+# optin-relay developer entry points. `make run` and `make test` bootstrap .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck check bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Relay on config/dev.yaml (SQLite in var/, dev TLS certificate, dev account) with a capture sink
+# as its upstream: every relayed message lands in var/outbox/ as an .eml file.
+run: $(STAMP)
+	$(BIN)/optin-relay dev-init --config config/dev.yaml
+	@$(BIN)/optin-relay sink --listen 127.0.0.1:2526 --dir var/outbox & sink=$$!; \
+	trap 'kill $$sink 2>/dev/null' EXIT INT TERM; \
+	$(BIN)/optin-relay serve --config config/dev.yaml
+
+test: $(STAMP)
+	$(BIN)/ruff check relay policies tests bench
+	$(BIN)/ruff format --check relay policies tests bench
+	$(BIN)/mypy
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check relay policies tests bench
+	$(BIN)/ruff format --check relay policies tests bench
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/smtp_throughput.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

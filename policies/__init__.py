@@ -1,0 +1,1 @@
+"""Policies: one module each, named as its config section (see relay.policy)."""

@@ -1,0 +1,198 @@
+"""The running relay: wires store, runtime, ingress, delivery and HTTP on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import ssl
+from typing import TYPE_CHECKING, cast
+
+from aiohttp import web
+
+from relay.clock import SystemClock
+from relay.config import load_config, split_host_port
+from relay.delivery import DeliveryService
+from relay.errors import ConfigError, StoreError
+from relay.ingress import IngressHandler, start_listeners
+from relay.logging import get_logger
+from relay.runtime import Runtime, RuntimeRef
+from relay.storage import open_store
+from relay.throttle import ConnectionLimiter, FailureThrottle
+from relay.upstream import SmtpUpstream
+from relay.web import make_app
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from relay.clock import Clock
+    from relay.config import Config
+    from relay.storage.base import Store
+    from relay.upstream import Upstream
+
+log = get_logger(__name__)
+
+# Settings that only take effect on restart; a reload that changes them says so.
+_RESTART_ONLY = ("smtp.listeners", "storage", "web.listen", "upstream")
+
+
+class Relay:
+    """One relay process: SMTP listeners, delivery workers and the HTTP server."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Clock | None = None,
+        upstream: Upstream | None = None,
+        run_delivery: bool = True,
+    ) -> None:
+        """Prepare; nothing is opened until `start()`."""
+        self.config = config
+        self.clock = clock or SystemClock()
+        self._upstream = upstream
+        self.run_delivery = run_delivery
+        self.servers: list[asyncio.Server] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._web: web.AppRunner | None = None
+        self.web_port: int | None = None
+
+    async def start(self) -> None:
+        """Open the store, migrate it, then start delivery, listeners and HTTP."""
+        config = self.config
+        self.store: Store = open_store(config.storage.url)
+        await self.store.open()
+        await self.store.migrate()
+        self.runtime = RuntimeRef(Runtime.build(config, self.store, self.clock))
+        self.upstream: Upstream = self._upstream or SmtpUpstream(config.upstream, config.hostname)
+        self.delivery = DeliveryService(
+            store=self.store, upstream=self.upstream, clock=self.clock, runtime=self.runtime
+        )
+        self.handler = IngressHandler(
+            runtime=self.runtime,
+            store=self.store,
+            clock=self.clock,
+            limiter=ConnectionLimiter(config.smtp.max_connections_per_ip),
+            throttle=FailureThrottle(
+                config.smtp.auth_failure_limit, config.smtp.auth_failure_window, self.clock
+            ),
+            on_spooled=self.delivery.wake,
+        )
+        if self.run_delivery:
+            self._tasks.append(asyncio.create_task(self.delivery.run(), name="delivery"))
+        self.servers = await start_listeners(
+            self.handler, config.smtp.listeners, reuse_port=config.smtp.reuse_port
+        )
+        host, port = split_host_port(config.web.listen)
+        self._web = web.AppRunner(make_app(self.store), access_log=None)
+        await self._web.setup()
+        site = web.TCPSite(self._web, host, port)
+        await site.start()
+        server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
+        if isinstance(server, asyncio.Server) and server.sockets:
+            self.web_port = int(server.sockets[0].getsockname()[1])
+        log.info("relay_started", hostname=config.hostname, worker_id=self.delivery.worker_id)
+
+    @property
+    def smtp_ports(self) -> list[int]:
+        """The bound port of each listener, in config order (useful with port 0)."""
+        return [int(server.sockets[0].getsockname()[1]) for server in self.servers]
+
+    def reload(self, config: Config) -> None:
+        """Swap in `config` atomically; a config that fails to build leaves the old one running."""
+        old = self.runtime.current
+        tls = old.tls
+        try:
+            if tls is not None and config.smtp.tls is not None:
+                # Check the new files on a fresh context first, then load them into the live
+                # one: listeners already bound (implicit TLS) see the renewed certificate.
+                runtime = Runtime.build(config, self.store, self.clock)
+                files = config.smtp.tls
+                tls.load_cert_chain(str(files.certificate), str(files.private_key))
+            else:
+                runtime = Runtime.build(config, self.store, self.clock)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error("config_reload_failed", problems=[str(exc)])
+            return
+        if tls is not None:
+            runtime = Runtime(runtime.config, runtime.pipeline, tls)
+        changed = [
+            key for key in _RESTART_ONLY if _section(old.config, key) != _section(config, key)
+        ]
+        if changed:
+            log.warning("config_restart_required", changed=changed)
+        self.runtime.current = runtime
+        self.config = config
+        log.info("config_reloaded", policies=runtime.pipeline.names, accounts=len(config.accounts))
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop accepting, let deliveries in flight finish, close everything."""
+        for server in self.servers:
+            server.close()
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 5)
+        await self.delivery.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._web is not None:
+            await self._web.cleanup()
+        await self.upstream.close()
+        await self.store.close()
+        log.info("relay_stopped")
+
+
+def _section(config: Config, dotted: str) -> object:
+    value: object = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+async def serve(config_path: Path) -> int:
+    """Run until SIGTERM or SIGINT; SIGHUP re-reads `config_path`. Returns the exit status."""
+    try:
+        config = load_config(config_path)
+        check_runtime(config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            log.error("config_invalid", problem=problem)
+        return 78
+    except (OSError, ssl.SSLError) as exc:
+        log.error("config_invalid", problem=f"smtp.tls: {exc}")
+        return 78
+    relay = Relay(config)
+    try:
+        await relay.start()
+    except StoreError as exc:
+        log.error("store_unavailable", error=str(exc))
+        return 75  # EX_TEMPFAIL: systemd restarts us
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+
+    def on_hup() -> None:
+        try:
+            relay.reload(load_config(config_path))
+        except ConfigError as exc:
+            log.error("config_reload_failed", problems=exc.problems)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    log.info("relay_stopping")
+    await relay.stop()
+    return 0
+
+
+class _NoStore:
+    """Stands in for the store when only checking that a config builds (policies never run)."""
+
+    def __getattr__(self, name: str) -> object:
+        raise StoreError(f"no store while checking the configuration ({name})")
+
+
+def check_runtime(config: Config) -> None:
+    """Build the runtime once without a store: TLS files must load, policies instantiate."""
+    Runtime.build(config, cast("Store", _NoStore()), SystemClock())

@@ -1,0 +1,410 @@
+"""Configuration: YAML read once into frozen, typed objects, with errors that name their location.
+
+Only this module reads YAML. Relative paths in the file are resolved against the folder the file
+is in, so the relay behaves the same whatever its working directory.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from relay.errors import ConfigError
+from relay.passwords import is_password_hash
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(?:i?B)?\s*$")
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$", re.ASCII
+)
+
+
+def _duration(value: object) -> float:
+    """Accept seconds as a number or a string such as `90`, `15m`, `3d`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, 15m, 3d")  # noqa: TRY004
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        raise ValueError("expected a duration such as 30, 15m, 3d")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+def _size(value: object) -> int:
+    """Accept bytes as a number or a string such as `25MB`, `512k`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and (match := _SIZE.match(value)):
+        return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    raise ValueError("expected a size in bytes such as 26214400 or 25MB")
+
+
+def _domain(value: str) -> str:
+    """Normalise a domain to lower-case ASCII (IDNA) and check its syntax."""
+    try:
+        ascii_domain = value.strip().rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError as exc:
+        raise ValueError(f"not a valid domain: {value!r}") from exc
+    if not _DOMAIN.match(ascii_domain) or "." not in ascii_domain:
+        raise ValueError(f"not a valid domain: {value!r}")
+    return ascii_domain
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    if base is not None and not value.is_absolute():
+        return (Path(base) / value).resolve()
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Size = Annotated[int, BeforeValidator(_size)]
+Domain = Annotated[str, AfterValidator(_domain)]
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """Split `host:port` or `[v6]:port` into its parts."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004
+        raise ValueError(f"expected host:port, got {address!r}")
+    host = host.strip("[]")
+    if not host:
+        raise ValueError(f"expected host:port, got {address!r}")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """Say whether `host` is a loopback address (or `localhost`)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Listener(_Model):
+    """One SMTP listening socket."""
+
+    address: str
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    auth: Literal["required", "optional"] = "required"
+    allow_insecure_auth: bool = Field(
+        default=False, description="allow AUTH without TLS; loopback listeners only"
+    )
+    trusted_account: str | None = Field(
+        default=None,
+        description="treat every client as this account without AUTH; loopback listeners only",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        """The host part of `address`."""
+        return split_host_port(self.address)[0]
+
+    @property
+    def port(self) -> int:
+        """The port part of `address`."""
+        return split_host_port(self.address)[1]
+
+    @model_validator(mode="after")
+    def _loopback_only(self) -> Listener:
+        if self.allow_insecure_auth and not is_loopback(self.host):
+            raise ValueError("allow_insecure_auth is only allowed on a loopback address")
+        if self.trusted_account is not None and not is_loopback(self.host):
+            raise ValueError("trusted_account is only allowed on a loopback address")
+        return self
+
+
+class TlsFiles(_Model):
+    """A certificate chain and its private key, both PEM."""
+
+    certificate: ConfigPath
+    private_key: ConfigPath
+
+
+class SmtpConfig(_Model):
+    """The SMTP ingress."""
+
+    listeners: Annotated[list[Listener], Field(min_length=1)]
+    tls: TlsFiles | None = None
+    max_message_size: Size = 25 * 1024 * 1024
+    max_recipients: Annotated[int, Field(ge=100)] = 1000
+    max_connections_per_ip: Annotated[int, Field(ge=1)] = 50
+    auth_failure_limit: Annotated[int, Field(ge=1)] = 5
+    auth_failure_window: Duration = 300.0
+    timeout: Duration = 300.0
+    reuse_port: bool = Field(
+        default=False, description="let several relay processes share each listening port"
+    )
+
+    @model_validator(mode="after")
+    def _tls_needed(self) -> SmtpConfig:
+        if self.tls is None:
+            for index, listener in enumerate(self.listeners):
+                if listener.tls != "none":
+                    raise ValueError(
+                        f"listeners[{index}] uses tls {listener.tls!r} but smtp.tls is not set"
+                    )
+        return self
+
+
+class UpstreamConfig(_Model):
+    """The MTA that receives every relayed message."""
+
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    tls: Literal["none", "opportunistic", "required"] = "opportunistic"
+    verify_certificate: bool = True
+    ca_file: ConfigPath | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    connections: Annotated[int, Field(ge=1, le=256)] = 4
+    timeout: Duration = 60.0
+
+    @model_validator(mode="after")
+    def _credentials(self) -> UpstreamConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        return self
+
+
+class DeliveryConfig(_Model):
+    """Retries and expiry of spooled messages."""
+
+    retry_schedule: Annotated[list[Duration], Field(min_length=1)] = Field(
+        default_factory=lambda: [60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0]
+    )
+    jitter: Annotated[float, Field(ge=0.0, le=0.5)] = 0.2
+    max_age: Duration = 3 * 86400.0
+    poll_interval: Annotated[Duration, Field(gt=0)] = 1.0
+    lease: Annotated[Duration, Field(gt=0)] = 600.0
+    batch: Annotated[int, Field(ge=1, le=10_000)] = 100
+
+
+class InboundConfig(_Model):
+    """The relay's own mail domain (unsubscribe, complaint and bounce addresses)."""
+
+    domain: Domain
+
+
+class StorageConfig(_Model):
+    """Where state lives: `sqlite:///path` or `postgresql://...`."""
+
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str, info: ValidationInfo) -> str:
+        if value.startswith("sqlite:///"):
+            # sqlite:///relative/path (against the config file's folder), sqlite:////abs/path
+            path = _resolve_path(Path(value.removeprefix("sqlite:///")), info)
+            return f"sqlite:///{path}"
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("expected sqlite:///PATH or postgresql://...")
+        return value
+
+
+class WebConfig(_Model):
+    """The HTTP server (unsubscribe pages, forms, /metrics, /healthz)."""
+
+    listen: str = "127.0.0.1:8025"
+    public_url: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+
+class TokensConfig(_Model):
+    """HMAC keys for tokens: the first signs, all verify."""
+
+    keys: Annotated[list[SecretStr], Field(min_length=1)]
+
+    @field_validator("keys")
+    @classmethod
+    def _long_enough(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for key in keys:
+            if len(key.get_secret_value()) < 32:  # noqa: PLR2004
+                raise ValueError("each token key needs at least 32 characters")
+        return keys
+
+
+class Brand(_Model):
+    """What an account's recipients see: name, postal address, footer text, language."""
+
+    name: str
+    postal_address: str
+    footer_text: str | None = None
+    language: str = "en"
+
+
+class Account(_Model):
+    """A sender (a CRM's customer) that relays through optin-relay."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    username: Annotated[str, Field(min_length=1)]
+    password_hash: str
+    from_domains: Annotated[list[Domain], Field(min_length=1)]
+    contact: str | None = None
+    stream: Literal["marketing", "transactional"] = "marketing"
+    brand: Brand | None = None
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash(cls, value: str) -> str:
+        if not is_password_hash(value):
+            raise ValueError("expected a hash made by `optin-relay hash-password`")
+        return value
+
+
+class Config(_Model):
+    """The whole configuration file."""
+
+    hostname: Domain
+    smtp: SmtpConfig
+    upstream: UpstreamConfig
+    storage: StorageConfig
+    delivery: DeliveryConfig = DeliveryConfig()
+    inbound: InboundConfig | None = None
+    web: WebConfig = WebConfig()
+    tokens: TokensConfig | None = None
+    accounts: list[Account] = Field(default_factory=list)
+    policies: dict[str, Any] = Field(
+        default_factory=dict, description="policy name -> its validated Settings, in file order"
+    )
+    policy_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        ids = [account.id for account in self.accounts]
+        usernames = [account.username for account in self.accounts]
+        for kind, values in (("id", ids), ("username", usernames)):
+            duplicates = sorted({value for value in values if values.count(value) > 1})
+            if duplicates:
+                raise ValueError(f"accounts: duplicate {kind}: {', '.join(duplicates)}")
+        for index, listener in enumerate(self.smtp.listeners):
+            if listener.trusted_account is not None and listener.trusted_account not in ids:
+                raise ValueError(
+                    f"smtp.listeners[{index}].trusted_account: no account with id "
+                    f"{listener.trusted_account!r}"
+                )
+        return self
+
+    def account(self, account_id: str) -> Account | None:
+        """Return the account with `account_id`, if configured."""
+        return next((a for a in self.accounts if a.id == account_id), None)
+
+
+def format_location(location: tuple[int | str, ...]) -> str:
+    """Render a pydantic error location as `accounts[1].from_domains`."""
+    out = ""
+    for part in location:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _problems(error: ValidationError, prefix: tuple[int | str, ...] = ()) -> list[str]:
+    problems = []
+    for item in error.errors():
+        location = format_location(prefix + tuple(item["loc"]))
+        message = item["msg"].removeprefix("Value error, ")
+        problems.append(f"{location}: {message}")
+    return problems
+
+
+def policy_settings_model(name: str) -> type[BaseModel]:
+    """Return the `Settings` model of policy module `policies.<name>`."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise LookupError(f"not a policy name: {name!r}")
+    try:
+        module = importlib.import_module(f"policies.{name}")
+    except ModuleNotFoundError as exc:
+        raise LookupError(f"no policy named {name!r} in policies/") from exc
+    settings: type[BaseModel] = module.Settings
+    return settings
+
+
+def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
+    """Validate already-parsed YAML data; raise ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): expected a mapping of configuration keys"])
+    problems: list[str] = []
+    try:
+        config = Config.model_validate(data, context={"base_dir": base_dir})
+    except ValidationError as exc:
+        problems.extend(_problems(exc))
+        config = None
+    settings: dict[str, BaseModel] = {}
+    raw_policies = data.get("policies") or {}
+    if isinstance(raw_policies, dict):
+        for name, section in raw_policies.items():
+            try:
+                model = policy_settings_model(str(name))
+            except LookupError as exc:
+                problems.append(f"policies.{name}: {exc}")
+                continue
+            try:
+                settings[str(name)] = model.model_validate(section or {})
+            except ValidationError as exc:
+                problems.extend(_problems(exc, ("policies", str(name))))
+    if problems or config is None:
+        raise ConfigError(problems)
+    # Each policy's section, validated by that policy's own Settings model, in file order.
+    return config.model_copy(update={"policies": settings})
+
+
+def load_config(path: Path) -> Config:
+    """Read and validate the YAML file at `path`; raise ConfigError listing every problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{where}: not valid YAML: {problem}"]) from exc
+    return parse_config(data, base_dir=path.parent.resolve())

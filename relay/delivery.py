@@ -1,0 +1,235 @@
+"""Delivery: workers lease due recipients from the spool, render each copy and hand it upstream.
+
+At-least-once: a recipient stays pending until the upstream's answer is recorded; a worker that
+dies leaves a lease that runs out, and the recipient is taken again. Each recipient has its own
+state, so one recipient's failure never fails another. A permanent failure, or expiry after
+`delivery.max_age`, spools a DSN to the envelope sender in the same transaction (never for a
+message whose envelope sender is null).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from relay.dsn import build_dsn
+from relay.errors import StoreError
+from relay.logging import get_logger
+from relay.policy import Continue, Defer, Rendering
+from relay.storage.base import DeliveryJob, NewMessage, new_message_id
+from relay.upstream import SendResult
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from relay.clock import Clock
+    from relay.config import Config, DeliveryConfig
+    from relay.runtime import Runtime
+    from relay.storage.base import Store
+    from relay.upstream import Upstream
+
+log = get_logger(__name__)
+
+
+def retry_delay(config: DeliveryConfig, attempts: int, rng: random.Random) -> float:
+    """Seconds to wait after the `attempts`-th failed attempt (1-based), with jitter."""
+    schedule = config.retry_schedule
+    base = schedule[min(attempts, len(schedule)) - 1]
+    return base * (1 + rng.uniform(-config.jitter, config.jitter))
+
+
+class DeliveryService:
+    """Runs the delivery loop until stopped; `wake()` makes it look at the spool at once."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        upstream: Upstream,
+        clock: Clock,
+        runtime: Callable[[], Runtime],
+        worker_id: str | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        """`runtime()` returns the config and pipeline in force (they change on reload)."""
+        self.store = store
+        self.upstream = upstream
+        self.clock = clock
+        self.runtime = runtime
+        self.worker_id = worker_id or secrets.token_hex(6)
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._claims = 0
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._content: OrderedDict[str, bytes] = OrderedDict()
+
+    def wake(self) -> None:
+        """Look for due work now rather than at the next poll."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Claim and deliver until `stop()`."""
+        while not self._stopping:
+            config = self.runtime().config
+            claimed = 0
+            try:
+                claimed = await self.run_once()
+            except StoreError as exc:
+                log.error("delivery_store_error", error=str(exc))
+            if claimed == 0 or claimed < config.delivery.batch:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), config.delivery.poll_interval)
+
+    async def run_once(self) -> int:
+        """Claim one batch (as many as there are free upstream slots) and deliver it."""
+        config = self.runtime().config
+        free = config.upstream.connections * 2 - len(self._inflight)
+        if free <= 0:
+            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+            return 0
+        self._claims += 1
+        now = self.clock.now()
+        jobs = await self.store.claim(
+            lease=f"{self.worker_id}:{self._claims}",
+            now=now,
+            lease_until=now + config.delivery.lease,
+            limit=min(free, config.delivery.batch),
+        )
+        for job in jobs:
+            task = asyncio.create_task(self._deliver_logged(job))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return len(jobs)
+
+    async def drain(self) -> None:
+        """Wait for every delivery in flight."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Stop claiming; let deliveries in flight finish for `grace` seconds; free the rest."""
+        self._stopping = True
+        self._wake.set()
+        if self._inflight:
+            _, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(StoreError):
+            await self.store.release(f"{self.worker_id}:")
+
+    async def _deliver_logged(self, job: DeliveryJob) -> None:
+        try:
+            await self.deliver(job)
+        except StoreError as exc:
+            # The recipient stays pending; its lease runs out and it is tried again.
+            log.error("delivery_store_error", message_id=job.message_id, error=str(exc))
+        except Exception:
+            log.exception("delivery_crashed", message_id=job.message_id)
+
+    async def _load(self, message_id: str) -> bytes:
+        content = self._content.get(message_id)
+        if content is None:
+            content = await self.store.content(message_id)
+            self._content[message_id] = content
+            while len(self._content) > 64:  # noqa: PLR2004 - a few recent messages suffice
+                self._content.popitem(last=False)
+        return content
+
+    async def deliver(self, job: DeliveryJob) -> None:
+        """Render and send one recipient's copy, then record the outcome."""
+        runtime = self.runtime()
+        config, pipeline = runtime.config, runtime.pipeline
+        content = await self._load(job.message_id)
+        account = config.account(job.account_id) if job.account_id else None
+        rendering = Rendering(job.message_id, account, job.mail_from, job.recipient, content)
+        decision = await pipeline.render(rendering)
+        if isinstance(decision.verdict, Continue):
+            result = await self.upstream.send(job.mail_from, job.recipient, rendering.content)
+        elif isinstance(decision.verdict, Defer):
+            result = SendResult("transient", decision.verdict.reply())
+        else:
+            result = SendResult("permanent", decision.verdict.reply())
+        await self.record(job, result, config, content, rule=decision.policy)
+
+    async def record(
+        self,
+        job: DeliveryJob,
+        result: SendResult,
+        config: Config,
+        content: bytes,
+        *,
+        rule: str | None = None,
+    ) -> None:
+        """Store the outcome of one attempt and log it."""
+        now = self.clock.now()
+        fields = {
+            "message_id": job.message_id,
+            "account_id": job.account_id,
+            "recipient": job.recipient,
+            "attempt": job.attempts + 1,
+            "upstream_reply": result.reply,
+        }
+        if rule is not None:
+            fields["rule"] = rule
+        if result.outcome == "delivered":
+            if await self.store.delivered(job, reply=result.reply, now=now):
+                log.info("delivery_succeeded", **fields)
+            return
+        expired = now - job.received_at >= config.delivery.max_age
+        if result.outcome == "transient" and not expired:
+            next_try = now + retry_delay(config.delivery, job.attempts + 1, self.rng)
+            if await self.store.deferred(job, reply=result.reply, now=now, next_attempt=next_try):
+                log.info("delivery_deferred", next_try=next_try, **fields)
+            return
+        dsn = self._dsn(job, result, config, content, now=now, expired=expired)
+        if await self.store.failed(job, reply=result.reply, now=now, dsn=dsn):
+            log.warning("delivery_failed", expired=expired, **fields)
+            if dsn is not None:
+                log.info(
+                    "dsn_queued",
+                    message_id=dsn.id,
+                    original_message_id=job.message_id,
+                    recipient=job.mail_from,
+                )
+                self.wake()
+
+    def _dsn(
+        self,
+        job: DeliveryJob,
+        result: SendResult,
+        config: Config,
+        content: bytes,
+        *,
+        now: float,
+        expired: bool,
+    ) -> NewMessage | None:
+        # Never a DSN about a DSN, nor to a null sender (RFC 5321 section 3.6.3).
+        if not job.mail_from or job.kind == "dsn":
+            return None
+        body = build_dsn(
+            reporting_host=config.hostname,
+            original=content,
+            message_id=job.message_id,
+            mail_from=job.mail_from,
+            recipient=job.recipient,
+            result=result,
+            arrival=job.received_at,
+            now=now,
+            expired=expired,
+        )
+        return NewMessage(
+            id=new_message_id(),
+            account_id=job.account_id,
+            mail_from="",
+            recipients=(job.mail_from,),
+            content=body,
+            received_at=now,
+            kind="dsn",
+        )

@@ -1,0 +1,79 @@
+"""Delivery status notifications (RFC 3464): the report sent to the envelope sender on failure."""
+
+from __future__ import annotations
+
+import secrets
+from email import message_from_bytes, policy
+from email.message import EmailMessage, Message
+from email.utils import format_datetime, make_msgid
+from typing import TYPE_CHECKING
+
+from relay.clock import to_datetime
+
+if TYPE_CHECKING:
+    from relay.upstream import SendResult
+
+
+def _status_code(reply: str, *, permanent: bool) -> str:
+    """The enhanced status code in an SMTP reply, or a generic one."""
+    parts = reply.split()
+    if len(parts) > 1 and parts[1].count(".") == 2 and parts[1][0] in "245":  # noqa: PLR2004
+        return parts[1]
+    return "5.0.0" if permanent else "4.0.0"
+
+
+def build_dsn(
+    *,
+    reporting_host: str,
+    original: bytes,
+    message_id: str,
+    mail_from: str,
+    recipient: str,
+    result: SendResult,
+    arrival: float,
+    now: float,
+    expired: bool,
+) -> bytes:
+    """A multipart/report DSN telling `mail_from` that `recipient` could not be reached."""
+    headers = message_from_bytes(original.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
+    reason = (
+        "The message could not be delivered within the time allowed."
+        if expired
+        else "The receiving server refused the message permanently."
+    )
+    report = EmailMessage(policy=policy.SMTP)
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_host}>"
+    report["To"] = mail_from
+    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Date"] = format_datetime(to_datetime(now))
+    report["Message-ID"] = make_msgid(idstring=secrets.token_hex(4), domain=reporting_host)
+    report["Auto-Submitted"] = "auto-replied"
+    report.set_content(
+        f"This is the mail system at {reporting_host}.\n\n"
+        f"Your message (queue id {message_id}) could not be delivered to <{recipient}>.\n"
+        f"{reason}\n\nThe server said: {result.reply}\n"
+    )
+    report.make_mixed()
+    report.replace_header("Content-Type", "multipart/report; report-type=delivery-status")
+
+    per_message = Message()
+    per_message["Reporting-MTA"] = f"dns; {reporting_host}"
+    per_message["X-Optin-Relay-Queue-ID"] = message_id
+    per_message["Arrival-Date"] = format_datetime(to_datetime(arrival))
+    per_recipient = Message()
+    per_recipient["Final-Recipient"] = f"rfc822; {recipient}"
+    per_recipient["Action"] = "failed"
+    per_recipient["Status"] = _status_code(result.reply, permanent=True)
+    if result.code is not None:
+        per_recipient["Diagnostic-Code"] = f"smtp; {result.reply}"
+    per_recipient["Last-Attempt-Date"] = format_datetime(to_datetime(now))
+    status = EmailMessage()
+    status["Content-Type"] = "message/delivery-status"
+    status.set_payload([per_message, per_recipient])
+    report.attach(status)
+
+    returned = EmailMessage()
+    returned["Content-Type"] = "text/rfc822-headers"
+    returned.set_payload(headers.as_string(policy=policy.SMTP).rstrip("\r\n") + "\r\n")
+    report.attach(returned)
+    return report.as_bytes(policy=policy.SMTP)

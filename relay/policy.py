@@ -1,0 +1,210 @@
+"""The policy seam: stages, verdicts, and the pipeline that runs policies in configured order.
+
+A policy is one module `policies/<name>.py` holding a pydantic `Settings` model and a `Policy`
+class (a subclass of `BasePolicy`) built as `Policy(settings, services)`. The config section
+`policies.<name>` selects it and sets its order. At each stage the pipeline asks every policy in
+order; the first answer that is not `Continue` ends the stage. A policy that raises or times out
+defers the mail (fail closed), never lets it through.
+
+Stages: `mail` (MAIL FROM), `rcpt` (each RCPT TO), `data` (the whole message, before the spool
+commit), `render` (each recipient's copy at delivery; a policy may rewrite `Rendering.content`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from relay.logging import get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+    from email.message import Message
+
+    from pydantic import BaseModel
+
+    from relay.clock import Clock
+    from relay.config import Account, Config
+    from relay.storage.base import Store
+
+log = get_logger(__name__)
+
+# Policies that always run, first, whether or not the config names them.
+MANDATORY = ("from_domain",)
+
+
+@dataclass(frozen=True)
+class Continue:
+    """The policy has no objection; the next policy decides."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Refuse permanently (5xx)."""
+
+    text: str
+    rule: str
+    code: int = 550
+    status: str = "5.7.1"
+
+    def reply(self) -> str:
+        """The SMTP reply line."""
+        return f"{self.code} {self.status} {self.text}"
+
+
+@dataclass(frozen=True)
+class Defer:
+    """Refuse for now (4xx); a retry may succeed."""
+
+    text: str
+    rule: str
+    code: int = 451
+    status: str = "4.7.0"
+
+    def reply(self) -> str:
+        """The SMTP reply line."""
+        return f"{self.code} {self.status} {self.text}"
+
+
+Verdict = Continue | Reject | Defer
+CONTINUE = Continue()
+
+
+@dataclass
+class Transaction:
+    """One message as the ingress sees it, from MAIL FROM to the end of DATA."""
+
+    message_id: str
+    account: Account
+    mail_from: str
+    client_ip: str
+    recipients: list[str] = field(default_factory=list)
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """The message content at the data stage: raw bytes and its parsed header block."""
+
+    content: bytes
+    headers: Message
+
+
+@dataclass
+class Rendering:
+    """One recipient's copy at delivery; render policies may replace `content`."""
+
+    message_id: str
+    account: Account | None
+    mail_from: str
+    recipient: str
+    content: bytes
+    notes: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyServices:
+    """What a policy may use: the config, the store and the clock."""
+
+    config: Config
+    store: Store
+    clock: Clock
+
+
+class BasePolicy:
+    """A policy; every stage continues unless the subclass overrides it."""
+
+    name: ClassVar[str]
+
+    async def on_mail(self, tx: Transaction) -> Verdict:
+        """Judge the envelope sender."""
+        del tx
+        return CONTINUE
+
+    async def on_rcpt(self, tx: Transaction, recipient: str) -> Verdict:
+        """Judge one recipient."""
+        del tx, recipient
+        return CONTINUE
+
+    async def on_data(self, tx: Transaction, submission: Submission) -> Verdict:
+        """Judge the whole message before it is spooled."""
+        del tx, submission
+        return CONTINUE
+
+    async def on_render(self, rendering: Rendering) -> Verdict:
+        """Shape (or stop) one recipient's copy at delivery."""
+        del rendering
+        return CONTINUE
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A stage's outcome and the policy that gave it (None when every policy continued)."""
+
+    verdict: Verdict
+    policy: str | None
+
+
+class Pipeline:
+    """Policies in order, each call bounded by `timeout` seconds."""
+
+    def __init__(self, policies: list[BasePolicy], *, timeout: float = 10.0) -> None:
+        """Run `policies` in the given order."""
+        self.policies = policies
+        self.timeout = timeout
+
+    @property
+    def names(self) -> list[str]:
+        """The policies' names in order."""
+        return [policy.name for policy in self.policies]
+
+    async def mail(self, tx: Transaction) -> Decision:
+        """Run the mail stage."""
+        return await self._run("mail", lambda p: p.on_mail(tx))
+
+    async def rcpt(self, tx: Transaction, recipient: str) -> Decision:
+        """Run the rcpt stage for `recipient`."""
+        return await self._run("rcpt", lambda p: p.on_rcpt(tx, recipient))
+
+    async def data(self, tx: Transaction, submission: Submission) -> Decision:
+        """Run the data stage."""
+        return await self._run("data", lambda p: p.on_data(tx, submission))
+
+    async def render(self, rendering: Rendering) -> Decision:
+        """Run the render stage for one recipient's copy."""
+        return await self._run("render", lambda p: p.on_render(rendering))
+
+    async def _run(self, stage: str, call: Callable[[BasePolicy], Awaitable[Verdict]]) -> Decision:
+        for policy in self.policies:
+            try:
+                verdict = await asyncio.wait_for(call(policy), self.timeout)
+            except Exception as exc:  # noqa: BLE001 - any failure of a policy must fail closed
+                log.error(
+                    "policy_error",
+                    stage=stage,
+                    policy=policy.name,
+                    error=type(exc).__name__,
+                    detail=str(exc),
+                )
+                return Decision(
+                    Defer("Temporary policy failure, try again later", policy.name, 451, "4.3.0"),
+                    policy.name,
+                )
+            if not isinstance(verdict, Continue):
+                return Decision(verdict, policy.name)
+        return Decision(CONTINUE, None)
+
+
+def build_pipeline(services: PolicyServices) -> Pipeline:
+    """Instantiate the configured policies (mandatory ones first) from `policies/`."""
+    config = services.config
+    names = [name for name in MANDATORY if name not in config.policies] + list(config.policies)
+    policies: list[BasePolicy] = []
+    for name in names:
+        module = importlib.import_module(f"policies.{name}")
+        settings: BaseModel = config.policies.get(name) or module.Settings()
+        policy: BasePolicy = module.Policy(settings, services)
+        policies.append(policy)
+    return Pipeline(policies, timeout=config.policy_timeout)

@@ -1,0 +1,47 @@
+"""What the running relay is configured with right now; replaced as a whole on reload."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from relay.policy import PolicyServices, build_pipeline
+from relay.tlsutil import server_context
+
+if TYPE_CHECKING:
+    import ssl
+
+    from relay.clock import Clock
+    from relay.config import Config
+    from relay.policy import Pipeline
+    from relay.storage.base import Store
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The config in force, its policy pipeline and its TLS server context."""
+
+    config: Config
+    pipeline: Pipeline
+    tls: ssl.SSLContext | None
+
+    @classmethod
+    def build(cls, config: Config, store: Store, clock: Clock) -> Runtime:
+        """Instantiate policies and load TLS files; raises on unreadable files."""
+        pipeline = build_pipeline(PolicyServices(config, store, clock))
+        tls = None
+        if config.smtp.tls is not None:
+            tls = server_context(config.smtp.tls.certificate, config.smtp.tls.private_key)
+        return cls(config, pipeline, tls)
+
+
+class RuntimeRef:
+    """A holder whose `current` is swapped in one assignment, so readers never see a mix."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        """Start with `runtime`."""
+        self.current = runtime
+
+    def __call__(self) -> Runtime:
+        """The runtime in force."""
+        return self.current

@@ -1,0 +1,118 @@
+"""The storage interface every backend implements, and the records it stores and returns."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+MessageKind = Literal["message", "dsn"]
+
+
+def new_message_id() -> str:
+    """A queue id: sortable by time of creation, unique across processes."""
+    return f"{time.time_ns() // 1_000_000:011X}{secrets.token_hex(5).upper()}"
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to commit to the spool, with every recipient still to be delivered."""
+
+    id: str
+    account_id: str | None
+    mail_from: str
+    recipients: tuple[str, ...]
+    content: bytes
+    received_at: float
+    kind: MessageKind = "message"
+
+
+@dataclass(frozen=True)
+class DeliveryJob:
+    """One recipient of a spooled message, leased to one delivery worker."""
+
+    recipient_id: int
+    message_id: str
+    recipient: str
+    attempts: int
+    account_id: str | None
+    mail_from: str
+    received_at: float
+    kind: MessageKind
+    lease: str
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A recipient still in the queue, as the `queue list` command shows it."""
+
+    message_id: str
+    recipient: str
+    account_id: str | None
+    mail_from: str
+    attempts: int
+    next_attempt: float
+    last_reply: str | None
+
+
+class Store(Protocol):
+    """Everything optin-relay keeps, behind one interface (SQLite or PostgreSQL)."""
+
+    async def open(self) -> None:
+        """Connect; raise StoreError when the backend cannot be reached."""
+        ...
+
+    async def migrate(self) -> None:
+        """Bring the schema up to date (safe to run concurrently and repeatedly)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the backend answers."""
+        ...
+
+    async def spool(self, message: NewMessage) -> None:
+        """Commit `message` and its recipients durably; return only once durable."""
+        ...
+
+    async def claim(
+        self, *, lease: str, now: float, lease_until: float, limit: int
+    ) -> list[DeliveryJob]:
+        """Lease up to `limit` due recipients to `lease`; no recipient goes to two leases."""
+        ...
+
+    async def content(self, message_id: str) -> bytes:
+        """The spooled content of `message_id`."""
+        ...
+
+    async def delivered(self, job: DeliveryJob, *, reply: str, now: float) -> bool:
+        """Mark `job` delivered; False if its lease was lost meanwhile."""
+        ...
+
+    async def deferred(
+        self, job: DeliveryJob, *, reply: str, now: float, next_attempt: float
+    ) -> bool:
+        """Count a failed attempt of `job` and schedule the next; False if its lease was lost."""
+        ...
+
+    async def failed(
+        self, job: DeliveryJob, *, reply: str, now: float, dsn: NewMessage | None
+    ) -> bool:
+        """Mark `job` failed for good and spool `dsn` in the same transaction."""
+        ...
+
+    async def release(self, lease_prefix: str) -> int:
+        """Give back every lease starting with `lease_prefix` (graceful shutdown)."""
+        ...
+
+    async def queue(self, limit: int = 1000) -> list[QueueEntry]:
+        """Recipients not yet delivered or failed, oldest first."""
+        ...
+
+    async def counts(self) -> dict[str, int]:
+        """Number of recipients in each state."""
+        ...

@@ -1,0 +1,237 @@
+"""PostgreSQL backend (several relay nodes sharing state) through an asyncpg pool.
+
+Claims use `FOR UPDATE SKIP LOCKED`, so concurrent workers on any node never lease the same
+recipient. A `schema` query parameter in the URL selects a schema (created if missing).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from relay.errors import StoreError
+from relay.storage.base import DeliveryJob, NewMessage, QueueEntry
+from relay.storage.migrations import POSTGRES
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+# Any failure of the driver or the connection becomes a StoreError at this boundary.
+_DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+_MIGRATION_LOCK = 0x6F7074696E  # an arbitrary advisory-lock key for migrations
+
+
+def _split_schema(url: str) -> tuple[str, str | None]:
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    schema = next((value for key, value in query if key == "schema"), None)
+    rest = urlencode([(key, value) for key, value in query if key != "schema"])
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+class PostgresStore:
+    """The `Store` on PostgreSQL."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        """Connect to `url` on `open`."""
+        self.url, self.schema = _split_schema(url)
+        if self.schema is not None and not self.schema.replace("_", "").isalnum():
+            raise ValueError(f"invalid schema name: {self.schema!r}")
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def open(self) -> None:
+        """Create the pool (and the schema, if one is named)."""
+        settings = {"search_path": self.schema} if self.schema else {}
+        try:
+            if self.schema:
+                con = await asyncpg.connect(self.url)
+                try:
+                    await con.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+                finally:
+                    await con.close()
+            self._pool = await asyncpg.create_pool(
+                self.url, min_size=1, max_size=self.pool_size, server_settings=settings
+            )
+        except _DB_ERRORS as exc:
+            raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the pool."""
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    def _acquire(self) -> AbstractAsyncContextManager[Any]:
+        if self._pool is None:
+            raise StoreError("the store is not open")
+        return cast("AbstractAsyncContextManager[Any]", self._pool.acquire())
+
+    async def _fetch(self, sql: str, *args: object) -> list[Any]:
+        try:
+            async with self._acquire() as con:
+                return list(await con.fetch(sql, *args))
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def migrate(self) -> None:
+        """Apply missing migrations under an advisory lock (nodes may start together)."""
+        try:
+            async with self._acquire() as con, con.transaction():
+                await con.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                await con.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                    " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                )
+                done = {row[0] for row in await con.fetch("SELECT version FROM schema_migrations")}
+                for version, script in POSTGRES:
+                    if version not in done:
+                        await con.execute(script)
+                        await con.execute(
+                            "INSERT INTO schema_migrations (version) VALUES ($1)", version
+                        )
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL migration failed: {exc}") from exc
+
+    async def ping(self) -> None:
+        """Run a trivial query."""
+        await self._fetch("SELECT 1")
+
+    async def spool(self, message: NewMessage) -> None:
+        """Insert the message and its recipients in one transaction."""
+        try:
+            async with self._acquire() as con, con.transaction():
+                await _insert_message(con, message)
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def claim(
+        self, *, lease: str, now: float, lease_until: float, limit: int
+    ) -> list[DeliveryJob]:
+        """Lease due recipients; SKIP LOCKED keeps concurrent claimers apart."""
+        rows = await self._fetch(
+            "WITH picked AS (SELECT id FROM recipients WHERE status = 'pending'"
+            " AND next_attempt <= $2 AND lease_until <= $2 ORDER BY next_attempt LIMIT $4"
+            " FOR UPDATE SKIP LOCKED),"
+            " leased AS (UPDATE recipients r SET lease = $1, lease_until = $3 FROM picked"
+            " WHERE r.id = picked.id RETURNING r.id, r.message_id, r.rcpt, r.attempts)"
+            " SELECT l.id, l.message_id, l.rcpt, l.attempts, m.account_id, m.mail_from,"
+            " m.received_at, m.kind FROM leased l JOIN messages m ON m.id = l.message_id"
+            " ORDER BY l.id",
+            lease,
+            now,
+            lease_until,
+            limit,
+        )
+        return [
+            DeliveryJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], lease)
+            for row in rows
+        ]
+
+    async def content(self, message_id: str) -> bytes:
+        """Return the spooled bytes of `message_id`."""
+        rows = await self._fetch("SELECT content FROM messages WHERE id = $1", message_id)
+        if not rows or rows[0][0] is None:
+            raise StoreError(f"no spooled content for message {message_id}")
+        return bytes(rows[0][0])
+
+    async def delivered(self, job: DeliveryJob, *, reply: str, now: float) -> bool:
+        """Mark `job` delivered."""
+        return await self._finish(job, "delivered", reply, now, None)
+
+    async def deferred(
+        self, job: DeliveryJob, *, reply: str, now: float, next_attempt: float
+    ) -> bool:
+        """Count the attempt and schedule the next."""
+        rows = await self._fetch(
+            "UPDATE recipients SET attempts = attempts + 1, next_attempt = $1, lease = NULL,"
+            " lease_until = 0, last_reply = $2, updated_at = $3 WHERE id = $4 AND lease = $5"
+            " AND status = 'pending' RETURNING id",
+            next_attempt,
+            reply,
+            now,
+            job.recipient_id,
+            job.lease,
+        )
+        return len(rows) == 1
+
+    async def failed(
+        self, job: DeliveryJob, *, reply: str, now: float, dsn: NewMessage | None
+    ) -> bool:
+        """Mark `job` failed and spool its DSN atomically."""
+        return await self._finish(job, "failed", reply, now, dsn)
+
+    async def _finish(
+        self, job: DeliveryJob, status: str, reply: str, now: float, dsn: NewMessage | None
+    ) -> bool:
+        try:
+            async with self._acquire() as con, con.transaction():
+                done = await con.fetchval(
+                    "UPDATE recipients SET status = $1, attempts = attempts + 1, lease = NULL,"
+                    " lease_until = 0, last_reply = $2, updated_at = $3 WHERE id = $4"
+                    " AND lease = $5 AND status = 'pending' RETURNING id",
+                    status,
+                    reply,
+                    now,
+                    job.recipient_id,
+                    job.lease,
+                )
+                if done is None:
+                    return False
+                await con.execute(
+                    "UPDATE messages SET content = NULL, completed_at = $1 WHERE id = $2"
+                    " AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = $2"
+                    " AND status = 'pending')",
+                    now,
+                    job.message_id,
+                )
+                if dsn is not None:
+                    await _insert_message(con, dsn)
+                return True
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def release(self, lease_prefix: str) -> int:
+        """Give back leases held by this process."""
+        rows = await self._fetch(
+            "UPDATE recipients SET lease = NULL, lease_until = 0 WHERE lease LIKE $1"
+            " AND status = 'pending' RETURNING id",
+            lease_prefix.replace("%", "") + "%",
+        )
+        return len(rows)
+
+    async def queue(self, limit: int = 1000) -> list[QueueEntry]:
+        """Recipients still pending, oldest first."""
+        rows = await self._fetch(
+            "SELECT r.message_id, r.rcpt, m.account_id, m.mail_from, r.attempts, r.next_attempt,"
+            " r.last_reply FROM recipients r JOIN messages m ON m.id = r.message_id"
+            " WHERE r.status = 'pending' ORDER BY m.received_at, r.id LIMIT $1",
+            limit,
+        )
+        return [QueueEntry(*tuple(row)) for row in rows]
+
+    async def counts(self) -> dict[str, int]:
+        """Recipients per state."""
+        rows = await self._fetch("SELECT status, COUNT(*) FROM recipients GROUP BY status")
+        return {row[0]: row[1] for row in rows}
+
+
+async def _insert_message(con: asyncpg.Connection, message: NewMessage) -> None:
+    await con.execute(
+        "INSERT INTO messages (id, account_id, mail_from, kind, content, size, received_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        message.id,
+        message.account_id,
+        message.mail_from,
+        message.kind,
+        message.content,
+        len(message.content),
+        message.received_at,
+    )
+    await con.executemany(
+        "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at)"
+        " VALUES ($1, $2, $3, $3)",
+        [(message.id, rcpt, message.received_at) for rcpt in message.recipients],
+    )

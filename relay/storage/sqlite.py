@@ -1,0 +1,235 @@
+"""SQLite backend (the embedded default): one aiosqlite connection, WAL, synchronous=FULL.
+
+Transactions are serialised by a lock because coroutines share the one connection; `BEGIN
+IMMEDIATE` also serialises them against other processes opening the same file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+
+from relay.errors import StoreError
+from relay.storage.base import DeliveryJob, NewMessage, QueueEntry
+from relay.storage.migrations import SQLITE
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterable
+
+
+class SqliteStore:
+    """The `Store` on a SQLite file."""
+
+    def __init__(self, path: str) -> None:
+        """Use the database file at `path` (created on `open`)."""
+        self.path = Path(path)
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        """Open the file (creating its folder) and set durable pragmas."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+            for pragma in (
+                "PRAGMA journal_mode=WAL",
+                "PRAGMA synchronous=FULL",
+                "PRAGMA foreign_keys=ON",
+                "PRAGMA busy_timeout=10000",
+            ):
+                await db.execute(pragma)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        self._db = db
+
+    async def close(self) -> None:
+        """Close the connection."""
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        async with self._lock:
+            db = self._db
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    await db.execute("ROLLBACK")
+                    raise
+                await db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StoreError(f"SQLite: {exc}") from exc
+
+    async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        try:
+            async with self._lock, self._db.execute(sql, tuple(params)) as cursor:
+                return list(await cursor.fetchall())
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite: {exc}") from exc
+
+    async def migrate(self) -> None:
+        """Apply every migration not yet applied."""
+        async with self._tx() as db:
+            await db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+            )
+            async with db.execute("SELECT version FROM schema_migrations") as cursor:
+                done = {row[0] for row in await cursor.fetchall()}
+            for version, script in SQLITE:
+                if version in done:
+                    continue
+                for statement in _statements(script):
+                    await db.execute(statement)
+                await db.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+
+    async def ping(self) -> None:
+        """Run a trivial query."""
+        await self._fetch("SELECT 1")
+
+    async def spool(self, message: NewMessage) -> None:
+        """Insert the message and its recipients in one durable transaction."""
+        async with self._tx() as db:
+            await _insert_message(db, message)
+
+    async def claim(
+        self, *, lease: str, now: float, lease_until: float, limit: int
+    ) -> list[DeliveryJob]:
+        """Lease due recipients whose earlier lease (if any) has run out."""
+        async with self._tx() as db:
+            await db.execute(
+                "UPDATE recipients SET lease = ?, lease_until = ? WHERE id IN ("
+                " SELECT id FROM recipients WHERE status = 'pending' AND next_attempt <= ?"
+                " AND lease_until <= ? ORDER BY next_attempt LIMIT ?)",
+                (lease, lease_until, now, now, limit),
+            )
+            async with db.execute(
+                "SELECT r.id, r.message_id, r.rcpt, r.attempts, m.account_id, m.mail_from,"
+                " m.received_at, m.kind FROM recipients r JOIN messages m ON m.id = r.message_id"
+                " WHERE r.lease = ? AND r.status = 'pending' ORDER BY r.id",
+                (lease,),
+            ) as cursor:
+                rows = await cursor.fetchall()
+        return [
+            DeliveryJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], lease)
+            for row in rows
+        ]
+
+    async def content(self, message_id: str) -> bytes:
+        """Return the spooled bytes of `message_id`."""
+        rows = await self._fetch("SELECT content FROM messages WHERE id = ?", (message_id,))
+        if not rows or rows[0][0] is None:
+            raise StoreError(f"no spooled content for message {message_id}")
+        return bytes(rows[0][0])
+
+    async def delivered(self, job: DeliveryJob, *, reply: str, now: float) -> bool:
+        """Mark `job` delivered."""
+        async with self._tx() as db:
+            return await _finish(db, job, "delivered", reply, now)
+
+    async def deferred(
+        self, job: DeliveryJob, *, reply: str, now: float, next_attempt: float
+    ) -> bool:
+        """Count the attempt and schedule the next."""
+        async with self._tx() as db:
+            cursor = await db.execute(
+                "UPDATE recipients SET attempts = attempts + 1, next_attempt = ?, lease = NULL,"
+                " lease_until = 0, last_reply = ?, updated_at = ? WHERE id = ? AND lease = ?"
+                " AND status = 'pending'",
+                (next_attempt, reply, now, job.recipient_id, job.lease),
+            )
+            return cursor.rowcount == 1
+
+    async def failed(
+        self, job: DeliveryJob, *, reply: str, now: float, dsn: NewMessage | None
+    ) -> bool:
+        """Mark `job` failed and spool its DSN atomically."""
+        async with self._tx() as db:
+            if not await _finish(db, job, "failed", reply, now):
+                return False
+            if dsn is not None:
+                await _insert_message(db, dsn)
+            return True
+
+    async def release(self, lease_prefix: str) -> int:
+        """Give back leases held by this process."""
+        async with self._tx() as db:
+            cursor = await db.execute(
+                "UPDATE recipients SET lease = NULL, lease_until = 0"
+                " WHERE lease LIKE ? AND status = 'pending'",
+                (lease_prefix.replace("%", "") + "%",),
+            )
+            return cursor.rowcount
+
+    async def queue(self, limit: int = 1000) -> list[QueueEntry]:
+        """Recipients still pending, oldest first."""
+        rows = await self._fetch(
+            "SELECT r.message_id, r.rcpt, m.account_id, m.mail_from, r.attempts, r.next_attempt,"
+            " r.last_reply FROM recipients r JOIN messages m ON m.id = r.message_id"
+            " WHERE r.status = 'pending' ORDER BY m.received_at, r.id LIMIT ?",
+            (limit,),
+        )
+        return [QueueEntry(*row) for row in rows]
+
+    async def counts(self) -> dict[str, int]:
+        """Recipients per state."""
+        rows = await self._fetch("SELECT status, COUNT(*) FROM recipients GROUP BY status")
+        return {row[0]: row[1] for row in rows}
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+async def _insert_message(db: aiosqlite.Connection, message: NewMessage) -> None:
+    await db.execute(
+        "INSERT INTO messages (id, account_id, mail_from, kind, content, size, received_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.id,
+            message.account_id,
+            message.mail_from,
+            message.kind,
+            message.content,
+            len(message.content),
+            message.received_at,
+        ),
+    )
+    await db.executemany(
+        "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at) VALUES (?, ?, ?, ?)",
+        [
+            (message.id, rcpt, message.received_at, message.received_at)
+            for rcpt in message.recipients
+        ],
+    )
+
+
+async def _finish(
+    db: aiosqlite.Connection, job: DeliveryJob, status: str, reply: str, now: float
+) -> bool:
+    cursor = await db.execute(
+        "UPDATE recipients SET status = ?, attempts = attempts + 1, lease = NULL, lease_until = 0,"
+        " last_reply = ?, updated_at = ? WHERE id = ? AND lease = ? AND status = 'pending'",
+        (status, reply, now, job.recipient_id, job.lease),
+    )
+    if cursor.rowcount != 1:
+        return False
+    # The content is only needed while a recipient is pending; drop it once none is.
+    await db.execute(
+        "UPDATE messages SET content = NULL, completed_at = ? WHERE id = ? AND NOT EXISTS"
+        " (SELECT 1 FROM recipients WHERE message_id = ? AND status = 'pending')",
+        (now, job.message_id, job.message_id),
+    )
+    return True
