@@ -212,7 +212,10 @@ class DeliveryConfig(_Model):
     jitter: Annotated[float, Field(ge=0.0, le=0.5)] = 0.2
     max_age: Duration = 3 * 86400.0
     poll_interval: Annotated[Duration, Field(gt=0)] = 1.0
-    lease: Annotated[Duration, Field(gt=0)] = 600.0
+    lease: Annotated[Duration, Field(ge=1)] = Field(
+        default=60.0,
+        description="how long a claim lasts unless renewed; a dead node's work returns after it",
+    )
     batch: Annotated[int, Field(ge=1, le=10_000)] = 100
 
 

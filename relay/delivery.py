@@ -1,8 +1,9 @@
 """Delivery: workers lease due recipients from the spool, render each copy and hand it upstream.
 
-At-least-once: a recipient stays pending until the upstream's answer is recorded; a worker that
-dies leaves a lease that runs out, and the recipient is taken again. Each recipient has its own
-state, so one recipient's failure never fails another. A permanent failure, or expiry after
+At-least-once: a recipient stays pending until the upstream's answer is recorded. Claims are
+leases of `delivery.lease` seconds, renewed while the delivery is in flight; a process that dies
+stops renewing, and its recipients are taken again once the lease runs out. Each recipient has
+its own state, so one recipient's failure never fails another. A permanent failure, or expiry after
 `delivery.max_age`, spools a DSN to the envelope sender in the same transaction (never for a
 message whose envelope sender is null).
 """
@@ -66,6 +67,7 @@ class DeliveryService:
         self._stopping = False
         self._claims = 0
         self._inflight: set[asyncio.Task[None]] = set()
+        self._leases: dict[str, int] = {}  # lease -> deliveries in flight under it
         self._content: OrderedDict[str, bytes] = OrderedDict()
 
     def wake(self) -> None:
@@ -73,39 +75,64 @@ class DeliveryService:
         self._wake.set()
 
     async def run(self) -> None:
-        """Claim and deliver until `stop()`."""
+        """Claim and deliver until `stop()`; renew the leases of deliveries in flight."""
+        renewer = asyncio.create_task(self._renew_leases())
+        try:
+            await self._claim_loop()
+        finally:
+            renewer.cancel()
+            await asyncio.gather(renewer, return_exceptions=True)
+
+    async def _renew_leases(self) -> None:
+        while True:
+            lease_time = self.runtime().config.delivery.lease
+            await asyncio.sleep(lease_time / 3)
+            for lease in list(self._leases):
+                try:
+                    await self.store.renew(lease, lease_until=self.clock.now() + lease_time)
+                except StoreError as exc:
+                    log.error("delivery_store_error", error=str(exc))
+
+    async def _claim_loop(self) -> None:
         while not self._stopping:
             config = self.runtime().config
-            claimed = 0
+            if self._free_slots(config) <= 0:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            more = False
             try:
-                claimed = await self.run_once()
+                more = await self.run_once()
             except StoreError as exc:
                 log.error("delivery_store_error", error=str(exc))
-            if claimed == 0 or claimed < config.delivery.batch:
+            if not more:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), config.delivery.poll_interval)
 
-    async def run_once(self) -> int:
-        """Claim one batch (as many as there are free upstream slots) and deliver it."""
+    def _free_slots(self, config: Config) -> int:
+        # Twice the upstream connections: the next copies are rendered while others are sent.
+        return config.upstream.connections * 2 - len(self._inflight)
+
+    async def run_once(self) -> bool:
+        """Claim what fits in the free slots and start delivering it; True if more may be due."""
         config = self.runtime().config
-        free = config.upstream.connections * 2 - len(self._inflight)
-        if free <= 0:
-            await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
-            return 0
+        limit = min(self._free_slots(config), config.delivery.batch)
+        if limit <= 0:
+            return True
         self._claims += 1
         now = self.clock.now()
         jobs = await self.store.claim(
             lease=f"{self.worker_id}:{self._claims}",
             now=now,
             lease_until=now + config.delivery.lease,
-            limit=min(free, config.delivery.batch),
+            limit=limit,
         )
         for job in jobs:
+            self._leases[job.lease] = self._leases.get(job.lease, 0) + 1
             task = asyncio.create_task(self._deliver_logged(job))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
-        return len(jobs)
+        return len(jobs) == limit
 
     async def drain(self) -> None:
         """Wait for every delivery in flight."""
@@ -132,6 +159,10 @@ class DeliveryService:
             log.error("delivery_store_error", message_id=job.message_id, error=str(exc))
         except Exception:
             log.exception("delivery_crashed", message_id=job.message_id)
+        finally:
+            remaining = self._leases.pop(job.lease, 1) - 1
+            if remaining > 0:
+                self._leases[job.lease] = remaining
 
     async def _load(self, message_id: str) -> bytes:
         content = self._content.get(message_id)

@@ -49,6 +49,8 @@ _REPLIES = {
     "503 Error: need MAIL command": "503 5.5.1 Error: need MAIL command",
     "503 Error: need RCPT command": "503 5.5.1 Error: need RCPT command",
     "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
+    "503 Error: send HELO first": "503 5.5.1 Error: send HELO first",
+    "503 Error: send EHLO first": "503 5.5.1 Error: send EHLO first",
 }
 REPLY_AUTH_REQUIRED = "530 5.7.0 Authentication required"
 REPLY_THROTTLED = "421 4.7.0 Too many failed authentication attempts, try again later"
@@ -101,9 +103,8 @@ class RelaySMTP(SMTP):
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop)
 
-    @property
     def relay_session(self) -> RelaySession:
-        """The current session, with optin-relay's fields."""
+        """The current session, with optin-relay's fields (a method: aiosmtpd inspects members)."""
         session = self.session
         if not isinstance(session, RelaySession):
             raise TypeError("no relay session")
@@ -117,9 +118,9 @@ class RelaySMTP(SMTP):
         if self.transport is not None:
             # STARTTLS: aiosmtpd starts a new session (RFC 3207 4.2 discards what the client
             # said before); the client itself, and the listener's trust in it, stay the same.
-            before = self.relay_session
+            before = self.relay_session()
             super().connection_made(transport)
-            after = self.relay_session
+            after = self.relay_session()
             after.id, after.client_ip = before.id, before.client_ip
             after.account_id = self.listener.trusted_account
             return
@@ -134,7 +135,7 @@ class RelaySMTP(SMTP):
             return
         self._counted_ip = ip
         super().connection_made(transport)
-        session = self.relay_session
+        session = self.relay_session()
         session.client_ip = ip
         session.account_id = self.listener.trusted_account
         tls = transport.get_extra_info("ssl_object") is not None
@@ -152,7 +153,9 @@ class RelaySMTP(SMTP):
             return
         if self._counted_ip is not None:
             self.relay_handler.limiter.release(self._counted_ip)
-            log.info("session_closed", session_id=self.relay_session.id, client_ip=self._counted_ip)
+            log.info(
+                "session_closed", session_id=self.relay_session().id, client_ip=self._counted_ip
+            )
             self._counted_ip = None
         super().connection_lost(error)
 
@@ -173,7 +176,7 @@ class RelaySMTP(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's command naming
         """AUTH, refused with 421 (and the connection closed) once the client is throttled."""
         throttle = self.relay_handler.throttle
-        session = self.relay_session
+        session = self.relay_session()
         if throttle.blocked(session.client_ip):
             log.warning("auth_throttled", session_id=session.id, client_ip=session.client_ip)
             await self.push(REPLY_THROTTLED)
@@ -265,7 +268,7 @@ class IngressHandler:
     async def _check(
         self, server: RelaySMTP, mechanism: str, raw_user: bytes, raw_password: bytes
     ) -> AuthResult:
-        session = server.relay_session
+        session = server.relay_session()
         username = raw_user.decode("utf-8", "replace")[:128]
         account = None
         try:

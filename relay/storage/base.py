@@ -105,6 +105,10 @@ class Store(Protocol):
         """Mark `job` failed for good and spool `dsn` in the same transaction."""
         ...
 
+    async def renew(self, lease: str, *, lease_until: float) -> int:
+        """Extend `lease` on every recipient it still holds; return how many."""
+        ...
+
     async def release(self, lease_prefix: str) -> int:
         """Give back every lease starting with `lease_prefix` (graceful shutdown)."""
         ...

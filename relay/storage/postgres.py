@@ -193,6 +193,16 @@ class PostgresStore:
         except _DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
 
+    async def renew(self, lease: str, *, lease_until: float) -> int:
+        """Extend a lease held by deliveries in flight."""
+        rows = await self._fetch(
+            "UPDATE recipients SET lease_until = $1 WHERE lease = $2 AND status = 'pending'"
+            " RETURNING id",
+            lease_until,
+            lease,
+        )
+        return len(rows)
+
     async def release(self, lease_prefix: str) -> int:
         """Give back leases held by this process."""
         rows = await self._fetch(

@@ -163,6 +163,15 @@ class SqliteStore:
                 await _insert_message(db, dsn)
             return True
 
+    async def renew(self, lease: str, *, lease_until: float) -> int:
+        """Extend a lease held by deliveries in flight."""
+        async with self._tx() as db:
+            cursor = await db.execute(
+                "UPDATE recipients SET lease_until = ? WHERE lease = ? AND status = 'pending'",
+                (lease_until, lease),
+            )
+            return cursor.rowcount
+
     async def release(self, lease_prefix: str) -> int:
         """Give back leases held by this process."""
         async with self._tx() as db:

@@ -1,0 +1,280 @@
+"""Shared fixtures: real servers on 127.0.0.1 ephemeral ports, real SQLite files, real PostgreSQL.
+
+PostgreSQL tests use `OPTIN_RELAY_TEST_PG` (default: the local server's `test` database), each
+in a schema of its own that is dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from email import message_from_bytes
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+import asyncpg
+import pytest
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from relay.app import Relay
+from relay.clock import ManualClock
+from relay.config import Config, parse_config
+from relay.logging import configure
+from relay.passwords import hash_password
+from relay.sink import start_sink
+from relay.tlsutil import write_self_signed
+
+PG_URL = os.environ.get("OPTIN_RELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "s3cret-Passw0rd!"
+PASSWORD_HASH = hash_password(PASSWORD)
+
+
+@pytest.fixture(autouse=True)
+def _json_logs() -> Iterator[io.StringIO]:
+    """Every test logs through the real configuration into a buffer it can read."""
+    buffer = io.StringIO()
+    configure(level="debug", stream=buffer)
+    yield buffer
+    structlog.contextvars.clear_contextvars()
+
+
+@pytest.fixture
+def log_lines(_json_logs: io.StringIO) -> Callable[[], list[dict[str, Any]]]:
+    """The JSON log events emitted so far."""
+
+    def read() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in _json_logs.getvalue().splitlines() if line.strip()]
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost, made once per run."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    write_self_signed(cert, key, ["relay.test.example", "localhost"])
+    return cert, key
+
+
+async def _pg_schema_url() -> str:
+    schema = "t_" + secrets.token_hex(6)
+    return f"{PG_URL}?schema={schema}"
+
+
+async def drop_pg_schema(url: str) -> None:
+    """Drop the schema a test URL names."""
+    schema = url.rsplit("schema=", 1)[1]
+    con = await asyncpg.connect(PG_URL)
+    try:
+        await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await con.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh database on each backend."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/relay.db"
+        return
+    url = await _pg_schema_url()
+    yield url
+    await drop_pg_schema(url)
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL schema."""
+    url = await _pg_schema_url()
+    yield url
+    await drop_pg_schema(url)
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite file."""
+    return f"sqlite:///{tmp_path}/relay.db"
+
+
+def config_data(
+    *,
+    store_url: str,
+    upstream_port: int,
+    tls_files: tuple[Path, Path],
+    listeners: list[dict[str, Any]] | None = None,
+    **sections: Any,
+) -> dict[str, Any]:
+    """A complete configuration as YAML would give it, with two accounts."""
+    cert, key = tls_files
+    data: dict[str, Any] = {
+        "hostname": "relay.test.example",
+        "smtp": {
+            "listeners": listeners or [{"address": "127.0.0.1:0", "tls": "starttls"}],
+            "tls": {"certificate": str(cert), "private_key": str(key)},
+            "max_recipients": 100,
+        },
+        "upstream": {"host": "127.0.0.1", "port": upstream_port, "tls": "none"},
+        "delivery": {"retry_schedule": [60, 300], "jitter": 0, "poll_interval": 0.05},
+        "storage": {"url": store_url},
+        "web": {"listen": "127.0.0.1:0"},
+        "accounts": [
+            {
+                "id": "acme",
+                "username": "acme-crm",
+                "password_hash": PASSWORD_HASH,
+                "from_domains": ["acme.example"],
+                "contact": "abuse-desk@acme.example",
+            },
+            {
+                "id": "globex",
+                "username": "globex",
+                "password_hash": PASSWORD_HASH,
+                "from_domains": ["globex.example"],
+            },
+        ],
+    }
+    for key_name, value in sections.items():
+        if isinstance(value, dict) and isinstance(data.get(key_name), dict):
+            data[key_name] = {**data[key_name], **value}
+        else:
+            data[key_name] = value
+    return data
+
+
+class CapturedMessage:
+    """One recipient's copy as the test upstream received it."""
+
+    def __init__(self, mail_from: str, rcpt: str, content: bytes) -> None:
+        self.mail_from = mail_from
+        self.rcpt = rcpt
+        self.content = content
+
+    @property
+    def message(self) -> Message:
+        return message_from_bytes(self.content)
+
+
+class TestUpstream:
+    """A real SMTP server on loopback that records what it gets and refuses what it is told to."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.messages: list[CapturedMessage] = []
+        self.reject: dict[str, str] = {}  # recipient -> reply
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        if address in self.reject:
+            return self.reject[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        for rcpt in envelope.rcpt_tos:
+            self.messages.append(
+                CapturedMessage(envelope.mail_from, rcpt, envelope.original_content or b"")
+            )
+        return "250 2.0.0 Ok: captured"
+
+    async def start(self, port: int = 0) -> int:
+        self.server, self.port = await start_sink(self, "127.0.0.1", port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[TestUpstream]:
+    """A running test upstream."""
+    up = TestUpstream()
+    await up.start()
+    yield up
+    await up.stop()
+
+
+def free_port() -> int:
+    """A port nothing listens on right now."""
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """Test time."""
+    return ManualClock()
+
+
+@pytest.fixture
+async def start_relay(clock: ManualClock) -> AsyncIterator[Callable[..., Any]]:
+    """Start relays in-process from config data; all are stopped at the end of the test."""
+    relays: list[Relay] = []
+
+    async def start(data: dict[str, Any], **kwargs: Any) -> Relay:
+        config: Config = parse_config(data)
+        relay = Relay(config, clock=kwargs.pop("clock", clock), **kwargs)
+        await relay.start()
+        relays.append(relay)
+        return relay
+
+    yield start
+    for relay in relays:
+        await relay.stop(grace=1)
+
+
+async def smtp_client(
+    port: int, *, starttls: bool = True, login: tuple[str, str] | None = None
+) -> aiosmtplib.SMTP:
+    """A connected (and optionally authenticated) client to the relay."""
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=port, start_tls=starttls, validate_certs=False, timeout=10
+    )
+    await client.connect()
+    await client.ehlo()
+    if login is not None:
+        await client.login(*login)
+    return client
+
+
+def simple_message(
+    sender: str = "news@acme.example", to: str = "alice@example.net", body: str = "Hello"
+) -> bytes:
+    """A minimal valid message."""
+    return (
+        f"From: Acme News <{sender}>\r\nTo: {to}\r\nSubject: Test\r\n"
+        f"Message-ID: <{secrets.token_hex(6)}@acme.example>\r\n\r\n{body}\r\n"
+    ).encode()
+
+
+async def eventually(
+    check: Callable[[], bool], *, timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """Wait until `check()` holds (asynchronous outcomes, not timing assertions)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            msg = "condition not reached in time"
+            raise AssertionError(msg)
+        await asyncio.sleep(interval)

@@ -1,0 +1,384 @@
+"""SMTP ingress through the real server: AUTH, open-relay refusal, sender domains, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ssl
+
+import aiosmtplib
+import pytest
+from conftest import (
+    PASSWORD,
+    TestUpstream,
+    config_data,
+    eventually,
+    simple_message,
+    smtp_client,
+)
+
+LOGIN = ("acme-crm", PASSWORD)
+
+
+@pytest.fixture
+def data(sqlite_url, upstream: TestUpstream, tls_files):
+    return config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+
+
+async def test_message_relayed_with_received_header_and_intact_body(
+    start_relay, data, upstream: TestUpstream
+):
+    """An authenticated message reaches the upstream with a Received header prepended, body intact."""
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    body = simple_message(
+        body="Line one\r\n.dot-started line\r\nCaf\u00e9 8bit".replace("\u00e9", "e")
+    )
+    _, reply = await client.sendmail("news@acme.example", ["alice@example.net"], body)
+    await client.quit()
+    assert "queued as" in reply
+    await eventually(lambda: len(upstream.messages) == 1)
+    got = upstream.messages[0]
+    assert got.mail_from == "news@acme.example"
+    assert got.rcpt == "alice@example.net"
+    first, rest = got.content.split(b"\r\n", 1)
+    assert first.startswith(b"Received: from ")
+    assert b"by relay.test.example (optin-relay) with ESMTPSA id " in got.content
+    assert got.content.endswith(body)
+    assert rest.index(b"From: Acme News") > 0
+
+
+async def test_unauthenticated_mail_gets_530(start_relay, data, log_lines):
+    """Never an open relay: MAIL without AUTH is refused with 530 5.7.0."""
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0])
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+        await client.mail("news@acme.example")
+    assert refused.value.code == 530
+    assert refused.value.message.startswith("5.7.0")
+    await client.quit()
+    events = [e for e in log_lines() if e["event"] == "message_rejected"]
+    assert events[0]["rule"] == "auth_required"
+    assert events[0]["code"] == 530
+
+
+async def test_wrong_password_gets_535(start_relay, data, log_lines):
+    """Bad credentials get 535 5.7.8 and an auth_failed event without the password."""
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0])
+    with pytest.raises(aiosmtplib.SMTPAuthenticationError) as failed:
+        await client.auth_plain("acme-crm", "wrong-password-123")
+    assert failed.value.code == 535
+    assert failed.value.message.startswith("5.7.8")
+    with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+        await client.auth_login("nobody", "whatever")
+    await client.quit()
+    failures = [e for e in log_lines() if e["event"] == "auth_failed"]
+    assert [e["username"] for e in failures] == ["acme-crm", "nobody"]
+
+
+async def test_auth_login_and_plain_both_work(start_relay, data):
+    """AUTH LOGIN (what many CRMs speak) and AUTH PLAIN both authenticate."""
+    relay = await start_relay(data)
+    for mechanism in ("LOGIN", "PLAIN"):
+        client = await smtp_client(relay.smtp_ports[0])
+        if mechanism == "LOGIN":
+            code, _ = await client.auth_login(*LOGIN)
+        else:
+            code, _ = await client.auth_plain(*LOGIN)
+        assert code == 235
+        await client.quit()
+
+
+async def test_auth_before_starttls_is_refused(start_relay, data):
+    """On a listener not configured for plaintext AUTH, AUTH before STARTTLS gets 538."""
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], starttls=False)
+    await client.ehlo()
+    assert not client.supports_extension("auth")
+    assert client.supports_extension("starttls")
+    token = base64.b64encode(f"\0{LOGIN[0]}\0{LOGIN[1]}".encode()).decode()
+    response = await client.execute_command(b"AUTH", b"PLAIN", token.encode())
+    assert response.code == 538
+    await client.quit()
+
+
+async def test_plaintext_auth_on_loopback_listener_when_configured(
+    start_relay, sqlite_url, upstream, tls_files
+):
+    """A loopback listener with allow_insecure_auth accepts AUTH without TLS."""
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        listeners=[{"address": "127.0.0.1:0", "tls": "none", "allow_insecure_auth": True}],
+    )
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], starttls=False, login=LOGIN)
+    await client.sendmail(
+        "news@acme.example", ["bob@example.net"], simple_message(to="bob@example.net")
+    )
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+
+
+async def test_implicit_tls_listener(start_relay, sqlite_url, upstream, tls_files):
+    """An implicit-TLS listener speaks TLS from the first byte and allows AUTH."""
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        listeners=[{"address": "127.0.0.1:0", "tls": "implicit"}],
+    )
+    relay = await start_relay(data)
+    client = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=relay.smtp_ports[0], use_tls=True, validate_certs=False
+    )
+    await client.connect()
+    await client.login(*LOGIN)
+    await client.sendmail("news@acme.example", ["carol@example.net"], simple_message())
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+    assert b"with ESMTPSA" in upstream.messages[0].content
+
+
+async def test_envelope_sender_outside_from_domains_gets_550(start_relay, data, log_lines):
+    """MAIL FROM in a domain the account does not own: 550 5.7.1."""
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+        await client.mail("news@globex.example")
+    assert refused.value.code == 550
+    assert refused.value.message.startswith("5.7.1")
+    await client.quit()
+    event = next(e for e in log_lines() if e["event"] == "message_rejected")
+    assert event["rule"] == "from_domain.envelope"
+    assert event["stage"] == "mail"
+    assert event["account_id"] == "acme"
+
+
+@pytest.mark.parametrize(
+    ("headers", "rule"),
+    [
+        ("From: ceo@globex.example\r\n", "from_domain.header"),
+        ("From: a@acme.example\r\nFrom: b@acme.example\r\n", "from_domain.header_count"),
+        ("", "from_domain.header_count"),
+        ("From: a@acme.example, spoof@globex.example\r\n", "from_domain.header"),
+    ],
+)
+async def test_from_header_outside_from_domains_gets_550(
+    start_relay, data, upstream, headers, rule, log_lines
+):
+    """The From header must be exactly one, in the account's domains: else 550 5.7.1 at DATA."""
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    message = f"{headers}To: x@example.net\r\nSubject: s\r\n\r\nbody\r\n".encode()
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await client.sendmail("news@acme.example", ["x@example.net"], message)
+    assert refused.value.code == 550
+    assert refused.value.message.startswith("5.7.1")
+    await client.quit()
+    event = next(e for e in log_lines() if e["event"] == "message_rejected")
+    assert event["rule"] == rule
+    assert event["stage"] == "data"
+    await asyncio.sleep(0.1)
+    assert upstream.messages == []
+
+
+async def test_150_recipients_with_limit_100(start_relay, data, upstream):
+    """100 RCPT accepted, each of the other 50 gets 452 4.5.3, the message reaches the 100."""
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    await client.mail("news@acme.example")
+    codes = []
+    for n in range(150):
+        response = await client.execute_command(f"RCPT TO:<user{n}@example.net>".encode())
+        codes.append((response.code, response.message))
+    assert [c for c, _ in codes[:100]] == [250] * 100
+    assert all(code == 452 and msg.startswith("4.5.3") for code, msg in codes[100:])
+    response = await client.data(simple_message(to="list@example.net"))
+    assert response.code == 250
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 100)
+    assert sorted(m.rcpt for m in upstream.messages) == sorted(
+        f"user{n}@example.net" for n in range(100)
+    )
+
+
+async def test_size_advertised_and_enforced(start_relay, sqlite_url, upstream, tls_files):
+    """SIZE is advertised; a declared or actual size over the limit gets 552 5.3.4."""
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        smtp={"max_message_size": 10_000},
+    )
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    assert client.supports_extension("size")
+    assert client.esmtp_extensions["size"] == "10000"
+    response = await client.execute_command(b"MAIL FROM:<news@acme.example> SIZE=20000")
+    assert (response.code, response.message[:5]) == (552, "5.3.4")
+    # A client that does not declare SIZE is stopped at the end of DATA.
+    await client.mail("news@acme.example")
+    await client.rcpt("a@example.net")
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await client.data(simple_message(body=("x" * 900 + "\r\n") * 20))
+    assert (refused.value.code, refused.value.message[:5]) == (552, "5.3.4")
+    await client.quit()
+
+
+async def test_8bitmime_and_smtputf8(start_relay, data, upstream):
+    """8BITMIME and SMTPUTF8 are advertised; an internationalised address is relayed."""
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    assert client.supports_extension("8bitmime")
+    assert client.supports_extension("smtputf8")
+    body = "From: news@acme.example\r\nTo: j\u00f6rg@example.net\r\nSubject: Gr\u00fc\u00dfe\r\n\r\nGr\u00fc\u00dfe\r\n"
+    await client.sendmail(
+        "news@acme.example",
+        ["j\u00f6rg@example.net"],
+        body.encode(),
+        mail_options=["SMTPUTF8", "BODY=8BITMIME"],
+    )
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+    assert upstream.messages[0].rcpt == "j\u00f6rg@example.net"
+    assert upstream.messages[0].content.endswith(body.encode())
+
+
+async def test_unexpected_error_answers_451_without_detail(start_relay, data, log_lines):
+    """An exception in the handler is logged with its traceback; the client gets only 451 4.3.0."""
+    relay = await start_relay(data)
+
+    async def broken_spool(message):
+        raise RuntimeError("internal detail the client must not see")
+
+    relay.handler.store.spool = broken_spool
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await client.sendmail("news@acme.example", ["a@example.net"], simple_message())
+    assert (refused.value.code, refused.value.message[:5]) == (451, "4.3.0")
+    assert "internal detail" not in refused.value.message
+    # The session survives: the client can go on.
+    assert (await client.noop()).code == 250
+    await client.quit()
+    event = next(e for e in log_lines() if e["event"] == "smtp_exception")
+    assert "internal detail" in event["exception"]
+
+
+async def test_per_ip_connection_cap(start_relay, sqlite_url, upstream, tls_files, log_lines):
+    """Over max_connections_per_ip, a new connection gets 421 4.7.0 and is closed."""
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        smtp={"max_connections_per_ip": 2},
+    )
+    relay = await start_relay(data)
+    port = relay.smtp_ports[0]
+    first = await smtp_client(port, starttls=False)
+    second = await smtp_client(port, starttls=False)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    greeting = await reader.readline()
+    assert greeting.startswith(b"421 4.7.0")
+    assert await reader.read() == b""  # closed by the relay
+    writer.close()
+    await first.quit()
+    await eventually(lambda: relay.handler.limiter.active("127.0.0.1") == 1)
+    third = await smtp_client(port, starttls=False)
+    assert (await third.noop()).code == 250
+    await third.quit()
+    await second.quit()
+    assert any(e["event"] == "connection_refused" for e in log_lines())
+
+
+async def test_failed_auth_throttle(start_relay, sqlite_url, upstream, tls_files, clock):
+    """After N failures within the window: 421 4.7.0 and disconnect, until the window passes."""
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        smtp={"auth_failure_limit": 3, "auth_failure_window": 600},
+    )
+    relay = await start_relay(data)
+    port = relay.smtp_ports[0]
+    client = await smtp_client(port)
+    for _ in range(2):
+        with pytest.raises(aiosmtplib.SMTPAuthenticationError) as failed:
+            await client.auth_plain("acme-crm", "guess")
+        assert failed.value.code == 535
+    with pytest.raises(aiosmtplib.SMTPAuthenticationError) as throttled:
+        await client.auth_plain("acme-crm", "guess")
+    assert (throttled.value.code, throttled.value.message[:5]) == (421, "4.7.0")
+    await eventually(lambda: not client.is_connected)
+
+    # Even the right password is refused from that address while the window lasts.
+    again = await smtp_client(port)
+    with pytest.raises(aiosmtplib.SMTPException):
+        await again.auth_plain(*LOGIN)
+    again.close()
+
+    clock.advance(601)
+    later = await smtp_client(port, login=LOGIN)
+    await later.quit()
+
+
+async def test_password_never_logged(start_relay, data, _json_logs):
+    """Neither the password nor its base64 form appears in the log, whatever the outcome."""
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0])
+    await client.auth_plain(*LOGIN)
+    await client.quit()
+    client = await smtp_client(relay.smtp_ports[0])
+    with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+        await client.auth_login("acme-crm", "wrong-" + PASSWORD)
+    await client.quit()
+    output = _json_logs.getvalue()
+    assert "auth_succeeded" in output
+    assert PASSWORD not in output
+    assert base64.b64encode(PASSWORD.encode()).decode() not in output
+    assert base64.b64encode(f"\0acme-crm\0{PASSWORD}".encode()).decode() not in output
+
+
+async def test_trusted_loopback_listener_needs_no_auth(
+    start_relay, sqlite_url, upstream, tls_files
+):
+    """A loopback listener with trusted_account treats its clients as that account."""
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        listeners=[{"address": "127.0.0.1:0", "tls": "none", "trusted_account": "acme"}],
+    )
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], starttls=False)
+    await client.sendmail("news@acme.example", ["a@example.net"], simple_message())
+    # Still that account's domains only.
+    with pytest.raises(aiosmtplib.SMTPSenderRefused):
+        await client.mail("x@globex.example")
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+
+
+async def test_reload_swaps_accounts(start_relay, data, upstream):
+    """A reloaded config takes effect for new transactions; the old account is gone."""
+    relay = await start_relay(data)
+    new = dict(data)
+    new["accounts"] = [dict(data["accounts"][0], username="acme-renamed")]
+    from relay.config import parse_config
+
+    relay.reload(parse_config(new))
+    client = await smtp_client(relay.smtp_ports[0])
+    with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+        await client.auth_plain(*LOGIN)
+    await client.auth_plain("acme-renamed", PASSWORD)
+    await client.quit()
+
+
+def test_tls_context_refuses_old_protocols(tls_files):
+    """The server context needs TLS 1.2 or newer."""
+    from relay.tlsutil import server_context
+
+    context = server_context(*tls_files)
+    assert context.minimum_version == ssl.TLSVersion.TLSv1_2
