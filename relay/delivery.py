@@ -179,7 +179,9 @@ class DeliveryService:
         config, pipeline = runtime.config, runtime.pipeline
         content = await self._load(job.message_id)
         account = config.account(job.account_id) if job.account_id else None
-        rendering = Rendering(job.message_id, account, job.mail_from, job.recipient, content)
+        rendering = Rendering(
+            job.message_id, account, job.mail_from, job.recipient, content, kind=job.kind
+        )
         decision = await pipeline.render(rendering)
         if isinstance(decision.verdict, Continue):
             result = await self.upstream.send(job.mail_from, job.recipient, rendering.content)

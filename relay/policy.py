@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from relay.clock import Clock
     from relay.config import Account, Config
-    from relay.storage.base import Store
+    from relay.storage.base import MessageKind, Store
 
 log = get_logger(__name__)
 
@@ -101,6 +101,7 @@ class Rendering:
     mail_from: str
     recipient: str
     content: bytes
+    kind: MessageKind = "message"
     notes: dict[str, object] = field(default_factory=dict)
 
 

@@ -214,7 +214,7 @@ async def upstream() -> AsyncIterator[TestUpstream]:
 
 def free_port() -> int:
     """A port nothing listens on right now."""
-    import socket  # noqa: PLC0415
+    import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

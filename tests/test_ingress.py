@@ -28,12 +28,10 @@ def data(sqlite_url, upstream: TestUpstream, tls_files):
 async def test_message_relayed_with_received_header_and_intact_body(
     start_relay, data, upstream: TestUpstream
 ):
-    """An authenticated message reaches the upstream with a Received header prepended, body intact."""
+    """An authenticated message reaches upstream with a Received header prepended, body intact."""
     relay = await start_relay(data)
     client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
-    body = simple_message(
-        body="Line one\r\n.dot-started line\r\nCaf\u00e9 8bit".replace("\u00e9", "e")
-    )
+    body = simple_message(body="Line one\r\n.dot-started line\r\n\r\nlast line")
     _, reply = await client.sendmail("news@acme.example", ["alice@example.net"], body)
     await client.quit()
     assert "queued as" in reply
@@ -234,7 +232,10 @@ async def test_8bitmime_and_smtputf8(start_relay, data, upstream):
     client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
     assert client.supports_extension("8bitmime")
     assert client.supports_extension("smtputf8")
-    body = "From: news@acme.example\r\nTo: j\u00f6rg@example.net\r\nSubject: Gr\u00fc\u00dfe\r\n\r\nGr\u00fc\u00dfe\r\n"
+    body = (
+        "From: news@acme.example\r\nTo: j\u00f6rg@example.net\r\n"
+        "Subject: Gr\u00fc\u00dfe\r\n\r\nGr\u00fc\u00dfe\r\n"
+    )
     await client.sendmail(
         "news@acme.example",
         ["j\u00f6rg@example.net"],

@@ -1,0 +1,177 @@
+"""The storage interface, run against both backends (SQLite file, local PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.errors import StoreError
+from relay.storage import NewMessage, open_store
+from relay.storage.base import new_message_id
+
+NOW = 1_800_000_000.0
+
+
+def message(recipients=("a@example.net",), *, content=b"Subject: x\r\n\r\nbody\r\n", at=NOW):
+    return NewMessage(
+        id=new_message_id(),
+        account_id="acme",
+        mail_from="news@acme.example",
+        recipients=tuple(recipients),
+        content=content,
+        received_at=at,
+    )
+
+
+@pytest.fixture
+async def store(store_url):
+    s = open_store(store_url)
+    await s.open()
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+async def test_migrate_is_idempotent(store):
+    """Running the migrations again changes nothing and does not fail."""
+    await store.migrate()
+    await store.migrate()
+    await store.spool(message())
+    assert await store.counts() == {"pending": 1}
+
+
+async def test_spool_then_claim(store):
+    """A spooled message's recipients are claimable at once, with their envelope."""
+    msg = message(["a@example.net", "b@example.net"])
+    await store.spool(msg)
+    jobs = await store.claim(lease="w1:1", now=NOW, lease_until=NOW + 60, limit=10)
+    assert sorted(j.recipient for j in jobs) == ["a@example.net", "b@example.net"]
+    job = jobs[0]
+    assert (job.message_id, job.mail_from, job.account_id, job.kind) == (
+        msg.id,
+        "news@acme.example",
+        "acme",
+        "message",
+    )
+    assert job.attempts == 0
+    assert job.received_at == NOW
+    assert await store.content(msg.id) == msg.content
+
+
+async def test_leased_recipient_not_claimed_twice_until_lease_expires(store):
+    """A lease keeps others away until it runs out; then the recipient is claimable again."""
+    await store.spool(message())
+    first = await store.claim(lease="w1:1", now=NOW, lease_until=NOW + 60, limit=10)
+    assert len(first) == 1
+    assert await store.claim(lease="w2:1", now=NOW + 59, lease_until=NOW + 120, limit=10) == []
+    again = await store.claim(lease="w2:2", now=NOW + 61, lease_until=NOW + 120, limit=10)
+    assert [j.recipient_id for j in again] == [first[0].recipient_id]
+    # The first worker lost its lease: its late outcome is not recorded.
+    assert await store.delivered(first[0], reply="250 ok", now=NOW + 62) is False
+    assert await store.delivered(again[0], reply="250 ok", now=NOW + 62) is True
+    assert await store.counts() == {"delivered": 1}
+
+
+async def test_renew_extends_lease(store):
+    """A renewed lease is not taken by another worker after its original end."""
+    await store.spool(message())
+    jobs = await store.claim(lease="w1:1", now=NOW, lease_until=NOW + 60, limit=10)
+    assert await store.renew("w1:1", lease_until=NOW + 200) == 1
+    assert await store.claim(lease="w2:1", now=NOW + 100, lease_until=NOW + 160, limit=10) == []
+    assert await store.delivered(jobs[0], reply="250 ok", now=NOW + 150) is True
+
+
+async def test_release_returns_leases(store):
+    """A graceful stop gives leases back at once."""
+    await store.spool(message(["a@example.net", "b@example.net"]))
+    await store.claim(lease="w1:1", now=NOW, lease_until=NOW + 600, limit=10)
+    assert await store.release("w1:") == 2
+    assert len(await store.claim(lease="w2:1", now=NOW, lease_until=NOW + 60, limit=10)) == 2
+
+
+async def test_deferred_waits_for_next_attempt(store):
+    """A deferred recipient counts the attempt and is not due before its next try."""
+    await store.spool(message())
+    (job,) = await store.claim(lease="w1:1", now=NOW, lease_until=NOW + 60, limit=10)
+    assert await store.deferred(job, reply="451 later", now=NOW, next_attempt=NOW + 300)
+    assert await store.claim(lease="w1:2", now=NOW + 299, lease_until=NOW + 400, limit=10) == []
+    (retry,) = await store.claim(lease="w1:3", now=NOW + 300, lease_until=NOW + 400, limit=10)
+    assert retry.attempts == 1
+    (entry,) = await store.queue()
+    assert (entry.attempts, entry.last_reply, entry.next_attempt) == (1, "451 later", NOW + 300)
+
+
+async def test_content_dropped_only_when_every_recipient_is_done(store):
+    """Per-recipient state: the content stays until the last recipient is delivered or failed."""
+    msg = message(["a@example.net", "b@example.net"])
+    await store.spool(msg)
+    first, second = await store.claim(lease="w1:1", now=NOW, lease_until=NOW + 60, limit=10)
+    assert await store.failed(first, reply="550 no", now=NOW, dsn=None)
+    assert await store.content(msg.id) == msg.content
+    assert await store.delivered(second, reply="250 ok", now=NOW)
+    with pytest.raises(StoreError):
+        await store.content(msg.id)
+    assert await store.counts() == {"delivered": 1, "failed": 1}
+
+
+async def test_failed_spools_dsn_in_same_transaction(store):
+    """Failing a recipient and spooling its DSN happen together."""
+    await store.spool(message())
+    (job,) = await store.claim(lease="w1:1", now=NOW, lease_until=NOW + 60, limit=10)
+    dsn = NewMessage(
+        id=new_message_id(),
+        account_id="acme",
+        mail_from="",
+        recipients=("news@acme.example",),
+        content=b"DSN",
+        received_at=NOW,
+        kind="dsn",
+    )
+    assert await store.failed(job, reply="550 no", now=NOW, dsn=dsn)
+    (dsn_job,) = await store.claim(lease="w1:2", now=NOW, lease_until=NOW + 60, limit=10)
+    assert (dsn_job.kind, dsn_job.mail_from, dsn_job.recipient) == ("dsn", "", "news@acme.example")
+    # A second outcome for the same job (a stale worker) spools nothing.
+    assert not await store.failed(job, reply="550 no", now=NOW, dsn=dsn)
+
+
+async def test_concurrent_claims_are_disjoint(store_url):
+    """Two stores (two processes' pools) claiming at once never take the same recipient."""
+    stores = [open_store(store_url) for _ in range(2)]
+    for s in stores:
+        await s.open()
+        await s.migrate()
+    try:
+        for n in range(10):
+            await stores[0].spool(message([f"r{n}-{i}@example.net" for i in range(20)]))
+
+        async def drain(s, name):
+            taken = []
+            for round_ in range(100):
+                jobs = await s.claim(
+                    lease=f"{name}:{round_}", now=NOW, lease_until=NOW + 60, limit=7
+                )
+                if not jobs:
+                    return taken
+                taken.extend(j.recipient_id for j in jobs)
+                await asyncio.sleep(0)
+            return taken
+
+        a, b = await asyncio.gather(drain(stores[0], "a"), drain(stores[1], "b"))
+        assert not set(a) & set(b)
+        assert len(a) + len(b) == 200
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_store_errors_are_translated(tmp_path):
+    """A backend failure surfaces as StoreError, never a driver exception."""
+    bad = open_store("postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(StoreError):
+        await bad.open()
+    (tmp_path / "dir.db").mkdir()
+    also_bad = open_store(f"sqlite:///{tmp_path}/dir.db")
+    with pytest.raises(StoreError):
+        await also_bad.open()
+        await also_bad.migrate()
