@@ -67,8 +67,10 @@ async def test_upstream_down_then_back(start_relay, store_url, tls_files, clock,
 async def test_one_of_three_refused_gets_dsn(
     start_relay, store_url, tls_files, upstream: TestUpstream, log_lines
 ):
-    """Upstream answers 550 for one of three: the other two are delivered, a DSN reaches the
-    envelope sender with the refused recipient and the upstream's reply."""
+    """Upstream answers 550 for one of three: two are delivered, one DSN goes to the sender.
+
+    The DSN names the refused recipient and carries the upstream's reply.
+    """
     upstream.reject["bob@example.net"] = "550 5.1.1 No such user here"
     relay = await start_relay(
         config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)

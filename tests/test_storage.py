@@ -174,4 +174,3 @@ async def test_store_errors_are_translated(tmp_path):
     also_bad = open_store(f"sqlite:///{tmp_path}/dir.db")
     with pytest.raises(StoreError):
         await also_bad.open()
-        await also_bad.migrate()
