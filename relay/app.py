@@ -56,21 +56,26 @@ class Relay:
         self._tasks: list[asyncio.Task[None]] = []
         self._web: web.AppRunner | None = None
         self.web_port: int | None = None
+        self.store: Store | None = None
+        self.upstream: Upstream | None = None
+        self.delivery: DeliveryService | None = None
 
     async def start(self) -> None:
         """Open the store, migrate it, then start delivery, listeners and HTTP."""
         config = self.config
-        self.store: Store = open_store(config.storage.url)
-        await self.store.open()
-        await self.store.migrate()
-        self.runtime = RuntimeRef(Runtime.build(config, self.store, self.clock))
-        self.upstream: Upstream = self._upstream or SmtpUpstream(config.upstream, config.hostname)
+        store = open_store(config.storage.url)
+        self.store = store
+        await store.open()
+        await store.migrate()
+        self.runtime = RuntimeRef(Runtime.build(config, store, self.clock))
+        upstream = self._upstream or SmtpUpstream(config.upstream, config.hostname)
+        self.upstream = upstream
         self.delivery = DeliveryService(
-            store=self.store, upstream=self.upstream, clock=self.clock, runtime=self.runtime
+            store=store, upstream=upstream, clock=self.clock, runtime=self.runtime
         )
         self.handler = IngressHandler(
             runtime=self.runtime,
-            store=self.store,
+            store=store,
             clock=self.clock,
             limiter=ConnectionLimiter(config.smtp.max_connections_per_ip),
             throttle=FailureThrottle(
@@ -84,7 +89,7 @@ class Relay:
             self.handler, config.smtp.listeners, reuse_port=config.smtp.reuse_port
         )
         host, port = split_host_port(config.web.listen)
-        self._web = web.AppRunner(make_app(self.store), access_log=None)
+        self._web = web.AppRunner(make_app(store), access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, host, port)
         await site.start()
@@ -100,17 +105,17 @@ class Relay:
 
     def reload(self, config: Config) -> None:
         """Swap in `config` atomically; a config that fails to build leaves the old one running."""
+        if self.store is None:
+            raise RuntimeError("reload before start")
         old = self.runtime.current
         tls = old.tls
         try:
+            # Building checks the new TLS files on a fresh context first; only then are they
+            # loaded into the live one, so listeners already bound (implicit TLS) see them.
+            runtime = Runtime.build(config, self.store, self.clock)
             if tls is not None and config.smtp.tls is not None:
-                # Check the new files on a fresh context first, then load them into the live
-                # one: listeners already bound (implicit TLS) see the renewed certificate.
-                runtime = Runtime.build(config, self.store, self.clock)
                 files = config.smtp.tls
                 tls.load_cert_chain(str(files.certificate), str(files.private_key))
-            else:
-                runtime = Runtime.build(config, self.store, self.clock)
         except (OSError, ssl.SSLError, ValueError) as exc:
             log.error("config_reload_failed", problems=[str(exc)])
             return
@@ -126,20 +131,26 @@ class Relay:
         log.info("config_reloaded", policies=runtime.pipeline.names, accounts=len(config.accounts))
 
     async def stop(self, grace: float = 30.0) -> None:
-        """Stop accepting, let deliveries in flight finish, close everything."""
+        """Stop accepting, let deliveries in flight finish, close everything.
+
+        Safe on a relay whose start() failed half-way: it closes what was opened.
+        """
         for server in self.servers:
             server.close()
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
-        await self.delivery.stop(grace)
+        if self.delivery is not None:
+            await self.delivery.stop(grace)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._web is not None:
             await self._web.cleanup()
-        await self.upstream.close()
-        await self.store.close()
+        if self.upstream is not None:
+            await self.upstream.close()
+        if self.store is not None:
+            await self.store.close()
         log.info("relay_stopped")
 
 
@@ -159,27 +170,34 @@ async def serve(config_path: Path) -> int:
         for problem in exc.problems:
             log.error("config_invalid", problem=problem)
         return 78
-    except (OSError, ssl.SSLError) as exc:
-        log.error("config_invalid", problem=f"smtp.tls: {exc}")
-        return 78
     relay = Relay(config)
-    try:
-        await relay.start()
-    except StoreError as exc:
-        log.error("store_unavailable", error=str(exc))
-        return 75  # EX_TEMPFAIL: systemd restarts us
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
+    started = False
 
     def on_hup() -> None:
+        if not started:
+            return
         try:
             relay.reload(load_config(config_path))
         except ConfigError as exc:
             log.error("config_reload_failed", problems=exc.problems)
 
+    # Installed before anything starts: a SIGTERM during start-up still stops cleanly.
     loop.add_signal_handler(signal.SIGHUP, on_hup)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    try:
+        await relay.start()
+    except StoreError as exc:
+        log.error("store_unavailable", error=str(exc))
+        await relay.stop(grace=0)
+        return 75  # EX_TEMPFAIL: systemd restarts us
+    except OSError as exc:  # a port in use, an address not on this host
+        log.error("listen_failed", error=str(exc))
+        await relay.stop(grace=0)
+        return 1
+    started = True
     await stopping.wait()
     log.info("relay_stopping")
     await relay.stop()
@@ -195,4 +213,12 @@ class _NoStore:
 
 def check_runtime(config: Config) -> None:
     """Build the runtime once without a store: TLS files must load, policies instantiate."""
-    Runtime.build(config, cast("Store", _NoStore()), SystemClock())
+    try:
+        Runtime.build(config, cast("Store", _NoStore()), SystemClock())
+    except (OSError, ssl.SSLError) as exc:
+        files = config.smtp.tls
+        where = f"{files.certificate}, {files.private_key}" if files else "?"
+        detail = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError(
+            [f"smtp.tls: cannot load the certificate or key ({where}): {detail}"]
+        ) from exc

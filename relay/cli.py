@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import getpass
 import os
-import ssl
 import sys
 from pathlib import Path
 
@@ -103,10 +102,7 @@ def _check_config(args: argparse.Namespace, config_path: Path) -> int:
     from relay.app import check_runtime  # noqa: PLC0415
 
     config = load_config(config_path)
-    try:
-        check_runtime(config)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError([f"smtp.tls: cannot load certificate or key: {exc}"]) from exc
+    check_runtime(config)
     listeners = len(config.smtp.listeners)
     print(f"{config_path}: OK ({len(config.accounts)} accounts, {listeners} listeners)")
     return EXIT_OK

@@ -278,3 +278,71 @@ async def eventually(
             msg = "condition not reached in time"
             raise AssertionError(msg)
         await asyncio.sleep(interval)
+
+
+class RelayProcess:
+    """`python -m relay serve` as a child process, its JSON log lines collected."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.lines: list[dict[str, Any]] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self.smtp_port = 0
+
+    async def start(self, timeout: float = 30.0) -> int:
+        import sys  # noqa: PLC0415
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--config",
+            str(self.config_path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        started = asyncio.Event()
+
+        async def read() -> None:
+            assert self.proc is not None
+            assert self.proc.stdout is not None
+            async for raw in self.proc.stdout:
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    event = {"event": "stderr", "text": raw.decode(errors="replace")}
+                self.lines.append(event)
+                if event.get("event") == "listener_started" and not self.smtp_port:
+                    self.smtp_port = int(event["address"].rsplit(":", 1)[1])
+                if event.get("event") == "relay_started":
+                    started.set()
+
+        self._reader = asyncio.create_task(read())
+        try:
+            await asyncio.wait_for(started.wait(), timeout)
+        except TimeoutError:
+            self.kill()
+            raise AssertionError(f"relay did not start: {self.lines}") from None
+        return self.smtp_port
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+    async def wait(self) -> int:
+        assert self.proc is not None
+        code = await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    async def terminate(self) -> int:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+        return await self.wait()

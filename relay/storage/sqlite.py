@@ -35,7 +35,12 @@ class SqliteStore:
         """Open the file (creating its folder) and set durable pragmas."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except OSError as exc:
+            raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
+        pending = aiosqlite.connect(self.path, isolation_level=None)
+        db: aiosqlite.Connection | None = None
+        try:
+            db = await pending
             for pragma in (
                 "PRAGMA journal_mode=WAL",
                 "PRAGMA synchronous=FULL",
@@ -44,6 +49,12 @@ class SqliteStore:
             ):
                 await db.execute(pragma)
         except (OSError, sqlite3.Error) as exc:
+            if db is not None:
+                await db.close()
+            else:
+                # aiosqlite stops its worker thread after a failed connect without waiting;
+                # wait here, so the thread never reports to an event loop that has closed.
+                await asyncio.to_thread(pending._thread.join, 5)  # noqa: SLF001
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
         self._db = db
 

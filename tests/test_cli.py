@@ -1,0 +1,76 @@
+"""The command line: hash-password, dev-init, queue list, usage errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import yaml
+from conftest import config_data
+
+from relay.passwords import verify_password
+
+CLI = [sys.executable, "-m", "relay"]
+
+
+def test_hash_password_reads_stdin():
+    """hash-password prints an Argon2id hash that verifies the password it was given."""
+    result = subprocess.run(
+        [*CLI, "hash-password"], input="correct horse\n", capture_output=True, text=True, check=True
+    )
+    digest = result.stdout.strip()
+    assert digest.startswith("$argon2id$")
+    assert verify_password(digest, "correct horse")
+    assert not verify_password(digest, "correct horse\n")
+    assert "correct horse" not in result.stdout + result.stderr
+
+
+def test_hash_password_refuses_empty():
+    """An empty password is refused with exit 1."""
+    result = subprocess.run(
+        [*CLI, "hash-password"], input="\n", capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+
+
+def test_usage_error_exits_2():
+    """An unknown command is a usage error."""
+    result = subprocess.run([*CLI, "no-such-command"], capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+
+
+def test_dev_init_writes_certificate(tmp_path, sqlite_url):
+    """dev-init creates the TLS files named by the config (key mode 0600), then check-config passes."""
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=2526,
+        tls_files=(tmp_path / "tls" / "cert.pem", tmp_path / "tls" / "key.pem"),
+    )
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    subprocess.run([*CLI, "dev-init", "--config", str(path)], check=True, capture_output=True)
+    assert (tmp_path / "tls" / "cert.pem").read_bytes().startswith(b"-----BEGIN CERTIFICATE")
+    assert (tmp_path / "tls" / "key.pem").stat().st_mode & 0o777 == 0o600
+    subprocess.run([*CLI, "check-config", "--config", str(path)], check=True, capture_output=True)
+
+
+async def test_queue_list_shows_pending(tmp_path, tls_files):
+    """queue list prints each pending recipient with its attempts and last reply."""
+    from relay.storage import NewMessage, open_store
+
+    url = f"sqlite:///{tmp_path}/relay.db"
+    store = open_store(url)
+    await store.open()
+    await store.migrate()
+    await store.spool(
+        NewMessage("Q1", "acme", "news@acme.example", ("a@example.net",), b"x", 1_800_000_000.0)
+    )
+    await store.close()
+    path = tmp_path / "relay.yaml"
+    path.write_text(
+        yaml.safe_dump(config_data(store_url=url, upstream_port=25, tls_files=tls_files))
+    )
+    result = subprocess.run(
+        [*CLI, "queue", "list", "--config", str(path)], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.startswith("Q1\tacme\t<news@acme.example>\t<a@example.net>\tattempts=0")

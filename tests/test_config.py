@@ -1,0 +1,203 @@
+"""Configuration loading: the shipped files validate, and every error names its location."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import PASSWORD_HASH, ROOT, config_data
+
+from relay.config import ConfigError, load_config, parse_config
+
+CLI = [sys.executable, "-m", "relay"]
+
+
+def write(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def problems(data: dict) -> list[str]:
+    with pytest.raises(ConfigError) as error:
+        parse_config(data)
+    return error.value.problems
+
+
+@pytest.fixture
+def valid(sqlite_url, tls_files):
+    return config_data(store_url=sqlite_url, upstream_port=2526, tls_files=tls_files)
+
+
+@pytest.mark.parametrize("name", ["relay.example.yaml", "dev.yaml"])
+def test_shipped_configs_validate(name):
+    """config/relay.example.yaml and config/dev.yaml load as they are."""
+    config = load_config(ROOT / "config" / name)
+    assert config.accounts
+    assert "from_domain" in config.policies
+
+
+def test_example_documents_every_top_level_key():
+    """The example file sets every top-level key of the operator contract."""
+    text = (ROOT / "config" / "relay.example.yaml").read_text()
+    data = yaml.safe_load(text)
+    for key in ("hostname", "smtp", "upstream", "inbound", "storage", "web", "tokens"):
+        assert key in data
+    for key in ("accounts", "policies", "delivery"):
+        assert key in data
+
+
+def test_relative_paths_resolve_against_config_folder(tmp_path, tls_files):
+    """sqlite:///var/x.db and TLS paths are relative to the config file, not the cwd."""
+    data = config_data(store_url="sqlite:///var/relay.db", upstream_port=25, tls_files=tls_files)
+    data["smtp"]["tls"] = {"certificate": "tls/c.pem", "private_key": "tls/k.pem"}
+    config = load_config(write(tmp_path, data))
+    assert config.storage.url == f"sqlite:///{tmp_path.resolve()}/var/relay.db"
+    assert config.smtp.tls is not None
+    assert config.smtp.tls.certificate == tmp_path.resolve() / "tls" / "c.pem"
+
+
+def test_error_names_list_index_and_field(valid):
+    """A bad field in the second account is reported as accounts[1].from_domains."""
+    valid["accounts"][1]["from_domains"] = ["not a domain"]
+    assert problems(valid) == ["accounts[1].from_domains[0]: not a valid domain: 'not a domain'"]
+
+
+def test_every_problem_is_reported(valid):
+    """All errors come at once, each with its location."""
+    valid["accounts"][0]["password_hash"] = "plaintext"
+    del valid["upstream"]["host"]
+    valid["smtp"]["max_recipients"] = 50
+    valid["policies"] = {"from_domain": {"allow_subdomains": "maybe"}, "no_such_policy": {}}
+    found = problems(valid)
+    assert any(p.startswith("accounts[0].password_hash: expected a hash") for p in found)
+    assert "upstream.host: Field required" in found
+    assert any(
+        p.startswith("smtp.max_recipients: Input should be greater than or equal to 100")
+        for p in found
+    )
+    assert any(p.startswith("policies.from_domain.allow_subdomains:") for p in found)
+    assert any(p.startswith("policies.no_such_policy: ") for p in found)
+
+
+def test_unknown_keys_are_errors(valid):
+    """A typo is an error, not silently ignored."""
+    valid["smtp"]["max_recipient"] = 100
+    assert problems(valid) == ["smtp.max_recipient: Extra inputs are not permitted"]
+
+
+@pytest.mark.parametrize(
+    ("listener", "message"),
+    [
+        ({"address": "0.0.0.0:25", "tls": "none", "allow_insecure_auth": True}, "loopback"),
+        ({"address": "192.0.2.1:25", "trusted_account": "acme"}, "loopback"),
+        ({"address": "no-port", "tls": "none"}, "host:port"),
+    ],
+)
+def test_listener_safety(valid, listener, message):
+    """Plaintext AUTH and trusted accounts are refused on non-loopback addresses."""
+    valid["smtp"]["listeners"] = [listener]
+    (problem,) = problems(valid)
+    assert problem.startswith("smtp.listeners[0]")
+    assert message in problem
+
+
+def test_cross_checks(valid):
+    """Duplicate accounts and unknown trusted accounts are caught."""
+    valid["accounts"].append(dict(valid["accounts"][0]))
+    assert problems(valid) == ["(top level): accounts: duplicate id: acme"]
+
+
+def test_durations_and_sizes(valid):
+    """Durations and sizes accept units."""
+    valid["delivery"] = {"retry_schedule": ["30s", "15m", "2h"], "max_age": "3d"}
+    valid["smtp"]["max_message_size"] = "10MB"
+    config = parse_config(valid)
+    assert config.delivery.retry_schedule == [30, 900, 7200]
+    assert config.delivery.max_age == 3 * 86400
+    assert config.smtp.max_message_size == 10 * 1024 * 1024
+
+
+def test_secrets_are_not_printed(valid):
+    """The upstream password never appears in the config's repr."""
+    valid["upstream"].update(username="relay", password="hunter2-upstream")
+    config = parse_config(valid)
+    assert "hunter2-upstream" not in repr(config)
+    assert config.upstream.password is not None
+    assert config.upstream.password.get_secret_value() == "hunter2-upstream"
+
+
+def test_check_config_exit_78_with_location(tmp_path, valid):
+    """check-config prints each problem with its location and exits 78."""
+    valid["accounts"][1]["from_domains"] = []
+    path = write(tmp_path, valid)
+    result = subprocess.run(
+        [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 78
+    assert "accounts[1].from_domains: List should have at least 1 item" in result.stderr
+
+
+def test_check_config_ok(tmp_path, valid):
+    """A valid file: exit 0."""
+    path = write(tmp_path, valid)
+    result = subprocess.run(
+        [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+
+
+def test_check_config_yaml_syntax_error_has_line(tmp_path):
+    """Broken YAML is reported with file, line and column."""
+    path = write(tmp_path, "hostname: relay.example\nsmtp: [unclosed\n")
+    result = subprocess.run(
+        [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 78
+    assert f"{path}:3:1: not valid YAML" in result.stderr
+
+
+def test_check_config_missing_tls_file(tmp_path, valid):
+    """An unreadable certificate is a config error naming smtp.tls."""
+    valid["smtp"]["tls"]["certificate"] = str(tmp_path / "missing.pem")
+    path = write(tmp_path, valid)
+    result = subprocess.run(
+        [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 78
+    assert "smtp.tls: cannot load the certificate or key" in result.stderr
+
+
+def test_serve_refuses_bad_config(tmp_path, valid):
+    """serve exits 78 on a bad file, before opening any socket."""
+    valid["hostname"] = "not a hostname"
+    path = write(tmp_path, valid)
+    result = subprocess.run(
+        [*CLI, "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert "config_invalid" in result.stdout
+    assert "hostname" in result.stdout
+
+
+def test_config_from_environment(tmp_path, valid):
+    """Without --config, $OPTIN_RELAY_CONFIG names the file."""
+    path = write(tmp_path, valid)
+    env = {"OPTIN_RELAY_CONFIG": str(path), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run(
+        [*CLI, "check-config"], capture_output=True, text=True, env=env, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_password_hash_field_accepts_cli_output():
+    """A hash made by hash-password is accepted as an account's password_hash."""
+    assert PASSWORD_HASH.startswith("$argon2id$")

@@ -1,0 +1,171 @@
+"""Never lose an accepted message: SIGKILL after 250, and two relays sharing one spool."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections import Counter
+
+import pytest
+import yaml
+from conftest import (
+    PASSWORD,
+    RelayProcess,
+    TestUpstream,
+    config_data,
+    eventually,
+    free_port,
+    simple_message,
+    smtp_client,
+)
+
+pytestmark = pytest.mark.slow
+LOGIN = ("acme-crm", PASSWORD)
+
+
+def write_config(tmp_path, name, **kwargs):
+    data = config_data(**kwargs)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+class Blackhole:
+    """Accepts TCP connections and never answers: a delivery to it stays in flight."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self, port: int) -> None:
+        async def handle(reader, writer):
+            self.connections += 1
+            self.writers.append(writer)
+            await reader.read()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", port)
+
+    async def stop(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_sigkill_after_250_before_delivery(tmp_path, store_url, tls_files):
+    """The relay killed with SIGKILL while delivering: after a restart the message is delivered."""
+    port = free_port()
+    hole = Blackhole()
+    await hole.start(port)
+    path = write_config(
+        tmp_path,
+        "relay",
+        store_url=store_url,
+        upstream_port=port,
+        tls_files=tls_files,
+        upstream={"timeout": 60},
+        delivery={"lease": 2, "retry_schedule": [1], "poll_interval": 0.1},
+    )
+    relay = RelayProcess(path)
+    smtp_port = await relay.start()
+    message = simple_message(body="must survive SIGKILL")
+    client = await smtp_client(smtp_port, login=LOGIN)
+    _, reply = await client.sendmail("news@acme.example", ["alice@example.net"], message)
+    await client.quit()
+    assert reply.startswith("2.0.0 Ok: queued as")
+    await eventually(lambda: hole.connections == 1)  # delivery is in flight, not finished
+    relay.kill()
+    assert await relay.wait() == -signal.SIGKILL
+    await hole.stop()
+
+    upstream = TestUpstream()
+    await upstream.start(port)
+    restarted = RelayProcess(path)
+    try:
+        await restarted.start()
+        await eventually(lambda: len(upstream.messages) == 1, timeout=30)
+        assert upstream.messages[0].content.endswith(message)
+        assert upstream.messages[0].rcpt == "alice@example.net"
+    finally:
+        await restarted.terminate()
+        await upstream.stop()
+
+
+async def test_two_relays_share_postgres_spool_exactly_once(tmp_path, pg_url, tls_files):
+    """Two relay processes on one PostgreSQL database deliver a shared load exactly once."""
+    upstream = TestUpstream()
+    await upstream.start()
+    paths = [
+        write_config(
+            tmp_path,
+            f"node{n}",
+            store_url=pg_url,
+            upstream_port=upstream.port,
+            tls_files=tls_files,
+            upstream={"connections": 4},
+            delivery={"poll_interval": 0.05, "batch": 20},
+        )
+        for n in range(2)
+    ]
+    nodes = [RelayProcess(path) for path in paths]
+    ports = [await node.start() for node in nodes]
+    total = 200
+    try:
+
+        async def submit(port: int, first: int, count: int) -> None:
+            client = await smtp_client(port, login=LOGIN)
+            for n in range(first, first + count):
+                # Several recipients per message, so both nodes' workers share each message.
+                rcpts = [f"user{n}-{i}@example.net" for i in range(2)]
+                await client.sendmail("news@acme.example", rcpts, simple_message(body=f"#{n}"))
+            await client.quit()
+
+        await asyncio.gather(*(submit(ports[k % 2], k * 25, 25) for k in range(total // 25)))
+        await eventually(lambda: len(upstream.messages) >= total * 2, timeout=60)
+        await asyncio.sleep(1.0)  # anything delivered twice would show up now
+        copies = Counter(m.rcpt for m in upstream.messages)
+        assert len(copies) == total * 2
+        assert set(copies.values()) == {1}
+        by_node = [len(node.events("delivery_succeeded")) for node in nodes]
+        assert sum(by_node) == total * 2
+    finally:
+        for node in nodes:
+            await node.terminate()
+        await upstream.stop()
+
+
+async def test_sigterm_is_graceful(tmp_path, sqlite_url, tls_files, upstream):
+    """SIGTERM: the relay stops cleanly with exit 0 and logs relay_stopped."""
+    path = write_config(
+        tmp_path, "relay", store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files
+    )
+    relay = RelayProcess(path)
+    await relay.start()
+    assert await relay.terminate() == 0
+    assert relay.events("relay_stopped")
+
+
+async def test_sighup_reloads_and_bad_file_keeps_old(tmp_path, sqlite_url, tls_files, upstream):
+    """SIGHUP re-reads the file; a broken file is refused and the old config keeps running."""
+    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    relay = RelayProcess(path)
+    port = await relay.start()
+    try:
+        data["accounts"][0]["username"] = "acme-v2"
+        path.write_text(yaml.safe_dump(data))
+        relay.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: bool(relay.events("config_reloaded")))
+        client = await smtp_client(port, login=("acme-v2", PASSWORD))
+        await client.quit()
+
+        path.write_text("hostname: [broken\n")
+        relay.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: bool(relay.events("config_reload_failed")))
+        client = await smtp_client(port, login=("acme-v2", PASSWORD))
+        await client.sendmail("news@acme.example", ["a@example.net"], simple_message())
+        await client.quit()
+        await eventually(lambda: len(upstream.messages) == 1)
+    finally:
+        await relay.terminate()
