@@ -291,7 +291,7 @@ class RelayProcess:
         self.smtp_port = 0
 
     async def start(self, timeout: float = 30.0) -> int:
-        import sys  # noqa: PLC0415
+        import sys
 
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,

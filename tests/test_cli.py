@@ -40,7 +40,7 @@ def test_usage_error_exits_2():
 
 
 def test_dev_init_writes_certificate(tmp_path, sqlite_url):
-    """dev-init creates the TLS files named by the config (key mode 0600), then check-config passes."""
+    """`dev-init` writes the config's TLS files (key mode 0600); check-config then passes."""
     data = config_data(
         store_url=sqlite_url,
         upstream_port=2526,
@@ -55,7 +55,7 @@ def test_dev_init_writes_certificate(tmp_path, sqlite_url):
 
 
 async def test_queue_list_shows_pending(tmp_path, tls_files):
-    """queue list prints each pending recipient with its attempts and last reply."""
+    """`queue list` prints each pending recipient with its attempts and last reply."""
     from relay.storage import NewMessage, open_store
 
     url = f"sqlite:///{tmp_path}/relay.db"

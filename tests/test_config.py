@@ -131,7 +131,7 @@ def test_secrets_are_not_printed(valid):
 
 
 def test_check_config_exit_78_with_location(tmp_path, valid):
-    """check-config prints each problem with its location and exits 78."""
+    """`check-config` prints each problem with its location and exits 78."""
     valid["accounts"][1]["from_domains"] = []
     path = write(tmp_path, valid)
     result = subprocess.run(
@@ -173,7 +173,7 @@ def test_check_config_missing_tls_file(tmp_path, valid):
 
 
 def test_serve_refuses_bad_config(tmp_path, valid):
-    """serve exits 78 on a bad file, before opening any socket."""
+    """`serve` exits 78 on a bad file, before opening any socket."""
     valid["hostname"] = "not a hostname"
     path = write(tmp_path, valid)
     result = subprocess.run(
