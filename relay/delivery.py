@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from relay.dsn import build_dsn
 from relay.errors import StoreError
 from relay.logging import get_logger
+from relay.metrics import DELIVERIES
 from relay.policy import Continue, Defer, Rendering
 from relay.storage.base import DeliveryJob, NewMessage, new_message_id
 from relay.upstream import SendResult
@@ -213,16 +214,19 @@ class DeliveryService:
             fields["rule"] = rule
         if result.outcome == "delivered":
             if await self.store.delivered(job, reply=result.reply, now=now):
+                DELIVERIES.labels("delivered").inc()
                 log.info("delivery_succeeded", **fields)
             return
         expired = now - job.received_at >= config.delivery.max_age
         if result.outcome == "transient" and not expired:
             next_try = now + retry_delay(config.delivery, job.attempts + 1, self.rng)
             if await self.store.deferred(job, reply=result.reply, now=now, next_attempt=next_try):
+                DELIVERIES.labels("deferred").inc()
                 log.info("delivery_deferred", next_try=next_try, **fields)
             return
         dsn = self._dsn(job, result, config, content, now=now, expired=expired)
         if await self.store.failed(job, reply=result.reply, now=now, dsn=dsn):
+            DELIVERIES.labels("failed").inc()
             log.warning("delivery_failed", expired=expired, **fields)
             if dsn is not None:
                 log.info(

@@ -24,6 +24,7 @@ from relay.auth import authenticate
 from relay.clock import to_datetime
 from relay.errors import StoreError
 from relay.logging import get_logger
+from relay.metrics import MESSAGES_ACCEPTED, REJECTIONS
 from relay.policy import Continue, Submission, Transaction
 from relay.storage.base import NewMessage, new_message_id
 
@@ -401,6 +402,7 @@ class IngressHandler:
             log.error("spool_failed", error=str(exc) or type(exc).__name__)
             _rejected("data", REPLY_TEMPFAIL, "spool")
             return REPLY_TEMPFAIL
+        MESSAGES_ACCEPTED.inc()
         log.info(
             "message_accepted",
             size=len(message.content),
@@ -417,10 +419,12 @@ class IngressHandler:
 
 
 def _rejected(stage: str, reply: str, rule: str, **fields: object) -> None:
+    REJECTIONS.labels(stage, rule).inc()
     log.info("message_rejected", stage=stage, code=int(reply[:3]), rule=rule, reply=reply, **fields)
 
 
 def _recipient_rejected(reply: str, rule: str, recipient: str) -> None:
+    REJECTIONS.labels("rcpt", rule).inc()
     log.info(
         "recipient_rejected",
         stage="rcpt",

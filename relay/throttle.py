@@ -46,6 +46,7 @@ class FailureThrottle:
         self.window = window
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
+        self._records = 0
 
     def _recent(self, ip: str) -> deque[float]:
         failures = self._failures.setdefault(ip, deque())
@@ -61,6 +62,14 @@ class FailureThrottle:
         """Count one failure from `ip`."""
         self._recent(ip)
         self._failures.setdefault(ip, deque()).append(self.clock.now())
+        self._records += 1
+        if self._records % 256 == 0:  # keep memory bounded when failures come from many IPs
+            self.prune()
+
+    def prune(self) -> None:
+        """Forget every address whose failures have all left the window."""
+        for ip in list(self._failures):
+            self._recent(ip)
 
     def blocked(self, ip: str) -> bool:
         """Say whether `ip` has failed too often recently."""

@@ -1,0 +1,105 @@
+"""The policy pipeline: order, first refusal wins, failures and timeouts defer (fail closed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from conftest import config_data
+
+from relay.clock import ManualClock
+from relay.config import parse_config
+from relay.policy import (
+    CONTINUE,
+    BasePolicy,
+    Continue,
+    Defer,
+    Pipeline,
+    PolicyServices,
+    Reject,
+    Transaction,
+    Verdict,
+    build_pipeline,
+)
+
+
+class Probe(BasePolicy):
+    """A policy that answers what it is told, slowly or by crashing if asked."""
+
+    def __init__(self, name: str, verdict: Verdict = CONTINUE, *, delay: float = 0, crash=False):
+        self.name = name
+        self.verdict = verdict
+        self.delay = delay
+        self.crash = crash
+        self.calls = 0
+
+    async def on_rcpt(self, tx: Transaction, recipient: str) -> Verdict:
+        self.calls += 1
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.crash:
+            msg = "boom"
+            raise ValueError(msg)
+        return self.verdict
+
+
+@pytest.fixture
+def tx(sqlite_url, tls_files):
+    config = parse_config(config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files))
+    return Transaction("M1", config.accounts[0], "news@acme.example", "127.0.0.1")
+
+
+async def test_first_refusal_stops_the_stage(tx):
+    """Policies run in order; the first answer that is not Continue ends the stage."""
+    first, second, third = Probe("a"), Probe("b", Reject("no", "b.rule")), Probe("c")
+    decision = await Pipeline([first, second, third]).rcpt(tx, "x@example.net")
+    assert decision.policy == "b"
+    assert decision.verdict == Reject("no", "b.rule")
+    assert (first.calls, second.calls, third.calls) == (1, 1, 0)
+
+
+async def test_all_continue(tx):
+    """With no objection the decision is Continue and names no policy."""
+    decision = await Pipeline([Probe("a"), Probe("b")]).rcpt(tx, "x@example.net")
+    assert isinstance(decision.verdict, Continue)
+    assert decision.policy is None
+
+
+async def test_crash_defers(tx, log_lines):
+    """A policy that raises defers with 451 4.3.0 and the later policies do not run."""
+    later = Probe("later")
+    decision = await Pipeline([Probe("bad", crash=True), later]).rcpt(tx, "x@example.net")
+    assert isinstance(decision.verdict, Defer)
+    assert decision.verdict.reply() == "451 4.3.0 Temporary policy failure, try again later"
+    assert later.calls == 0
+    event = next(e for e in log_lines() if e["event"] == "policy_error")
+    assert (event["policy"], event["stage"], event["error"]) == ("bad", "rcpt", "ValueError")
+
+
+async def test_timeout_defers(tx):
+    """A policy slower than the timeout defers rather than letting mail through."""
+    decision = await Pipeline([Probe("slow", delay=5)], timeout=0.05).rcpt(tx, "x@example.net")
+    assert isinstance(decision.verdict, Defer)
+    assert decision.policy == "slow"
+
+
+def test_from_domain_is_always_first(sqlite_url, tls_files):
+    """from_domain runs even when the config does not name it."""
+    data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
+    config = parse_config(data)
+    pipeline = build_pipeline(PolicyServices(config, None, ManualClock()))  # type: ignore[arg-type]
+    assert pipeline.names == ["from_domain"]
+
+
+async def test_from_domain_subdomains_setting(sqlite_url, tls_files):
+    """allow_subdomains lets news.acme.example count as acme.example; off by default."""
+    data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
+    for allow, expected in ((False, Reject), (True, Continue)):
+        data["policies"] = {"from_domain": {"allow_subdomains": allow}}
+        config = parse_config(data)
+        pipeline = build_pipeline(PolicyServices(config, None, ManualClock()))  # type: ignore[arg-type]
+        tx = Transaction("M", config.accounts[0], "news@mail.acme.example", "127.0.0.1")
+        assert isinstance((await pipeline.mail(tx)).verdict, expected)
+        # A look-alike domain never passes.
+        tx = Transaction("M", config.accounts[0], "news@evilacme.example", "127.0.0.1")
+        assert isinstance((await pipeline.mail(tx)).verdict, Reject)
