@@ -15,6 +15,7 @@ from relay.config import load_config, split_host_port
 from relay.delivery import DeliveryService
 from relay.errors import ConfigError, StoreError
 from relay.ingress import IngressHandler, start_listeners
+from relay.logging import configure as configure_logging
 from relay.logging import get_logger
 from relay.runtime import Runtime, RuntimeRef
 from relay.storage import open_store
@@ -165,6 +166,7 @@ async def serve(config_path: Path) -> int:
     """Run until SIGTERM or SIGINT; SIGHUP re-reads `config_path`. Returns the exit status."""
     try:
         config = load_config(config_path)
+        configure_logging(level=config.log_level)
         check_runtime(config)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -179,9 +181,12 @@ async def serve(config_path: Path) -> int:
         if not started:
             return
         try:
-            relay.reload(load_config(config_path))
+            new = load_config(config_path)
         except ConfigError as exc:
             log.error("config_reload_failed", problems=exc.problems)
+            return
+        relay.reload(new)
+        configure_logging(level=relay.config.log_level)
 
     # Installed before anything starts: a SIGTERM during start-up still stops cleanly.
     loop.add_signal_handler(signal.SIGHUP, on_hup)

@@ -371,7 +371,8 @@ class IngressHandler:
             return "503 5.5.1 Error: need RCPT command"
         runtime = self.runtime()
         content: bytes = envelope.original_content or b""
-        headers = BytesHeaderParser(policy=email_policy.default).parsebytes(content)
+        # compat32: raw header strings; the default policy builds a class per header read.
+        headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(content)
         decision = await runtime.pipeline.data(tx, Submission(content, headers))
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()

@@ -383,3 +383,23 @@ def test_tls_context_refuses_old_protocols(tls_files):
 
     context = server_context(*tls_files)
     assert context.minimum_version == ssl.TLSVersion.TLSv1_2
+
+
+@pytest.mark.parametrize(
+    "from_header",
+    [
+        "From: J\u00f6rg Gr\u00fcn <news@acme.example>",
+        "From: =?utf-8?q?J=C3=B6rg?= <news@acme.example>",
+        'From: "Acme, Inc." <news@ACME.example>',
+    ],
+)
+async def test_from_header_forms_accepted(start_relay, data, upstream, from_header):
+    """Raw UTF-8 and encoded-word display names, quoted commas and case all pass."""
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    message = f"{from_header}\r\nTo: x@example.net\r\nSubject: s\r\n\r\nbody\r\n".encode()
+    await client.sendmail(
+        "news@acme.example", ["x@example.net"], message, mail_options=["BODY=8BITMIME"]
+    )
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)

@@ -1,16 +1,19 @@
 """SQLite backend (the embedded default): one aiosqlite connection, WAL, synchronous=FULL.
 
-Transactions are serialised by a lock because coroutines share the one connection; `BEGIN
-IMMEDIATE` also serialises them against other processes opening the same file.
+Writes use group commit: concurrent writers queue their operation, and one writer task runs
+every queued operation in a single transaction (each in its own savepoint, so one failing
+operation fails alone), then answers each caller only after COMMIT has returned. One fsync then
+covers many messages. `BEGIN IMMEDIATE` also serialises writers across processes sharing a file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiosqlite
 
@@ -19,7 +22,17 @@ from relay.storage.base import DeliveryJob, NewMessage, QueueEntry
 from relay.storage.migrations import SQLITE
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+T = TypeVar("T")
+_GROUP_LIMIT = 256  # operations per transaction
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """An operation of a group that failed (and was rolled back to its savepoint)."""
+
+    error: Exception
 
 
 class SqliteStore:
@@ -30,6 +43,10 @@ class SqliteStore:
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        self._queue: list[
+            tuple[Callable[[aiosqlite.Connection], Awaitable[Any]], asyncio.Future[Any]]
+        ] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Open the file (creating its folder) and set durable pragmas."""
@@ -59,7 +76,9 @@ class SqliteStore:
         self._db = db
 
     async def close(self) -> None:
-        """Close the connection."""
+        """Finish queued writes, then close the connection."""
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -80,6 +99,63 @@ class SqliteStore:
                 await db.execute("COMMIT")
             except sqlite3.Error as exc:
                 raise StoreError(f"SQLite: {exc}") from exc
+
+    async def _write(self, operation: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run `operation` in the next group transaction; return once it is committed."""
+        if self._db is None:
+            raise StoreError("the store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((operation, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:_GROUP_LIMIT], self._queue[_GROUP_LIMIT:]
+            try:
+                outcomes = await self._commit_group([operation for operation, _ in batch])
+            except StoreError as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), outcome in zip(batch, outcomes, strict=True):
+                if future.done():  # the caller gave up waiting; the write stands
+                    continue
+                if isinstance(outcome, _Failed):
+                    future.set_exception(outcome.error)
+                else:
+                    future.set_result(outcome)
+
+    async def _commit_group(
+        self, operations: list[Callable[[aiosqlite.Connection], Awaitable[Any]]]
+    ) -> list[Any]:
+        """Run `operations` in one transaction, each in a savepoint; raise if COMMIT fails."""
+        async with self._lock:
+            db = self._db
+            if db is None:
+                raise StoreError("the store is not open")
+            outcomes: list[Any] = []
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                for operation in operations:
+                    await db.execute("SAVEPOINT operation")
+                    try:
+                        outcomes.append(await operation(db))
+                    except sqlite3.Error as exc:
+                        await db.execute("ROLLBACK TO operation")
+                        outcomes.append(_Failed(StoreError(f"SQLite: {exc}")))
+                    except Exception as exc:  # noqa: BLE001 - a bug in one operation fails it alone
+                        await db.execute("ROLLBACK TO operation")
+                        outcomes.append(_Failed(exc))
+                    await db.execute("RELEASE operation")
+                await db.execute("COMMIT")
+            except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite after close
+                with suppress(sqlite3.Error, ValueError):
+                    await db.execute("ROLLBACK")
+                raise StoreError(f"SQLite: {exc}") from exc
+            return outcomes
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         if self._db is None:
@@ -111,15 +187,19 @@ class SqliteStore:
         await self._fetch("SELECT 1")
 
     async def spool(self, message: NewMessage) -> None:
-        """Insert the message and its recipients in one durable transaction."""
-        async with self._tx() as db:
+        """Insert the message and its recipients; return once committed (durable)."""
+
+        async def operation(db: aiosqlite.Connection) -> None:
             await _insert_message(db, message)
+
+        await self._write(operation)
 
     async def claim(
         self, *, lease: str, now: float, lease_until: float, limit: int
     ) -> list[DeliveryJob]:
         """Lease due recipients whose earlier lease (if any) has run out."""
-        async with self._tx() as db:
+
+        async def operation(db: aiosqlite.Connection) -> list[Any]:
             await db.execute(
                 "UPDATE recipients SET lease = ?, lease_until = ? WHERE id IN ("
                 " SELECT id FROM recipients WHERE status = 'pending' AND next_attempt <= ?"
@@ -132,7 +212,9 @@ class SqliteStore:
                 " WHERE r.lease = ? AND r.status = 'pending' ORDER BY r.id",
                 (lease,),
             ) as cursor:
-                rows = await cursor.fetchall()
+                return list(await cursor.fetchall())
+
+        rows = await self._write(operation)
         return [
             DeliveryJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], lease)
             for row in rows
@@ -147,14 +229,14 @@ class SqliteStore:
 
     async def delivered(self, job: DeliveryJob, *, reply: str, now: float) -> bool:
         """Mark `job` delivered."""
-        async with self._tx() as db:
-            return await _finish(db, job, "delivered", reply, now)
+        return await self._write(lambda db: _finish(db, job, "delivered", reply, now))
 
     async def deferred(
         self, job: DeliveryJob, *, reply: str, now: float, next_attempt: float
     ) -> bool:
         """Count the attempt and schedule the next."""
-        async with self._tx() as db:
+
+        async def operation(db: aiosqlite.Connection) -> bool:
             cursor = await db.execute(
                 "UPDATE recipients SET attempts = attempts + 1, next_attempt = ?, lease = NULL,"
                 " lease_until = 0, last_reply = ?, updated_at = ? WHERE id = ? AND lease = ?"
@@ -163,35 +245,46 @@ class SqliteStore:
             )
             return cursor.rowcount == 1
 
+        return await self._write(operation)
+
     async def failed(
         self, job: DeliveryJob, *, reply: str, now: float, dsn: NewMessage | None
     ) -> bool:
         """Mark `job` failed and spool its DSN atomically."""
-        async with self._tx() as db:
+
+        async def operation(db: aiosqlite.Connection) -> bool:
             if not await _finish(db, job, "failed", reply, now):
                 return False
             if dsn is not None:
                 await _insert_message(db, dsn)
             return True
 
+        return await self._write(operation)
+
     async def renew(self, lease: str, *, lease_until: float) -> int:
         """Extend a lease held by deliveries in flight."""
-        async with self._tx() as db:
+
+        async def operation(db: aiosqlite.Connection) -> int:
             cursor = await db.execute(
                 "UPDATE recipients SET lease_until = ? WHERE lease = ? AND status = 'pending'",
                 (lease_until, lease),
             )
             return cursor.rowcount
 
+        return await self._write(operation)
+
     async def release(self, lease_prefix: str) -> int:
         """Give back leases held by this process."""
-        async with self._tx() as db:
+
+        async def operation(db: aiosqlite.Connection) -> int:
             cursor = await db.execute(
                 "UPDATE recipients SET lease = NULL, lease_until = 0"
                 " WHERE lease LIKE ? AND status = 'pending'",
                 (lease_prefix.replace("%", "") + "%",),
             )
             return cursor.rowcount
+
+        return await self._write(operation)
 
     async def queue(self, limit: int = 1000) -> list[QueueEntry]:
         """Recipients still pending, oldest first."""

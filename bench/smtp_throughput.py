@@ -1,0 +1,177 @@
+"""Relay throughput against Postfix's smtp-sink, measured in one run.
+
+Runs Postfix's `smtp-source` (a) straight at `smtp-sink` and (b) at optin-relay, whose upstream
+is that same `smtp-sink`, and prints messages per second of both and their ratio. The relay
+figure counts a message once the relay has accepted it (durable spool commit, then 250); the
+end-to-end figure once the relay has also delivered every message to the sink.
+
+Needs smtp-source and smtp-sink (Debian package `postfix`; no Postfix daemon has to run).
+
+    .venv/bin/python bench/smtp_throughput.py [--messages 2000] [--sessions 10] [--size 4096]
+        [--storage sqlite|postgresql://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from relay.passwords import hash_password
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def source(port: int, args: argparse.Namespace) -> float:
+    """Run smtp-source; return the seconds it took."""
+    started = time.monotonic()
+    subprocess.run(
+        [
+            "smtp-source",
+            "-s",
+            str(args.sessions),
+            "-m",
+            str(args.messages),
+            "-l",
+            str(args.size),
+            "-f",
+            "news@bench.example",
+            "-t",
+            "reader@example.net",
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+    )
+    return time.monotonic() - started
+
+
+def delivered(web_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith('optin_relay_deliveries_total{outcome="delivered"}'):
+                return float(line.split()[-1])
+    return 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--size", type=int, default=4096, help="message size in bytes")
+    parser.add_argument("--storage", default="sqlite", help="sqlite, or a postgresql:// URL")
+    args = parser.parse_args()
+    for tool in ("smtp-source", "smtp-sink"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} not found: apt-get install postfix (no daemon needed)")
+
+    work = Path(tempfile.mkdtemp(prefix="optin-relay-bench-"))
+    sink_port, relay_port, web_port = free_port(), free_port(), free_port()
+    sink_cmd = ["smtp-sink", f"127.0.0.1:{sink_port}", "256"]
+    if os.geteuid() == 0:  # smtp-sink refuses to run as root without a user to switch to
+        sink_cmd[1:1] = ["-u", "nobody"]
+    sink = subprocess.Popen(sink_cmd)
+    relay = None
+    try:
+        wait_port(sink_port)
+        direct = source(sink_port, args)
+
+        storage = f"sqlite:///{work}/relay.db" if args.storage == "sqlite" else args.storage
+        config = {
+            "hostname": "relay.bench.example",
+            "smtp": {
+                "listeners": [
+                    {
+                        "address": f"127.0.0.1:{relay_port}",
+                        "tls": "none",
+                        "trusted_account": "bench",
+                    }
+                ],
+                "max_connections_per_ip": 1000,
+            },
+            "upstream": {"host": "127.0.0.1", "port": sink_port, "tls": "none", "connections": 8},
+            "delivery": {"poll_interval": 0.05, "batch": 200},
+            "storage": {"url": storage},
+            "web": {"listen": f"127.0.0.1:{web_port}"},
+            "log_level": "warning",
+            "accounts": [
+                {
+                    "id": "bench",
+                    "username": "bench",
+                    "password_hash": hash_password("bench-password"),
+                    "from_domains": ["bench.example"],
+                }
+            ],
+        }
+        path = work / "relay.yaml"
+        path.write_text(yaml.safe_dump(config))
+        log = (work / "relay.log").open("w")
+        relay = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve", "--config", str(path)], stdout=log, stderr=log
+        )
+        wait_port(relay_port)
+        wait_port(web_port)
+        started = time.monotonic()
+        accept = source(relay_port, args)
+        while delivered(web_port) < args.messages:
+            if time.monotonic() - started > 600:
+                raise SystemExit("the relay did not deliver everything within 10 minutes")
+            time.sleep(0.05)
+        end_to_end = time.monotonic() - started
+    finally:
+        if relay is not None:
+            relay.terminate()
+            relay.wait(timeout=60)
+        sink.terminate()
+        sink.wait(timeout=10)
+
+    n = args.messages
+    result = {
+        "messages": n,
+        "sessions": args.sessions,
+        "size": args.size,
+        "storage": args.storage.split("://")[0],
+        "direct_msgs_per_s": round(n / direct, 1),
+        "relay_accept_msgs_per_s": round(n / accept, 1),
+        "relay_end_to_end_msgs_per_s": round(n / end_to_end, 1),
+    }
+    result["ratio_accept"] = round(
+        result["relay_accept_msgs_per_s"] / result["direct_msgs_per_s"], 4
+    )
+    result["ratio_end_to_end"] = round(
+        result["relay_end_to_end_msgs_per_s"] / result["direct_msgs_per_s"], 4
+    )
+    print(f"smtp-source -> smtp-sink            {result['direct_msgs_per_s']:>10} msg/s")
+    print(f"smtp-source -> optin-relay (250)    {result['relay_accept_msgs_per_s']:>10} msg/s")
+    print(f"smtp-source -> optin-relay -> sink  {result['relay_end_to_end_msgs_per_s']:>10} msg/s")
+    print(f"ratio relay/direct (accept)         {result['ratio_accept']:>10}")
+    print(f"ratio relay/direct (end to end)     {result['ratio_end_to_end']:>10}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
