@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from relay.clock import Clock
-    from relay.config import Listener
+    from relay.config import Config, Listener
     from relay.runtime import Runtime
     from relay.storage.base import Store
     from relay.throttle import ConnectionLimiter, FailureThrottle
@@ -312,8 +312,11 @@ class IngressHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
-        """Authenticated senders only; then the mail stage."""
-        del server
+        """Authenticated senders only, then the mail stage.
+
+        On `auth: optional` listeners unauthenticated clients get past MAIL too, but may then
+        only address the relay's own inbound domain (never an open relay).
+        """
         runtime = self.runtime()
         account = runtime.config.account(session.account_id) if session.account_id else None
         message_id = new_message_id()
@@ -321,6 +324,10 @@ class IngressHandler:
             session_id=session.id, message_id=message_id, account_id=session.account_id
         )
         if account is None:
+            if server.listener.auth == "optional":
+                envelope.mail_from = address
+                envelope.mail_options.extend(mail_options)
+                return "250 2.1.0 Sender ok"
             _rejected("mail", REPLY_AUTH_REQUIRED, "auth_required", client_ip=session.client_ip)
             return REPLY_AUTH_REQUIRED
         tx = Transaction(message_id, account, address, session.client_ip)
@@ -345,9 +352,9 @@ class IngressHandler:
         """The recipient limit, then the rcpt stage."""
         del server, session
         tx = envelope.tx
-        if tx is None:
-            return "503 5.5.1 Error: need MAIL command"
         runtime = self.runtime()
+        if tx is None:
+            return self._unauthenticated_rcpt(runtime.config, address)
         if len(tx.recipients) >= runtime.config.smtp.max_recipients:
             reply = "452 4.5.3 Too many recipients"
             _recipient_rejected(reply, "max_recipients", address)
@@ -361,6 +368,17 @@ class IngressHandler:
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient ok"
+
+    def _unauthenticated_rcpt(self, config: Config, address: str) -> str:
+        """Without AUTH only the relay's own inbound addresses could be reached; none is yet."""
+        domain = address.rpartition("@")[2].lower()
+        if config.inbound is not None and domain == config.inbound.domain:
+            reply = f"550 5.1.1 <{address}>: no such inbound address"
+            _recipient_rejected(reply, "inbound_unknown", address)
+        else:
+            reply = f"554 5.7.1 <{address}>: Relay access denied"
+            _recipient_rejected(reply, "relay_denied", address)
+        return reply
 
     async def handle_DATA(  # noqa: N802
         self, server: RelaySMTP, session: RelaySession, envelope: RelayEnvelope

@@ -403,3 +403,35 @@ async def test_from_header_forms_accepted(start_relay, data, upstream, from_head
     )
     await client.quit()
     await eventually(lambda: len(upstream.messages) == 1)
+
+
+async def test_optional_auth_listener_is_not_an_open_relay(
+    start_relay, sqlite_url, upstream, tls_files, log_lines
+):
+    """auth: optional accepts MAIL without AUTH, but no recipient outside the inbound domain."""
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        listeners=[{"address": "127.0.0.1:0", "tls": "starttls", "auth": "optional"}],
+        inbound={"domain": "relay.test.example"},
+    )
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0])
+    await client.mail("someone@elsewhere.example")
+    with pytest.raises(aiosmtplib.SMTPRecipientRefused) as denied:
+        await client.rcpt("victim@example.net")
+    assert (denied.value.code, denied.value.message[:5]) == (554, "5.7.1")
+    with pytest.raises(aiosmtplib.SMTPRecipientRefused) as unknown:
+        await client.rcpt("nobody@relay.test.example")
+    assert (unknown.value.code, unknown.value.message[:5]) == (550, "5.1.1")
+    response = await client.execute_command(b"DATA")
+    assert response.code == 503
+    await client.quit()
+    rules = [e["rule"] for e in log_lines() if e["event"] == "recipient_rejected"]
+    assert rules == ["relay_denied", "inbound_unknown"]
+    # An authenticated client on the same listener relays as usual.
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    await client.sendmail("news@acme.example", ["a@example.net"], simple_message())
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
