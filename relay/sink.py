@@ -11,7 +11,7 @@ import asyncio
 import os
 import secrets
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
@@ -54,12 +54,20 @@ class SinkHandler:
 
 
 async def start_sink(
-    handler: object, host: str = "127.0.0.1", port: int = 0
+    handler: object,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    **smtp_options: Any,  # noqa: ANN401
 ) -> tuple[asyncio.Server, int]:
-    """Serve `handler` (a SinkHandler or a test's variant) on the running loop."""
+    """Serve `handler` (a SinkHandler or a test's variant) on the running loop.
+
+    `smtp_options` go to aiosmtpd's SMTP (for example `tls_context`, `authenticator`).
+    """
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, hostname="sink.invalid", enable_SMTPUTF8=True, loop=loop),
+        lambda: SMTP(
+            handler, hostname="sink.invalid", enable_SMTPUTF8=True, loop=loop, **smtp_options
+        ),
         host,
         port,
     )

@@ -94,9 +94,11 @@ class SmtpUpstream:
                     try:
                         await client.connect()
                     except aiosmtplib.SMTPResponseException as exc:
+                        # A refused greeting, STARTTLS or AUTH is about our link to our own MTA,
+                        # not about the message: retry (as Postfix's smtp_sasl_auth_soft_bounce).
                         await _close(client)
                         client = None
-                        return _classify(exc.code, exc.message)
+                        return SendResult("transient", f"{exc.code} {exc.message}".strip())
                     except (*_CONNECTION_ERRORS, ssl.SSLError, aiosmtplib.SMTPException) as exc:
                         await _close(client)
                         client = None

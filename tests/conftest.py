@@ -192,8 +192,8 @@ class TestUpstream:
             )
         return "250 2.0.0 Ok: captured"
 
-    async def start(self, port: int = 0) -> int:
-        self.server, self.port = await start_sink(self, "127.0.0.1", port)
+    async def start(self, port: int = 0, **smtp_options: Any) -> int:
+        self.server, self.port = await start_sink(self, "127.0.0.1", port, **smtp_options)
         return self.port
 
     async def stop(self) -> None:

@@ -21,8 +21,9 @@ LOGIN = ("acme-crm", PASSWORD)
 
 
 @pytest.fixture
-def data(sqlite_url, upstream: TestUpstream, tls_files):
-    return config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+def data(store_url, upstream: TestUpstream, tls_files):
+    """End to end on each storage backend."""
+    return config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
 
 
 async def test_message_relayed_with_received_header_and_intact_body(

@@ -1,0 +1,118 @@
+"""The upstream client: TLS none / opportunistic / required, AUTH, connection reuse."""
+
+from __future__ import annotations
+
+import pytest
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from conftest import TestUpstream, simple_message
+
+from relay.config import UpstreamConfig
+from relay.tlsutil import server_context
+from relay.upstream import SmtpUpstream
+
+
+def upstream_config(port: int, **options) -> UpstreamConfig:
+    return UpstreamConfig(host="127.0.0.1", port=port, **options)
+
+
+@pytest.fixture
+async def tls_upstream(tls_files):
+    """A test upstream offering STARTTLS with the test certificate."""
+    up = TestUpstream()
+    await up.start(tls_context=server_context(*tls_files))
+    yield up
+    await up.stop()
+
+
+async def test_required_tls_verifies_certificate(tls_upstream, tls_files):
+    """tls: required with the CA file: STARTTLS, verified, delivered."""
+    client = SmtpUpstream(
+        upstream_config(tls_upstream.port, tls="required", ca_file=tls_files[0]), "relay.test"
+    )
+    result = await client.send("a@acme.example", "b@example.net", simple_message())
+    await client.close()
+    assert result.outcome == "delivered"
+    assert len(tls_upstream.messages) == 1
+
+
+async def test_required_tls_refuses_untrusted_certificate(tls_upstream):
+    """tls: required without trusting the certificate: a temporary failure, nothing sent."""
+    client = SmtpUpstream(upstream_config(tls_upstream.port, tls="required"), "relay.test")
+    result = await client.send("a@acme.example", "b@example.net", simple_message())
+    await client.close()
+    assert result.outcome == "transient"
+    assert tls_upstream.messages == []
+
+
+async def test_required_tls_fails_without_starttls(upstream):
+    """tls: required against an upstream without STARTTLS never sends in clear."""
+    client = SmtpUpstream(
+        upstream_config(upstream.port, tls="required", verify_certificate=False), "relay.test"
+    )
+    result = await client.send("a@acme.example", "b@example.net", simple_message())
+    await client.close()
+    assert result.outcome == "transient"
+    assert upstream.messages == []
+
+
+async def test_opportunistic_with_and_without_starttls(upstream, tls_upstream):
+    """tls: opportunistic delivers whether or not STARTTLS is on offer."""
+    for up in (upstream, tls_upstream):
+        client = SmtpUpstream(upstream_config(up.port, tls="opportunistic"), "relay.test")
+        result = await client.send("a@acme.example", "b@example.net", simple_message())
+        await client.close()
+        assert result.outcome == "delivered"
+        assert len(up.messages) == 1
+
+
+async def test_upstream_auth(tls_files):
+    """The relay authenticates to the upstream; a refused AUTH is temporary, not a bounce."""
+    seen = []
+
+    def authenticator(server, session, envelope, mechanism, auth_data):
+        assert isinstance(auth_data, LoginPassword)
+        seen.append(auth_data.login)
+        ok = auth_data.password == b"upstream-secret"
+        return AuthResult(success=ok, handled=False)
+
+    up = TestUpstream()
+    await up.start(tls_context=server_context(*tls_files), authenticator=authenticator)
+    try:
+        good = SmtpUpstream(
+            upstream_config(
+                up.port, tls="opportunistic", username="relay", password="upstream-secret"
+            ),
+            "relay.test",
+        )
+        assert (await good.send("a@acme.example", "b@example.net", simple_message())).outcome == (
+            "delivered"
+        )
+        await good.close()
+        bad = SmtpUpstream(
+            upstream_config(up.port, tls="opportunistic", username="relay", password="wrong"),
+            "relay.test",
+        )
+        result = await bad.send("a@acme.example", "b@example.net", simple_message())
+        await bad.close()
+        # A wrong upstream password must not bounce the mail: it is retried until fixed.
+        assert result.outcome == "transient"
+        assert result.code == 535
+        assert seen[0] == b"relay"
+    finally:
+        await up.stop()
+
+
+async def test_connection_is_reused_and_replaced_when_stale(upstream):
+    """Sends share one connection; after the upstream restarts, a fresh one is opened."""
+    client = SmtpUpstream(upstream_config(upstream.port, tls="none", connections=1), "relay.test")
+    for n in range(3):
+        assert (
+            await client.send("a@acme.example", f"r{n}@example.net", simple_message())
+        ).outcome == ("delivered")
+    port = upstream.port
+    await upstream.stop()
+    await upstream.start(port)
+    result = await client.send("a@acme.example", "late@example.net", simple_message())
+    await client.close()
+    assert result.outcome == "delivered"
+    assert [m.rcpt for m in upstream.messages][-1] == "late@example.net"
