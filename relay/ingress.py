@@ -233,16 +233,9 @@ class IngressHandler:
 
     async def auth_PLAIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:  # noqa: N802
         """AUTH PLAIN (RFC 4616), initial response or challenge."""
-        if len(args) == 1:
-            blob = await server.challenge_auth("")
-            if blob is MISSING:
-                return AuthResult(success=False, handled=True)
-        else:
-            try:
-                blob = b64decode(args[1], validate=True)
-            except (binascii.Error, ValueError):
-                await server.push("501 5.5.2 Cannot decode base64")
-                return AuthResult(success=False, handled=True)
+        blob = await _response(server, args, "")
+        if blob is None:
+            return AuthResult(success=False, handled=True)
         parts = blob.split(b"\0")
         if len(parts) != 3:  # noqa: PLR2004 - authzid NUL authcid NUL passwd
             await server.push("501 5.5.2 Cannot split the AUTH PLAIN value")
@@ -251,18 +244,11 @@ class IngressHandler:
 
     async def auth_LOGIN(self, server: RelaySMTP, args: list[str]) -> AuthResult:  # noqa: N802
         """AUTH LOGIN, which many CRMs speak exclusively."""
-        if len(args) == 1:
-            username = await server.challenge_auth(server.AuthLoginUsernameChallenge)
-            if username is MISSING:
-                return AuthResult(success=False, handled=True)
-        else:
-            try:
-                username = b64decode(args[1], validate=True)
-            except (binascii.Error, ValueError):
-                await server.push("501 5.5.2 Cannot decode base64")
-                return AuthResult(success=False, handled=True)
-        password = await server.challenge_auth(server.AuthLoginPasswordChallenge)
-        if password is MISSING:
+        username = await _response(server, args, server.AuthLoginUsernameChallenge)
+        if username is None:
+            return AuthResult(success=False, handled=True)
+        password = await _response(server, [], server.AuthLoginPasswordChallenge)
+        if password is None:
             return AuthResult(success=False, handled=True)
         return await self._check(server, "LOGIN", username, password)
 
@@ -435,6 +421,21 @@ class IngressHandler:
         """Log the failure with its traceback; tell the client only to try again."""
         log.error("smtp_exception", error=type(error).__name__, exc_info=error)
         return REPLY_TEMPFAIL
+
+
+async def _response(server: RelaySMTP, args: list[str], challenge: str) -> bytes | None:
+    """The client's AUTH data: the initial response in `args`, else the answer to `challenge`.
+
+    None when the client aborted or sent bad base64 (the reply has then been sent).
+    """
+    if len(args) > 1:
+        try:
+            return b64decode(args[1], validate=True)
+        except (binascii.Error, ValueError):
+            await server.push("501 5.5.2 Cannot decode base64")
+            return None
+    answer = await server.challenge_auth(challenge)
+    return None if answer is MISSING else bytes(answer)
 
 
 def _rejected(stage: str, reply: str, rule: str, **fields: object) -> None:
