@@ -26,7 +26,7 @@ from relay.storage.base import DeliveryJob, NewMessage, new_message_id
 from relay.upstream import SendResult
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from relay.clock import Clock
     from relay.config import Config, DeliveryConfig
@@ -35,6 +35,14 @@ if TYPE_CHECKING:
     from relay.upstream import Upstream
 
 log = get_logger(__name__)
+
+CONTENT_CACHE_BYTES = 64 * 1024 * 1024
+
+
+def _lease_lost(fields: Mapping[str, object]) -> None:
+    # The lease ran out before the outcome was recorded (a stalled node, a clock jump): another
+    # worker owns the recipient now, so this outcome is dropped and the copy may go out twice.
+    log.warning("delivery_lease_lost", **fields)
 
 
 def retry_delay(config: DeliveryConfig, attempts: int, rng: random.Random) -> float:
@@ -70,6 +78,7 @@ class DeliveryService:
         self._inflight: set[asyncio.Task[None]] = set()
         self._leases: dict[str, int] = {}  # lease -> deliveries in flight under it
         self._content: OrderedDict[str, bytes] = OrderedDict()
+        self._cached = 0  # bytes in self._content
 
     def wake(self) -> None:
         """Look for due work now rather than at the next poll."""
@@ -166,12 +175,17 @@ class DeliveryService:
                 self._leases[job.lease] = remaining
 
     async def _load(self, message_id: str) -> bytes:
+        """The message's content, from a small cache: a broadcast's copies share one load."""
         content = self._content.get(message_id)
         if content is None:
             content = await self.store.content(message_id)
             self._content[message_id] = content
-            while len(self._content) > 64:  # noqa: PLR2004 - a few recent messages suffice
-                self._content.popitem(last=False)
+            self._cached += len(content)
+            while self._cached > CONTENT_CACHE_BYTES and len(self._content) > 1:
+                _, dropped = self._content.popitem(last=False)
+                self._cached -= len(dropped)
+        else:
+            self._content.move_to_end(message_id)
         return content
 
     async def deliver(self, job: DeliveryJob) -> None:
@@ -216,6 +230,8 @@ class DeliveryService:
             if await self.store.delivered(job, reply=result.reply, now=now):
                 DELIVERIES.labels("delivered").inc()
                 log.info("delivery_succeeded", **fields)
+            else:
+                _lease_lost(fields)
             return
         expired = now - job.received_at >= config.delivery.max_age
         if result.outcome == "transient" and not expired:
@@ -223,19 +239,23 @@ class DeliveryService:
             if await self.store.deferred(job, reply=result.reply, now=now, next_attempt=next_try):
                 DELIVERIES.labels("deferred").inc()
                 log.info("delivery_deferred", next_try=next_try, **fields)
+            else:
+                _lease_lost(fields)
             return
         dsn = self._dsn(job, result, config, content, now=now, expired=expired)
-        if await self.store.failed(job, reply=result.reply, now=now, dsn=dsn):
-            DELIVERIES.labels("failed").inc()
-            log.warning("delivery_failed", expired=expired, **fields)
-            if dsn is not None:
-                log.info(
-                    "dsn_queued",
-                    message_id=dsn.id,
-                    original_message_id=job.message_id,
-                    recipient=job.mail_from,
-                )
-                self.wake()
+        if not await self.store.failed(job, reply=result.reply, now=now, dsn=dsn):
+            _lease_lost(fields)
+            return
+        DELIVERIES.labels("failed").inc()
+        log.warning("delivery_failed", expired=expired, **fields)
+        if dsn is not None:
+            log.info(
+                "dsn_queued",
+                message_id=dsn.id,
+                original_message_id=job.message_id,
+                recipient=job.mail_from,
+            )
+            self.wake()
 
     def _dsn(
         self,

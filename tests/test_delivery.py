@@ -20,6 +20,7 @@ from relay.config import DeliveryConfig
 from relay.delivery import retry_delay
 from relay.policy import CONTINUE, BasePolicy, Defer, Pipeline, Reject, Rendering, Verdict
 from relay.runtime import Runtime
+from relay.upstream import SendResult
 
 LOGIN = ("acme-crm", PASSWORD)
 
@@ -216,3 +217,25 @@ async def test_dsn_parses_as_rfc3464(start_relay, sqlite_url, tls_files, upstrea
     assert parts == ["text/plain", "message/delivery-status", "text/rfc822-headers"]
     assert report["Auto-Submitted"] == "auto-replied"
     assert b"Reporting-MTA: dns; relay.test.example" in upstream.messages[0].content
+
+
+async def test_outcome_after_lost_lease_is_dropped_and_logged(
+    start_relay, store_url, tls_files, upstream, clock, log_lines
+):
+    """A worker whose lease ran out does not overwrite the new owner's state; it says so."""
+    relay = await start_relay(
+        config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files),
+        run_delivery=False,
+    )
+    await send(relay, ["alice@example.net"])
+    now = clock.now()
+    (stale,) = await relay.store.claim(lease="old:1", now=now, lease_until=now + 1, limit=5)
+    (fresh,) = await relay.store.claim(lease="new:1", now=now + 2, lease_until=now + 60, limit=5)
+    await relay.delivery.record(
+        stale, SendResult("delivered", "250 ok"), relay.config, b"", rule=None
+    )
+    lost = [e for e in log_lines() if e["event"] == "delivery_lease_lost"]
+    assert [e["recipient"] for e in lost] == ["alice@example.net"]
+    assert await relay.store.counts() == {"pending": 1}
+    await relay.delivery.record(fresh, SendResult("delivered", "250 ok"), relay.config, b"")
+    assert await relay.store.counts() == {"delivered": 1}
