@@ -259,6 +259,9 @@ class TokensConfig(_Model):
     """HMAC keys for tokens: the first signs, all verify."""
 
     keys: Annotated[list[SecretStr], Field(min_length=1)]
+    max_age: Annotated[Duration, Field(ge=30 * 86400)] = Field(
+        default=365 * 86400.0, description="how long an unsubscribe link keeps working"
+    )
 
     @field_validator("keys")
     @classmethod
