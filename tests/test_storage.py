@@ -174,3 +174,94 @@ async def test_store_errors_are_translated(tmp_path):
     also_bad = open_store(f"sqlite:///{tmp_path}/dir.db")
     with pytest.raises(StoreError):
         await also_bad.open()
+
+
+def entry(address, scope="acme", reason="unsubscribe", source="test", at=NOW):
+    from relay.storage.base import Suppression
+
+    return Suppression(address, scope, reason, source, at)
+
+
+async def test_suppression_is_case_insensitive_and_scoped(store):
+    """An account's suppression stops that account only; a global one stops every account."""
+    assert await store.suppress(entry("Alice@Example.NET"), actor="test")
+    assert not await store.suppress(entry("alice@example.net"), actor="test")  # already there
+    found = await store.suppressed("ALICE@example.net", "acme")
+    assert found is not None
+    assert (found.address, found.scope, found.reason) == (
+        "alice@example.net",
+        "acme",
+        "unsubscribe",
+    )
+    assert await store.suppressed("alice@example.net", "globex") is None
+    await store.suppress(entry("bob@example.net", scope="*", reason="complaint"), actor="test")
+    assert (await store.suppressed("bob@example.net", "globex")).scope == "*"
+
+
+async def test_account_scope_wins_over_global(store):
+    """With both, the account's own suppression is the one reported."""
+    await store.suppress(entry("c@example.net", scope="*", reason="bounce"), actor="t")
+    await store.suppress(entry("c@example.net", reason="unsubscribe"), actor="t")
+    assert (await store.suppressed("c@example.net", "acme")).reason == "unsubscribe"
+
+
+async def test_unsuppress_needs_reason_and_is_audited(store):
+    """Removing leaves an audit record with actor and reason; removing nothing is False."""
+    await store.suppress(entry("d@example.net"), actor="cli:root")
+    assert await store.unsuppress(
+        "D@example.net", "acme", reason="re-subscribed by form", actor="cli:root", now=NOW + 5
+    )
+    assert await store.suppressed("d@example.net", "acme") is None
+    assert not await store.unsuppress("d@example.net", "acme", reason="x", actor="y", now=NOW)
+    history = await store.audit("d@example.net")
+    assert [(a.action, a.reason, a.actor) for a in history] == [
+        ("add", "unsubscribe", "cli:root"),
+        ("remove", "re-subscribed by form", "cli:root"),
+    ]
+
+
+async def test_bulk_import_and_paging(store):
+    """Imports count only new rows; pages walk every row once in order."""
+    batch = [entry(f"user{n:04d}@example.net", reason="import") for n in range(2500)]
+    assert await store.suppress_many(batch) == 2500
+    assert await store.suppress_many([*batch[:10], entry("new@example.net")]) == 1
+    seen, after = [], ("", "")
+    while page := await store.suppressions(scope="acme", after=after, limit=1000):
+        seen.extend(s.address for s in page)
+        after = (page[-1].address, page[-1].scope)
+    assert len(seen) == 2501
+    assert seen == sorted(seen)
+
+
+async def test_campaign_window(store):
+    """Recipients per campaign are summed over the sliding window only."""
+    day = 86400
+    assert await store.record_campaign("acme", "c1", 60, now=NOW, window=day) == 60
+    assert await store.record_campaign("acme", "c1", 30, now=NOW + 10, window=day) == 90
+    assert await store.record_campaign("acme", "c2", 5, now=NOW + 20, window=day) == 5
+    assert await store.record_campaign("acme", "c1", 20, now=NOW + day + 5, window=day) == 50
+
+
+async def test_account_flags(store):
+    """A flag is set once and then reported."""
+    assert not await store.has_flag("acme", "mandatory_unsubscribe")
+    assert await store.set_flag("acme", "mandatory_unsubscribe", reason="r", now=NOW)
+    assert not await store.set_flag("acme", "mandatory_unsubscribe", reason="r", now=NOW)
+    assert await store.has_flag("acme", "mandatory_unsubscribe")
+    assert not await store.has_flag("globex", "mandatory_unsubscribe")
+
+
+async def test_campaign_travels_with_the_message(store):
+    """The campaign key given at spool time comes back with each claimed recipient."""
+    msg = NewMessage(
+        id=new_message_id(),
+        account_id="acme",
+        mail_from="news@acme.example",
+        recipients=("a@example.net",),
+        content=b"x",
+        received_at=NOW,
+        campaign="list:news",
+    )
+    await store.spool(msg)
+    (job,) = await store.claim(lease="w:1", now=NOW, lease_until=NOW + 60, limit=5)
+    assert job.campaign == "list:news"

@@ -26,6 +26,7 @@ class NewMessage:
     content: bytes
     received_at: float
     kind: MessageKind = "message"
+    campaign: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,40 @@ class DeliveryJob:
     received_at: float
     kind: MessageKind
     lease: str
+    campaign: str | None = None
+
+
+GLOBAL_SCOPE = "*"
+SuppressionReason = Literal["unsubscribe", "complaint", "bounce", "manual", "import"]
+REASONS: tuple[str, ...] = ("unsubscribe", "complaint", "bounce", "manual", "import")
+
+
+def normalize_address(address: str) -> str:
+    """Suppressions match addresses case-insensitively."""
+    return address.strip().lower()
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """An address that must not receive mail: from one account (`scope`) or any (`*`)."""
+
+    address: str
+    scope: str
+    reason: str
+    source: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """A change to the suppression list, who made it and why."""
+
+    address: str
+    scope: str
+    action: str
+    reason: str
+    actor: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -119,4 +154,50 @@ class Store(Protocol):
 
     async def counts(self) -> dict[str, int]:
         """Number of recipients in each state."""
+        ...
+
+    # --- suppression list ---
+
+    async def suppress(self, entry: Suppression, *, actor: str) -> bool:
+        """Add `entry` (address normalised); False if it was already there. Audited."""
+        ...
+
+    async def suppress_many(self, entries: list[Suppression]) -> int:
+        """Add entries in bulk (imports); return how many were new."""
+        ...
+
+    async def unsuppress(
+        self, address: str, scope: str, *, reason: str, actor: str, now: float
+    ) -> bool:
+        """Remove a suppression, leaving an audit record; False if there was none."""
+        ...
+
+    async def suppressed(self, address: str, account_id: str) -> Suppression | None:
+        """The suppression that stops `account_id` mailing `address` (its own or global)."""
+        ...
+
+    async def suppressions(
+        self, *, scope: str | None = None, after: tuple[str, str] = ("", ""), limit: int = 1000
+    ) -> list[Suppression]:
+        """A page of suppressions ordered by (address, scope), starting after `after`."""
+        ...
+
+    async def audit(self, address: str) -> list[AuditEntry]:
+        """Every recorded change for `address`, oldest first."""
+        ...
+
+    # --- campaigns and account flags ---
+
+    async def record_campaign(
+        self, account_id: str, campaign: str, recipients: int, *, now: float, window: float
+    ) -> int:
+        """Count `recipients` for the campaign; return its total within the last `window`."""
+        ...
+
+    async def set_flag(self, account_id: str, flag: str, *, reason: str, now: float) -> bool:
+        """Set a flag on the account; False if it was already set."""
+        ...
+
+    async def has_flag(self, account_id: str, flag: str) -> bool:
+        """Whether the account carries `flag`."""
         ...

@@ -33,6 +33,44 @@ SQLITE: list[tuple[int, str]] = [
         CREATE INDEX recipients_lease ON recipients (lease);
         """,
     ),
+    (
+        2,
+        """
+        ALTER TABLE messages ADD COLUMN campaign TEXT;
+        CREATE TABLE suppressions (
+            address TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (address, scope)
+        ) WITHOUT ROWID;
+        CREATE TABLE suppression_audit (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            address TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            action TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX suppression_audit_address ON suppression_audit (address);
+        CREATE TABLE campaign_sends (
+            account_id TEXT NOT NULL,
+            campaign TEXT NOT NULL,
+            recipients INTEGER NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX campaign_sends_key ON campaign_sends (account_id, campaign, at);
+        CREATE TABLE account_flags (
+            account_id TEXT NOT NULL,
+            flag TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            set_at REAL NOT NULL,
+            PRIMARY KEY (account_id, flag)
+        );
+        """,
+    ),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -64,6 +102,44 @@ POSTGRES: list[tuple[int, str]] = [
         CREATE INDEX recipients_due ON recipients (status, next_attempt);
         CREATE INDEX recipients_message ON recipients (message_id);
         CREATE INDEX recipients_lease ON recipients (lease);
+        """,
+    ),
+    (
+        2,
+        """
+        ALTER TABLE messages ADD COLUMN campaign TEXT;
+        CREATE TABLE suppressions (
+            address TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            source TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (address, scope)
+        );
+        CREATE TABLE suppression_audit (
+            id BIGSERIAL PRIMARY KEY,
+            address TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            action TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX suppression_audit_address ON suppression_audit (address);
+        CREATE TABLE campaign_sends (
+            account_id TEXT NOT NULL,
+            campaign TEXT NOT NULL,
+            recipients INTEGER NOT NULL,
+            at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX campaign_sends_key ON campaign_sends (account_id, campaign, at);
+        CREATE TABLE account_flags (
+            account_id TEXT NOT NULL,
+            flag TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            set_at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (account_id, flag)
+        );
         """,
     ),
 ]

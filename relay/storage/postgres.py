@@ -12,7 +12,15 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from relay.errors import StoreError
-from relay.storage.base import DeliveryJob, NewMessage, QueueEntry
+from relay.storage.base import (
+    GLOBAL_SCOPE,
+    AuditEntry,
+    DeliveryJob,
+    NewMessage,
+    QueueEntry,
+    Suppression,
+    normalize_address,
+)
 from relay.storage.migrations import POSTGRES
 
 if TYPE_CHECKING:
@@ -118,7 +126,8 @@ class PostgresStore:
             " leased AS (UPDATE recipients r SET lease = $1, lease_until = $3 FROM picked"
             " WHERE r.id = picked.id RETURNING r.id, r.message_id, r.rcpt, r.attempts)"
             " SELECT l.id, l.message_id, l.rcpt, l.attempts, m.account_id, m.mail_from,"
-            " m.received_at, m.kind FROM leased l JOIN messages m ON m.id = l.message_id"
+            " m.received_at, m.kind, m.campaign FROM leased l"
+            " JOIN messages m ON m.id = l.message_id"
             " ORDER BY l.id",
             lease,
             now,
@@ -126,7 +135,7 @@ class PostgresStore:
             limit,
         )
         return [
-            DeliveryJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], lease)
+            DeliveryJob(*tuple(row)[:8], lease=lease, campaign=row[8])  # type: ignore[misc]
             for row in rows
         ]
 
@@ -227,11 +236,170 @@ class PostgresStore:
         rows = await self._fetch("SELECT status, COUNT(*) FROM recipients GROUP BY status")
         return {row[0]: row[1] for row in rows}
 
+    # --- suppression list ---
+
+    async def suppress(self, entry: Suppression, *, actor: str) -> bool:
+        """Add one suppression and its audit record."""
+        try:
+            async with self._acquire() as con, con.transaction():
+                added = await _insert_suppressions(con, [entry])
+                if added:
+                    await _audit(
+                        con,
+                        AuditEntry(
+                            entry.address, entry.scope, "add", entry.reason, actor, entry.created_at
+                        ),
+                    )
+                return added == 1
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def suppress_many(self, entries: list[Suppression]) -> int:
+        """Add suppressions in bulk."""
+        try:
+            async with self._acquire() as con, con.transaction():
+                return await _insert_suppressions(con, entries)
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def unsuppress(
+        self, address: str, scope: str, *, reason: str, actor: str, now: float
+    ) -> bool:
+        """Remove a suppression and record who did it and why."""
+        address = normalize_address(address)
+        try:
+            async with self._acquire() as con, con.transaction():
+                removed = await con.fetchval(
+                    "DELETE FROM suppressions WHERE address = $1 AND scope = $2 RETURNING 1",
+                    address,
+                    scope,
+                )
+                if removed is None:
+                    return False
+                await _audit(con, AuditEntry(address, scope, "remove", reason, actor, now))
+                return True
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def suppressed(self, address: str, account_id: str) -> Suppression | None:
+        """The account's own or the global suppression of `address`."""
+        rows = await self._fetch(
+            "SELECT address, scope, reason, source, created_at FROM suppressions"
+            " WHERE address = $1 AND scope IN ($2, $3) ORDER BY scope = $3 LIMIT 1",
+            normalize_address(address),
+            account_id,
+            GLOBAL_SCOPE,
+        )
+        return Suppression(*tuple(rows[0])) if rows else None
+
+    async def suppressions(
+        self, *, scope: str | None = None, after: tuple[str, str] = ("", ""), limit: int = 1000
+    ) -> list[Suppression]:
+        """A page of suppressions (keyset pagination)."""
+        rows = await self._fetch(
+            "SELECT address, scope, reason, source, created_at FROM suppressions"
+            " WHERE (address, scope) > ($1, $2) AND ($3::text IS NULL OR scope = $3)"
+            " ORDER BY address, scope LIMIT $4",
+            after[0],
+            after[1],
+            scope,
+            limit,
+        )
+        return [Suppression(*tuple(row)) for row in rows]
+
+    async def audit(self, address: str) -> list[AuditEntry]:
+        """Changes to `address` on the suppression list."""
+        rows = await self._fetch(
+            "SELECT address, scope, action, reason, actor, at FROM suppression_audit"
+            " WHERE address = $1 ORDER BY id",
+            normalize_address(address),
+        )
+        return [AuditEntry(*tuple(row)) for row in rows]
+
+    # --- campaigns and account flags ---
+
+    async def record_campaign(
+        self, account_id: str, campaign: str, recipients: int, *, now: float, window: float
+    ) -> int:
+        """Count and sum a campaign's recipients over the window."""
+        try:
+            async with self._acquire() as con, con.transaction():
+                await con.execute(
+                    "DELETE FROM campaign_sends WHERE account_id = $1 AND campaign = $2"
+                    " AND at <= $3",
+                    account_id,
+                    campaign,
+                    now - window,
+                )
+                await con.execute(
+                    "INSERT INTO campaign_sends (account_id, campaign, recipients, at)"
+                    " VALUES ($1, $2, $3, $4)",
+                    account_id,
+                    campaign,
+                    recipients,
+                    now,
+                )
+                total = await con.fetchval(
+                    "SELECT SUM(recipients) FROM campaign_sends WHERE account_id = $1"
+                    " AND campaign = $2",
+                    account_id,
+                    campaign,
+                )
+                return int(total or 0)
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def set_flag(self, account_id: str, flag: str, *, reason: str, now: float) -> bool:
+        """Set an account flag once."""
+        rows = await self._fetch(
+            "INSERT INTO account_flags (account_id, flag, reason, set_at) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            account_id,
+            flag,
+            reason,
+            now,
+        )
+        return bool(rows)
+
+    async def has_flag(self, account_id: str, flag: str) -> bool:
+        """Whether the flag is set."""
+        rows = await self._fetch(
+            "SELECT 1 FROM account_flags WHERE account_id = $1 AND flag = $2", account_id, flag
+        )
+        return bool(rows)
+
+
+async def _insert_suppressions(con: asyncpg.Connection, entries: list[Suppression]) -> int:
+    rows = await con.fetch(
+        "INSERT INTO suppressions (address, scope, reason, source, created_at)"
+        " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
+        " $5::double precision[]) ON CONFLICT DO NOTHING RETURNING 1",
+        [normalize_address(e.address) for e in entries],
+        [e.scope for e in entries],
+        [e.reason for e in entries],
+        [e.source for e in entries],
+        [e.created_at for e in entries],
+    )
+    return len(rows)
+
+
+async def _audit(con: asyncpg.Connection, entry: AuditEntry) -> None:
+    await con.execute(
+        "INSERT INTO suppression_audit (address, scope, action, reason, actor, at)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
+        normalize_address(entry.address),
+        entry.scope,
+        entry.action,
+        entry.reason,
+        entry.actor,
+        entry.at,
+    )
+
 
 async def _insert_message(con: asyncpg.Connection, message: NewMessage) -> None:
     await con.execute(
-        "INSERT INTO messages (id, account_id, mail_from, kind, content, size, received_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO messages (id, account_id, mail_from, kind, content, size, received_at,"
+        " campaign) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         message.id,
         message.account_id,
         message.mail_from,
@@ -239,6 +407,7 @@ async def _insert_message(con: asyncpg.Connection, message: NewMessage) -> None:
         message.content,
         len(message.content),
         message.received_at,
+        message.campaign,
     )
     await con.executemany(
         "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at)"

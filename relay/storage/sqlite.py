@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import aiosqlite
 
 from relay.errors import StoreError
-from relay.storage.base import DeliveryJob, NewMessage, QueueEntry
+from relay.storage.base import (
+    GLOBAL_SCOPE,
+    AuditEntry,
+    DeliveryJob,
+    NewMessage,
+    QueueEntry,
+    Suppression,
+    normalize_address,
+)
 from relay.storage.migrations import SQLITE
 
 if TYPE_CHECKING:
@@ -208,7 +216,8 @@ class SqliteStore:
             )
             async with db.execute(
                 "SELECT r.id, r.message_id, r.rcpt, r.attempts, m.account_id, m.mail_from,"
-                " m.received_at, m.kind FROM recipients r JOIN messages m ON m.id = r.message_id"
+                " m.received_at, m.kind, m.campaign FROM recipients r"
+                " JOIN messages m ON m.id = r.message_id"
                 " WHERE r.lease = ? AND r.status = 'pending' ORDER BY r.id",
                 (lease,),
             ) as cursor:
@@ -216,7 +225,7 @@ class SqliteStore:
 
         rows = await self._write(operation)
         return [
-            DeliveryJob(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], lease)
+            DeliveryJob(*row[:8], lease=lease, campaign=row[8])  # type: ignore[misc]
             for row in rows
         ]
 
@@ -301,6 +310,150 @@ class SqliteStore:
         rows = await self._fetch("SELECT status, COUNT(*) FROM recipients GROUP BY status")
         return {row[0]: row[1] for row in rows}
 
+    # --- suppression list ---
+
+    async def suppress(self, entry: Suppression, *, actor: str) -> bool:
+        """Add one suppression and its audit record."""
+
+        async def operation(db: aiosqlite.Connection) -> bool:
+            added = await _insert_suppressions(db, [entry])
+            if added:
+                audit = AuditEntry(
+                    entry.address, entry.scope, "add", entry.reason, actor, entry.created_at
+                )
+                await _audit(db, audit)
+            return added == 1
+
+        return await self._write(operation)
+
+    async def suppress_many(self, entries: list[Suppression]) -> int:
+        """Add suppressions in bulk."""
+        return await self._write(lambda db: _insert_suppressions(db, entries))
+
+    async def unsuppress(
+        self, address: str, scope: str, *, reason: str, actor: str, now: float
+    ) -> bool:
+        """Remove a suppression and record who did it and why."""
+        address = normalize_address(address)
+
+        async def operation(db: aiosqlite.Connection) -> bool:
+            cursor = await db.execute(
+                "DELETE FROM suppressions WHERE address = ? AND scope = ?", (address, scope)
+            )
+            if cursor.rowcount != 1:
+                return False
+            await _audit(db, AuditEntry(address, scope, "remove", reason, actor, now))
+            return True
+
+        return await self._write(operation)
+
+    async def suppressed(self, address: str, account_id: str) -> Suppression | None:
+        """The account's own or the global suppression of `address`."""
+        rows = await self._fetch(
+            "SELECT address, scope, reason, source, created_at FROM suppressions"
+            " WHERE address = ? AND scope IN (?, ?) ORDER BY scope = ? LIMIT 1",
+            (normalize_address(address), account_id, GLOBAL_SCOPE, GLOBAL_SCOPE),
+        )
+        return Suppression(*rows[0]) if rows else None
+
+    async def suppressions(
+        self, *, scope: str | None = None, after: tuple[str, str] = ("", ""), limit: int = 1000
+    ) -> list[Suppression]:
+        """A page of suppressions (keyset pagination)."""
+        sql = (
+            "SELECT address, scope, reason, source, created_at FROM suppressions"
+            " WHERE (address, scope) > (?, ?)"
+        )
+        params: list[object] = [after[0], after[1]]
+        if scope is not None:
+            sql += " AND scope = ?"
+            params.append(scope)
+        rows = await self._fetch(sql + " ORDER BY address, scope LIMIT ?", [*params, limit])
+        return [Suppression(*row) for row in rows]
+
+    async def audit(self, address: str) -> list[AuditEntry]:
+        """Changes to `address` on the suppression list."""
+        rows = await self._fetch(
+            "SELECT address, scope, action, reason, actor, at FROM suppression_audit"
+            " WHERE address = ? ORDER BY id",
+            (normalize_address(address),),
+        )
+        return [AuditEntry(*row) for row in rows]
+
+    # --- campaigns and account flags ---
+
+    async def record_campaign(
+        self, account_id: str, campaign: str, recipients: int, *, now: float, window: float
+    ) -> int:
+        """Count and sum a campaign's recipients over the window."""
+
+        async def operation(db: aiosqlite.Connection) -> int:
+            await db.execute(
+                "DELETE FROM campaign_sends WHERE account_id = ? AND campaign = ? AND at <= ?",
+                (account_id, campaign, now - window),
+            )
+            await db.execute(
+                "INSERT INTO campaign_sends (account_id, campaign, recipients, at)"
+                " VALUES (?, ?, ?, ?)",
+                (account_id, campaign, recipients, now),
+            )
+            async with db.execute(
+                "SELECT SUM(recipients) FROM campaign_sends WHERE account_id = ? AND campaign = ?",
+                (account_id, campaign),
+            ) as cursor:
+                row = await cursor.fetchone()
+            return int(row[0]) if row and row[0] is not None else 0
+
+        return await self._write(operation)
+
+    async def set_flag(self, account_id: str, flag: str, *, reason: str, now: float) -> bool:
+        """Set an account flag once."""
+
+        async def operation(db: aiosqlite.Connection) -> bool:
+            cursor = await db.execute(
+                "INSERT INTO account_flags (account_id, flag, reason, set_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (account_id, flag, reason, now),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(operation)
+
+    async def has_flag(self, account_id: str, flag: str) -> bool:
+        """Whether the flag is set."""
+        rows = await self._fetch(
+            "SELECT 1 FROM account_flags WHERE account_id = ? AND flag = ?", (account_id, flag)
+        )
+        return bool(rows)
+
+
+async def _insert_suppressions(db: aiosqlite.Connection, entries: list[Suppression]) -> int:
+    before = db.total_changes
+    await db.executemany(
+        "INSERT INTO suppressions (address, scope, reason, source, created_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [
+            (normalize_address(e.address), e.scope, e.reason, e.source, e.created_at)
+            for e in entries
+        ],
+    )
+    return db.total_changes - before
+
+
+async def _audit(db: aiosqlite.Connection, entry: AuditEntry) -> None:
+    await db.execute(
+        "INSERT INTO suppression_audit (address, scope, action, reason, actor, at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            normalize_address(entry.address),
+            entry.scope,
+            entry.action,
+            entry.reason,
+            entry.actor,
+            entry.at,
+        ),
+    )
+
 
 def _statements(script: str) -> list[str]:
     return [part.strip() for part in script.split(";") if part.strip()]
@@ -308,8 +461,8 @@ def _statements(script: str) -> list[str]:
 
 async def _insert_message(db: aiosqlite.Connection, message: NewMessage) -> None:
     await db.execute(
-        "INSERT INTO messages (id, account_id, mail_from, kind, content, size, received_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO messages (id, account_id, mail_from, kind, content, size, received_at,"
+        " campaign) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
             message.id,
             message.account_id,
@@ -318,6 +471,7 @@ async def _insert_message(db: aiosqlite.Connection, message: NewMessage) -> None
             message.content,
             len(message.content),
             message.received_at,
+            message.campaign,
         ),
     )
     await db.executemany(
