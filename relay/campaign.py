@@ -1,0 +1,101 @@
+"""Campaign keys: which messages belong to one broadcast, despite per-recipient personalisation.
+
+A `List-Id` or `X-Campaign-ID` header names the campaign. Without one, the key is a fingerprint of
+the From address, the Subject and the body text with what personalisation changes taken out:
+links (tracking), addresses, numbers, the recipient's names (from To and Cc), and short lines
+(greetings, sign-offs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from email import message_from_bytes
+from email import policy as email_policy
+from email.header import decode_header, make_header
+from email.utils import getaddresses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from email.message import Message
+
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_TAG = re.compile(r"<[^>]*>")
+_ENTITY = re.compile(r"&[#\w]+;")
+_DIGITS = re.compile(r"\d+")
+_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+_SPACES = re.compile(r"\s+")
+_MIN_LINE = 30  # shorter lines are greetings, names, sign-offs
+_MAX_BODY = 256 * 1024  # enough text to tell campaigns apart
+
+
+def _header_text(value: str | None) -> str:
+    if not value:
+        return ""
+    # Raw 8-bit (SMTPUTF8) headers arrive surrogate-escaped: read them as UTF-8.
+    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError):
+        return value
+
+
+def _names(headers: Message) -> set[str]:
+    """Words that name the recipients: display names and local-part pieces."""
+    words: set[str] = set()
+    fields = [
+        _header_text(v) for v in (headers.get_all("To") or []) + (headers.get_all("Cc") or [])
+    ]
+    for name, address in getaddresses(fields):
+        words.update(w.lower() for w in _WORD.findall(name) if len(w) > 1)
+        local = address.partition("@")[0]
+        words.update(w.lower() for w in _WORD.findall(local) if len(w) > 1)
+    return words
+
+
+def _body_text(content: bytes) -> str:
+    """The message's readable text: text/plain parts, else text/html without tags."""
+    message = message_from_bytes(content[: _MAX_BODY * 2], policy=email_policy.compat32)
+    plain: list[str] = []
+    html: list[str] = []
+    for part in message.walk():
+        if part.get_content_maintype() != "text" or part.get_content_disposition() == "attachment":
+            continue
+        raw = part.get_payload(decode=True)
+        if not isinstance(raw, bytes):
+            continue
+        text = raw.decode(part.get_content_charset() or "utf-8", errors="replace")
+        (plain if part.get_content_subtype() == "plain" else html).append(text)
+    if plain:
+        return "\n".join(plain)
+    return _ENTITY.sub(" ", _TAG.sub("\n", "\n".join(html)))
+
+
+def _normalise(text: str, names: set[str]) -> list[str]:
+    lines = []
+    for raw in text.splitlines():
+        line = _DIGITS.sub("", _EMAIL.sub("", _URL.sub("", raw))).lower()
+        words = [w for w in _WORD.findall(line) if w not in names]
+        kept = " ".join(words)
+        if len(kept) >= _MIN_LINE:
+            lines.append(kept)
+    return lines
+
+
+def campaign_key(headers: Message, content: bytes) -> str:
+    """The campaign `content` belongs to (stable across personalised copies)."""
+    for name in ("List-Id", "X-Campaign-ID"):
+        value = headers.get(name)
+        if value and value.strip():
+            return f"id:{_SPACES.sub(' ', _header_text(value)).strip().lower()}"
+    names = _names(headers)
+    sender = " ".join(addr.lower() for _, addr in getaddresses(headers.get_all("From") or []))
+    subject = " ".join(
+        w
+        for w in _WORD.findall(_DIGITS.sub("", _header_text(headers.get("Subject"))).lower())
+        if w not in names
+    )
+    body = _normalise(_body_text(content), names)
+    digest = hashlib.sha256("\n".join([sender, subject, *body]).encode()).hexdigest()[:32]
+    return f"fp:{digest}"
