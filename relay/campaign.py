@@ -12,7 +12,7 @@ import hashlib
 import re
 from email import message_from_bytes
 from email import policy as email_policy
-from email.header import decode_header, make_header
+from email.header import Header, decode_header
 from email.utils import getaddresses
 from typing import TYPE_CHECKING
 
@@ -30,15 +30,25 @@ _MIN_LINE = 30  # shorter lines are greetings, names, sign-offs
 _MAX_BODY = 256 * 1024  # enough text to tell campaigns apart
 
 
-def _header_text(value: str | None) -> str:
-    if not value:
+def _header_text(value: object) -> str:
+    """A header's text: encoded words decoded, raw 8-bit (SMTPUTF8) read as UTF-8."""
+    if value is None:
         return ""
-    # Raw 8-bit (SMTPUTF8) headers arrive surrogate-escaped: read them as UTF-8.
-    value = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    chunks: list[str] = []
     try:
-        return str(make_header(decode_header(value)))
+        decoded = decode_header(value if isinstance(value, Header) else str(value))
     except (ValueError, LookupError, UnicodeError):
-        return value
+        return str(value)
+    for chunk, charset in decoded:
+        if isinstance(chunk, str):
+            chunks.append(chunk)
+            continue
+        codec = charset if charset and charset != "unknown-8bit" else "utf-8"
+        try:
+            chunks.append(chunk.decode(codec, "replace"))
+        except LookupError:
+            chunks.append(chunk.decode("utf-8", "replace"))
+    return "".join(chunks)
 
 
 def _names(headers: Message) -> set[str]:
@@ -86,11 +96,12 @@ def _normalise(text: str, names: set[str]) -> list[str]:
 def campaign_key(headers: Message, content: bytes) -> str:
     """The campaign `content` belongs to (stable across personalised copies)."""
     for name in ("List-Id", "X-Campaign-ID"):
-        value = headers.get(name)
-        if value and value.strip():
-            return f"id:{_SPACES.sub(' ', _header_text(value)).strip().lower()}"
+        value = _SPACES.sub(" ", _header_text(headers.get(name))).strip().lower()
+        if value:
+            return f"id:{value}"
     names = _names(headers)
-    sender = " ".join(addr.lower() for _, addr in getaddresses(headers.get_all("From") or []))
+    senders = [_header_text(v) for v in headers.get_all("From") or []]
+    sender = " ".join(addr.lower() for _, addr in getaddresses(senders))
     subject = " ".join(
         w
         for w in _WORD.findall(_DIGITS.sub("", _header_text(headers.get("Subject"))).lower())
