@@ -1,0 +1,323 @@
+"""The unsubscribe render over real-world and generated MIME: the invariants of issue 3.
+
+For every message: the copy parses; it has exactly one List-Unsubscribe (valid RFC 2369 syntax,
+https first) and one List-Unsubscribe-Post; every inline text and HTML part outside signed,
+encrypted and attached messages shows the link; every other part is identical after decoding;
+signed bodies are byte-identical; no line exceeds 998 characters.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from email import message_from_bytes
+from email import policy as email_policy
+from email.message import EmailMessage, Message
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay.render import Footer, list_unsubscribe_headers, render, split_message
+
+FIXTURES = Path(__file__).parent / "fixtures"
+URL = "https://relay.test.example/u/TOKEN-abc_123"
+MAILTO = "unsub+TOKEN-abc_123@relay.test.example"
+FOOTER = Footer(
+    text=f"Unsubscribe: {URL}\nAcme Newsletter, 1 Acme Way, Springfield \u00c9tat",
+    html=f'<p><a href="{URL}">Unsubscribe</a><br>Acme Newsletter, 1 Acme Way</p>',
+)
+HEADERS = list_unsubscribe_headers(URL, MAILTO)
+LU_SYNTAX = re.compile(r"^<https://[^\s<>,]+>(?:,\s*<mailto:[^\s<>,]+>)*$")
+SEALED = {"multipart/signed", "multipart/encrypted", "application/pkcs7-mime"}
+
+
+def crlf(raw: bytes) -> bytes:
+    """As the message sits in the spool after SMTP: CRLF line ends."""
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def body_parts(part: Message) -> list[Message]:
+    """Inline text parts the footer must reach (not attachments, not in attached messages)."""
+    if part.get_content_maintype() == "message":
+        return []
+    if part.is_multipart():
+        return [p for sub in part.get_payload() for p in body_parts(sub)]
+    if part.get_content_disposition() == "attachment":
+        return []
+    return [part] if part.get_content_type() in ("text/plain", "text/html") else []
+
+
+def other_leaves(message: Message) -> list[tuple[str, bytes | None]]:
+    """Every leaf part that is not a body part, decoded, in order."""
+    bodies = {id(p) for p in body_parts(message)}
+    leaves = []
+    for part in message.walk():
+        if part.is_multipart() or id(part) in bodies:
+            continue
+        leaves.append((part.get_content_type(), part.get_payload(decode=True)))
+    return leaves
+
+
+def is_sealed(message: Message) -> bool:
+    return any(p.get_content_type() in SEALED for p in message.walk())
+
+
+def check_invariants(original: bytes, rendered: bytes) -> None:
+    before = message_from_bytes(original, policy=email_policy.compat32)
+    after = message_from_bytes(rendered, policy=email_policy.compat32)
+    message_from_bytes(rendered, policy=email_policy.default)  # parses strictly too
+
+    lu = after.get_all("List-Unsubscribe")
+    assert lu is not None
+    assert len(lu) == 1
+    assert LU_SYNTAX.match(re.sub(r"\r\n[ \t]", " ", lu[0]).strip()), lu[0]
+    assert after.get_all("List-Unsubscribe-Post") == ["List-Unsubscribe=One-Click"]
+
+    for line in rendered.split(b"\r\n"):
+        assert len(line) <= 998
+
+    if is_sealed(before):
+        assert split_message(rendered)[1] == split_message(original)[1]
+        return
+    if any(d for p in before.walk() for d in p.defects if "Boundary" in type(d).__name__):
+        assert split_message(rendered)[1] == split_message(original)[1]
+        return
+    for part in body_parts(after):
+        text = part.get_payload(decode=True).decode(part.get_content_charset() or "ascii")
+        assert URL in text, part.get_content_type()
+    assert other_leaves(after) == other_leaves(before)
+
+
+def own_messages() -> dict[str, bytes]:
+    """The issue's own set: newsletter, text only, alternative with inline images, 8bit
+    latin-1, base64 UTF-8, and one that already has List-Unsubscribe headers."""
+    out: dict[str, bytes] = {}
+
+    html = EmailMessage()
+    html["From"] = "news@acme.example"
+    html["Subject"] = "Newsletter"
+    html.set_content(
+        "<html><head><style>p{}</style></head><body><h1>News</h1>"
+        + "<p>item</p>" * 200
+        + "</body></html>",
+        subtype="html",
+    )
+    out["html-newsletter"] = html.as_bytes(policy=email_policy.SMTP)
+
+    text = EmailMessage()
+    text["From"] = "news@acme.example"
+    text.set_content("Just text.\nTwo lines.\n")
+    out["text-only"] = text.as_bytes(policy=email_policy.SMTP)
+
+    alt = EmailMessage()
+    alt["From"] = "news@acme.example"
+    alt.set_content("Plain version\n")
+    alt.add_alternative(
+        '<html><body><img src="cid:logo"><p>HTML version</p></body></html>', subtype="html"
+    )
+    alt.get_payload()[1].add_related(b"\x89PNG\r\n\x1a\nfakeimage", "image", "png", cid="<logo>")
+    out["alternative-inline-images"] = alt.as_bytes(policy=email_policy.SMTP)
+
+    out["8bit-latin1"] = (
+        b"From: news@acme.example\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+        + "Gr\u00fc\u00dfe aus K\u00f6ln, sch\u00f6ne Tage!\r\n".encode("latin-1")
+    )
+    out["base64-utf8"] = (
+        b"From: news@acme.example\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.encodebytes("\u3053\u3093\u306b\u3061\u306f \u4e16\u754c\n".encode()).replace(
+            b"\n", b"\r\n"
+        )
+    )
+    out["existing-list-unsubscribe"] = (
+        b"From: news@acme.example\r\n"
+        b"List-Unsubscribe: <mailto:old@crm.example?subject=unsub>,\r\n <https://crm.example/u/1>\r\n"
+        b"list-unsubscribe-post: List-Unsubscribe=One-Click\r\n"
+        b"Subject: has its own\r\n\r\nBody\r\n"
+    )
+    out["minified-html-long-line"] = (
+        b"From: news@acme.example\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n"
+        + b"<html><body>"
+        + b"<b>x</b>" * 108
+        + b"</body></html>\r\n"
+    )
+    return out
+
+
+FIXTURE_FILES = sorted((FIXTURES / "mime").iterdir()) + sorted((FIXTURES / "signed").iterdir())
+
+
+@pytest.mark.parametrize("path", FIXTURE_FILES, ids=lambda p: p.name)
+def test_fixture_invariants(path):
+    """Every shared fixture message renders with the invariants."""
+    original = crlf(path.read_bytes())
+    rendered = render(original, HEADERS, FOOTER)
+    check_invariants(original, rendered.content)
+
+
+@pytest.mark.parametrize(("name", "original"), sorted(own_messages().items()))
+def test_own_set_invariants(name, original):
+    """The issue's own message set renders with the invariants, and gets a footer."""
+    rendered = render(original, HEADERS, FOOTER)
+    check_invariants(original, rendered.content)
+    assert rendered.parts_changed >= 1
+    assert rendered.body_skipped is None
+
+
+def test_signed_message_gets_headers_only():
+    """multipart/signed: body byte-identical, headers added, reason 'sealed'."""
+    original = crlf((FIXTURES / "signed" / "mimekit-thunderbird-signed.txt").read_bytes())
+    rendered = render(original, HEADERS, FOOTER)
+    assert rendered.body_skipped == "sealed"
+    assert rendered.parts_changed == 0
+    assert split_message(rendered.content)[1] == split_message(original)[1]
+
+
+def test_existing_headers_are_replaced():
+    """The sender's own List-Unsubscribe fields (any case, folded) are gone."""
+    original = own_messages()["existing-list-unsubscribe"]
+    rendered = render(original, HEADERS, FOOTER).content
+    assert b"crm.example" not in rendered
+    assert rendered.count(b"List-Unsubscribe:") == 1
+    assert rendered.lower().count(b"list-unsubscribe-post:") == 1
+
+
+def test_html_footer_goes_before_body_end():
+    """In HTML the footer sits just before </body>."""
+    original = own_messages()["html-newsletter"]
+    part = message_from_bytes(render(original, HEADERS, FOOTER).content)
+    html = part.get_payload(decode=True).decode()
+    assert html.index(URL) < html.index("</body>")
+    assert html.rstrip().endswith("</html>")
+
+
+def test_latin1_footer_text_changes_charset_when_needed():
+    """Text that the part's charset cannot carry switches the part to UTF-8 quoted-printable."""
+    original = (
+        b"From: news@acme.example\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\nHello\r\n"
+    )
+    rendered = message_from_bytes(render(original, HEADERS, FOOTER).content)
+    assert rendered.get_content_charset() == "utf-8"
+    assert rendered["Content-Transfer-Encoding"] == "quoted-printable"
+    assert "\u00c9tat" in rendered.get_payload(decode=True).decode("utf-8")
+
+
+def test_malformed_mime_gets_headers_only():
+    """A multipart without its boundary: headers only, reason 'malformed', no crash."""
+    original = (
+        b"From: news@acme.example\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/mixed; boundary="nope"\r\n\r\nno boundary here\r\n'
+    )
+    rendered = render(original, HEADERS, FOOTER)
+    assert rendered.body_skipped == "malformed"
+    assert split_message(rendered.content)[1] == split_message(original)[1]
+    assert rendered.content.count(b"List-Unsubscribe:") == 1
+
+
+def test_list_unsubscribe_syntax():
+    """https first, then mailto, folded only between items, no spaces inside brackets."""
+    lu, lup = list_unsubscribe_headers(URL, MAILTO)
+    assert lu == f"List-Unsubscribe: <{URL}>,\r\n <mailto:{MAILTO}>\r\n".encode()
+    assert lup == b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+    assert list_unsubscribe_headers(URL, None)[0] == f"List-Unsubscribe: <{URL}>\r\n".encode()
+
+
+# --- generated MIME trees ---
+
+_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\r"),
+    max_size=300,
+)
+_charset = st.sampled_from(["utf-8", "iso-8859-1", "us-ascii", "windows-1252", "shift_jis"])
+_cte = st.sampled_from(["7bit", "8bit", "quoted-printable", "base64"])
+
+
+@st.composite
+def leaf(draw) -> Message:
+    kind = draw(st.sampled_from(["plain", "html", "attachment", "image", "text-attachment"]))
+    part = Message()
+    if kind in ("plain", "html", "text-attachment"):
+        charset = draw(_charset)
+        text = draw(_text)
+        try:
+            text.encode(charset)
+        except UnicodeEncodeError:
+            charset = "utf-8"
+        if kind == "html" and draw(st.booleans()):
+            text = f"<html><body>{text}</body></html>"
+        subtype = "html" if kind == "html" else "plain"
+        part["Content-Type"] = f"text/{subtype}; charset={charset}"
+        cte = draw(_cte)
+        if cte in ("7bit",) and not text.isascii():
+            cte = "quoted-printable"
+        data = text.replace("\n", "\r\n").encode(charset)
+        if cte == "base64":
+            payload = base64.encodebytes(data).decode().replace("\n", "\r\n")
+        elif cte == "quoted-printable":
+            from email.quoprimime import body_encode
+
+            payload = body_encode(data.decode("latin-1"), eol="\r\n")
+        else:
+            lines = data.decode(charset).split("\r\n")
+            if max(map(len, lines)) > 900:
+                cte = "base64"
+                payload = base64.encodebytes(data).decode().replace("\n", "\r\n")
+            else:
+                payload = data.decode("ascii", "surrogateescape")  # raw 8-bit, as parsed
+        part["Content-Transfer-Encoding"] = cte
+        if kind == "text-attachment":
+            part["Content-Disposition"] = 'attachment; filename="notes.txt"'
+        part.set_payload(payload)
+    else:
+        blob = draw(st.binary(max_size=200))
+        part["Content-Type"] = "application/octet-stream" if kind == "attachment" else "image/png"
+        part["Content-Transfer-Encoding"] = "base64"
+        part["Content-Disposition"] = (
+            'attachment; filename="a.bin"' if kind == "attachment" else "inline"
+        )
+        part.set_payload(base64.encodebytes(blob).decode().replace("\n", "\r\n"))
+    return part
+
+
+def container(children: list[Message], subtype: str) -> Message:
+    part = Message()
+    part["Content-Type"] = f"multipart/{subtype}"
+    part.set_payload([])
+    for child in children:
+        part.attach(child)
+    return part
+
+
+def attached_message(inner: Message) -> Message:
+    part = Message()
+    part["Content-Type"] = "message/rfc822"
+    part.set_payload([inner])
+    return part
+
+
+tree = st.recursive(
+    leaf(),
+    lambda children: st.one_of(
+        st.builds(
+            container,
+            st.lists(children, min_size=1, max_size=4),
+            st.sampled_from(["mixed", "alternative", "related"]),
+        ),
+        st.builds(attached_message, children),
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(root=tree)
+def test_generated_trees_hold_the_invariants(root):
+    """Any tree of text, HTML, attachments, nested multiparts and attached messages."""
+    root["From"] = "news@acme.example"
+    root["MIME-Version"] = "1.0"
+    original = root.as_bytes(policy=email_policy.compat32.clone(linesep="\r\n"))
+    rendered = render(original, HEADERS, FOOTER)
+    check_invariants(original, rendered.content)
