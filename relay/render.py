@@ -23,12 +23,9 @@ from dataclasses import dataclass
 from email import errors, message_from_bytes
 from email import policy as email_policy
 from email.generator import BytesGenerator
+from email.message import Message
 from email.quoprimime import body_encode
 from io import BytesIO
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from email.message import Message
 
 _REPLACED = {b"list-unsubscribe", b"list-unsubscribe-post"}
 _SEALED = {
@@ -121,7 +118,8 @@ def _body_parts(part: Message) -> list[Message]:
     if part.is_multipart():
         found: list[Message] = []
         for sub in part.get_payload():
-            found.extend(_body_parts(sub))
+            if isinstance(sub, Message):
+                found.extend(_body_parts(sub))
         return found
     if part.get_content_disposition() == "attachment":
         return []

@@ -91,8 +91,11 @@ def check_invariants(original: bytes, rendered: bytes) -> None:
 
 
 def own_messages() -> dict[str, bytes]:
-    """The issue's own set: newsletter, text only, alternative with inline images, 8bit
-    latin-1, base64 UTF-8, and one that already has List-Unsubscribe headers."""
+    """The issue's own set of messages.
+
+    HTML newsletter, text only, alternative with inline images, 8bit latin-1, base64 UTF-8,
+    one that already has List-Unsubscribe headers, and minified HTML on one long line.
+    """
     out: dict[str, bytes] = {}
 
     html = EmailMessage()
@@ -140,9 +143,7 @@ def own_messages() -> dict[str, bytes]:
     )
     out["minified-html-long-line"] = (
         b"From: news@acme.example\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n"
-        + b"<html><body>"
-        + b"<b>x</b>" * 108
-        + b"</body></html>\r\n"
+        b"<html><body>" + b"<b>x</b>" * 108 + b"</body></html>\r\n"
     )
     return out
 
@@ -218,7 +219,7 @@ def test_malformed_mime_gets_headers_only():
 
 
 def test_list_unsubscribe_syntax():
-    """https first, then mailto, folded only between items, no spaces inside brackets."""
+    """The https URI first, then mailto, folded only between items, no spaces inside brackets."""
     lu, lup = list_unsubscribe_headers(URL, MAILTO)
     assert lu == f"List-Unsubscribe: <{URL}>,\r\n <mailto:{MAILTO}>\r\n".encode()
     assert lup == b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
@@ -251,7 +252,7 @@ def leaf(draw) -> Message:
         subtype = "html" if kind == "html" else "plain"
         part["Content-Type"] = f"text/{subtype}; charset={charset}"
         cte = draw(_cte)
-        if cte in ("7bit",) and not text.isascii():
+        if cte == "7bit" and not text.isascii():
             cte = "quoted-printable"
         data = text.replace("\n", "\r\n").encode(charset)
         if cte == "base64":
