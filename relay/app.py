@@ -121,7 +121,7 @@ class Relay:
             log.error("config_reload_failed", problems=[str(exc)])
             return
         if tls is not None:
-            runtime = Runtime(runtime.config, runtime.pipeline, tls)
+            runtime = Runtime(runtime.config, runtime.pipeline, tls, runtime.tokens)
         changed = [
             key for key in _RESTART_ONLY if _section(old.config, key) != _section(config, key)
         ]

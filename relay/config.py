@@ -11,6 +11,7 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -254,6 +255,18 @@ class WebConfig(_Model):
         split_host_port(value)
         return value
 
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("expected an absolute https:// URL")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ValueError("one-click unsubscribe needs https:// (http only on loopback)")
+        return value.rstrip("/")
+
 
 class TokensConfig(_Model):
     """HMAC keys for tokens: the first signs, all verify."""
@@ -290,7 +303,7 @@ class Account(_Model):
     from_domains: Annotated[list[Domain], Field(min_length=1)]
     contact: str | None = None
     stream: Literal["marketing", "transactional"] = "marketing"
-    brand: Brand | None = None
+    brand: Brand = Field(description="name and postal address shown in every unsubscribe footer")
 
     @field_validator("password_hash")
     @classmethod
@@ -326,6 +339,10 @@ class Config(_Model):
             duplicates = sorted({value for value in values if values.count(value) > 1})
             if duplicates:
                 raise ValueError(f"accounts: duplicate {kind}: {', '.join(duplicates)}")
+        if self.tokens is None:
+            raise ValueError("tokens: required (unsubscribe links are signed with these keys)")
+        if self.web.public_url is None:
+            raise ValueError("web.public_url: required (the address of unsubscribe links)")
         for index, listener in enumerate(self.smtp.listeners):
             if listener.trusted_account is not None and listener.trusted_account not in ids:
                 raise ValueError(

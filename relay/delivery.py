@@ -195,7 +195,13 @@ class DeliveryService:
         content = await self._load(job.message_id)
         account = config.account(job.account_id) if job.account_id else None
         rendering = Rendering(
-            job.message_id, account, job.mail_from, job.recipient, content, kind=job.kind
+            job.message_id,
+            account,
+            job.mail_from,
+            job.recipient,
+            content,
+            kind=job.kind,
+            campaign=job.campaign,
         )
         decision = await pipeline.render(rendering)
         if isinstance(decision.verdict, Continue):

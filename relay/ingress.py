@@ -21,6 +21,7 @@ import structlog
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from relay.auth import authenticate
+from relay.campaign import campaign_key
 from relay.clock import to_datetime
 from relay.errors import StoreError
 from relay.logging import get_logger
@@ -377,7 +378,8 @@ class IngressHandler:
         content: bytes = envelope.original_content or b""
         # compat32: raw header strings; the default policy builds a class per header read.
         headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(content)
-        decision = await runtime.pipeline.data(tx, Submission(content, headers))
+        campaign = campaign_key(headers, content)
+        decision = await runtime.pipeline.data(tx, Submission(content, headers, campaign))
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
             _rejected("data", reply, decision.verdict.rule)
@@ -400,6 +402,7 @@ class IngressHandler:
             recipients=tuple(tx.recipients),
             content=trace + content,
             received_at=now,
+            campaign=campaign,
         )
         try:
             await asyncio.wait_for(self.store.spool(message), STORE_TIMEOUT)

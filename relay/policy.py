@@ -28,11 +28,12 @@ if TYPE_CHECKING:
     from relay.clock import Clock
     from relay.config import Account, Config
     from relay.storage.base import MessageKind, Store
+    from relay.tokens import TokenCodec
 
 log = get_logger(__name__)
 
 # Policies that always run, first, whether or not the config names them.
-MANDATORY = ("from_domain",)
+MANDATORY = ("from_domain", "suppression", "unsubscribe")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Submission:
 
     content: bytes
     headers: Message
+    campaign: str
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Rendering:
     recipient: str
     content: bytes
     kind: MessageKind = "message"
+    campaign: str | None = None
     notes: dict[str, object] = field(default_factory=dict)
 
 
@@ -112,6 +115,7 @@ class PolicyServices:
     config: Config
     store: Store
     clock: Clock
+    tokens: TokenCodec
 
 
 class BasePolicy:

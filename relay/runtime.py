@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from relay.policy import PolicyServices, build_pipeline
 from relay.tlsutil import server_context
+from relay.tokens import TokenCodec
 
 if TYPE_CHECKING:
     import ssl
@@ -24,15 +25,25 @@ class Runtime:
     config: Config
     pipeline: Pipeline
     tls: ssl.SSLContext | None
+    tokens: TokenCodec
 
     @classmethod
     def build(cls, config: Config, store: Store, clock: Clock) -> Runtime:
         """Instantiate policies and load TLS files; raises on unreadable files."""
-        pipeline = build_pipeline(PolicyServices(config, store, clock))
+        tokens = make_codec(config, clock)
+        pipeline = build_pipeline(PolicyServices(config, store, clock, tokens))
         tls = None
         if config.smtp.tls is not None:
             tls = server_context(config.smtp.tls.certificate, config.smtp.tls.private_key)
-        return cls(config, pipeline, tls)
+        return cls(config, pipeline, tls, tokens)
+
+
+def make_codec(config: Config, clock: Clock) -> TokenCodec:
+    """The token codec of `config` (its validation guarantees the keys are there)."""
+    if config.tokens is None:
+        raise ValueError("tokens: required")
+    keys = [key.get_secret_value().encode() for key in config.tokens.keys]
+    return TokenCodec(keys, clock, max_age=config.tokens.max_age)
 
 
 class RuntimeRef:

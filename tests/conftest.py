@@ -36,6 +36,7 @@ PG_URL = os.environ.get("OPTIN_RELAY_TEST_PG", "postgresql://postgres@127.0.0.1:
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cret-Passw0rd!"
 PASSWORD_HASH = hash_password(PASSWORD)
+TOKEN_KEY = "test-token-key-0123456789-abcdefghijklmnop"
 
 
 @pytest.fixture(autouse=True)
@@ -126,7 +127,9 @@ def config_data(
         "upstream": {"host": "127.0.0.1", "port": upstream_port, "tls": "none"},
         "delivery": {"retry_schedule": [60, 300], "jitter": 0, "poll_interval": 0.05},
         "storage": {"url": store_url},
-        "web": {"listen": "127.0.0.1:0"},
+        "web": {"listen": "127.0.0.1:0", "public_url": "https://relay.test.example"},
+        "inbound": {"domain": "relay.test.example"},
+        "tokens": {"keys": [TOKEN_KEY]},
         "accounts": [
             {
                 "id": "acme",
@@ -134,12 +137,15 @@ def config_data(
                 "password_hash": PASSWORD_HASH,
                 "from_domains": ["acme.example"],
                 "contact": "abuse-desk@acme.example",
+                "brand": {"name": "Acme News", "postal_address": "1 Acme Way, Springfield"},
             },
             {
                 "id": "globex",
                 "username": "globex",
                 "password_hash": PASSWORD_HASH,
                 "from_domains": ["globex.example"],
+                "stream": "transactional",
+                "brand": {"name": "Globex", "postal_address": "2 Globex Road", "language": "de"},
             },
         ],
     }
@@ -266,6 +272,18 @@ def simple_message(
         f"From: Acme News <{sender}>\r\nTo: {to}\r\nSubject: Test\r\n"
         f"Message-ID: <{secrets.token_hex(6)}@acme.example>\r\n\r\n{body}\r\n"
     ).encode()
+
+
+def assert_relayed_intact(relayed: bytes, sent: bytes) -> None:
+    """The relayed copy holds the sent message.
+
+    Every header field is there, and the body up to the footer the relay appends to marketing mail.
+    """
+    sent_header, sent_body = sent.split(b"\r\n\r\n", 1)
+    header, body = relayed.split(b"\r\n\r\n", 1)
+    for line in sent_header.split(b"\r\n"):
+        assert line in header, line
+    assert body.startswith(sent_body), body[:200]
 
 
 async def eventually(

@@ -182,7 +182,7 @@ async def test_render_stage_verdicts(
         config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
     )
     current = relay.runtime.current
-    relay.runtime.current = Runtime(current.config, Pipeline([policy]), current.tls)
+    relay.runtime.current = Runtime(current.config, Pipeline([policy]), current.tls, current.tokens)
     await send(relay, ["alice@example.net"])
     await eventually(lambda: len(events(log_lines, outcome)) >= 1)
     if outcome == "delivery_succeeded":

@@ -12,6 +12,7 @@ from conftest import (
     PASSWORD,
     RelayProcess,
     TestUpstream,
+    assert_relayed_intact,
     config_data,
     eventually,
     free_port,
@@ -84,7 +85,7 @@ async def test_sigkill_after_250_before_delivery(tmp_path, store_url, tls_files)
     try:
         await restarted.start()
         await eventually(lambda: len(upstream.messages) == 1, timeout=30)
-        assert upstream.messages[0].content.endswith(message)
+        assert_relayed_intact(upstream.messages[0].content, message)
         assert upstream.messages[0].rcpt == "alice@example.net"
     finally:
         await restarted.terminate()

@@ -84,11 +84,11 @@ async def test_timeout_defers(tx):
 
 
 def test_from_domain_is_always_first(sqlite_url, tls_files):
-    """from_domain runs even when the config does not name it."""
+    """The mandatory policies run, in this order, even when the config names none."""
     data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
     config = parse_config(data)
-    pipeline = build_pipeline(PolicyServices(config, None, ManualClock()))  # type: ignore[arg-type]
-    assert pipeline.names == ["from_domain"]
+    pipeline = build_pipeline(PolicyServices(config, None, ManualClock(), None))  # type: ignore[arg-type]
+    assert pipeline.names == ["from_domain", "suppression", "unsubscribe"]
 
 
 async def test_from_domain_subdomains_setting(sqlite_url, tls_files):
@@ -97,7 +97,7 @@ async def test_from_domain_subdomains_setting(sqlite_url, tls_files):
     for allow, expected in ((False, Reject), (True, Continue)):
         data["policies"] = {"from_domain": {"allow_subdomains": allow}}
         config = parse_config(data)
-        pipeline = build_pipeline(PolicyServices(config, None, ManualClock()))  # type: ignore[arg-type]
+        pipeline = build_pipeline(PolicyServices(config, None, ManualClock(), None))  # type: ignore[arg-type]
         tx = Transaction("M", config.accounts[0], "news@mail.acme.example", "127.0.0.1")
         assert isinstance((await pipeline.mail(tx)).verdict, expected)
         # A look-alike domain never passes.

@@ -1,0 +1,43 @@
+"""Suppressed recipients (unsubscribed, complained, bounced, listed) are refused at RCPT."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
+
+if TYPE_CHECKING:
+    from relay.policy import Transaction
+
+_WHY = {
+    "unsubscribe": "has unsubscribed from this sender",
+    "complaint": "has reported this sender's mail as spam",
+    "bounce": "does not exist (an earlier message bounced)",
+}
+
+
+class Settings(BaseModel):
+    """`policies.suppression` (nothing to set: suppression cannot be turned off)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Policy(BasePolicy):
+    """550 5.7.1 for a recipient on the account's or the global suppression list."""
+
+    name = "suppression"
+
+    def __init__(self, settings: Settings, services: PolicyServices) -> None:
+        """Look suppressions up in the store."""
+        del settings
+        self.store = services.store
+
+    async def on_rcpt(self, tx: Transaction, recipient: str) -> Verdict:
+        """Refuse a suppressed recipient (a store failure raises: the pipeline defers)."""
+        found = await self.store.suppressed(recipient, tx.account.id)
+        if found is None:
+            return CONTINUE
+        why = _WHY.get(found.reason, "is on this sender's suppression list")
+        return Reject(f"<{recipient}> {why}", f"suppression.{found.reason}")

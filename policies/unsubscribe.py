@@ -1,0 +1,108 @@
+"""Every marketing message carries a working unsubscribe: headers and a visible footer.
+
+`stream: marketing` accounts: every message. `stream: transactional` accounts are exempt until
+one broadcast of theirs (one campaign key) passes `mandatory_after` recipients within `window`;
+from then on every message of that account gets it too.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relay.config import Duration
+from relay.logging import get_logger
+from relay.policy import CONTINUE, BasePolicy, PolicyServices, Verdict
+from relay.render import list_unsubscribe_headers, render
+from relay.templates import footer
+from relay.tokens import campaign_tag
+
+if TYPE_CHECKING:
+    from relay.config import Account
+    from relay.policy import Rendering, Submission, Transaction
+
+log = get_logger(__name__)
+MANDATORY_FLAG = "mandatory_unsubscribe"
+
+
+class Settings(BaseModel):
+    """`policies.unsubscribe`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scope: Literal["account", "global"] = Field(
+        default="account", description="what an unsubscribe suppresses"
+    )
+    mandatory_after: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=100, description="broadcast size that ends a transactional account's exemption"
+    )
+    window: Duration = 86400.0
+
+
+class Policy(BasePolicy):
+    """Adds List-Unsubscribe, List-Unsubscribe-Post and the footer to each recipient's copy."""
+
+    name = "unsubscribe"
+
+    def __init__(self, settings: Settings, services: PolicyServices) -> None:
+        """Sign links with the runtime's token codec."""
+        self.settings = settings
+        self.store = services.store
+        self.clock = services.clock
+        self.tokens = services.tokens
+        config = services.config
+        self.public_url = config.web.public_url or ""
+        self.inbound = config.inbound.domain if config.inbound else None
+
+    async def on_data(self, tx: Transaction, submission: Submission) -> Verdict:
+        """Count a transactional account's broadcasts; a large one makes injection mandatory."""
+        account = tx.account
+        if account.stream != "transactional":
+            return CONTINUE
+        total = await self.store.record_campaign(
+            account.id,
+            submission.campaign,
+            len(tx.recipients),
+            now=self.clock.now(),
+            window=self.settings.window,
+        )
+        if total > self.settings.mandatory_after:
+            reason = f"campaign {submission.campaign} reached {total} recipients"
+            if await self.store.set_flag(
+                account.id, MANDATORY_FLAG, reason=reason, now=self.clock.now()
+            ):
+                log.warning(
+                    "unsubscribe_made_mandatory",
+                    account_id=account.id,
+                    campaign=submission.campaign,
+                    recipients=total,
+                    threshold=self.settings.mandatory_after,
+                )
+        return CONTINUE
+
+    async def _applies(self, account: Account) -> bool:
+        if account.stream == "marketing":
+            return True
+        return await self.store.has_flag(account.id, MANDATORY_FLAG)
+
+    async def on_render(self, rendering: Rendering) -> Verdict:
+        """Render the copy for its recipient with a token of their own."""
+        account = rendering.account
+        if rendering.kind != "message" or account is None or not await self._applies(account):
+            return CONTINUE
+        token = self.tokens.issue(account.id, rendering.recipient, campaign_tag(rendering.campaign))
+        url = f"{self.public_url}/u/{token}"
+        mailto = f"unsub+{token}@{self.inbound}" if self.inbound else None
+        result = render(
+            rendering.content, list_unsubscribe_headers(url, mailto), footer(account.brand, url)
+        )
+        if result.body_skipped in ("malformed", "no_text"):
+            log.warning(
+                "render_body_skipped",
+                message_id=rendering.message_id,
+                recipient=rendering.recipient,
+                reason=result.body_skipped,
+            )
+        rendering.content = result.content
+        return CONTINUE

@@ -1,0 +1,44 @@
+"""The unsubscribe action: a valid token's recipient is suppressed for good (web and mailto)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal
+
+from relay.logging import get_logger
+from relay.storage.base import GLOBAL_SCOPE, Suppression
+
+if TYPE_CHECKING:
+    from relay.config import Config
+    from relay.storage.base import Store
+    from relay.tokens import Claim
+
+log = get_logger(__name__)
+
+Method = Literal["one_click", "page", "mailto"]
+
+
+def unsubscribe_scope(config: Config, account_id: str) -> str:
+    """What an unsubscribe suppresses: the account (default) or every account."""
+    settings = config.policies.get("unsubscribe")
+    scope = getattr(settings, "scope", "account")
+    return GLOBAL_SCOPE if scope == "global" else account_id
+
+
+async def unsubscribe(
+    store: Store, config: Config, claim: Claim, *, method: Method, now: float
+) -> bool:
+    """Suppress the claim's recipient; idempotent. True if the address was not suppressed yet."""
+    scope = unsubscribe_scope(config, claim.account_id)
+    added = await store.suppress(
+        Suppression(claim.recipient, scope, "unsubscribe", method, now), actor=method
+    )
+    log.info(
+        "unsubscribed",
+        account_id=claim.account_id,
+        recipient=claim.recipient,
+        scope=scope,
+        method=method,
+        campaign=claim.campaign,
+        new=added,
+    )
+    return added
