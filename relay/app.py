@@ -90,7 +90,7 @@ class Relay:
             self.handler, config.smtp.listeners, reuse_port=config.smtp.reuse_port
         )
         host, port = split_host_port(config.web.listen)
-        self._web = web.AppRunner(make_app(store), access_log=None)
+        self._web = web.AppRunner(make_app(store, self.runtime, self.clock), access_log=None)
         await self._web.setup()
         site = web.TCPSite(self._web, host, port)
         await site.start()

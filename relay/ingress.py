@@ -28,15 +28,17 @@ from relay.logging import get_logger
 from relay.metrics import MESSAGES_ACCEPTED, REJECTIONS
 from relay.policy import Continue, Submission, Transaction
 from relay.storage.base import NewMessage, new_message_id
+from relay.unsubscribe import unsubscribe
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from relay.clock import Clock
-    from relay.config import Config, Listener
+    from relay.config import Listener
     from relay.runtime import Runtime
     from relay.storage.base import Store
     from relay.throttle import ConnectionLimiter, FailureThrottle
+    from relay.tokens import Claim
 
 log = get_logger(__name__)
 
@@ -89,6 +91,7 @@ class RelayEnvelope(Envelope):
         """An empty envelope."""
         super().__init__()
         self.tx: Transaction | None = None
+        self.unsubscribes: list[Claim] = []  # mail to unsub+TOKEN@ the inbound domain
 
 
 class RelaySMTP(SMTP):
@@ -340,8 +343,14 @@ class IngressHandler:
         del server, session
         tx = envelope.tx
         runtime = self.runtime()
+        inbound = runtime.config.inbound
+        local, _, domain = address.rpartition("@")
+        if inbound is not None and domain.lower() == inbound.domain:
+            return self._inbound_rcpt(runtime, envelope, address, local)
         if tx is None:
-            return self._unauthenticated_rcpt(runtime.config, address)
+            reply = f"554 5.7.1 <{address}>: Relay access denied"
+            _recipient_rejected(reply, "relay_denied", address)
+            return reply
         if len(tx.recipients) >= runtime.config.smtp.max_recipients:
             reply = "452 4.5.3 Too many recipients"
             _recipient_rejected(reply, "max_recipients", address)
@@ -356,25 +365,43 @@ class IngressHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient ok"
 
-    def _unauthenticated_rcpt(self, config: Config, address: str) -> str:
-        """Without AUTH only the relay's own inbound addresses could be reached; none is yet."""
-        domain = address.rpartition("@")[2].lower()
-        if config.inbound is not None and domain == config.inbound.domain:
-            reply = f"550 5.1.1 <{address}>: no such inbound address"
-            _recipient_rejected(reply, "inbound_unknown", address)
-        else:
-            reply = f"554 5.7.1 <{address}>: Relay access denied"
-            _recipient_rejected(reply, "relay_denied", address)
+    def _inbound_rcpt(
+        self, runtime: Runtime, envelope: RelayEnvelope, address: str, local: str
+    ) -> str:
+        """The relay's own addresses, open to anyone: unsub+TOKEN (RFC 2369 mailto)."""
+        if local.lower().startswith("unsub+"):
+            claim = runtime.tokens.verify(local[len("unsub+") :])
+            if claim is None:
+                reply = f"550 5.1.1 <{address}>: invalid or expired unsubscribe address"
+                _recipient_rejected(reply, "inbound_invalid_token", address)
+                return reply
+            envelope.unsubscribes.append(claim)
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Unsubscribe address ok"
+        reply = f"550 5.1.1 <{address}>: no such inbound address"
+        _recipient_rejected(reply, "inbound_unknown", address)
         return reply
 
     async def handle_DATA(  # noqa: N802
         self, server: RelaySMTP, session: RelaySession, envelope: RelayEnvelope
     ) -> str:
-        """The data stage, then the durable spool commit, then 250."""
+        """Inbound unsubscribes, then the data stage, the durable spool commit, then 250."""
         tx = envelope.tx
+        runtime = self.runtime()
+        if envelope.unsubscribes:
+            try:
+                for claim in envelope.unsubscribes:
+                    await unsubscribe(
+                        self.store, runtime.config, claim, method="mailto", now=self.clock.now()
+                    )
+            except StoreError as exc:
+                log.error("unsubscribe_failed", method="mailto", error=str(exc))
+                _rejected("data", REPLY_TEMPFAIL, "unsubscribe_store")
+                return REPLY_TEMPFAIL
+            if tx is None or not tx.recipients:
+                return "250 2.0.0 Unsubscribe recorded"
         if tx is None or not tx.recipients:
             return "503 5.5.1 Error: need RCPT command"
-        runtime = self.runtime()
         content: bytes = envelope.original_content or b""
         # compat32: raw header strings; the default policy builds a class per header read.
         headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(content)

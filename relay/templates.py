@@ -109,6 +109,7 @@ def page(brand_name: str, language: str, kind: str, *, address: str = "", action
         form = (
             f'<form method="post" action="{escape(action)}">'
             '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+            '<input type="hidden" name="source" value="page">'
             f'<button type="submit">{escape(words["unsubscribe"])}</button></form>'
         )
     return (
