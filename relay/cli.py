@@ -11,13 +11,19 @@ import getpass
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from relay import __version__
+from relay import __version__, cli_suppress
 from relay.clock import to_datetime
 from relay.config import Config, load_config, split_host_port
 from relay.errors import ConfigError, RelayError
 from relay.logging import configure, get_logger
 from relay.passwords import hash_password
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from relay.storage.base import Store
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -57,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="create the development TLS certificate named by the config, if missing",
     )
+    cli_suppress.add_parser(commands, common)
     queue = commands.add_parser("queue", parents=[common], help="inspect the delivery queue")
     queue_commands = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     queue_list = queue_commands.add_parser("list", parents=[common], help="pending recipients")
@@ -76,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "sink": _sink,
         "dev-init": _dev_init,
         "queue": _queue,
+        "suppress": _suppress,
     }
     try:
         return handlers[args.command](args, config_path)
@@ -155,7 +163,8 @@ def _dev_init(args: argparse.Namespace, config_path: Path) -> int:
     return EXIT_OK
 
 
-def _queue(args: argparse.Namespace, config_path: Path) -> int:
+def _with_store(config_path: Path, work: Callable[[Config, Store], Awaitable[int]]) -> int:
+    """Open the configured store (migrated), run `work`, close it."""
     from relay.storage import open_store  # noqa: PLC0415
 
     config = load_config(config_path)
@@ -165,10 +174,21 @@ def _queue(args: argparse.Namespace, config_path: Path) -> int:
         await store.open()
         try:
             await store.migrate()
-            entries = await store.queue(args.limit)
+            return await work(config, store)
         finally:
             await store.close()
-        for entry in entries:
+
+    return asyncio.run(run())
+
+
+def _suppress(args: argparse.Namespace, config_path: Path) -> int:
+    return _with_store(config_path, lambda config, store: cli_suppress.run(args, config, store))
+
+
+def _queue(args: argparse.Namespace, config_path: Path) -> int:
+    async def work(config: Config, store: Store) -> int:
+        del config
+        for entry in await store.queue(args.limit):
             next_try = to_datetime(entry.next_attempt).isoformat(timespec="seconds")
             print(
                 f"{entry.message_id}\t{entry.account_id or '-'}\t<{entry.mail_from}>\t"
@@ -177,4 +197,4 @@ def _queue(args: argparse.Namespace, config_path: Path) -> int:
             )
         return EXIT_OK
 
-    return asyncio.run(run())
+    return _with_store(config_path, work)
