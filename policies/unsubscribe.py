@@ -7,6 +7,8 @@ from then on every message of that account gets it too.
 
 from __future__ import annotations
 
+import secrets
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -14,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from relay.config import Duration
 from relay.logging import get_logger
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Verdict
-from relay.render import list_unsubscribe_headers, render
+from relay.render import Template, fill, list_unsubscribe_headers, prepare
 from relay.templates import footer
 from relay.tokens import campaign_tag
 
@@ -24,6 +26,9 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 MANDATORY_FLAG = "mandatory_unsubscribe"
+_PLACEHOLDER = f"optin-relay-url-{secrets.token_hex(8)}"
+_TEMPLATES = 16  # messages being delivered at once, more or less
+_TEMPLATE_MAX_BYTES = 4 * 1024 * 1024  # larger messages are prepared per recipient
 
 
 class Settings(BaseModel):
@@ -54,6 +59,7 @@ class Policy(BasePolicy):
         config = services.config
         self.public_url = config.web.public_url or ""
         self.inbound = config.inbound.domain if config.inbound else None
+        self._templates: OrderedDict[tuple[str, str], Template] = OrderedDict()
 
     async def on_data(self, tx: Transaction, submission: Submission) -> Verdict:
         """Count a transactional account's broadcasts; a large one makes injection mandatory."""
@@ -81,6 +87,22 @@ class Policy(BasePolicy):
                 )
         return CONTINUE
 
+    def _template(self, message_id: str, account: Account, content: bytes) -> Template:
+        """The message prepared once for all its recipients (parsing is the costly part)."""
+        key = (message_id, account.id)
+        template = self._templates.get(key)
+        if template is None:
+            template = prepare(
+                content, footer(account.brand, _PLACEHOLDER), placeholder=_PLACEHOLDER
+            )
+            if len(content) <= _TEMPLATE_MAX_BYTES:
+                self._templates[key] = template
+            while len(self._templates) > _TEMPLATES:
+                self._templates.popitem(last=False)
+        else:
+            self._templates.move_to_end(key)
+        return template
+
     async def _applies(self, account: Account) -> bool:
         if account.stream == "marketing":
             return True
@@ -94,9 +116,8 @@ class Policy(BasePolicy):
         token = self.tokens.issue(account.id, rendering.recipient, campaign_tag(rendering.campaign))
         url = f"{self.public_url}/u/{token}"
         mailto = f"unsub+{token}@{self.inbound}" if self.inbound else None
-        result = render(
-            rendering.content, list_unsubscribe_headers(url, mailto), footer(account.brand, url)
-        )
+        template = self._template(rendering.message_id, account, rendering.content)
+        result = fill(template, list_unsubscribe_headers(url, mailto), {_PLACEHOLDER: url})
         if result.body_skipped in ("malformed", "no_text"):
             log.warning(
                 "render_body_skipped",

@@ -17,14 +17,15 @@ untouched bodies as they came).
 from __future__ import annotations
 
 import base64
+import binascii
 import codecs
 import re
+import secrets
 from dataclasses import dataclass
 from email import errors, message_from_bytes
 from email import policy as email_policy
 from email.generator import BytesGenerator
 from email.message import Message
-from email.quoprimime import body_encode
 from io import BytesIO
 
 _REPLACED = {b"list-unsubscribe", b"list-unsubscribe-post"}
@@ -156,50 +157,111 @@ def _with_footer(text: str, footer: Footer, *, html: bool) -> str:
     return text + separator + newline + addition + newline
 
 
-def _encode(part: Message, text: str, charset: str) -> None:
-    """Set `text` as the part's body, re-encoded so it is 7-bit clean with short lines."""
+@dataclass(frozen=True)
+class _Slot:
+    """A changed part's body, kept as text until the recipient's URL is known."""
+
+    marker: bytes
+    text: str
+    charset: str
+    cte: str
+
+
+@dataclass(frozen=True)
+class Template:
+    """A message prepared once for all its recipients: a skeleton with slots for changed parts."""
+
+    skeleton: bytes
+    slots: tuple[_Slot, ...]
+    body_skipped: str | None
+
+
+# Room for the longest URL a placeholder may stand for, when deciding whether lines stay short.
+_URL_ROOM = 600
+
+
+def _plan(part: Message, text: str, charset: str, *, placeholder: str | None, marker: str) -> _Slot:
+    """Choose the part's charset and encoding, and put a marker where its body goes."""
     try:
         codecs.lookup(charset)
-        data = text.encode(charset)
+        text.encode(charset)
     except (LookupError, UnicodeEncodeError):
         charset = "utf-8"
-        data = text.encode(charset)
     original = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-    lines = text.replace("\r\n", "\n").split("\n")
+    longest = 0
+    for line in text.replace("\r\n", "\n").split("\n"):
+        room = _URL_ROOM if placeholder and placeholder in line else 0
+        longest = max(longest, len(line) + room)
     if original == "base64":
-        cte, payload = "base64", base64.encodebytes(data).decode("ascii")
-    elif data.isascii() and max(map(len, lines), default=0) <= MAX_LINE:
-        cte, payload = "7bit", "\n".join(lines)
+        cte = "base64"
+    elif text.encode(charset).isascii() and longest <= MAX_LINE:
+        cte = "7bit"
     else:
-        unified = data.replace(b"\r\n", b"\n").decode("latin-1")
-        cte, payload = "quoted-printable", body_encode(unified, maxlinelen=76, eol="\n")
+        cte = "quoted-printable"
     del part["Content-Transfer-Encoding"]
     part["Content-Transfer-Encoding"] = cte
-    part.set_payload(payload)
+    part.set_payload(marker)
     if charset.lower() != "us-ascii" or part.get_param("charset") is not None:
         part.set_param("charset", charset)
+    return _Slot(marker.encode("ascii"), text, charset, cte)
+
+
+def _encode(slot: _Slot, text: str) -> bytes:
+    """The part's body in its transfer encoding, CRLF line ends, as the generator would write it."""
+    data = text.encode(slot.charset)
+    if slot.cte == "base64":
+        payload = base64.encodebytes(data)
+    elif slot.cte == "7bit":
+        payload = data.replace(b"\r\n", b"\n")
+    else:
+        payload = binascii.b2a_qp(data.replace(b"\r\n", b"\n"), istext=True)
+    return payload.replace(b"\n", b"\r\n")
+
+
+def prepare(content: bytes, footer: Footer, *, placeholder: str | None = None) -> Template:
+    """Parse once, pick the parts that get the footer, and keep a skeleton to fill per recipient.
+
+    `placeholder` marks where each recipient's URL goes in the footer.
+    """
+    message = message_from_bytes(content, policy=_POLICY)
+    if _sealed(message):
+        return Template(content, (), "sealed")
+    if _malformed(message):
+        return Template(content, (), "malformed")
+    parts = _body_parts(message)
+    if not parts:
+        return Template(content, (), "no_text")
+    nonce = secrets.token_hex(8)
+    slots = []
+    for index, part in enumerate(parts):
+        text, charset = _decode(part)
+        html = part.get_content_subtype() == "html"
+        marker = f"optin-relay-slot-{nonce}-{index}"
+        body = _with_footer(text, footer, html=html)
+        slots.append(_plan(part, body, charset, placeholder=placeholder, marker=marker))
+    out = BytesIO()
+    BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(message)
+    return Template(out.getvalue(), tuple(slots), None)
+
+
+def fill(
+    template: Template, headers: list[bytes], substitutions: dict[str, str] | None = None
+) -> Rendered:
+    """One recipient's copy: the template's slots filled, then the unsubscribe headers."""
+    content = template.skeleton
+    if template.slots:
+        pieces: list[bytes] = []
+        rest = content
+        for slot in template.slots:
+            before, _, rest = rest.partition(slot.marker)
+            text = slot.text
+            for placeholder, value in (substitutions or {}).items():
+                text = text.replace(placeholder, value)
+            pieces += [before, _encode(slot, text)]
+        content = b"".join([*pieces, rest])
+    return Rendered(replace_headers(content, headers), len(template.slots), template.body_skipped)
 
 
 def render(content: bytes, headers: list[bytes], footer: Footer) -> Rendered:
     """The copy with the unsubscribe headers and, where the body allows, the footer."""
-    message = message_from_bytes(content, policy=_POLICY)
-    skipped: str | None = None
-    changed = 0
-    if _sealed(message):
-        skipped = "sealed"
-    elif _malformed(message):
-        skipped = "malformed"
-    else:
-        parts = _body_parts(message)
-        if not parts:
-            skipped = "no_text"
-        for part in parts:
-            text, charset = _decode(part)
-            html = part.get_content_subtype() == "html"
-            _encode(part, _with_footer(text, footer, html=html), charset)
-            changed += 1
-    if changed:
-        out = BytesIO()
-        BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(message)
-        content = out.getvalue()
-    return Rendered(replace_headers(content, headers), changed, skipped)
+    return fill(prepare(content, footer), headers)

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.render import Footer, list_unsubscribe_headers, render, split_message
+from relay.render import Footer, fill, list_unsubscribe_headers, prepare, render, split_message
 
 FIXTURES = Path(__file__).parent / "fixtures"
 URL = "https://relay.test.example/u/TOKEN-abc_123"
@@ -322,3 +322,21 @@ def test_generated_trees_hold_the_invariants(root):
     original = root.as_bytes(policy=email_policy.compat32.clone(linesep="\r\n"))
     rendered = render(original, HEADERS, FOOTER)
     check_invariants(original, rendered.content)
+
+
+@pytest.mark.parametrize(("name", "original"), sorted(own_messages().items()))
+def test_prepared_template_fills_like_a_direct_render(name, original):
+    """Prepared once and filled per recipient gives the same bytes as rendering each copy."""
+    placeholder = "PLACEHOLDER-0f1e2d"
+    template = prepare(
+        original,
+        Footer(FOOTER.text.replace(URL, placeholder), FOOTER.html.replace(URL, placeholder)),
+        placeholder=placeholder,
+    )
+    for token in ("short", "a-much-longer-token-" * 8):
+        url = f"https://relay.test.example/u/{token}"
+        footer = Footer(FOOTER.text.replace(URL, url), FOOTER.html.replace(URL, url))
+        headers = list_unsubscribe_headers(url, None)
+        direct = render(original, headers, footer)
+        filled = fill(template, headers, {placeholder: url})
+        assert filled.content == direct.content
