@@ -326,7 +326,11 @@ def test_generated_trees_hold_the_invariants(root):
 
 @pytest.mark.parametrize(("name", "original"), sorted(own_messages().items()))
 def test_prepared_template_fills_like_a_direct_render(name, original):
-    """Prepared once and filled per recipient gives the same bytes as rendering each copy."""
+    """Prepared once and filled per recipient gives the copy a direct render gives.
+
+    Same bytes, except that the template may choose quoted-printable where a direct render with
+    a short URL fits 7bit (it keeps room for any URL length).
+    """
     placeholder = "PLACEHOLDER-0f1e2d"
     template = prepare(
         original,
@@ -339,4 +343,14 @@ def test_prepared_template_fills_like_a_direct_render(name, original):
         headers = list_unsubscribe_headers(url, None)
         direct = render(original, headers, footer)
         filled = fill(template, headers, {placeholder: url})
-        assert filled.content == direct.content
+        if filled.content != direct.content:
+            decoded = [
+                (p.get_content_type(), p.get_payload(decode=True))
+                for p in message_from_bytes(filled.content).walk()
+            ]
+            expected = [
+                (p.get_content_type(), p.get_payload(decode=True))
+                for p in message_from_bytes(direct.content).walk()
+            ]
+            assert decoded == expected
+            assert b"quoted-printable" in filled.content
