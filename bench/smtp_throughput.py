@@ -115,7 +115,11 @@ def main() -> int:
             "upstream": {"host": "127.0.0.1", "port": sink_port, "tls": "none", "connections": 8},
             "delivery": {"poll_interval": 0.05, "batch": 200},
             "storage": {"url": storage},
-            "web": {"listen": f"127.0.0.1:{web_port}"},
+            "web": {
+                "listen": f"127.0.0.1:{web_port}",
+                "public_url": "https://relay.bench.example",
+            },
+            "tokens": {"keys": ["bench-token-key-0123456789abcdef0123456789"]},
             "log_level": "warning",
             "accounts": [
                 {
@@ -123,6 +127,7 @@ def main() -> int:
                     "username": "bench",
                     "password_hash": hash_password("bench-password"),
                     "from_domains": ["bench.example"],
+                    "brand": {"name": "Bench", "postal_address": "1 Bench Street"},
                 }
             ],
         }
@@ -132,7 +137,10 @@ def main() -> int:
         relay = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve", "--config", str(path)], stdout=log, stderr=log
         )
-        wait_port(relay_port)
+        try:
+            wait_port(relay_port)
+        except SystemExit:
+            raise SystemExit((work / "relay.log").read_text()[-2000:]) from None
         wait_port(web_port)
         started = time.monotonic()
         accept = source(relay_port, args)

@@ -1,4 +1,6 @@
-"""SQLite backend (the embedded default): one aiosqlite connection, WAL, synchronous=FULL.
+"""SQLite backend (the embedded default): aiosqlite, WAL, synchronous=FULL.
+
+One connection writes; a second, read-only one serves reads, which WAL never makes wait.
 
 Writes use group commit: concurrent writers queue their operation, and one writer task runs
 every queued operation in a single transaction (each in its own savepoint, so one failing
@@ -50,6 +52,7 @@ class SqliteStore:
         """Use the database file at `path` (created on `open`)."""
         self.path = Path(path)
         self._db: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         self._queue: list[
             tuple[Callable[[aiosqlite.Connection], Awaitable[Any]], asyncio.Future[Any]]
@@ -82,11 +85,23 @@ class SqliteStore:
                 await asyncio.to_thread(pending._thread.join, 5)  # noqa: SLF001
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
         self._db = db
+        try:
+            # Reads use a second connection: in WAL mode they never wait for a writer.
+            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await reader.execute("PRAGMA busy_timeout=10000")
+            await reader.execute("PRAGMA query_only=ON")
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        self._reader = reader
 
     async def close(self) -> None:
         """Finish queued writes, then close the connection."""
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
+        if self._reader is not None:
+            await self._reader.close()
+            self._reader = None
         if self._db is not None:
             await self._db.close()
             self._db = None
@@ -166,10 +181,10 @@ class SqliteStore:
             return outcomes
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        if self._db is None:
+        if self._reader is None:
             raise StoreError("the store is not open")
         try:
-            async with self._lock, self._db.execute(sql, tuple(params)) as cursor:
+            async with self._reader.execute(sql, tuple(params)) as cursor:
                 return list(await cursor.fetchall())
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite: {exc}") from exc
