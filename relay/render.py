@@ -221,8 +221,16 @@ def _encode(slot: _Slot, text: str) -> bytes:
 def prepare(content: bytes, footer: Footer, *, placeholder: str | None = None) -> Template:
     """Parse once, pick the parts that get the footer, and keep a skeleton to fill per recipient.
 
-    `placeholder` marks where each recipient's URL goes in the footer.
+    `placeholder` marks where each recipient's URL goes in the footer. Whatever the input, this
+    never raises: MIME the email package cannot handle gets the headers only.
     """
+    try:
+        return _prepare(content, footer, placeholder)
+    except Exception:  # noqa: BLE001 - any parser failure means: headers only
+        return Template(content, (), "malformed")
+
+
+def _prepare(content: bytes, footer: Footer, placeholder: str | None) -> Template:
     message = message_from_bytes(content, policy=_POLICY)
     if _sealed(message):
         return Template(content, (), "sealed")

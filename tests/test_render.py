@@ -354,3 +354,12 @@ def test_prepared_template_fills_like_a_direct_render(name, original):
             ]
             assert decoded == expected
             assert b"quoted-printable" in filled.content
+
+
+@given(st.binary(max_size=2000))
+@settings(max_examples=200, deadline=None)
+def test_any_bytes_render_without_crashing(raw):
+    """Arbitrary bytes never crash the render; the copy always gets exactly one header each."""
+    content = b"From: news@acme.example\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + raw
+    rendered = render(content, HEADERS, FOOTER)
+    assert rendered.content.count(b"List-Unsubscribe:") == 1
