@@ -187,6 +187,7 @@ def _plan(part: Message, text: str, charset: str, *, placeholder: str | None, ma
         text.encode(charset)
     except (LookupError, UnicodeEncodeError):
         charset = "utf-8"
+    had_cte = part.get("Content-Transfer-Encoding") is not None
     original = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
     longest = 0
     for line in text.replace("\r\n", "\n").split("\n"):
@@ -199,7 +200,8 @@ def _plan(part: Message, text: str, charset: str, *, placeholder: str | None, ma
     else:
         cte = "quoted-printable"
     del part["Content-Transfer-Encoding"]
-    part["Content-Transfer-Encoding"] = cte
+    if had_cte or cte != "7bit":
+        part["Content-Transfer-Encoding"] = cte
     part.set_payload(marker)
     if charset.lower() != "us-ascii" or part.get_param("charset") is not None:
         part.set_param("charset", charset)
@@ -247,6 +249,9 @@ def _prepare(content: bytes, footer: Footer, placeholder: str | None) -> Templat
         marker = f"optin-relay-slot-{nonce}-{index}"
         body = _with_footer(text, footer, html=html)
         slots.append(_plan(part, body, charset, placeholder=placeholder, marker=marker))
+    mime_headers = message.get("Content-Type") or message.get("Content-Transfer-Encoding")
+    if mime_headers is not None and message.get("MIME-Version") is None:
+        message["MIME-Version"] = "1.0"  # RFC 2045: without it, charset and encoding are ignored
     out = BytesIO()
     BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(message)
     return Template(out.getvalue(), tuple(slots), None)

@@ -363,3 +363,16 @@ def test_any_bytes_render_without_crashing(raw):
     content = b"From: news@acme.example\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n" + raw
     rendered = render(content, HEADERS, FOOTER)
     assert rendered.content.count(b"List-Unsubscribe:") == 1
+
+
+def test_plain_rfc822_message_becomes_mime_when_needed():
+    """A message without MIME headers gets MIME-Version once the footer needs a charset."""
+    ascii_only = b"From: news@acme.example\r\nSubject: hi\r\n\r\nHello\r\n"
+    plain_footer = Footer(text=f"Unsubscribe: {URL}", html="")
+    untouched = message_from_bytes(render(ascii_only, HEADERS, plain_footer).content)
+    assert untouched["MIME-Version"] is None
+    assert untouched["Content-Transfer-Encoding"] is None
+    needs_utf8 = message_from_bytes(render(ascii_only, HEADERS, FOOTER).content)
+    assert needs_utf8["MIME-Version"] == "1.0"
+    assert needs_utf8.get_content_charset() == "utf-8"
+    assert "\u00c9tat" in needs_utf8.get_payload(decode=True).decode()
