@@ -117,11 +117,16 @@ class Relay:
             if tls is not None and config.smtp.tls is not None:
                 files = config.smtp.tls
                 tls.load_cert_chain(str(files.certificate), str(files.private_key))
+        except ConfigError as exc:
+            log.error("config_reload_failed", problems=exc.problems)
+            return
         except (OSError, ssl.SSLError, ValueError) as exc:
             log.error("config_reload_failed", problems=[str(exc)])
             return
         if tls is not None:
-            runtime = Runtime(runtime.config, runtime.pipeline, tls, runtime.tokens)
+            runtime = Runtime(
+                runtime.config, runtime.pipeline, tls, runtime.tokens, runtime.warnings
+            )
         changed = [
             key for key in _RESTART_ONLY if _section(old.config, key) != _section(config, key)
         ]
@@ -167,7 +172,8 @@ async def serve(config_path: Path) -> int:
     try:
         config = load_config(config_path)
         configure_logging(level=config.log_level)
-        check_runtime(config)
+        for warning in check_runtime(config):
+            log.warning("config_warning", problem=warning)
     except ConfigError as exc:
         for problem in exc.problems:
             log.error("config_invalid", problem=problem)
@@ -216,10 +222,10 @@ class _NoStore:
         raise StoreError(f"no store while checking the configuration ({name})")
 
 
-def check_runtime(config: Config) -> None:
-    """Build the runtime once without a store: TLS files must load, policies instantiate."""
+def check_runtime(config: Config) -> list[str]:
+    """Build the runtime once without a store: keys and TLS files must load; return warnings."""
     try:
-        Runtime.build(config, cast("Store", _NoStore()), SystemClock())
+        return list(Runtime.build(config, cast("Store", _NoStore()), SystemClock()).warnings)
     except (OSError, ssl.SSLError) as exc:
         files = config.smtp.tls
         where = f"{files.certificate}, {files.private_key}" if files else "?"

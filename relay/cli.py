@@ -110,7 +110,8 @@ def _check_config(args: argparse.Namespace, config_path: Path) -> int:
     from relay.app import check_runtime  # noqa: PLC0415
 
     config = load_config(config_path)
-    check_runtime(config)
+    for warning in check_runtime(config):
+        print(f"warning: {warning}", file=sys.stderr)
     listeners = len(config.smtp.listeners)
     print(f"{config_path}: OK ({len(config.accounts)} accounts, {listeners} listeners)")
     return EXIT_OK
@@ -153,6 +154,7 @@ def _sink(args: argparse.Namespace, config_path: Path) -> int:
 
 def _dev_init(args: argparse.Namespace, config_path: Path) -> int:
     del args
+    from relay.dkim import generate_key, make_key, write_key  # noqa: PLC0415
     from relay.tlsutil import write_self_signed  # noqa: PLC0415
 
     config: Config = load_config(config_path)
@@ -160,6 +162,12 @@ def _dev_init(args: argparse.Namespace, config_path: Path) -> int:
     if files is not None and not (files.certificate.exists() and files.private_key.exists()):
         write_self_signed(files.certificate, files.private_key, [config.hostname, "localhost"])
         print(f"wrote a self-signed development certificate to {files.certificate}")
+    for item in config.dkim:
+        if not item.private_key.exists():
+            pem = generate_key(item.algorithm)
+            write_key(item.private_key, pem)
+            key = make_key(item.domain, item.selector, item.algorithm, pem)
+            print(f"wrote a development DKIM key to {item.private_key} ({key.dns_name})")
     return EXIT_OK
 
 

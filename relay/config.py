@@ -294,6 +294,20 @@ class Brand(_Model):
     language: str = "en"
 
 
+class DkimKeyConfig(_Model):
+    """A DKIM private key and where its public half is published (SELECTOR._domainkey.DOMAIN)."""
+
+    domain: Domain
+    selector: Annotated[
+        str,
+        Field(
+            pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$"
+        ),
+    ]
+    private_key: ConfigPath
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+
 class Account(_Model):
     """A sender (a CRM's customer) that relays through optin-relay."""
 
@@ -325,6 +339,7 @@ class Config(_Model):
     web: WebConfig = WebConfig()
     tokens: TokensConfig | None = None
     accounts: list[Account] = Field(default_factory=list)
+    dkim: list[DkimKeyConfig] = Field(default_factory=list)
     policies: dict[str, Any] = Field(
         default_factory=dict, description="policy name -> its validated Settings, in file order"
     )

@@ -202,6 +202,7 @@ class DeliveryService:
             content,
             kind=job.kind,
             campaign=job.campaign,
+            original=content,
         )
         decision = await pipeline.render(rendering)
         if isinstance(decision.verdict, Continue):

@@ -27,13 +27,16 @@ if TYPE_CHECKING:
 
     from relay.clock import Clock
     from relay.config import Account, Config
+    from relay.dkim import Signer
     from relay.storage.base import MessageKind, Store
     from relay.tokens import TokenCodec
 
 log = get_logger(__name__)
 
-# Policies that always run, first, whether or not the config names them.
+# Policies that always run, first, whether or not the config names them; and the one that
+# always runs last (signing covers every change the others made).
 MANDATORY = ("from_domain", "suppression", "unsubscribe")
+LAST = ("dkim",)
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class Rendering:
     content: bytes
     kind: MessageKind = "message"
     campaign: str | None = None
+    original: bytes = b""  # the spooled content, before any render policy
     notes: dict[str, object] = field(default_factory=dict)
 
 
@@ -116,6 +120,7 @@ class PolicyServices:
     store: Store
     clock: Clock
     tokens: TokenCodec
+    signer: Signer | None = None
 
 
 class BasePolicy:
@@ -205,7 +210,9 @@ class Pipeline:
 def build_pipeline(services: PolicyServices) -> Pipeline:
     """Instantiate the configured policies (mandatory ones first) from `policies/`."""
     config = services.config
-    names = [name for name in MANDATORY if name not in config.policies] + list(config.policies)
+    names = [name for name in MANDATORY if name not in config.policies]
+    names += [name for name in config.policies if name not in LAST]
+    names += list(LAST)
     policies: list[BasePolicy] = []
     for name in names:
         module = importlib.import_module(f"policies.{name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from relay.dkim import Signer, load_keys
 from relay.policy import PolicyServices, build_pipeline
 from relay.tlsutil import server_context
 from relay.tokens import TokenCodec
@@ -26,16 +27,26 @@ class Runtime:
     pipeline: Pipeline
     tls: ssl.SSLContext | None
     tokens: TokenCodec
+    warnings: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, config: Config, store: Store, clock: Clock) -> Runtime:
-        """Instantiate policies and load TLS files; raises on unreadable files."""
+        """Load keys and TLS files, instantiate policies; raises on unusable files."""
         tokens = make_codec(config, clock)
-        pipeline = build_pipeline(PolicyServices(config, store, clock, tokens))
+        keys, warnings = load_keys(config.dkim)
+        signer = Signer(keys)
+        for account in config.accounts:
+            for domain in account.from_domains:
+                if not signer.has_key(domain):
+                    warnings.append(
+                        f"accounts[{config.accounts.index(account)}].from_domains: no DKIM key "
+                        f"for {domain} (policies.dkim.missing_key decides)"
+                    )
+        pipeline = build_pipeline(PolicyServices(config, store, clock, tokens, signer))
         tls = None
         if config.smtp.tls is not None:
             tls = server_context(config.smtp.tls.certificate, config.smtp.tls.private_key)
-        return cls(config, pipeline, tls, tokens)
+        return cls(config, pipeline, tls, tokens, tuple(warnings))
 
 
 def make_codec(config: Config, clock: Clock) -> TokenCodec:

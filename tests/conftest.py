@@ -7,10 +7,12 @@ in a schema of its own that is dropped afterwards.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from email import message_from_bytes
@@ -107,6 +109,45 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path}/relay.db"
 
 
+@functools.cache
+def dkim_keys() -> list[dict[str, str]]:
+    """Keys for the test domains, made once per run: RSA and Ed25519 for acme, RSA otherwise."""
+    from relay.dkim import generate_key
+
+    folder = Path(tempfile.mkdtemp(prefix="optin-relay-dkim-"))
+    keys = []
+    for domain, selector, algorithm in (
+        ("acme.example", "r2027", "rsa-sha256"),
+        ("acme.example", "e2027", "ed25519-sha256"),
+        ("globex.example", "r2027", "rsa-sha256"),
+        ("relay.test.example", "r2027", "rsa-sha256"),
+    ):
+        path = folder / f"{domain}.{selector}.pem"
+        path.write_bytes(generate_key(algorithm))  # type: ignore[arg-type]
+        keys.append(
+            {
+                "domain": domain,
+                "selector": selector,
+                "private_key": str(path),
+                "algorithm": algorithm,
+            }
+        )
+    return keys
+
+
+def dkim_dns(config: Config) -> Callable[..., bytes | None]:
+    """A stand-in for DNS (the one thing tests may not reach): the configured public keys."""
+    from relay.dkim import load_keys
+
+    keys, _ = load_keys(config.dkim)
+    records = {f"{key.dns_name}.".encode(): key.public_record.encode() for key in keys}
+
+    def lookup(name: bytes, timeout: int = 5) -> bytes | None:
+        return records.get(name)
+
+    return lookup
+
+
 def config_data(
     *,
     store_url: str,
@@ -130,6 +171,7 @@ def config_data(
         "web": {"listen": "127.0.0.1:0", "public_url": "https://relay.test.example"},
         "inbound": {"domain": "relay.test.example"},
         "tokens": {"keys": [TOKEN_KEY]},
+        "dkim": dkim_keys(),
         "accounts": [
             {
                 "id": "acme",

@@ -84,11 +84,11 @@ async def test_timeout_defers(tx):
 
 
 def test_from_domain_is_always_first(sqlite_url, tls_files):
-    """The mandatory policies run, in this order, even when the config names none."""
+    """The mandatory policies run, in this order, even when the config names none; dkim last."""
     data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
     config = parse_config(data)
     pipeline = build_pipeline(PolicyServices(config, None, ManualClock(), None))  # type: ignore[arg-type]
-    assert pipeline.names == ["from_domain", "suppression", "unsubscribe"]
+    assert pipeline.names == ["from_domain", "suppression", "unsubscribe", "dkim"]
 
 
 async def test_from_domain_subdomains_setting(sqlite_url, tls_files):

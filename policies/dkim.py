@@ -1,0 +1,110 @@
+"""DKIM: every message leaves signed by its From domain, as the very last step of the render.
+
+Signatures the sender added are removed when the relay's rewriting changed the message (they
+could only fail), unless `keep_broken_signatures` is set. Without a key for the From domain the
+message is deferred (`missing_key: defer`, fail closed), refused (`reject`) or relayed unsigned
+(`relay_unsigned`). DSNs from the relay itself are signed when its own domain has a key.
+"""
+
+from __future__ import annotations
+
+import re
+from email.utils import getaddresses
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from relay.logging import get_logger
+from relay.policy import CONTINUE, BasePolicy, Defer, PolicyServices, Reject, Verdict
+from relay.render import split_message
+
+if TYPE_CHECKING:
+    from relay.policy import Rendering
+
+log = get_logger(__name__)
+_DKIM_FIELD = re.compile(rb"^dkim-signature[ \t]*:", re.IGNORECASE)
+_FROM_FIELD = re.compile(rb"^from[ \t]*:(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+
+
+class Settings(BaseModel):
+    """`policies.dkim`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    missing_key: Literal["defer", "relay_unsigned", "reject"] = Field(
+        default="defer", description="what happens to mail whose From domain has no key"
+    )
+    keep_broken_signatures: bool = Field(
+        default=False, description="keep the sender's signatures even when rewriting broke them"
+    )
+
+
+def from_domain(content: bytes) -> str | None:
+    """The lower-case domain of the message's (first) From address."""
+    header, _ = split_message(content)
+    match = _FROM_FIELD.search(header)
+    if match is None:
+        return None
+    value = match.group(1).decode("utf-8", "replace").replace("\r\n", "")
+    addresses = [addr for _, addr in getaddresses([value]) if "@" in addr]
+    return addresses[0].rpartition("@")[2].lower() if addresses else None
+
+
+def strip_signatures(content: bytes) -> tuple[bytes, int]:
+    """The message without its DKIM-Signature fields, and how many there were."""
+    header, body = split_message(content)
+    kept: list[bytes] = []
+    removed = 0
+    dropping = False
+    for line in header.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = bool(_DKIM_FIELD.match(line))
+        removed += dropping
+        if not dropping:
+            kept.append(line)
+    if not removed:
+        return content, 0
+    return b"".join(kept) + b"\r\n" + body, removed
+
+
+class Policy(BasePolicy):
+    """Signs each recipient's copy with every key of its From domain."""
+
+    name = "dkim"
+
+    def __init__(self, settings: Settings, services: PolicyServices) -> None:
+        """Sign with the runtime's keys."""
+        self.settings = settings
+        self.signer = services.signer
+        self.hostname = services.config.hostname
+
+    async def on_render(self, rendering: Rendering) -> Verdict:
+        """Remove broken signatures, then sign (always the last render step)."""
+        content = rendering.content
+        if (
+            rendering.original
+            and content != rendering.original
+            and not self.settings.keep_broken_signatures
+        ):
+            content, removed = strip_signatures(content)
+            if removed:
+                log.info(
+                    "dkim_signature_removed",
+                    message_id=rendering.message_id,
+                    recipient=rendering.recipient,
+                    count=removed,
+                )
+        domain = from_domain(content)
+        if self.signer is None or domain is None or not self.signer.has_key(domain):
+            rendering.content = content
+            if rendering.kind == "dsn" or self.settings.missing_key == "relay_unsigned":
+                return CONTINUE
+            text = f"No DKIM key for the From domain {domain or '(none)'}"
+            if self.settings.missing_key == "reject":
+                return Reject(text, "dkim.missing_key", 550, "5.7.1")
+            return Defer(text, "dkim.missing_key", 451, "4.7.5")
+        rendering.content = self.signer.sign(content, domain)
+        return CONTINUE
