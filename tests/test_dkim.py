@@ -1,0 +1,310 @@
+"""DKIM: vectors, relayed messages verify, tampering fails, missing keys follow the policy."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import dkim
+import pytest
+from conftest import (
+    PASSWORD,
+    TestUpstream,
+    config_data,
+    dkim_dns,
+    eventually,
+    simple_message,
+    smtp_client,
+)
+from test_render import FIXTURE_FILES, FOOTER, HEADERS, crlf, own_messages
+
+from relay.config import ConfigError, parse_config
+from relay.dkim import Signer, generate_key, load_keys, make_key, signed_headers
+from relay.render import render
+
+VECTORS = Path(__file__).parent / "fixtures" / "dkim-vectors"
+RSA_PEM = generate_key("rsa-sha256")
+ED_PEM = generate_key("ed25519-sha256")
+LOGIN = ("acme-crm", PASSWORD)
+
+
+def zone_dns(zone: Path):
+    records = {}
+    for line in zone.read_text().splitlines():
+        name, _, value = line.partition(" ")
+        records[f"{name}.".encode()] = value.strip().encode()
+
+    def lookup(name: bytes, timeout: int = 5) -> bytes | None:
+        return records.get(name)
+
+    return lookup
+
+
+def keys_dns(keys):
+    records = {f"{k.dns_name}.".encode(): k.public_record.encode() for k in keys}
+    return lambda name, timeout=5: records.get(name)  # noqa: ARG005 - dkimpy's dnsfunc
+
+
+def verify_all(message: bytes, dnsfunc) -> list[bool]:
+    checker = dkim.DKIM(message)
+    count = len(re.findall(rb"(?im)^DKIM-Signature:", message.split(b"\r\n\r\n")[0]))
+    results = []
+    for index in range(count):
+        try:
+            results.append(bool(checker.verify(idx=index, dnsfunc=dnsfunc)))
+        except dkim.ValidationError:  # a body hash mismatch is reported by raising
+            results.append(False)
+    return results
+
+
+def test_rfc8463_vectors_verify():
+    """Both signatures of RFC 8463 Appendix A (Ed25519 and RSA) verify with dkimpy."""
+    message = crlf((VECTORS / "rfc8463-appA.signed.eml").read_bytes())
+    assert verify_all(message, zone_dns(VECTORS / "rfc8463.zone")) == [True, True]
+
+
+def test_rfc8463_keys_load_and_sign():
+    """The RFC's own private keys load (Ed25519 as a base64 seed) and produce valid signatures."""
+    ed = make_key(
+        "football.example.com",
+        "brisbane",
+        "ed25519-sha256",
+        (VECTORS / "rfc8463-brisbane-ed25519.key").read_bytes(),
+    )
+    assert ed.public_record.endswith("p=11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=")
+    message = b"From: Joe <joe@football.example.com>\r\nSubject: hi\r\n\r\nHi.\r\n"
+    signed = Signer([ed]).sign(message, "football.example.com")
+    assert verify_all(signed, zone_dns(VECTORS / "rfc8463.zone")) == [True]
+
+
+def test_signature_tags_and_headers():
+    """relaxed/relaxed, t= set, no l=, h= with the required headers, oversigned as required."""
+    key = make_key("acme.example", "s1", "rsa-sha256", RSA_PEM)
+    message = crlf(
+        b"From: a@acme.example\nTo: b@example.net\nCc: c@example.net\nSubject: s\n"
+        b"Date: Mon, 1 Jan 2029 00:00:00 +0000\nMessage-ID: <1@acme.example>\n"
+        b"Reply-To: r@acme.example\nMIME-Version: 1.0\nContent-Type: text/plain\n"
+        b"List-Unsubscribe: <https://x.example/u/1>\n"
+        b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\n"
+        b"Received: from x\n\nbody\n"
+    )
+    signed = Signer([key]).sign(message, "acme.example")
+    field = signed.split(b"\r\n\r\n")[0].split(b"\r\nFrom:")[0].replace(b"\r\n ", b" ")
+    tags = dict(t.strip().split(b"=", 1) for t in field.split(b":", 1)[1].split(b";"))
+    assert tags[b"c"] == b"relaxed/relaxed"
+    assert tags[b"a"] == b"rsa-sha256"
+    assert b"l" not in tags
+    assert tags[b"t"].isdigit()
+    h = [n.strip() for n in tags[b"h"].split(b":")]
+    for required in (
+        b"from",
+        b"reply-to",
+        b"subject",
+        b"date",
+        b"to",
+        b"cc",
+        b"message-id",
+        b"mime-version",
+        b"content-type",
+        b"list-unsubscribe",
+        b"list-unsubscribe-post",
+    ):
+        assert required in h
+    for oversigned in (
+        b"from",
+        b"subject",
+        b"date",
+        b"to",
+        b"list-unsubscribe",
+        b"list-unsubscribe-post",
+    ):
+        assert h.count(oversigned) == 2
+    assert b"received" not in h
+    assert b"return-path" not in h
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda m: m.replace(b"Subject: Test", b"Subject: Test!"),
+        lambda m: m.replace(b"\r\n\r\n", b"\r\nFrom: evil@attacker.example\r\n\r\n", 1),
+        lambda m: m.replace(b"\r\n\r\n", b"\r\nSubject: second\r\n\r\n", 1),
+        lambda m: m.replace(
+            b"\r\n\r\n", b"\r\nList-Unsubscribe: <https://evil.example/>\r\n\r\n", 1
+        ),
+        lambda m: m.replace(b"Hello", b"Hellp"),
+    ],
+    ids=["changed-subject", "second-from", "second-subject", "added-list-unsubscribe", "body"],
+)
+def test_tampering_breaks_every_signature(tamper):
+    """Changing a signed header, or adding From, Subject or List-Unsubscribe, fails verification."""
+    keys = [
+        make_key("acme.example", "r1", "rsa-sha256", RSA_PEM),
+        make_key("acme.example", "e1", "ed25519-sha256", ED_PEM),
+    ]
+    rendered = render(simple_message(), HEADERS, FOOTER).content
+    signed = Signer(keys).sign(rendered, "acme.example")
+    assert verify_all(signed, keys_dns(keys)) == [True, True]
+    assert verify_all(tamper(signed), keys_dns(keys)) == [False, False]
+
+
+def rendered_set() -> list[tuple[str, bytes]]:
+    items = [(path.name, crlf(path.read_bytes())) for path in FIXTURE_FILES]
+    return items + sorted(own_messages().items())
+
+
+@pytest.mark.parametrize(
+    ("name", "original"), rendered_set(), ids=lambda x: x if isinstance(x, str) else ""
+)
+def test_every_rendered_fixture_verifies(name, original):
+    """Each message of the unsubscribe fixture set, rendered then signed, verifies (both keys)."""
+    rendered = render(original, HEADERS, FOOTER).content
+    from_line = re.search(rb"(?im)^from:.*?@([\w.-]+)", rendered)
+    domain = from_line.group(1).decode().lower() if from_line else "acme.example"
+    keys = [
+        make_key(domain, "r1", "rsa-sha256", RSA_PEM),
+        make_key(domain, "e1", "ed25519-sha256", ED_PEM),
+    ]
+    signed = Signer(keys).sign(rendered, domain)
+    assert verify_all(signed, keys_dns(keys)) == [True, True]
+
+
+def test_signed_headers_count_occurrences():
+    """A header present twice is listed twice (and once more when oversigned)."""
+    message = b"From: a@x.example\r\nReceived: x\r\nTo: a@y\r\nTo: b@y\r\n\r\n"
+    names = signed_headers(message)
+    assert names.count(b"to") == 3
+    assert names.count(b"from") == 2
+    assert b"cc" not in names
+
+
+async def test_relayed_messages_verify(start_relay, store_url, upstream: TestUpstream, tls_files):
+    """Messages leave the relay with an Ed25519 and an RSA signature, both valid."""
+    data = config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    await client.sendmail("news@acme.example", ["a@example.net", "b@example.net"], simple_message())
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 2)
+    for message in upstream.messages:
+        assert verify_all(message.content, dkim_dns(relay.config)) == [True, True]
+        assert b"d=acme.example" in message.content
+        assert b"a=ed25519-sha256" in message.content
+        assert b"a=rsa-sha256" in message.content
+
+
+async def test_dsn_is_signed_by_the_relay(start_relay, sqlite_url, upstream, tls_files):
+    """The relay's own DSNs carry a signature of its own domain."""
+    upstream.reject["bob@example.net"] = "550 5.1.1 No such user"
+    relay = await start_relay(
+        config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    )
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    await client.sendmail("news@acme.example", ["bob@example.net"], simple_message())
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+    dsn = upstream.messages[0].content
+    assert b"d=relay.test.example" in dsn
+    assert verify_all(dsn, dkim_dns(relay.config)) == [True]
+
+
+@pytest.mark.parametrize(
+    ("setting", "event", "delivered"),
+    [
+        (None, "delivery_deferred", False),
+        ("reject", "delivery_failed", False),
+        ("relay_unsigned", "delivery_succeeded", True),
+    ],
+)
+async def test_missing_key_policy(
+    start_relay, sqlite_url, upstream, tls_files, log_lines, setting, event, delivered
+):
+    """No key for the From domain: deferred by default; refused or relayed unsigned if so set."""
+    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    data["dkim"] = [k for k in data["dkim"] if k["domain"] != "acme.example"]
+    if setting:
+        data["policies"] = {"dkim": {"missing_key": setting}}
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    await client.sendmail("news@acme.example", ["a@example.net"], simple_message())
+    await client.quit()
+    await eventually(lambda: any(e["event"] == event for e in log_lines()))
+    mail = [m for m in upstream.messages if m.rcpt == "a@example.net"]
+    assert bool(mail) == delivered
+    if delivered:
+        assert b"DKIM-Signature" not in mail[0].content
+    else:
+        entry = next(e for e in log_lines() if e["event"] == event)
+        assert entry["rule"] == "dkim"
+        assert "No DKIM key for the From domain acme.example" in entry["upstream_reply"]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+async def test_senders_broken_signature_removed_unless_kept(
+    start_relay, sqlite_url, upstream, tls_files, log_lines, keep
+):
+    """A sender's signature that the rewriting broke is removed (logged), or kept when asked."""
+    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    if keep:
+        data["policies"] = {"dkim": {"keep_broken_signatures": True}}
+    relay = await start_relay(data)
+    crm_signed = (
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=crm.example; s=x;\r\n h=from; bh=AAAA; b=BBBB\r\n"
+        + simple_message()
+    )
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    await client.sendmail("news@acme.example", ["a@example.net"], crm_signed)
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+    content = upstream.messages[0].content
+    assert (b"d=crm.example" in content) == keep
+    assert any(e["event"] == "dkim_signature_removed" for e in log_lines()) != keep
+    assert verify_all(content, dkim_dns(relay.config))[:2] == [True, True]
+
+
+def test_key_errors_name_their_location(tmp_path, sqlite_url, tls_files):
+    """Unreadable, too short or wrong-type keys are config errors at dkim[i].private_key."""
+    short = Path(__file__).parent / "fixtures" / "rsa-768-test-only.pem"
+    (tmp_path / "short.pem").write_bytes(short.read_bytes())
+    (tmp_path / "ed.pem").write_bytes(ED_PEM)
+    data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
+    data["dkim"] = [
+        {"domain": "acme.example", "selector": "a", "private_key": str(tmp_path / "missing.pem")},
+        {"domain": "acme.example", "selector": "b", "private_key": str(tmp_path / "short.pem")},
+        {
+            "domain": "acme.example",
+            "selector": "c",
+            "private_key": str(tmp_path / "ed.pem"),
+            "algorithm": "rsa-sha256",
+        },
+    ]
+    with pytest.raises(ConfigError) as error:
+        load_keys(parse_config(data).dkim)
+    problems = error.value.problems
+    assert problems[0].startswith("dkim[0].private_key: cannot read")
+    assert problems[1] == "dkim[1].private_key: RSA keys need at least 1024 bits, this one has 768"
+    assert problems[2] == "dkim[2].private_key: the key is not a rsa-sha256 key"
+
+
+def test_short_rsa_key_warns(tmp_path, sqlite_url, tls_files):
+    """A 1024-bit key loads with a warning; from_domains without a key are warned about."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)  # noqa: S505 - on purpose
+    (tmp_path / "k.pem").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
+    data["dkim"] = [
+        {"domain": "acme.example", "selector": "old", "private_key": str(tmp_path / "k.pem")}
+    ]
+    from relay.app import check_runtime
+
+    warnings = check_runtime(parse_config(data))
+    assert "dkim[0].private_key: a 1024-bit RSA key; use 2048 bits or more" in warnings
+    assert any("no DKIM key for globex.example" in w for w in warnings)
