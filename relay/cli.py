@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relay import __version__, cli_suppress
+from relay import __version__, cli_dkim, cli_suppress
 from relay.clock import to_datetime
 from relay.config import Config, load_config, split_host_port
 from relay.errors import ConfigError, RelayError
@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
         help="create the development TLS certificate named by the config, if missing",
     )
     cli_suppress.add_parser(commands, common)
+    cli_dkim.add_parser(commands, common)
     queue = commands.add_parser("queue", parents=[common], help="inspect the delivery queue")
     queue_commands = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     queue_list = queue_commands.add_parser("list", parents=[common], help="pending recipients")
@@ -84,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "dev-init": _dev_init,
         "queue": _queue,
         "suppress": _suppress,
+        "dkim": _dkim,
     }
     try:
         return handlers[args.command](args, config_path)
@@ -187,6 +189,15 @@ def _with_store(config_path: Path, work: Callable[[Config, Store], Awaitable[int
             await store.close()
 
     return asyncio.run(run())
+
+
+def _dkim(args: argparse.Namespace, config_path: Path) -> int:
+    if args.action == "keygen":
+        return cli_dkim.keygen(args)
+    config = load_config(config_path)
+    if args.action == "show":
+        return cli_dkim.show(config)
+    return cli_dkim.check(config, args.domain)
 
 
 def _suppress(args: argparse.Namespace, config_path: Path) -> int:

@@ -1,0 +1,112 @@
+"""`optin-relay dkim keygen | show | check`: DKIM keys and their DNS records."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import dns.exception
+import dns.resolver
+
+from relay.dkim import generate_key, load_keys, make_key, write_key
+
+if TYPE_CHECKING:
+    import argparse
+
+    from relay.config import Config
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+
+
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """Register `dkim` and its actions."""
+    parser = commands.add_parser("dkim", parents=[common], help="DKIM keys and DNS records")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    keygen = actions.add_parser("keygen", help="write a new private key, print its DNS record")
+    keygen.add_argument("--domain", required=True)
+    keygen.add_argument("--selector", required=True)
+    keygen.add_argument(
+        "--algorithm", choices=("rsa-sha256", "ed25519-sha256"), default="rsa-sha256"
+    )
+    keygen.add_argument("--bits", type=int, default=2048, choices=(2048, 3072, 4096))
+    keygen.add_argument(
+        "--out", type=Path, default=None, help="key file (default: DOMAIN.SELECTOR.pem here)"
+    )
+    actions.add_parser("show", parents=[common], help="DNS records of the configured keys")
+    check = actions.add_parser("check", parents=[common], help="compare published records")
+    check.add_argument("--domain", required=True)
+
+
+def txt_record(name: str, value: str) -> str:
+    """A zone-file TXT record, split into strings of at most 255 characters."""
+    chunks = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
+    return f"{name}. IN TXT ( {chunks} )"
+
+
+def lookup_txt(name: str) -> list[str]:
+    """The TXT strings published at `name` (each record's strings joined)."""
+    try:
+        answer = dns.resolver.resolve(name, "TXT", lifetime=10)
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return []
+    return [b"".join(record.strings).decode("ascii", "replace") for record in answer]
+
+
+def _p_tag(record: str) -> str:
+    tags = dict(part.strip().split("=", 1) for part in record.split(";") if "=" in part)
+    return tags.get("p", "").replace(" ", "")
+
+
+def keygen(args: argparse.Namespace) -> int:
+    """Write the key (mode 0600, never over an existing file) and print its record."""
+    out: Path = args.out or Path(f"{args.domain}.{args.selector}.pem")
+    pem = generate_key(args.algorithm, args.bits)
+    key = make_key(args.domain, args.selector, args.algorithm, pem)
+    try:
+        write_key(out, pem)
+    except FileExistsError:
+        print(f"error: {out} exists; choose another file or selector", file=sys.stderr)
+        return EXIT_REFUSED
+    print(f"# private key written to {out} (mode 0600)")
+    print("# publish this record, then add the key to `dkim` in the configuration:")
+    print(txt_record(key.dns_name, key.public_record))
+    return EXIT_OK
+
+
+def show(config: Config) -> int:
+    """The records of every configured key."""
+    keys, _ = load_keys(config.dkim)
+    for key in keys:
+        print(txt_record(key.dns_name, key.public_record))
+    return EXIT_OK
+
+
+def check(config: Config, domain: str) -> int:
+    """Whether each configured key of `domain` is published as configured."""
+    keys = [key for key in load_keys(config.dkim)[0] if key.domain == domain.lower()]
+    if not keys:
+        print(f"error: no key configured for {domain}", file=sys.stderr)
+        return EXIT_REFUSED
+    status = EXIT_OK
+    for key in keys:
+        try:
+            published = lookup_txt(key.dns_name)
+        except dns.exception.DNSException as exc:
+            print(f"{key.dns_name}\tlookup failed: {exc}")
+            status = EXIT_REFUSED
+            continue
+        expected = _p_tag(key.public_record)
+        if not published:
+            print(f"{key.dns_name}\tnot published")
+            status = EXIT_REFUSED
+        elif any(_p_tag(record) == expected for record in published):
+            print(f"{key.dns_name}\tok")
+        else:
+            print(f"{key.dns_name}\tmismatch: the published key is not the configured one")
+            status = EXIT_REFUSED
+    return status
