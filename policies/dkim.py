@@ -16,12 +16,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relay.logging import get_logger
 from relay.policy import CONTINUE, BasePolicy, Defer, PolicyServices, Reject, Verdict
-from relay.render import split_message
+from relay.render import split_message, to_7bit
 
 if TYPE_CHECKING:
     from relay.policy import Rendering
 
 log = get_logger(__name__)
+_BARE_LF = re.compile(rb"(?<!\r)\n")
 _DKIM_FIELD = re.compile(rb"^dkim-signature[ \t]*:", re.IGNORECASE)
 _FROM_FIELD = re.compile(rb"^from[ \t]*:(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 
@@ -97,6 +98,9 @@ class Policy(BasePolicy):
                     recipient=rendering.recipient,
                     count=removed,
                 )
+        if rendering.seven_bit:
+            content = to_7bit(content)
+        content = _BARE_LF.sub(b"\r\n", content)  # sign exactly what goes on the wire: CRLF
         domain = from_domain(content)
         if self.signer is None or domain is None or not self.signer.has_key(domain):
             rendering.content = content

@@ -203,6 +203,7 @@ class DeliveryService:
             kind=job.kind,
             campaign=job.campaign,
             original=content,
+            seven_bit=not content.isascii() and not await self.upstream.accepts_8bit(),
         )
         decision = await pipeline.render(rendering)
         if isinstance(decision.verdict, Continue):

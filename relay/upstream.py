@@ -47,6 +47,10 @@ class Upstream(Protocol):
         """Close every connection."""
         ...
 
+    async def accepts_8bit(self) -> bool:
+        """Whether 8-bit content may be sent as it is (the upstream offers 8BITMIME)."""
+        ...
+
 
 def _classify(code: int, message: str) -> SendResult:
     reply = f"{code} {message}".strip()
@@ -67,6 +71,25 @@ class SmtpUpstream:
         self._slots: asyncio.Queue[aiosmtplib.SMTP | None] = asyncio.Queue()
         for _ in range(config.connections):
             self._slots.put_nowait(None)
+        self._eight_bit: bool | None = None  # learnt from the upstream's EHLO
+
+    async def accepts_8bit(self) -> bool:
+        """Whether the upstream offers 8BITMIME; connects once to find out if nobody has yet."""
+        if self._eight_bit is None:
+            client = await self._slots.get()
+            try:
+                if client is None or not client.is_connected:
+                    client = self._client()
+                    try:
+                        await client.connect()
+                        self._eight_bit = client.supports_extension("8bitmime")
+                    except (*_CONNECTION_ERRORS, ssl.SSLError, aiosmtplib.SMTPException):
+                        await _close(client)
+                        client = None
+                        return True  # unknown: the send will fail and be retried anyway
+            finally:
+                self._slots.put_nowait(client)
+        return self._eight_bit is not False
 
     def _client(self) -> aiosmtplib.SMTP:
         cfg = self.config
@@ -93,6 +116,7 @@ class SmtpUpstream:
                     client = self._client()
                     try:
                         await client.connect()
+                        self._eight_bit = client.supports_extension("8bitmime")
                     except aiosmtplib.SMTPResponseException as exc:
                         # A refused greeting, STARTTLS or AUTH is about our link to our own MTA,
                         # not about the message: retry (as Postfix's smtp_sasl_auth_soft_bounce).

@@ -308,3 +308,50 @@ def test_short_rsa_key_warns(tmp_path, sqlite_url, tls_files):
     warnings = check_runtime(parse_config(data))
     assert "dkim[0].private_key: a 1024-bit RSA key; use 2048 bits or more" in warnings
     assert any("no DKIM key for globex.example" in w for w in warnings)
+
+
+async def test_8bit_converted_for_an_upstream_without_8bitmime(
+    start_relay, sqlite_url, tls_files, log_lines
+):
+    """Without 8BITMIME upstream, 8-bit bodies are re-encoded before signing; the copy verifies."""
+    seven_bit_only = TestUpstream()
+    await seven_bit_only.start(decode_data=True)  # aiosmtpd then does not offer 8BITMIME
+    try:
+        data = config_data(
+            store_url=sqlite_url, upstream_port=seven_bit_only.port, tls_files=tls_files
+        )
+        relay = await start_relay(data)
+        text = "Gr\u00fc\u00dfe aus K\u00f6ln\r\n"
+        message = (
+            b"From: orders@globex.example\r\nTo: a@example.net\r\nSubject: receipt\r\n"
+            b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            b"Content-Transfer-Encoding: 8bit\r\n\r\n" + text.encode()
+        )
+        client = await smtp_client(relay.smtp_ports[0], login=("globex", PASSWORD))
+        await client.sendmail(
+            "orders@globex.example", ["a@example.net"], message, mail_options=["BODY=8BITMIME"]
+        )
+        await client.quit()
+        await eventually(lambda: len(seven_bit_only.messages) == 1)
+        received = seven_bit_only.messages[0]
+        assert received.content.isascii()
+        assert received.message["Content-Transfer-Encoding"] == "quoted-printable"
+        assert received.message.get_payload(decode=True).decode() == text
+        assert verify_all(received.content, dkim_dns(relay.config)) == [True]
+    finally:
+        await seven_bit_only.stop()
+
+
+def test_to_7bit_leaves_clean_messages_alone():
+    """ASCII-only and already-encoded messages come back unchanged; binary parts become base64."""
+    from relay.render import to_7bit
+
+    clean = simple_message()
+    assert to_7bit(clean) == clean
+    binary = (
+        b"From: a@acme.example\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: 8bit\r\n\r\n\xff\xfe\x00\x01\r\n"
+    )
+    converted = to_7bit(binary)
+    assert converted.isascii()
+    assert b"Content-Transfer-Encoding: base64" in converted
