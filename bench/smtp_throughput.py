@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from relay.dkim import generate_key, write_key
 from relay.passwords import hash_password
 
 
@@ -100,6 +101,8 @@ def main() -> int:
         direct = source(sink_port, args)
 
         storage = f"sqlite:///{work}/relay.db" if args.storage == "sqlite" else args.storage
+        key = work / "bench.example.pem"
+        write_key(key, generate_key("rsa-sha256"))
         config = {
             "hostname": "relay.bench.example",
             "smtp": {
@@ -120,6 +123,7 @@ def main() -> int:
                 "public_url": "https://relay.bench.example",
             },
             "tokens": {"keys": ["bench-token-key-0123456789abcdef0123456789"]},
+            "dkim": [{"domain": "bench.example", "selector": "bench", "private_key": str(key)}],
             "log_level": "warning",
             "accounts": [
                 {
