@@ -23,7 +23,7 @@ from relay.logging import get_logger
 from relay.metrics import DELIVERIES
 from relay.policy import Continue, Defer, Rendering
 from relay.storage.base import DeliveryJob, NewMessage, new_message_id
-from relay.upstream import SendResult
+from relay.upstream import Outcome, SendResult
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -206,13 +206,15 @@ class DeliveryService:
             seven_bit=not content.isascii() and not await self.upstream.accepts_8bit(),
         )
         decision = await pipeline.render(rendering)
-        if isinstance(decision.verdict, Continue):
+        verdict = decision.verdict
+        if isinstance(verdict, Continue):
             result = await self.upstream.send(job.mail_from, job.recipient, rendering.content)
-        elif isinstance(decision.verdict, Defer):
-            result = SendResult("transient", decision.verdict.reply())
-        else:
-            result = SendResult("permanent", decision.verdict.reply())
-        await self.record(job, result, config, content, rule=decision.policy)
+            await self.record(job, result, config, content)
+            return
+        outcome = "transient" if isinstance(verdict, Defer) else "permanent"
+        await self.record(
+            job, SendResult(outcome, verdict.reply()), config, content, rule=verdict.rule
+        )
 
     async def record(
         self,

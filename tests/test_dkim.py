@@ -235,7 +235,7 @@ async def test_missing_key_policy(
         assert b"DKIM-Signature" not in mail[0].content
     else:
         entry = next(e for e in log_lines() if e["event"] == event)
-        assert entry["rule"] == "dkim"
+        assert entry["rule"] == "dkim.missing_key"
         assert "No DKIM key for the From domain acme.example" in entry["upstream_reply"]
 
 
