@@ -23,7 +23,7 @@ from relay.logging import get_logger
 from relay.metrics import DELIVERIES
 from relay.policy import Continue, Defer, Rendering
 from relay.storage.base import DeliveryJob, NewMessage, new_message_id
-from relay.upstream import Outcome, SendResult
+from relay.upstream import SendResult
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from relay.config import Config, DeliveryConfig
     from relay.runtime import Runtime
     from relay.storage.base import Store
-    from relay.upstream import Upstream
+    from relay.upstream import Outcome, Upstream
 
 log = get_logger(__name__)
 
