@@ -211,7 +211,7 @@ class DeliveryService:
             result = await self.upstream.send(job.mail_from, job.recipient, rendering.content)
             await self.record(job, result, config, content)
             return
-        outcome = "transient" if isinstance(verdict, Defer) else "permanent"
+        outcome: Outcome = "transient" if isinstance(verdict, Defer) else "permanent"
         await self.record(
             job, SendResult(outcome, verdict.reply()), config, content, rule=verdict.rule
         )
