@@ -343,6 +343,9 @@ class Config(_Model):
     policies: dict[str, Any] = Field(
         default_factory=dict, description="policy name -> its validated Settings, in file order"
     )
+    abuse_contact: str | None = Field(
+        default=None, description="named in refusals to suspended accounts (default abuse@HOSTNAME)"
+    )
     policy_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from conftest import config_data
 
+from policies import from_domain
 from relay.clock import ManualClock
 from relay.config import parse_config
 from relay.policy import (
@@ -83,12 +84,12 @@ async def test_timeout_defers(tx):
     assert decision.policy == "slow"
 
 
-def test_from_domain_is_always_first(sqlite_url, tls_files):
+def test_mandatory_policies_always_run(sqlite_url, tls_files):
     """The mandatory policies run, in this order, even when the config names none; dkim last."""
     data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
     config = parse_config(data)
     pipeline = build_pipeline(PolicyServices(config, None, ManualClock(), None))  # type: ignore[arg-type]
-    assert pipeline.names == ["from_domain", "suppression", "unsubscribe", "dkim"]
+    assert pipeline.names == ["account_state", "from_domain", "suppression", "unsubscribe", "dkim"]
 
 
 async def test_from_domain_subdomains_setting(sqlite_url, tls_files):
@@ -97,7 +98,8 @@ async def test_from_domain_subdomains_setting(sqlite_url, tls_files):
     for allow, expected in ((False, Reject), (True, Continue)):
         data["policies"] = {"from_domain": {"allow_subdomains": allow}}
         config = parse_config(data)
-        pipeline = build_pipeline(PolicyServices(config, None, ManualClock(), None))  # type: ignore[arg-type]
+        services = PolicyServices(config, None, ManualClock(), None)  # type: ignore[arg-type]
+        pipeline = Pipeline([from_domain.Policy(config.policies["from_domain"], services)])
         tx = Transaction("M", config.accounts[0], "news@mail.acme.example", "127.0.0.1")
         assert isinstance((await pipeline.mail(tx)).verdict, expected)
         # A look-alike domain never passes.

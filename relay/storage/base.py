@@ -78,6 +78,21 @@ class AuditEntry:
     at: float
 
 
+AccountStateName = Literal["active", "suspended", "terminated"]
+PURGED_REPLY = "purged: the account was terminated"
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """An account's standing, or one change of it in the audit trail."""
+
+    account_id: str
+    state: AccountStateName
+    reason: str
+    actor: str
+    at: float
+
+
 @dataclass(frozen=True)
 class QueueEntry:
     """A recipient still in the queue, as the `queue list` command shows it."""
@@ -184,6 +199,26 @@ class Store(Protocol):
 
     async def audit(self, address: str) -> list[AuditEntry]:
         """Every recorded change for `address`, oldest first."""
+        ...
+
+    # --- account lifecycle ---
+
+    async def account_state(self, account_id: str) -> AccountState | None:
+        """The account's current state (None: never changed, so active)."""
+        ...
+
+    async def set_account_state(
+        self, account_id: str, state: AccountStateName, *, reason: str, actor: str, now: float
+    ) -> int:
+        """Change the state and append it to the audit trail.
+
+        Returns the account's pending recipients: held when suspended, released when active,
+        purged when terminated.
+        """
+        ...
+
+    async def account_history(self, account_id: str) -> list[AccountState]:
+        """Every state change of the account, oldest first."""
         ...
 
     # --- campaigns and account flags ---

@@ -71,6 +71,28 @@ SQLITE: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        CREATE TABLE account_states (
+            account_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            changed_at REAL NOT NULL
+        );
+        CREATE TABLE account_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            account_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX account_events_account ON account_events (account_id, id);
+        CREATE INDEX messages_account ON messages (account_id);
+        """,
+    ),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -140,6 +162,28 @@ POSTGRES: list[tuple[int, str]] = [
             set_at DOUBLE PRECISION NOT NULL,
             PRIMARY KEY (account_id, flag)
         );
+        """,
+    ),
+    (
+        3,
+        """
+        CREATE TABLE account_states (
+            account_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            changed_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE TABLE account_events (
+            id BIGSERIAL PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX account_events_account ON account_events (account_id, id);
+        CREATE INDEX messages_account ON messages (account_id);
         """,
     ),
 ]

@@ -14,6 +14,9 @@ import asyncpg
 from relay.errors import StoreError
 from relay.storage.base import (
     GLOBAL_SCOPE,
+    PURGED_REPLY,
+    AccountState,
+    AccountStateName,
     AuditEntry,
     DeliveryJob,
     NewMessage,
@@ -120,9 +123,12 @@ class PostgresStore:
     ) -> list[DeliveryJob]:
         """Lease due recipients; SKIP LOCKED keeps concurrent claimers apart."""
         rows = await self._fetch(
-            "WITH picked AS (SELECT id FROM recipients WHERE status = 'pending'"
-            " AND next_attempt <= $2 AND lease_until <= $2 ORDER BY next_attempt LIMIT $4"
-            " FOR UPDATE SKIP LOCKED),"
+            # Mail of a suspended or terminated account is held: never claimed.
+            "WITH picked AS (SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id"
+            " WHERE r.status = 'pending' AND r.next_attempt <= $2 AND r.lease_until <= $2"
+            " AND NOT (m.kind = 'message' AND EXISTS (SELECT 1 FROM account_states s"
+            " WHERE s.account_id = m.account_id AND s.state <> 'active'))"
+            " ORDER BY r.next_attempt LIMIT $4 FOR UPDATE OF r SKIP LOCKED),"
             " leased AS (UPDATE recipients r SET lease = $1, lease_until = $3 FROM picked"
             " WHERE r.id = picked.id RETURNING r.id, r.message_id, r.rcpt, r.attempts)"
             " SELECT l.id, l.message_id, l.rcpt, l.attempts, m.account_id, m.mail_from,"
@@ -315,6 +321,71 @@ class PostgresStore:
             normalize_address(address),
         )
         return [AuditEntry(*tuple(row)) for row in rows]
+
+    # --- account lifecycle ---
+
+    async def account_state(self, account_id: str) -> AccountState | None:
+        """The account's current state."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, changed_at FROM account_states"
+            " WHERE account_id = $1",
+            account_id,
+        )
+        return AccountState(*tuple(rows[0])) if rows else None
+
+    async def set_account_state(
+        self, account_id: str, state: AccountStateName, *, reason: str, actor: str, now: float
+    ) -> int:
+        """Change the state with its audit record; purge pending mail on termination."""
+        pending = (
+            "SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id"
+            " WHERE m.account_id = $1 AND m.kind = 'message' AND r.status = 'pending'"
+        )
+        try:
+            async with self._acquire() as con, con.transaction():
+                await con.execute(
+                    "INSERT INTO account_states (account_id, state, reason, actor, changed_at)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id) DO UPDATE SET"
+                    " state = excluded.state, reason = excluded.reason, actor = excluded.actor,"
+                    " changed_at = excluded.changed_at",
+                    account_id,
+                    state,
+                    reason,
+                    actor,
+                    now,
+                )
+                await con.execute(
+                    "INSERT INTO account_events (account_id, state, reason, actor, at)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    account_id,
+                    state,
+                    reason,
+                    actor,
+                    now,
+                )
+                if state == "terminated":
+                    rows = await con.fetch(
+                        "UPDATE recipients SET status = 'failed', lease = NULL, lease_until = 0,"  # noqa: S608 - constant SQL
+                        f" last_reply = $2, updated_at = $3 WHERE id IN ({pending})"
+                        " RETURNING id",
+                        account_id,
+                        PURGED_REPLY,
+                        now,
+                    )
+                    return len(rows)
+                count = await con.fetchval(f"SELECT COUNT(*) FROM ({pending}) p", account_id)  # noqa: S608
+                return int(count or 0)
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def account_history(self, account_id: str) -> list[AccountState]:
+        """The account's audit trail."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, at FROM account_events"
+            " WHERE account_id = $1 ORDER BY id",
+            account_id,
+        )
+        return [AccountState(*tuple(row)) for row in rows]
 
     # --- campaigns and account flags ---
 

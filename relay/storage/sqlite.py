@@ -22,6 +22,9 @@ import aiosqlite
 from relay.errors import StoreError
 from relay.storage.base import (
     GLOBAL_SCOPE,
+    PURGED_REPLY,
+    AccountState,
+    AccountStateName,
     AuditEntry,
     DeliveryJob,
     NewMessage,
@@ -223,10 +226,14 @@ class SqliteStore:
         """Lease due recipients whose earlier lease (if any) has run out."""
 
         async def operation(db: aiosqlite.Connection) -> list[Any]:
+            # Mail of a suspended or terminated account is held: never claimed.
             await db.execute(
                 "UPDATE recipients SET lease = ?, lease_until = ? WHERE id IN ("
-                " SELECT id FROM recipients WHERE status = 'pending' AND next_attempt <= ?"
-                " AND lease_until <= ? ORDER BY next_attempt LIMIT ?)",
+                " SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id"
+                " WHERE r.status = 'pending' AND r.next_attempt <= ? AND r.lease_until <= ?"
+                " AND NOT (m.kind = 'message' AND EXISTS (SELECT 1 FROM account_states s"
+                " WHERE s.account_id = m.account_id AND s.state <> 'active'))"
+                " ORDER BY r.next_attempt LIMIT ?)",
                 (lease, lease_until, now, now, limit),
             )
             async with db.execute(
@@ -394,6 +401,61 @@ class SqliteStore:
             (normalize_address(address),),
         )
         return [AuditEntry(*row) for row in rows]
+
+    # --- account lifecycle ---
+
+    async def account_state(self, account_id: str) -> AccountState | None:
+        """The account's current state."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, changed_at FROM account_states"
+            " WHERE account_id = ?",
+            (account_id,),
+        )
+        return AccountState(*rows[0]) if rows else None
+
+    async def set_account_state(
+        self, account_id: str, state: AccountStateName, *, reason: str, actor: str, now: float
+    ) -> int:
+        """Change the state with its audit record; purge pending mail on termination."""
+
+        async def operation(db: aiosqlite.Connection) -> int:
+            await db.execute(
+                "INSERT INTO account_states (account_id, state, reason, actor, changed_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
+                " state = excluded.state, reason = excluded.reason, actor = excluded.actor,"
+                " changed_at = excluded.changed_at",
+                (account_id, state, reason, actor, now),
+            )
+            await db.execute(
+                "INSERT INTO account_events (account_id, state, reason, actor, at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (account_id, state, reason, actor, now),
+            )
+            pending = (
+                "SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id"
+                " WHERE m.account_id = ? AND m.kind = 'message' AND r.status = 'pending'"
+            )
+            if state == "terminated":
+                cursor = await db.execute(
+                    "UPDATE recipients SET status = 'failed', lease = NULL, lease_until = 0,"  # noqa: S608 - constant SQL
+                    f" last_reply = ?, updated_at = ? WHERE id IN ({pending})",
+                    (PURGED_REPLY, now, account_id),
+                )
+                return cursor.rowcount
+            async with db.execute(f"SELECT COUNT(*) FROM ({pending})", (account_id,)) as cursor:  # noqa: S608
+                row = await cursor.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._write(operation)
+
+    async def account_history(self, account_id: str) -> list[AccountState]:
+        """The account's audit trail."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, at FROM account_events"
+            " WHERE account_id = ? ORDER BY id",
+            (account_id,),
+        )
+        return [AccountState(*row) for row in rows]
 
     # --- campaigns and account flags ---
 

@@ -1,0 +1,115 @@
+"""`optin-relay accounts list | show | suspend | reinstate | terminate`: account standing.
+
+Every change is kept in the store with its reason, actor and time. Suspending holds the
+account's mail in the spool; reinstating releases it; terminating purges it (no DSNs).
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from relay.clock import to_datetime
+from relay.logging import get_logger
+
+if TYPE_CHECKING:
+    import argparse
+
+    from relay.config import Config
+    from relay.storage.base import AccountStateName, Store
+
+log = get_logger(__name__)
+EXIT_OK = 0
+EXIT_REFUSED = 1
+_TARGET: dict[str, AccountStateName] = {
+    "suspend": "suspended",
+    "reinstate": "active",
+    "terminate": "terminated",
+}
+
+
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """Register `accounts` and its actions."""
+    parser = commands.add_parser("accounts", parents=[common], help="account standing")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", parents=[common], help="every configured account and its state")
+    show = actions.add_parser("show", parents=[common], help="one account and its history")
+    show.add_argument("account")
+    for action in _TARGET:
+        change = actions.add_parser(action, parents=[common], help=f"{action} an account")
+        change.add_argument("account")
+        change.add_argument("--reason", required=True, help="kept in the audit trail")
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _when(timestamp: float) -> str:
+    return to_datetime(timestamp).isoformat(timespec="seconds")
+
+
+async def change_state(
+    store: Store,
+    account_id: str,
+    state: AccountStateName,
+    *,
+    reason: str,
+    actor: str,
+    now: float,
+) -> int:
+    """Set the state, log the change and what it did to the account's spooled mail."""
+    pending = await store.set_account_state(account_id, state, reason=reason, actor=actor, now=now)
+    fields = {"account_id": account_id, "reason": reason, "actor": actor}
+    if state == "suspended":
+        log.warning("account_suspended", **fields)
+        log.warning("account_mail_held", account_id=account_id, recipients=pending)
+    elif state == "active":
+        log.warning("account_reinstated", **fields)
+        log.warning("account_mail_released", account_id=account_id, recipients=pending)
+    else:
+        log.warning("account_terminated", **fields)
+        log.warning("account_mail_purged", account_id=account_id, recipients=pending)
+    return pending
+
+
+async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
+    """Carry out one `accounts` action."""
+    if args.action == "list":
+        for account in config.accounts:
+            state = await store.account_state(account.id)
+            standing = state.state if state else "active"
+            print(f"{account.id}\t{account.username}\t{account.stream}\t{standing}")
+        return EXIT_OK
+    if config.account(args.account) is None:
+        print(f"error: no account {args.account!r} in the configuration", file=sys.stderr)
+        return EXIT_REFUSED
+    if args.action == "show":
+        chosen = config.account(args.account)
+        assert chosen is not None  # noqa: S101 - checked above
+        state = await store.account_state(chosen.id)
+        print(f"account\t{chosen.id}\nusername\t{chosen.username}\nstream\t{chosen.stream}")
+        print(f"from_domains\t{', '.join(chosen.from_domains)}")
+        print(f"state\t{state.state if state else 'active'}")
+        for change in await store.account_history(chosen.id):
+            print(f"# {_when(change.at)} {change.state} by {change.actor}: {change.reason}")
+        return EXIT_OK
+    current = await store.account_state(args.account)
+    if current is not None and current.state == "terminated" and args.action != "terminate":
+        print("error: the account is terminated; that cannot be undone", file=sys.stderr)
+        return EXIT_REFUSED
+    target = _TARGET[args.action]
+    pending = await change_state(
+        store, args.account, target, reason=args.reason, actor=_actor(), now=time.time()
+    )
+    what = {"active": "released", "suspended": "held"}.get(target, "purged")
+    print(f"{args.account}\t{target}\t{pending} queued recipients {what}")
+    return EXIT_OK
