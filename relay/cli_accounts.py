@@ -11,8 +11,8 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
+from relay.accounts import change_state
 from relay.clock import to_datetime
-from relay.logging import get_logger
 
 if TYPE_CHECKING:
     import argparse
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from relay.config import Config
     from relay.storage.base import AccountStateName, Store
 
-log = get_logger(__name__)
 EXIT_OK = 0
 EXIT_REFUSED = 1
 _TARGET: dict[str, AccountStateName] = {
@@ -55,30 +54,6 @@ def _actor() -> str:
 
 def _when(timestamp: float) -> str:
     return to_datetime(timestamp).isoformat(timespec="seconds")
-
-
-async def change_state(
-    store: Store,
-    account_id: str,
-    state: AccountStateName,
-    *,
-    reason: str,
-    actor: str,
-    now: float,
-) -> int:
-    """Set the state, log the change and what it did to the account's spooled mail."""
-    pending = await store.set_account_state(account_id, state, reason=reason, actor=actor, now=now)
-    fields = {"account_id": account_id, "reason": reason, "actor": actor}
-    if state == "suspended":
-        log.warning("account_suspended", **fields)
-        log.warning("account_mail_held", account_id=account_id, recipients=pending)
-    elif state == "active":
-        log.warning("account_reinstated", **fields)
-        log.warning("account_mail_released", account_id=account_id, recipients=pending)
-    else:
-        log.warning("account_terminated", **fields)
-        log.warning("account_mail_purged", account_id=account_id, recipients=pending)
-    return pending
 
 
 async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
