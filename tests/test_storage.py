@@ -265,3 +265,95 @@ async def test_campaign_travels_with_the_message(store):
     await store.spool(msg)
     (job,) = await store.claim(lease="w:1", now=NOW, lease_until=NOW + 60, limit=5)
     assert job.campaign == "list:news"
+
+
+async def test_consent_records(store):
+    """Opt-in records upsert, match case-insensitively, and withdrawn ones do not count."""
+    from relay.storage.base import Consent
+
+    record = Consent(
+        "acme",
+        "Alice@Example.net",
+        "news",
+        "confirmed",
+        NOW,
+        NOW + 60,
+        "form:signup",
+        "192.0.2.1",
+        "UA/1",
+        "v3",
+    )
+    assert await store.record_consents([record]) == 1
+    found = await store.consent("acme", "alice@EXAMPLE.net")
+    assert (found.address, found.method, found.ip, found.consent_text_version) == (
+        "alice@example.net",
+        "confirmed",
+        "192.0.2.1",
+        "v3",
+    )
+    assert await store.consent("globex", "alice@example.net") is None
+    withdrawn = Consent(
+        "acme",
+        "alice@example.net",
+        "news",
+        "confirmed",
+        NOW,
+        NOW + 60,
+        "form:signup",
+        withdrawn_at=NOW + 90,
+    )
+    await store.record_consents([withdrawn])
+    assert await store.consent("acme", "alice@example.net") is None
+    assert len(await store.consents(account_id="acme", address="alice@example.net")) == 1
+
+
+async def test_window_take_limit_and_distinct(store):
+    """A sliding window counts events (or distinct items) and refuses past a limit."""
+    for n in range(3):
+        assert await store.window_take(
+            "acme", "rcpt", f"r{n}", now=NOW + n, window=60, limit=3
+        ) == (True, n + 1)
+    assert await store.window_take("acme", "rcpt", "r9", now=NOW + 5, window=60, limit=3) == (
+        False,
+        3,
+    )
+    # At +61 s the events at +0 and +1 have left the window: one remains, this makes two.
+    assert await store.window_take("acme", "rcpt", "r9", now=NOW + 61, window=60, limit=3) == (
+        True,
+        2,
+    )
+    assert await store.window_take("acme", "nc", "a", now=NOW, window=60, distinct=True) == (
+        True,
+        1,
+    )
+    assert await store.window_take("acme", "nc", "a", now=NOW + 1, window=60, distinct=True) == (
+        True,
+        1,
+    )
+    assert await store.window_take("acme", "nc", "b", now=NOW + 2, window=60, distinct=True) == (
+        True,
+        2,
+    )
+    assert await store.window_take("globex", "nc", "a", now=NOW + 2, window=60, distinct=True) == (
+        True,
+        1,
+    )
+
+
+async def test_window_take_is_atomic_across_stores(store_url):
+    """Two stores (two processes) racing for one budget never exceed it together."""
+    stores = [open_store(store_url) for _ in range(2)]
+    for s in stores:
+        await s.open()
+        await s.migrate()
+    try:
+
+        async def take(s, n):
+            allowed, _ = await s.window_take("acme", "msg", str(n), now=NOW, window=3600, limit=25)
+            return allowed
+
+        results = await asyncio.gather(*(take(stores[n % 2], n) for n in range(60)))
+        assert sum(results) == 25
+    finally:
+        for s in stores:
+            await s.close()

@@ -93,6 +93,27 @@ class AccountState:
     at: float
 
 
+ConsentMethod = Literal["confirmed", "single", "imported"]
+
+
+@dataclass(frozen=True)
+class Consent:
+    """An opt-in record: who, for which list, how, when, from where, told what, and proof."""
+
+    account_id: str
+    address: str
+    list_id: str
+    method: ConsentMethod
+    subscribed_at: float
+    confirmed_at: float | None
+    source: str
+    ip: str | None = None
+    user_agent: str | None = None
+    consent_text_version: str | None = None
+    evidence: str | None = None
+    withdrawn_at: float | None = None
+
+
 @dataclass(frozen=True)
 class QueueEntry:
     """A recipient still in the queue, as the `queue list` command shows it."""
@@ -219,6 +240,48 @@ class Store(Protocol):
 
     async def account_history(self, account_id: str) -> list[AccountState]:
         """Every state change of the account, oldest first."""
+        ...
+
+    # --- consent (opt-in records) ---
+
+    async def record_consents(self, records: list[Consent]) -> int:
+        """Store opt-in records (address normalised), replacing same account/address/list."""
+        ...
+
+    async def consent(self, account_id: str, address: str) -> Consent | None:
+        """A standing (not withdrawn) opt-in record of `address` for the account, if any."""
+        ...
+
+    async def consents(
+        self,
+        *,
+        account_id: str | None = None,
+        address: str | None = None,
+        after: tuple[str, str, str] = ("", "", ""),
+        limit: int = 1000,
+    ) -> list[Consent]:
+        """A page of records ordered by (account, address, list), starting after `after`."""
+        ...
+
+    # --- sliding windows (rate limits, abuse counters) ---
+
+    async def window_take(
+        self,
+        account_id: str,
+        kind: str,
+        item: str,
+        *,
+        now: float,
+        window: float,
+        limit: int | None = None,
+        distinct: bool = False,
+    ) -> tuple[bool, int]:
+        """Count one event of `kind` in the sliding window, atomically across processes.
+
+        With `limit`, an event that would exceed it is not counted and `(False, count)` comes
+        back. With `distinct`, an `item` already counted in the window is not counted again.
+        Returns whether it was allowed and the count in the window afterwards.
+        """
         ...
 
     # --- campaigns and account flags ---

@@ -93,6 +93,35 @@ SQLITE: list[tuple[int, str]] = [
         CREATE INDEX messages_account ON messages (account_id);
         """,
     ),
+    (
+        4,
+        """
+        CREATE TABLE consents (
+            account_id TEXT NOT NULL,
+            address TEXT NOT NULL,
+            list_id TEXT NOT NULL,
+            method TEXT NOT NULL,
+            subscribed_at REAL NOT NULL,
+            confirmed_at REAL,
+            source TEXT NOT NULL,
+            ip TEXT,
+            user_agent TEXT,
+            consent_text_version TEXT,
+            evidence TEXT,
+            withdrawn_at REAL,
+            PRIMARY KEY (account_id, address, list_id)
+        );
+        CREATE INDEX consents_address ON consents (address);
+        CREATE TABLE window_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            account_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            item TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX window_events_key ON window_events (account_id, kind, at);
+        """,
+    ),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -184,6 +213,35 @@ POSTGRES: list[tuple[int, str]] = [
         );
         CREATE INDEX account_events_account ON account_events (account_id, id);
         CREATE INDEX messages_account ON messages (account_id);
+        """,
+    ),
+    (
+        4,
+        """
+        CREATE TABLE consents (
+            account_id TEXT NOT NULL,
+            address TEXT NOT NULL,
+            list_id TEXT NOT NULL,
+            method TEXT NOT NULL,
+            subscribed_at DOUBLE PRECISION NOT NULL,
+            confirmed_at DOUBLE PRECISION,
+            source TEXT NOT NULL,
+            ip TEXT,
+            user_agent TEXT,
+            consent_text_version TEXT,
+            evidence TEXT,
+            withdrawn_at DOUBLE PRECISION,
+            PRIMARY KEY (account_id, address, list_id)
+        );
+        CREATE INDEX consents_address ON consents (address);
+        CREATE TABLE window_events (
+            id BIGSERIAL PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            item TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX window_events_key ON window_events (account_id, kind, at);
         """,
     ),
 ]

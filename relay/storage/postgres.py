@@ -18,6 +18,7 @@ from relay.storage.base import (
     AccountState,
     AccountStateName,
     AuditEntry,
+    Consent,
     DeliveryJob,
     NewMessage,
     QueueEntry,
@@ -32,6 +33,12 @@ if TYPE_CHECKING:
 # Any failure of the driver or the connection becomes a StoreError at this boundary.
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 _MIGRATION_LOCK = 0x6F7074696E  # an arbitrary advisory-lock key for migrations
+
+
+_CONSENT_COLUMNS = (
+    "account_id, address, list_id, method, subscribed_at, confirmed_at, source, ip, user_agent,"
+    " consent_text_version, evidence, withdrawn_at"
+)
 
 
 def _split_schema(url: str) -> tuple[str, str | None]:
@@ -387,6 +394,109 @@ class PostgresStore:
         )
         return [AccountState(*tuple(row)) for row in rows]
 
+    # --- consent (opt-in records) ---
+
+    async def record_consents(self, records: list[Consent]) -> int:
+        """Upsert opt-in records."""
+        try:
+            async with self._acquire() as con, con.transaction():
+                await con.executemany(
+                    "INSERT INTO consents (" + _CONSENT_COLUMNS + ")"  # noqa: S608 - constant
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                    " ON CONFLICT (account_id, address, list_id) DO UPDATE SET"
+                    " method = excluded.method, subscribed_at = excluded.subscribed_at,"
+                    " confirmed_at = excluded.confirmed_at, source = excluded.source,"
+                    " ip = excluded.ip, user_agent = excluded.user_agent,"
+                    " consent_text_version = excluded.consent_text_version,"
+                    " evidence = excluded.evidence, withdrawn_at = excluded.withdrawn_at",
+                    [_consent_row(record) for record in records],
+                )
+            return len(records)
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def consent(self, account_id: str, address: str) -> Consent | None:
+        """A standing opt-in record."""
+        rows = await self._fetch(
+            "SELECT " + _CONSENT_COLUMNS + " FROM consents WHERE"  # noqa: S608 - constant
+            " account_id = $1 AND address = $2"
+            " AND withdrawn_at IS NULL ORDER BY subscribed_at DESC LIMIT 1",
+            account_id,
+            normalize_address(address),
+        )
+        return Consent(*tuple(rows[0])) if rows else None
+
+    async def consents(
+        self,
+        *,
+        account_id: str | None = None,
+        address: str | None = None,
+        after: tuple[str, str, str] = ("", "", ""),
+        limit: int = 1000,
+    ) -> list[Consent]:
+        """A page of opt-in records."""
+        rows = await self._fetch(
+            "SELECT " + _CONSENT_COLUMNS + " FROM consents WHERE"  # noqa: S608 - constant
+            " (account_id, address, list_id) > ($1, $2, $3)"
+            " AND ($4::text IS NULL OR account_id = $4) AND ($5::text IS NULL OR address = $5)"
+            " ORDER BY account_id, address, list_id LIMIT $6",
+            *after,
+            account_id,
+            normalize_address(address) if address is not None else None,
+            limit,
+        )
+        return [Consent(*tuple(row)) for row in rows]
+
+    # --- sliding windows ---
+
+    async def window_take(
+        self,
+        account_id: str,
+        kind: str,
+        item: str,
+        *,
+        now: float,
+        window: float,
+        limit: int | None = None,
+        distinct: bool = False,
+    ) -> tuple[bool, int]:
+        """Count an event in a sliding window; an advisory lock makes it atomic across nodes."""
+        counted = "COUNT(DISTINCT item)" if distinct else "COUNT(*)"
+        try:
+            async with self._acquire() as con, con.transaction():
+                await con.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"{account_id}/{kind}"
+                )
+                await con.execute(
+                    "DELETE FROM window_events WHERE account_id = $1 AND kind = $2 AND at <= $3",
+                    account_id,
+                    kind,
+                    now - window,
+                )
+                row = await con.fetchrow(
+                    f"SELECT {counted}, COUNT(*) FILTER (WHERE item = $3) FROM window_events"  # noqa: S608 - constant
+                    " WHERE account_id = $1 AND kind = $2",
+                    account_id,
+                    kind,
+                    item,
+                )
+                count, seen = (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
+                if distinct and seen:
+                    return True, count
+                if limit is not None and count >= limit:
+                    return False, count
+                await con.execute(
+                    "INSERT INTO window_events (account_id, kind, item, at)"
+                    " VALUES ($1, $2, $3, $4)",
+                    account_id,
+                    kind,
+                    item,
+                    now,
+                )
+                return True, count + 1
+        except _DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
     # --- campaigns and account flags ---
 
     async def record_campaign(
@@ -438,6 +548,23 @@ class PostgresStore:
             "SELECT 1 FROM account_flags WHERE account_id = $1 AND flag = $2", account_id, flag
         )
         return bool(rows)
+
+
+def _consent_row(record: Consent) -> tuple[object, ...]:
+    return (
+        record.account_id,
+        normalize_address(record.address),
+        record.list_id,
+        record.method,
+        record.subscribed_at,
+        record.confirmed_at,
+        record.source,
+        record.ip,
+        record.user_agent,
+        record.consent_text_version,
+        record.evidence,
+        record.withdrawn_at,
+    )
 
 
 async def _insert_suppressions(con: asyncpg.Connection, entries: list[Suppression]) -> int:

@@ -26,6 +26,7 @@ from relay.storage.base import (
     AccountState,
     AccountStateName,
     AuditEntry,
+    Consent,
     DeliveryJob,
     NewMessage,
     QueueEntry,
@@ -46,6 +47,12 @@ class _Failed:
     """An operation of a group that failed (and was rolled back to its savepoint)."""
 
     error: Exception
+
+
+_CONSENT_COLUMNS = (
+    "account_id, address, list_id, method, subscribed_at, confirmed_at, source, ip, user_agent,"
+    " consent_text_version, evidence, withdrawn_at"
+)
 
 
 class SqliteStore:
@@ -457,6 +464,102 @@ class SqliteStore:
         )
         return [AccountState(*row) for row in rows]
 
+    # --- consent (opt-in records) ---
+
+    async def record_consents(self, records: list[Consent]) -> int:
+        """Upsert opt-in records."""
+
+        async def operation(db: aiosqlite.Connection) -> int:
+            await db.executemany(
+                "INSERT INTO consents (" + _CONSENT_COLUMNS + ")"  # noqa: S608 - constant
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (account_id, address, list_id) DO UPDATE SET"
+                " method = excluded.method, subscribed_at = excluded.subscribed_at,"
+                " confirmed_at = excluded.confirmed_at, source = excluded.source,"
+                " ip = excluded.ip, user_agent = excluded.user_agent,"
+                " consent_text_version = excluded.consent_text_version,"
+                " evidence = excluded.evidence, withdrawn_at = excluded.withdrawn_at",
+                [_consent_row(record) for record in records],
+            )
+            return len(records)
+
+        return await self._write(operation)
+
+    async def consent(self, account_id: str, address: str) -> Consent | None:
+        """A standing opt-in record."""
+        rows = await self._fetch(
+            "SELECT " + _CONSENT_COLUMNS + " FROM consents WHERE"  # noqa: S608 - constant
+            " account_id = ? AND address = ?"
+            " AND withdrawn_at IS NULL ORDER BY subscribed_at DESC LIMIT 1",
+            (account_id, normalize_address(address)),
+        )
+        return Consent(*rows[0]) if rows else None
+
+    async def consents(
+        self,
+        *,
+        account_id: str | None = None,
+        address: str | None = None,
+        after: tuple[str, str, str] = ("", "", ""),
+        limit: int = 1000,
+    ) -> list[Consent]:
+        """A page of opt-in records."""
+        sql = (
+            "SELECT " + _CONSENT_COLUMNS + " FROM consents"  # noqa: S608 - constant
+            " WHERE (account_id, address, list_id) > (?, ?, ?)"
+        )
+        params: list[object] = list(after)
+        if account_id is not None:
+            sql += " AND account_id = ?"
+            params.append(account_id)
+        if address is not None:
+            sql += " AND address = ?"
+            params.append(normalize_address(address))
+        rows = await self._fetch(
+            sql + " ORDER BY account_id, address, list_id LIMIT ?", [*params, limit]
+        )
+        return [Consent(*row) for row in rows]
+
+    # --- sliding windows ---
+
+    async def window_take(
+        self,
+        account_id: str,
+        kind: str,
+        item: str,
+        *,
+        now: float,
+        window: float,
+        limit: int | None = None,
+        distinct: bool = False,
+    ) -> tuple[bool, int]:
+        """Count an event in a sliding window (BEGIN IMMEDIATE makes it atomic)."""
+
+        async def operation(db: aiosqlite.Connection) -> tuple[bool, int]:
+            await db.execute(
+                "DELETE FROM window_events WHERE account_id = ? AND kind = ? AND at <= ?",
+                (account_id, kind, now - window),
+            )
+            counted = "COUNT(DISTINCT item)" if distinct else "COUNT(*)"
+            async with db.execute(
+                f"SELECT {counted}, SUM(item = ?) FROM window_events"  # noqa: S608 - constant
+                " WHERE account_id = ? AND kind = ?",
+                (item, account_id, kind),
+            ) as cursor:
+                row = await cursor.fetchone()
+            count, seen = (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
+            if distinct and seen:
+                return True, count
+            if limit is not None and count >= limit:
+                return False, count
+            await db.execute(
+                "INSERT INTO window_events (account_id, kind, item, at) VALUES (?, ?, ?, ?)",
+                (account_id, kind, item, now),
+            )
+            return True, count + 1
+
+        return await self._write(operation)
+
     # --- campaigns and account flags ---
 
     async def record_campaign(
@@ -529,6 +632,23 @@ async def _audit(db: aiosqlite.Connection, entry: AuditEntry) -> None:
             entry.actor,
             entry.at,
         ),
+    )
+
+
+def _consent_row(record: Consent) -> tuple[object, ...]:
+    return (
+        record.account_id,
+        normalize_address(record.address),
+        record.list_id,
+        record.method,
+        record.subscribed_at,
+        record.confirmed_at,
+        record.source,
+        record.ip,
+        record.user_agent,
+        record.consent_text_version,
+        record.evidence,
+        record.withdrawn_at,
     )
 
 
