@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
+from relay.abuse import halt
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class Policy(BasePolicy):
         """Look suppressions up in the store."""
         del settings
         self.store = services.store
+        self.clock = services.clock
 
     async def on_rcpt(self, tx: Transaction, recipient: str) -> Verdict:
         """Refuse a suppressed recipient (a store failure raises: the pipeline defers)."""
@@ -40,4 +42,19 @@ class Policy(BasePolicy):
         if found is None:
             return CONTINUE
         why = _WHY.get(found.reason, "is on this sender's suppression list")
+        # Mailing people who said stop is counted; too often and the account is suspended.
+        limits = tx.account.limits
+        now = self.clock.now()
+        _, count = await self.store.window_take(
+            tx.account.id, "suppressed_send", recipient, now=now, window=limits.abuse_window
+        )
+        if count > limits.suppression_violations:
+            await halt(
+                self.store,
+                tx.account.id,
+                "suppression_violations",
+                count=count,
+                threshold=limits.suppression_violations,
+                now=now,
+            )
         return Reject(f"<{recipient}> {why}", f"suppression.{found.reason}")

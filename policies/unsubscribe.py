@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from relay.config import Duration
 from relay.logging import get_logger
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Verdict
 from relay.render import Template, fill, list_unsubscribe_headers, prepare
 from relay.templates import footer
 from relay.tokens import campaign_tag
+
+BROADCAST_NOTE = "campaign_recipients"  # set by policies/broadcast.py, which runs before
 
 if TYPE_CHECKING:
     from relay.config import Account
@@ -42,7 +43,6 @@ class Settings(BaseModel):
     mandatory_after: Annotated[int, Field(ge=1, le=100)] = Field(
         default=100, description="broadcast size that ends a transactional account's exemption"
     )
-    window: Duration = 86400.0
 
 
 class Policy(BasePolicy):
@@ -62,17 +62,14 @@ class Policy(BasePolicy):
         self._templates: OrderedDict[tuple[str, str], Template] = OrderedDict()
 
     async def on_data(self, tx: Transaction, submission: Submission) -> Verdict:
-        """Count a transactional account's broadcasts; a large one makes injection mandatory."""
+        """A transactional account's broadcast past `mandatory_after` makes injection mandatory.
+
+        The broadcast policy counted the campaign's recipients over `limits.broadcast_window`.
+        """
         account = tx.account
         if account.stream != "transactional":
             return CONTINUE
-        total = await self.store.record_campaign(
-            account.id,
-            submission.campaign,
-            len(tx.recipients),
-            now=self.clock.now(),
-            window=self.settings.window,
-        )
+        total = int(str(tx.notes.get(BROADCAST_NOTE, 0)))
         if total > self.settings.mandatory_after:
             reason = f"campaign {submission.campaign} reached {total} recipients"
             if await self.store.set_flag(

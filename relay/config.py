@@ -308,6 +308,27 @@ class DkimKeyConfig(_Model):
     algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
 
 
+class Limits(_Model):
+    """An account's rate limits and abuse thresholds (the policy's numbers are the defaults)."""
+
+    messages_per_hour: Annotated[int, Field(ge=1)] | None = None
+    recipients_per_hour: Annotated[int, Field(ge=1)] | None = None
+    recipients_per_message: Annotated[int, Field(ge=1)] | None = None
+    per_domain_per_hour: Annotated[int, Field(ge=1)] | None = None
+    suspicious_broadcast: Annotated[int, Field(ge=1)] = Field(
+        default=10_000,
+        description="recipients of one campaign within broadcast_window that halt it",
+    )
+    broadcast_window: Duration = 86400.0
+    unsolicited_bulk: Annotated[int, Field(ge=1)] = Field(
+        default=10, description="distinct recipients without opt-in within abuse_window tolerated"
+    )
+    suppression_violations: Annotated[int, Field(ge=1)] = Field(
+        default=10, description="sends to suppressed addresses within abuse_window tolerated"
+    )
+    abuse_window: Duration = 86400.0
+
+
 class Account(_Model):
     """A sender (a CRM's customer) that relays through optin-relay."""
 
@@ -318,6 +339,10 @@ class Account(_Model):
     contact: str | None = None
     stream: Literal["marketing", "transactional"] = "marketing"
     brand: Brand = Field(description="name and postal address shown in every unsubscribe footer")
+    limits: Limits = Limits()
+    consent: Literal["off", "monitor", "enforce"] = Field(
+        default="off", description="whether recipients need an opt-in record"
+    )
 
     @field_validator("password_hash")
     @classmethod

@@ -35,7 +35,15 @@ log = get_logger(__name__)
 
 # Policies that always run, first, whether or not the config names them; and the one that
 # always runs last (signing covers every change the others made).
-MANDATORY = ("account_state", "from_domain", "suppression", "unsubscribe")
+MANDATORY = (
+    "account_state",
+    "from_domain",
+    "suppression",
+    "consent",
+    "rate_limit",
+    "broadcast",
+    "unsubscribe",
+)
 LAST = ("dkim",)
 
 

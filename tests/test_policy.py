@@ -89,7 +89,16 @@ def test_mandatory_policies_always_run(sqlite_url, tls_files):
     data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
     config = parse_config(data)
     pipeline = build_pipeline(PolicyServices(config, None, ManualClock(), None))  # type: ignore[arg-type]
-    assert pipeline.names == ["account_state", "from_domain", "suppression", "unsubscribe", "dkim"]
+    assert pipeline.names == [
+        "account_state",
+        "from_domain",
+        "suppression",
+        "consent",
+        "rate_limit",
+        "broadcast",
+        "unsubscribe",
+        "dkim",
+    ]
 
 
 async def test_from_domain_subdomains_setting(sqlite_url, tls_files):

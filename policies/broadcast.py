@@ -1,0 +1,66 @@
+"""Suspiciously large broadcasts are halted at once.
+
+Recipients are counted per (account, campaign key) over `limits.broadcast_window`; the campaign
+key survives personalisation (relay.campaign). Past `limits.suspicious_broadcast` the message is
+refused and the account suspended (reason `broadcast_halted`), which holds its queued mail.
+The count is left in the transaction's notes for the unsubscribe policy.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from relay.abuse import halt
+from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
+
+if TYPE_CHECKING:
+    from relay.policy import Submission, Transaction
+
+NOTE = "campaign_recipients"
+
+
+class Settings(BaseModel):
+    """`policies.broadcast` (thresholds are per account, in `limits`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Policy(BasePolicy):
+    """Counts each campaign's recipients; halts one that grows past the threshold."""
+
+    name = "broadcast"
+
+    def __init__(self, settings: Settings, services: PolicyServices) -> None:
+        """Count in the store."""
+        del settings
+        self.store = services.store
+        self.clock = services.clock
+
+    async def on_data(self, tx: Transaction, submission: Submission) -> Verdict:
+        """Add this message's recipients to its campaign; halt past the threshold."""
+        limits = tx.account.limits
+        now = self.clock.now()
+        total = await self.store.record_campaign(
+            tx.account.id,
+            submission.campaign,
+            len(tx.recipients),
+            now=now,
+            window=limits.broadcast_window,
+        )
+        tx.notes[NOTE] = total
+        if total > limits.suspicious_broadcast:
+            await halt(
+                self.store,
+                tx.account.id,
+                "broadcast_halted",
+                count=total,
+                threshold=limits.suspicious_broadcast,
+                now=now,
+            )
+            return Reject(
+                f"Broadcast halted: {total} recipients of one campaign; the account is suspended",
+                "broadcast.halted",
+            )
+        return CONTINUE

@@ -1,0 +1,76 @@
+"""Only permission-based mail: recipients need an opt-in record where the account says so.
+
+`consent: enforce`: a recipient without a standing opt-in record gets 550 5.7.1 at RCPT.
+`consent: monitor`: accepted and logged. In both, distinct recipients without a record are
+counted per account over `limits.abuse_window`; more than `limits.unsolicited_bulk` (10) is
+unsolicited bulk, and the account is suspended at once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from relay.abuse import halt
+from relay.logging import get_logger
+from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
+from relay.storage.base import normalize_address
+
+if TYPE_CHECKING:
+    from relay.policy import Transaction
+
+log = get_logger(__name__)
+
+
+class Settings(BaseModel):
+    """`policies.consent` (per-account settings live in `accounts[].consent` and `limits`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Policy(BasePolicy):
+    """Checks each recipient against the opt-in records."""
+
+    name = "consent"
+
+    def __init__(self, settings: Settings, services: PolicyServices) -> None:
+        """Use the store and the clock."""
+        del settings
+        self.store = services.store
+        self.clock = services.clock
+
+    async def on_rcpt(self, tx: Transaction, recipient: str) -> Verdict:
+        """Refuse (enforce) or log (monitor) a recipient without opt-in; halt unsolicited bulk."""
+        account = tx.account
+        if account.consent == "off" or await self.store.consent(account.id, recipient):
+            return CONTINUE
+        limits = account.limits
+        now = self.clock.now()
+        _, count = await self.store.window_take(
+            account.id,
+            "non_consented",
+            normalize_address(recipient),
+            now=now,
+            window=limits.abuse_window,
+            distinct=True,
+        )
+        if count > limits.unsolicited_bulk:
+            await halt(
+                self.store,
+                account.id,
+                "consent.unsolicited_bulk",
+                count=count,
+                threshold=limits.unsolicited_bulk,
+                now=now,
+            )
+            return Reject(
+                f"Unsolicited bulk: {count} recipients without opt-in; the account is suspended",
+                "consent.unsolicited_bulk",
+            )
+        if account.consent == "enforce":
+            return Reject(f"<{recipient}> has no opt-in record with this sender", "consent.missing")
+        log.info(
+            "consent_missing", recipient=recipient, count=count, threshold=limits.unsolicited_bulk
+        )
+        return CONTINUE

@@ -1,0 +1,87 @@
+"""Per-account rate limits, kept in the store so every relay process shares one budget.
+
+Messages per hour (at MAIL); recipients per message, recipients per hour and recipients per
+destination domain per hour (at RCPT). Over a limit: 451 4.7.0, so the sender retries later.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict
+
+from relay.policy import CONTINUE, BasePolicy, Defer, PolicyServices, Verdict
+from relay.storage.base import normalize_address
+
+if TYPE_CHECKING:
+    from relay.policy import Transaction
+
+HOUR = 3600.0
+
+
+class Settings(BaseModel):
+    """`policies.rate_limit` (the limits themselves are per account, in `limits`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Policy(BasePolicy):
+    """451 4.7.0 past an account's limits."""
+
+    name = "rate_limit"
+
+    def __init__(self, settings: Settings, services: PolicyServices) -> None:
+        """Count in the store."""
+        del settings
+        self.store = services.store
+        self.clock = services.clock
+
+    async def on_mail(self, tx: Transaction) -> Verdict:
+        """Messages per hour."""
+        limit = tx.account.limits.messages_per_hour
+        if limit is None:
+            return CONTINUE
+        allowed, _ = await self.store.window_take(
+            tx.account.id, "messages", tx.message_id, now=self.clock.now(), window=HOUR, limit=limit
+        )
+        if not allowed:
+            return Defer(f"Rate limit: {limit} messages per hour", "rate_limit.messages_per_hour")
+        return CONTINUE
+
+    async def on_rcpt(self, tx: Transaction, recipient: str) -> Verdict:
+        """Recipients per message, per hour, and per destination domain per hour."""
+        limits = tx.account.limits
+        if (
+            limits.recipients_per_message is not None
+            and len(tx.recipients) >= limits.recipients_per_message
+        ):
+            return Defer(
+                f"Rate limit: {limits.recipients_per_message} recipients per message",
+                "rate_limit.recipients_per_message",
+            )
+        address = normalize_address(recipient)
+        now = self.clock.now()
+        checks = [
+            ("recipients", limits.recipients_per_hour, "recipients per hour"),
+            (
+                f"domain:{address.rpartition('@')[2]}",
+                limits.per_domain_per_hour,
+                "per domain per hour",
+            ),
+        ]
+        for kind, limit, what in checks:
+            if limit is None:
+                continue
+            allowed, _ = await self.store.window_take(
+                tx.account.id, kind, f"{tx.message_id}/{address}", now=now, window=HOUR, limit=limit
+            )
+            if not allowed:
+                rule = (
+                    "rate_limit.recipients_per_hour"
+                    if kind == "recipients"
+                    else "rate_limit.per_domain_per_hour"
+                )
+                return Defer(
+                    f"Rate limit: {limit} recipients {what.removeprefix('recipients ')}", rule
+                )
+        return CONTINUE
