@@ -43,8 +43,9 @@ def events(log_lines, name):
 async def test_monitor_mode_halts_unsolicited_bulk(
     start_relay, store_url, tls_files, clock, log_lines, tmp_path
 ):
-    """Monitor: 11 people without opt-in; suspended at the 11th, MAIL refused, queue held,
-    `accounts reinstate` releases it.
+    """Monitor mode: 11 people without opt-in suspend the account at the 11th.
+
+    Its next MAIL is refused, its queued mail held; `accounts reinstate` releases it.
     """
     port = free_port()  # upstream down: the accepted mail stays queued
     data = acme(
@@ -142,8 +143,9 @@ async def test_enforce_mode_needs_an_opt_in_record(
 async def test_personalised_broadcast_halted_and_rest_held(
     start_relay, store_url, tls_files, clock, log_lines
 ):
-    """200 personalised copies are one broadcast; with the threshold at 150 it is halted at the
-    151st, the account suspended, and what is queued held.
+    """200 personalised copies are one broadcast, halted at the 151st (threshold 150).
+
+    The account is suspended and what it has queued is held.
     """
     port = free_port()
     data = acme(
@@ -244,7 +246,7 @@ async def test_rate_limits_hold_across_two_processes(tmp_path, pg_url, tls_files
         async def send(port, count):
             accepted = deferred = 0
             client = await smtp_client(port, login=LOGIN)
-            for n in range(count):
+            for _ in range(count):
                 response = await client.execute_command(b"MAIL FROM:<news@acme.example>")
                 if response.code == 250:
                     accepted += 1
