@@ -59,7 +59,7 @@ class Policy(BasePolicy):
             await halt(
                 self.store,
                 account.id,
-                "consent.unsolicited_bulk",
+                "unsolicited_bulk",
                 count=count,
                 threshold=limits.unsolicited_bulk,
                 now=now,

@@ -63,7 +63,7 @@ async def test_monitor_mode_halts_unsolicited_bulk(
     await client.quit()
     halted = events(log_lines, "account_halted")
     assert [(e["rule"], e["count"], e["threshold"]) for e in halted] == [
-        ("consent.unsolicited_bulk", 11, 10)
+        ("unsolicited_bulk", 11, 10)
     ]
 
     client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
@@ -171,7 +171,8 @@ async def test_personalised_broadcast_halted_and_rest_held(
     assert [(e["rule"], e["count"], e["threshold"]) for e in halted] == [
         ("broadcast_halted", 151, 150)
     ]
-    assert (await relay.store.account_state("acme")).state == "suspended"
+    state = await relay.store.account_state("acme")
+    assert (state.state, state.reason) == ("suspended", "broadcast_halted: 151 > 150")
     upstream = TestUpstream()
     await upstream.start(port)
     try:
