@@ -223,7 +223,7 @@ async def test_rate_limits_within_one_relay(start_relay, sqlite_url, tls_files, 
     assert [c for c, _ in second] == [250, 250, 451]
     assert second[2][1] == "4.7.0 Rate limit: 5 recipients per hour"
     await client.execute_command(b"RSET")
-    clock.advance(3601)
+    clock.advance(3661)  # counts are per minute: the hour's first minute must have passed entirely
     await client.mail("news@acme.example")
     assert (await rcpt(client, "t@example.net"))[0] == 250
     await client.quit()

@@ -234,12 +234,15 @@ async def test_bulk_import_and_paging(store):
 
 
 async def test_campaign_window(store):
-    """Recipients per campaign are summed over the sliding window only."""
+    """Recipients per campaign are summed over the sliding window (kept per minute)."""
     day = 86400
     assert await store.record_campaign("acme", "c1", 60, now=NOW, window=day) == 60
     assert await store.record_campaign("acme", "c1", 30, now=NOW + 10, window=day) == 90
     assert await store.record_campaign("acme", "c2", 5, now=NOW + 20, window=day) == 5
-    assert await store.record_campaign("acme", "c1", 20, now=NOW + day + 5, window=day) == 50
+    # A minute leaves once wholly outside the window: still counted at +1 day +5 s ...
+    assert await store.record_campaign("acme", "c1", 20, now=NOW + day + 5, window=day) == 110
+    # ... gone at +1 day +61 s.
+    assert await store.record_campaign("acme", "c1", 5, now=NOW + day + 61, window=day) == 25
 
 
 async def test_account_flags(store):
@@ -317,10 +320,14 @@ async def test_window_take_limit_and_distinct(store):
         False,
         3,
     )
-    # At +61 s the events at +0 and +1 have left the window: one remains, this makes two.
+    # Counts are kept per minute, and a minute leaves once wholly outside the window.
     assert await store.window_take("acme", "rcpt", "r9", now=NOW + 61, window=60, limit=3) == (
+        False,
+        3,
+    )
+    assert await store.window_take("acme", "rcpt", "r9", now=NOW + 121, window=60, limit=3) == (
         True,
-        2,
+        1,
     )
     assert await store.window_take("acme", "nc", "a", now=NOW, window=60, distinct=True) == (
         True,

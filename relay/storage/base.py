@@ -46,6 +46,7 @@ class DeliveryJob:
 
 
 GLOBAL_SCOPE = "*"
+BUCKET = 60.0  # seconds per bucket of windowed counters (rate limits, campaign sizes)
 SuppressionReason = Literal["unsubscribe", "complaint", "bounce", "manual", "import"]
 REASONS: tuple[str, ...] = ("unsubscribe", "complaint", "bounce", "manual", "import")
 
@@ -280,7 +281,9 @@ class Store(Protocol):
 
         With `limit`, an event that would exceed it is not counted and `(False, count)` comes
         back. With `distinct`, an `item` already counted in the window is not counted again.
-        Returns whether it was allowed and the count in the window afterwards.
+        Returns whether it was allowed and the count in the window afterwards. Plain counts are
+        kept in one-minute buckets that leave only once wholly outside the window: a limit may
+        hold up to a minute longer, never shorter.
         """
         ...
 

@@ -122,6 +122,18 @@ SQLITE: list[tuple[int, str]] = [
         CREATE INDEX window_events_key ON window_events (account_id, kind, at);
         """,
     ),
+    (
+        5,
+        """
+        CREATE TABLE window_counts (
+            account_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            bucket REAL NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (account_id, kind, bucket)
+        );
+        """,
+    ),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -242,6 +254,18 @@ POSTGRES: list[tuple[int, str]] = [
             at DOUBLE PRECISION NOT NULL
         );
         CREATE INDEX window_events_key ON window_events (account_id, kind, at);
+        """,
+    ),
+    (
+        5,
+        """
+        CREATE TABLE window_counts (
+            account_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            bucket DOUBLE PRECISION NOT NULL,
+            count INTEGER NOT NULL,
+            PRIMARY KEY (account_id, kind, bucket)
+        );
         """,
     ),
 ]

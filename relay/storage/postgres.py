@@ -13,6 +13,7 @@ import asyncpg
 
 from relay.errors import StoreError
 from relay.storage.base import (
+    BUCKET,
     GLOBAL_SCOPE,
     PURGED_REPLY,
     AccountState,
@@ -464,6 +465,10 @@ class PostgresStore:
         counted = "COUNT(DISTINCT item)" if distinct else "COUNT(*)"
         try:
             async with self._acquire() as con, con.transaction():
+                if not distinct:
+                    return await _bucket_add(
+                        con, account_id, kind, 1, now=now, window=window, limit=limit
+                    )
                 await con.execute(
                     "SELECT pg_advisory_xact_lock(hashtext($1))", f"{account_id}/{kind}"
                 )
@@ -502,31 +507,13 @@ class PostgresStore:
     async def record_campaign(
         self, account_id: str, campaign: str, recipients: int, *, now: float, window: float
     ) -> int:
-        """Count and sum a campaign's recipients over the window."""
+        """Add a campaign's recipients; return its total over the window."""
         try:
             async with self._acquire() as con, con.transaction():
-                await con.execute(
-                    "DELETE FROM campaign_sends WHERE account_id = $1 AND campaign = $2"
-                    " AND at <= $3",
-                    account_id,
-                    campaign,
-                    now - window,
+                _, total = await _bucket_add(
+                    con, account_id, f"campaign:{campaign}", recipients, now=now, window=window
                 )
-                await con.execute(
-                    "INSERT INTO campaign_sends (account_id, campaign, recipients, at)"
-                    " VALUES ($1, $2, $3, $4)",
-                    account_id,
-                    campaign,
-                    recipients,
-                    now,
-                )
-                total = await con.fetchval(
-                    "SELECT SUM(recipients) FROM campaign_sends WHERE account_id = $1"
-                    " AND campaign = $2",
-                    account_id,
-                    campaign,
-                )
-                return int(total or 0)
+                return total
         except _DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
 
@@ -548,6 +535,45 @@ class PostgresStore:
             "SELECT 1 FROM account_flags WHERE account_id = $1 AND flag = $2", account_id, flag
         )
         return bool(rows)
+
+
+async def _bucket_add(
+    con: asyncpg.Connection,
+    account_id: str,
+    kind: str,
+    amount: int,
+    *,
+    now: float,
+    window: float,
+    limit: int | None = None,
+) -> tuple[bool, int]:
+    """Add to a windowed counter in one-minute buckets, under an advisory lock for the key."""
+    await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{account_id}/{kind}")
+    await con.execute(
+        "DELETE FROM window_counts WHERE account_id = $1 AND kind = $2 AND bucket <= $3",
+        account_id,
+        kind,
+        now - window - BUCKET,  # only buckets wholly outside the window
+    )
+    total = int(
+        await con.fetchval(
+            "SELECT COALESCE(SUM(count), 0) FROM window_counts WHERE account_id = $1 AND kind = $2",
+            account_id,
+            kind,
+        )
+    )
+    if limit is not None and total + amount > limit:
+        return False, total
+    await con.execute(
+        "INSERT INTO window_counts (account_id, kind, bucket, count) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (account_id, kind, bucket) DO UPDATE"
+        " SET count = window_counts.count + excluded.count",
+        account_id,
+        kind,
+        now - now % BUCKET,
+        amount,
+    )
+    return True, total + amount
 
 
 def _consent_row(record: Consent) -> tuple[object, ...]:

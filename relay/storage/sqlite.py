@@ -21,6 +21,7 @@ import aiosqlite
 
 from relay.errors import StoreError
 from relay.storage.base import (
+    BUCKET,
     GLOBAL_SCOPE,
     PURGED_REPLY,
     AccountState,
@@ -536,6 +537,10 @@ class SqliteStore:
         """Count an event in a sliding window (BEGIN IMMEDIATE makes it atomic)."""
 
         async def operation(db: aiosqlite.Connection) -> tuple[bool, int]:
+            if not distinct:
+                return await _bucket_add(
+                    db, account_id, kind, 1, now=now, window=window, limit=limit
+                )
             await db.execute(
                 "DELETE FROM window_events WHERE account_id = ? AND kind = ? AND at <= ?",
                 (account_id, kind, now - window),
@@ -565,24 +570,13 @@ class SqliteStore:
     async def record_campaign(
         self, account_id: str, campaign: str, recipients: int, *, now: float, window: float
     ) -> int:
-        """Count and sum a campaign's recipients over the window."""
+        """Add a campaign's recipients; return its total over the window."""
 
         async def operation(db: aiosqlite.Connection) -> int:
-            await db.execute(
-                "DELETE FROM campaign_sends WHERE account_id = ? AND campaign = ? AND at <= ?",
-                (account_id, campaign, now - window),
+            _, total = await _bucket_add(
+                db, account_id, f"campaign:{campaign}", recipients, now=now, window=window
             )
-            await db.execute(
-                "INSERT INTO campaign_sends (account_id, campaign, recipients, at)"
-                " VALUES (?, ?, ?, ?)",
-                (account_id, campaign, recipients, now),
-            )
-            async with db.execute(
-                "SELECT SUM(recipients) FROM campaign_sends WHERE account_id = ? AND campaign = ?",
-                (account_id, campaign),
-            ) as cursor:
-                row = await cursor.fetchone()
-            return int(row[0]) if row and row[0] is not None else 0
+            return total
 
         return await self._write(operation)
 
@@ -633,6 +627,37 @@ async def _audit(db: aiosqlite.Connection, entry: AuditEntry) -> None:
             entry.at,
         ),
     )
+
+
+async def _bucket_add(
+    db: aiosqlite.Connection,
+    account_id: str,
+    kind: str,
+    amount: int,
+    *,
+    now: float,
+    window: float,
+    limit: int | None = None,
+) -> tuple[bool, int]:
+    """Add `amount` to a windowed counter kept in one-minute buckets (bounded work per call)."""
+    await db.execute(
+        "DELETE FROM window_counts WHERE account_id = ? AND kind = ? AND bucket <= ?",
+        (account_id, kind, now - window - BUCKET),  # only buckets wholly outside the window
+    )
+    async with db.execute(
+        "SELECT COALESCE(SUM(count), 0) FROM window_counts WHERE account_id = ? AND kind = ?",
+        (account_id, kind),
+    ) as cursor:
+        row = await cursor.fetchone()
+    total = int(row[0]) if row else 0
+    if limit is not None and total + amount > limit:
+        return False, total
+    await db.execute(
+        "INSERT INTO window_counts (account_id, kind, bucket, count) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (account_id, kind, bucket) DO UPDATE SET count = count + excluded.count",
+        (account_id, kind, now - now % BUCKET, amount),
+    )
+    return True, total + amount
 
 
 def _consent_row(record: Consent) -> tuple[object, ...]:
