@@ -268,8 +268,6 @@ async def _import(args: argparse.Namespace, store: Store) -> int:
         return EXIT_REFUSED
     stored = await _store_rows(args, store, source, total)
     print(f"read {total} rows: {stored} stored, {len(refused)} refused")
-    if refused:
-        shown = ", ".join(f"{line} ({why})" for line, why in refused[:20])
-        more = " ..." if len(refused) > 20 else ""  # noqa: PLR2004
-        print(f"refused rows (line numbers): {shown}{more}", file=sys.stderr)
+    for line, why in refused:  # every refused row, by its line in the file
+        print(f"refused line {line}: {why}", file=sys.stderr)
     return EXIT_OK

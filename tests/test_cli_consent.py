@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -49,9 +50,9 @@ def test_import_refuses_rows_without_evidence(cfg, tmp_path):
     )
     result = cli(cfg, "import", str(source), "--account", "acme")
     assert "read 5 rows: 2 stored, 3 refused" in result.stdout
-    assert "3 (confirmed opt-in needs confirmed_at" in result.stderr
-    assert "5 (subscribed_at missing" in result.stderr
-    assert "6 (needs evidence or ip)" in result.stderr
+    assert "refused line 3: confirmed opt-in needs confirmed_at" in result.stderr
+    assert "refused line 5: subscribed_at missing" in result.stderr
+    assert "refused line 6: needs evidence or ip" in result.stderr
     shown = [json.loads(line) for line in cli(cfg, "show", "ANN@example.net").stdout.splitlines()]
     assert shown[0]["method"] == "confirmed"
     assert shown[0]["ip"] == "192.0.2.1"
@@ -98,3 +99,22 @@ def test_import_into_unknown_account_refused(cfg, tmp_path):
     source = tmp_path / "x.csv"
     source.write_text(HEADER)
     assert cli(cfg, "import", str(source), "--account", "nobody", check=False).returncode == 1
+
+
+def test_100k_row_import_with_5_percent_bad_rows(cfg, tmp_path):
+    """100,000 rows, 5% without evidence: every bad row named, the 95,000 good ones stored."""
+    source = tmp_path / "big.csv"
+    lines = [HEADER.rstrip("\n")]
+    bad = set(range(0, 100_000, 20))  # every 20th row: 5%
+    for n in range(100_000):
+        evidence = "" if n in bad else "web form export 2026-02"
+        lines.append(f"reader{n}@example.net,news,imported,2026-02-01,,,,v4,{evidence}")
+    source.write_text("\n".join(lines) + "\n")
+    result = cli(cfg, "import", str(source), "--account", "acme")
+    assert "read 100000 rows: 95000 stored, 5000 refused" in result.stdout
+    named = re.findall(
+        r"^refused line (\d+): needs evidence or ip$", result.stderr, flags=re.MULTILINE
+    )
+    assert sorted(int(line) for line in named) == sorted(n + 2 for n in bad)  # header is line 1
+    exported = json.loads(cli(cfg, "export", "--account", "acme").stdout)
+    assert len(exported) == 95_000
