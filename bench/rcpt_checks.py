@@ -1,8 +1,10 @@
 """RCPT checks per second through the relay's SMTP listener with 1,000,000 suppressed addresses.
 
-Fills a fresh store with suppressions, starts the relay (`python -m relay serve`), and has several
-SMTP sessions issue RCPT commands, half of them for suppressed addresses. The same run is made
-against an empty suppression list; both rates and their ratio are printed.
+Fills a fresh store with suppressions and opt-in records, starts the relay (`python -m relay
+serve`) with consent enforced and rate limits set (so every RCPT runs the suppression, consent
+and rate-limit checks), and has several SMTP sessions issue RCPT commands, half of them for
+suppressed addresses. The same run is made against empty lists; both rates and their ratio are
+printed, with the import rates of suppressions and opt-in records.
 
     .venv/bin/python bench/rcpt_checks.py [--suppressed 1000000] [--rcpts 20000]
         [--sessions 8] [--storage sqlite|postgresql://...]
@@ -26,7 +28,7 @@ import yaml
 
 from relay.passwords import hash_password
 from relay.storage import open_store
-from relay.storage.base import Suppression
+from relay.storage.base import Consent, Suppression
 
 
 def free_port() -> int:
@@ -35,7 +37,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def fill(url: str, count: int) -> float:
+async def fill(url: str, count: int, consents: list[str]) -> tuple[float, float]:
+    """Suppress `count` addresses and record opt-in for `consents`; return both durations."""
     store = open_store(url)
     await store.open()
     await store.migrate()
@@ -48,8 +51,23 @@ async def fill(url: str, count: int) -> float:
                 for n in range(first, min(first + batch, count))
             ]
         )
+    suppressed_in = time.monotonic() - started
+    started = time.monotonic()
+    for first in range(0, len(consents), batch):
+        await store.record_consents(
+            [
+                Consent("bench", address, "news", "imported", 0.0, None, "bench", evidence="bench")
+                for address in consents[first : first + batch]
+            ]
+        )
+    consented_in = time.monotonic() - started
     await store.close()
-    return time.monotonic() - started
+    return suppressed_in, consented_in
+
+
+def fresh(index: int, n: int) -> str:
+    """A never-suppressed address with an opt-in record."""
+    return f"fresh{index}-{n}@example.org"
 
 
 async def wait_port(port: int) -> None:
@@ -87,6 +105,13 @@ async def rcpt_rate(url: str, args: argparse.Namespace, work: Path) -> float:
                 "password_hash": hash_password("bench-password"),
                 "from_domains": ["bench.example"],
                 "brand": {"name": "Bench", "postal_address": "1 Bench Street"},
+                "consent": "enforce",
+                "limits": {
+                    "recipients_per_hour": 100_000_000,
+                    "per_domain_per_hour": 100_000_000,
+                    "recipients_per_message": 100_000,
+                    "suppression_violations": 100_000_000,
+                },
             }
         ],
     }
@@ -109,7 +134,7 @@ async def rcpt_rate(url: str, args: argparse.Namespace, work: Path) -> float:
                 # Half suppressed (when the list is full), half never suppressed.
                 who = f"user{(index * per_session + n) * 7 % max(args.suppressed, 1)}@example.net"
                 if n % 2:
-                    who = f"fresh{index}-{n}@example.org"
+                    who = fresh(index, n)
                 response = await client.execute_command(f"RCPT TO:<{who}>".encode())
                 refused += response.code == 550
             await client.quit()
@@ -139,20 +164,24 @@ async def main() -> int:
         return f"{args.storage}{separator}schema=bench_{name}_{secrets.token_hex(4)}"
 
     full, empty = url("full"), url("empty")
-    filled_in = await fill(full, args.suppressed)
-    await fill(empty, 0)
+    per_session = args.rcpts // args.sessions
+    consents = [fresh(i, n) for i in range(args.sessions) for n in range(1, per_session, 2)]
+    filled_in, consented_in = await fill(full, args.suppressed, consents)
+    await fill(empty, 0, consents)
     with_list = await rcpt_rate(full, args, work)
     without = await rcpt_rate(empty, args, work)
     result = {
         "storage": args.storage.split("://")[0],
         "suppressed": args.suppressed,
-        "import_rows_per_s": round(args.suppressed / filled_in),
+        "suppression_import_rows_per_s": round(args.suppressed / filled_in),
+        "consent_import_rows_per_s": round(len(consents) / consented_in),
         "rcpt_per_s_with_list": round(with_list),
         "rcpt_per_s_empty_list": round(without),
         "ratio": round(with_list / without, 3),
     }
     print(f"suppressed addresses             {args.suppressed:>10}")
-    print(f"import rate                      {result['import_rows_per_s']:>10} rows/s")
+    print(f"suppression import               {result['suppression_import_rows_per_s']:>10} rows/s")
+    print(f"opt-in record import (store)     {result['consent_import_rows_per_s']:>10} rows/s")
     print(f"RCPT checks, 1M suppressed       {result['rcpt_per_s_with_list']:>10} /s")
     print(f"RCPT checks, empty list          {result['rcpt_per_s_empty_list']:>10} /s")
     print(f"ratio                            {result['ratio']:>10}")

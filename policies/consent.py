@@ -47,15 +47,18 @@ class Policy(BasePolicy):
             return CONTINUE
         limits = account.limits
         now = self.clock.now()
-        _, count = await self.store.window_take(
+        # Counting stops one past the threshold: beyond it the answer no longer changes, and the
+        # window stays small whatever an abusive sender tries.
+        allowed, count = await self.store.window_take(
             account.id,
             "non_consented",
             normalize_address(recipient),
             now=now,
             window=limits.abuse_window,
+            limit=limits.unsolicited_bulk + 1,
             distinct=True,
         )
-        if count > limits.unsolicited_bulk:
+        if not allowed or count > limits.unsolicited_bulk:
             await halt(
                 self.store,
                 account.id,
