@@ -115,6 +115,24 @@ class Consent:
     withdrawn_at: float | None = None
 
 
+def consent_row(record: Consent) -> tuple[object, ...]:
+    """A record's column values in the order of the consents table (both backends)."""
+    return (
+        record.account_id,
+        normalize_address(record.address),
+        record.list_id,
+        record.method,
+        record.subscribed_at,
+        record.confirmed_at,
+        record.source,
+        record.ip,
+        record.user_agent,
+        record.consent_text_version,
+        record.evidence,
+        record.withdrawn_at,
+    )
+
+
 @dataclass(frozen=True)
 class QueueEntry:
     """A recipient still in the queue, as the `queue list` command shows it."""

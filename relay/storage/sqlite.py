@@ -32,6 +32,7 @@ from relay.storage.base import (
     NewMessage,
     QueueEntry,
     Suppression,
+    consent_row,
     normalize_address,
 )
 from relay.storage.migrations import SQLITE
@@ -480,7 +481,7 @@ class SqliteStore:
                 " ip = excluded.ip, user_agent = excluded.user_agent,"
                 " consent_text_version = excluded.consent_text_version,"
                 " evidence = excluded.evidence, withdrawn_at = excluded.withdrawn_at",
-                [_consent_row(record) for record in records],
+                [consent_row(record) for record in records],
             )
             return len(records)
 
@@ -658,23 +659,6 @@ async def _bucket_add(
         (account_id, kind, now - now % BUCKET, amount),
     )
     return True, total + amount
-
-
-def _consent_row(record: Consent) -> tuple[object, ...]:
-    return (
-        record.account_id,
-        normalize_address(record.address),
-        record.list_id,
-        record.method,
-        record.subscribed_at,
-        record.confirmed_at,
-        record.source,
-        record.ip,
-        record.user_agent,
-        record.consent_text_version,
-        record.evidence,
-        record.withdrawn_at,
-    )
 
 
 def _statements(script: str) -> list[str]:
