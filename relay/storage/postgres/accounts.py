@@ -1,0 +1,207 @@
+"""PostgreSQL backend: account standing, windowed counters and account flags."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from relay.errors import StoreError
+from relay.storage.base import (
+    BUCKET,
+    PURGED_REPLY,
+    AccountState,
+    AccountStateName,
+)
+from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+
+if TYPE_CHECKING:
+    import asyncpg
+
+
+async def _bucket_add(
+    con: asyncpg.Connection,
+    account_id: str,
+    kind: str,
+    amount: int,
+    *,
+    now: float,
+    window: float,
+    limit: int | None = None,
+) -> tuple[bool, int]:
+    """Add to a windowed counter in one-minute buckets, under an advisory lock for the key."""
+    await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{account_id}/{kind}")
+    await con.execute(
+        "DELETE FROM window_counts WHERE account_id = $1 AND kind = $2 AND bucket <= $3",
+        account_id,
+        kind,
+        now - window - BUCKET,  # only buckets wholly outside the window
+    )
+    total = int(
+        await con.fetchval(
+            "SELECT COALESCE(SUM(count), 0) FROM window_counts WHERE account_id = $1 AND kind = $2",
+            account_id,
+            kind,
+        )
+    )
+    if limit is not None and total + amount > limit:
+        return False, total
+    await con.execute(
+        "INSERT INTO window_counts (account_id, kind, bucket, count) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (account_id, kind, bucket) DO UPDATE"
+        " SET count = window_counts.count + excluded.count",
+        account_id,
+        kind,
+        now - now % BUCKET,
+        amount,
+    )
+    return True, total + amount
+
+
+class PostgresAccounts(PostgresCore):
+    """The accounts part of `PostgresStore`."""
+
+    async def account_state(self, account_id: str) -> AccountState | None:
+        """The account's current state."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, changed_at FROM account_states"
+            " WHERE account_id = $1",
+            account_id,
+        )
+        return AccountState(*tuple(rows[0])) if rows else None
+
+    async def set_account_state(
+        self, account_id: str, state: AccountStateName, *, reason: str, actor: str, now: float
+    ) -> int:
+        """Change the state with its audit record; purge pending mail on termination."""
+        pending = (
+            "SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id"
+            " WHERE m.account_id = $1 AND m.kind = 'message' AND r.status = 'pending'"
+        )
+        try:
+            async with self._acquire() as con, con.transaction():
+                await con.execute(
+                    "INSERT INTO account_states (account_id, state, reason, actor, changed_at)"
+                    " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (account_id) DO UPDATE SET"
+                    " state = excluded.state, reason = excluded.reason, actor = excluded.actor,"
+                    " changed_at = excluded.changed_at",
+                    account_id,
+                    state,
+                    reason,
+                    actor,
+                    now,
+                )
+                await con.execute(
+                    "INSERT INTO account_events (account_id, state, reason, actor, at)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    account_id,
+                    state,
+                    reason,
+                    actor,
+                    now,
+                )
+                if state == "terminated":
+                    rows = await con.fetch(
+                        "UPDATE recipients SET status = 'failed', lease = NULL, lease_until = 0,"  # noqa: S608 - constant SQL
+                        f" last_reply = $2, updated_at = $3 WHERE id IN ({pending})"
+                        " RETURNING id",
+                        account_id,
+                        PURGED_REPLY,
+                        now,
+                    )
+                    return len(rows)
+                count = await con.fetchval(f"SELECT COUNT(*) FROM ({pending}) p", account_id)  # noqa: S608
+                return int(count or 0)
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def account_history(self, account_id: str) -> list[AccountState]:
+        """The account's audit trail."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, at FROM account_events"
+            " WHERE account_id = $1 ORDER BY id",
+            account_id,
+        )
+        return [AccountState(*tuple(row)) for row in rows]
+
+    async def window_take(
+        self,
+        account_id: str,
+        kind: str,
+        item: str,
+        *,
+        now: float,
+        window: float,
+        limit: int | None = None,
+        distinct: bool = False,
+    ) -> tuple[bool, int]:
+        """Count an event in a sliding window; an advisory lock makes it atomic across nodes."""
+        counted = "COUNT(DISTINCT item)" if distinct else "COUNT(*)"
+        try:
+            async with self._acquire() as con, con.transaction():
+                if not distinct:
+                    return await _bucket_add(
+                        con, account_id, kind, 1, now=now, window=window, limit=limit
+                    )
+                await con.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"{account_id}/{kind}"
+                )
+                await con.execute(
+                    "DELETE FROM window_events WHERE account_id = $1 AND kind = $2 AND at <= $3",
+                    account_id,
+                    kind,
+                    now - window,
+                )
+                row = await con.fetchrow(
+                    f"SELECT {counted}, COUNT(*) FILTER (WHERE item = $3) FROM window_events"  # noqa: S608 - constant
+                    " WHERE account_id = $1 AND kind = $2",
+                    account_id,
+                    kind,
+                    item,
+                )
+                count, seen = (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
+                if distinct and seen:
+                    return True, count
+                if limit is not None and count >= limit:
+                    return False, count
+                await con.execute(
+                    "INSERT INTO window_events (account_id, kind, item, at)"
+                    " VALUES ($1, $2, $3, $4)",
+                    account_id,
+                    kind,
+                    item,
+                    now,
+                )
+                return True, count + 1
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def record_campaign(
+        self, account_id: str, campaign: str, recipients: int, *, now: float, window: float
+    ) -> int:
+        """Add a campaign's recipients; return its total over the window."""
+        try:
+            async with self._acquire() as con, con.transaction():
+                _, total = await _bucket_add(
+                    con, account_id, f"campaign:{campaign}", recipients, now=now, window=window
+                )
+                return total
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def set_flag(self, account_id: str, flag: str, *, reason: str, now: float) -> bool:
+        """Set an account flag once."""
+        rows = await self._fetch(
+            "INSERT INTO account_flags (account_id, flag, reason, set_at) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            account_id,
+            flag,
+            reason,
+            now,
+        )
+        return bool(rows)
+
+    async def has_flag(self, account_id: str, flag: str) -> bool:
+        """Whether the flag is set."""
+        rows = await self._fetch(
+            "SELECT 1 FROM account_flags WHERE account_id = $1 AND flag = $2", account_id, flag
+        )
+        return bool(rows)

@@ -1,0 +1,179 @@
+"""SQLite backend: account standing, windowed counters and account flags."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from relay.storage.base import (
+    BUCKET,
+    PURGED_REPLY,
+    AccountState,
+    AccountStateName,
+)
+from relay.storage.sqlite.core import SqliteCore
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+
+async def _bucket_add(
+    db: aiosqlite.Connection,
+    account_id: str,
+    kind: str,
+    amount: int,
+    *,
+    now: float,
+    window: float,
+    limit: int | None = None,
+) -> tuple[bool, int]:
+    """Add `amount` to a windowed counter kept in one-minute buckets (bounded work per call)."""
+    await db.execute(
+        "DELETE FROM window_counts WHERE account_id = ? AND kind = ? AND bucket <= ?",
+        (account_id, kind, now - window - BUCKET),  # only buckets wholly outside the window
+    )
+    async with db.execute(
+        "SELECT COALESCE(SUM(count), 0) FROM window_counts WHERE account_id = ? AND kind = ?",
+        (account_id, kind),
+    ) as cursor:
+        row = await cursor.fetchone()
+    total = int(row[0]) if row else 0
+    if limit is not None and total + amount > limit:
+        return False, total
+    await db.execute(
+        "INSERT INTO window_counts (account_id, kind, bucket, count) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (account_id, kind, bucket) DO UPDATE SET count = count + excluded.count",
+        (account_id, kind, now - now % BUCKET, amount),
+    )
+    return True, total + amount
+
+
+class SqliteAccounts(SqliteCore):
+    """The accounts part of `SqliteStore`."""
+
+    async def account_state(self, account_id: str) -> AccountState | None:
+        """The account's current state."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, changed_at FROM account_states"
+            " WHERE account_id = ?",
+            (account_id,),
+        )
+        return AccountState(*rows[0]) if rows else None
+
+    async def set_account_state(
+        self, account_id: str, state: AccountStateName, *, reason: str, actor: str, now: float
+    ) -> int:
+        """Change the state with its audit record; purge pending mail on termination."""
+
+        async def operation(db: aiosqlite.Connection) -> int:
+            await db.execute(
+                "INSERT INTO account_states (account_id, state, reason, actor, changed_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
+                " state = excluded.state, reason = excluded.reason, actor = excluded.actor,"
+                " changed_at = excluded.changed_at",
+                (account_id, state, reason, actor, now),
+            )
+            await db.execute(
+                "INSERT INTO account_events (account_id, state, reason, actor, at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (account_id, state, reason, actor, now),
+            )
+            pending = (
+                "SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id"
+                " WHERE m.account_id = ? AND m.kind = 'message' AND r.status = 'pending'"
+            )
+            if state == "terminated":
+                cursor = await db.execute(
+                    "UPDATE recipients SET status = 'failed', lease = NULL, lease_until = 0,"  # noqa: S608 - constant SQL
+                    f" last_reply = ?, updated_at = ? WHERE id IN ({pending})",
+                    (PURGED_REPLY, now, account_id),
+                )
+                return cursor.rowcount
+            async with db.execute(f"SELECT COUNT(*) FROM ({pending})", (account_id,)) as cursor:  # noqa: S608
+                row = await cursor.fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._write(operation)
+
+    async def account_history(self, account_id: str) -> list[AccountState]:
+        """The account's audit trail."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, at FROM account_events"
+            " WHERE account_id = ? ORDER BY id",
+            (account_id,),
+        )
+        return [AccountState(*row) for row in rows]
+
+    async def window_take(
+        self,
+        account_id: str,
+        kind: str,
+        item: str,
+        *,
+        now: float,
+        window: float,
+        limit: int | None = None,
+        distinct: bool = False,
+    ) -> tuple[bool, int]:
+        """Count an event in a sliding window (BEGIN IMMEDIATE makes it atomic)."""
+
+        async def operation(db: aiosqlite.Connection) -> tuple[bool, int]:
+            if not distinct:
+                return await _bucket_add(
+                    db, account_id, kind, 1, now=now, window=window, limit=limit
+                )
+            await db.execute(
+                "DELETE FROM window_events WHERE account_id = ? AND kind = ? AND at <= ?",
+                (account_id, kind, now - window),
+            )
+            counted = "COUNT(DISTINCT item)" if distinct else "COUNT(*)"
+            async with db.execute(
+                f"SELECT {counted}, SUM(item = ?) FROM window_events"  # noqa: S608 - constant
+                " WHERE account_id = ? AND kind = ?",
+                (item, account_id, kind),
+            ) as cursor:
+                row = await cursor.fetchone()
+            count, seen = (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
+            if distinct and seen:
+                return True, count
+            if limit is not None and count >= limit:
+                return False, count
+            await db.execute(
+                "INSERT INTO window_events (account_id, kind, item, at) VALUES (?, ?, ?, ?)",
+                (account_id, kind, item, now),
+            )
+            return True, count + 1
+
+        return await self._write(operation)
+
+    async def record_campaign(
+        self, account_id: str, campaign: str, recipients: int, *, now: float, window: float
+    ) -> int:
+        """Add a campaign's recipients; return its total over the window."""
+
+        async def operation(db: aiosqlite.Connection) -> int:
+            _, total = await _bucket_add(
+                db, account_id, f"campaign:{campaign}", recipients, now=now, window=window
+            )
+            return total
+
+        return await self._write(operation)
+
+    async def set_flag(self, account_id: str, flag: str, *, reason: str, now: float) -> bool:
+        """Set an account flag once."""
+
+        async def operation(db: aiosqlite.Connection) -> bool:
+            cursor = await db.execute(
+                "INSERT INTO account_flags (account_id, flag, reason, set_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (account_id, flag, reason, now),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(operation)
+
+    async def has_flag(self, account_id: str, flag: str) -> bool:
+        """Whether the flag is set."""
+        rows = await self._fetch(
+            "SELECT 1 FROM account_flags WHERE account_id = ? AND flag = ?", (account_id, flag)
+        )
+        return bool(rows)

@@ -1,0 +1,177 @@
+"""SQLite backend: the suppression list (with its audit trail) and opt-in records."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from relay.storage.base import (
+    GLOBAL_SCOPE,
+    AuditEntry,
+    Consent,
+    Suppression,
+    consent_row,
+    normalize_address,
+)
+from relay.storage.sqlite.core import SqliteCore
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+_CONSENT_COLUMNS = (
+    "account_id, address, list_id, method, subscribed_at, confirmed_at, source, ip, user_agent,"
+    " consent_text_version, evidence, withdrawn_at"
+)
+
+
+async def _insert_suppressions(db: aiosqlite.Connection, entries: list[Suppression]) -> int:
+    before = db.total_changes
+    await db.executemany(
+        "INSERT INTO suppressions (address, scope, reason, source, created_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [
+            (normalize_address(e.address), e.scope, e.reason, e.source, e.created_at)
+            for e in entries
+        ],
+    )
+    return db.total_changes - before
+
+
+async def _audit(db: aiosqlite.Connection, entry: AuditEntry) -> None:
+    await db.execute(
+        "INSERT INTO suppression_audit (address, scope, action, reason, actor, at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            normalize_address(entry.address),
+            entry.scope,
+            entry.action,
+            entry.reason,
+            entry.actor,
+            entry.at,
+        ),
+    )
+
+
+class SqliteLists(SqliteCore):
+    """The lists part of `SqliteStore`."""
+
+    async def suppress(self, entry: Suppression, *, actor: str) -> bool:
+        """Add one suppression and its audit record."""
+
+        async def operation(db: aiosqlite.Connection) -> bool:
+            added = await _insert_suppressions(db, [entry])
+            if added:
+                audit = AuditEntry(
+                    entry.address, entry.scope, "add", entry.reason, actor, entry.created_at
+                )
+                await _audit(db, audit)
+            return added == 1
+
+        return await self._write(operation)
+
+    async def suppress_many(self, entries: list[Suppression]) -> int:
+        """Add suppressions in bulk."""
+        return await self._write(lambda db: _insert_suppressions(db, entries))
+
+    async def unsuppress(
+        self, address: str, scope: str, *, reason: str, actor: str, now: float
+    ) -> bool:
+        """Remove a suppression and record who did it and why."""
+        address = normalize_address(address)
+
+        async def operation(db: aiosqlite.Connection) -> bool:
+            cursor = await db.execute(
+                "DELETE FROM suppressions WHERE address = ? AND scope = ?", (address, scope)
+            )
+            if cursor.rowcount != 1:
+                return False
+            await _audit(db, AuditEntry(address, scope, "remove", reason, actor, now))
+            return True
+
+        return await self._write(operation)
+
+    async def suppressed(self, address: str, account_id: str) -> Suppression | None:
+        """The account's own or the global suppression of `address`."""
+        rows = await self._fetch(
+            "SELECT address, scope, reason, source, created_at FROM suppressions"
+            " WHERE address = ? AND scope IN (?, ?) ORDER BY scope = ? LIMIT 1",
+            (normalize_address(address), account_id, GLOBAL_SCOPE, GLOBAL_SCOPE),
+        )
+        return Suppression(*rows[0]) if rows else None
+
+    async def suppressions(
+        self, *, scope: str | None = None, after: tuple[str, str] = ("", ""), limit: int = 1000
+    ) -> list[Suppression]:
+        """A page of suppressions (keyset pagination)."""
+        sql = (
+            "SELECT address, scope, reason, source, created_at FROM suppressions"
+            " WHERE (address, scope) > (?, ?)"
+        )
+        params: list[object] = [after[0], after[1]]
+        if scope is not None:
+            sql += " AND scope = ?"
+            params.append(scope)
+        rows = await self._fetch(sql + " ORDER BY address, scope LIMIT ?", [*params, limit])
+        return [Suppression(*row) for row in rows]
+
+    async def audit(self, address: str) -> list[AuditEntry]:
+        """Changes to `address` on the suppression list."""
+        rows = await self._fetch(
+            "SELECT address, scope, action, reason, actor, at FROM suppression_audit"
+            " WHERE address = ? ORDER BY id",
+            (normalize_address(address),),
+        )
+        return [AuditEntry(*row) for row in rows]
+
+    async def record_consents(self, records: list[Consent]) -> int:
+        """Upsert opt-in records."""
+
+        async def operation(db: aiosqlite.Connection) -> int:
+            await db.executemany(
+                "INSERT INTO consents (" + _CONSENT_COLUMNS + ")"  # noqa: S608 - constant
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (account_id, address, list_id) DO UPDATE SET"
+                " method = excluded.method, subscribed_at = excluded.subscribed_at,"
+                " confirmed_at = excluded.confirmed_at, source = excluded.source,"
+                " ip = excluded.ip, user_agent = excluded.user_agent,"
+                " consent_text_version = excluded.consent_text_version,"
+                " evidence = excluded.evidence, withdrawn_at = excluded.withdrawn_at",
+                [consent_row(record) for record in records],
+            )
+            return len(records)
+
+        return await self._write(operation)
+
+    async def consent(self, account_id: str, address: str) -> Consent | None:
+        """A standing opt-in record."""
+        rows = await self._fetch(
+            "SELECT " + _CONSENT_COLUMNS + " FROM consents WHERE"  # noqa: S608 - constant
+            " account_id = ? AND address = ?"
+            " AND withdrawn_at IS NULL ORDER BY subscribed_at DESC LIMIT 1",
+            (account_id, normalize_address(address)),
+        )
+        return Consent(*rows[0]) if rows else None
+
+    async def consents(
+        self,
+        *,
+        account_id: str | None = None,
+        address: str | None = None,
+        after: tuple[str, str, str] = ("", "", ""),
+        limit: int = 1000,
+    ) -> list[Consent]:
+        """A page of opt-in records."""
+        sql = (
+            "SELECT " + _CONSENT_COLUMNS + " FROM consents"  # noqa: S608 - constant
+            " WHERE (account_id, address, list_id) > (?, ?, ?)"
+        )
+        params: list[object] = list(after)
+        if account_id is not None:
+            sql += " AND account_id = ?"
+            params.append(account_id)
+        if address is not None:
+            sql += " AND address = ?"
+            params.append(normalize_address(address))
+        rows = await self._fetch(
+            sql + " ORDER BY account_id, address, list_id LIMIT ?", [*params, limit]
+        )
+        return [Consent(*row) for row in rows]

@@ -1,0 +1,183 @@
+"""SQLite backend: the spool: messages, recipients and their delivery leases."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from relay.errors import StoreError
+from relay.storage.base import (
+    DeliveryJob,
+    NewMessage,
+    QueueEntry,
+)
+from relay.storage.sqlite.core import SqliteCore
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+
+async def _insert_message(db: aiosqlite.Connection, message: NewMessage) -> None:
+    await db.execute(
+        "INSERT INTO messages (id, account_id, mail_from, kind, content, size, received_at,"
+        " campaign) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            message.id,
+            message.account_id,
+            message.mail_from,
+            message.kind,
+            message.content,
+            len(message.content),
+            message.received_at,
+            message.campaign,
+        ),
+    )
+    await db.executemany(
+        "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at) VALUES (?, ?, ?, ?)",
+        [
+            (message.id, rcpt, message.received_at, message.received_at)
+            for rcpt in message.recipients
+        ],
+    )
+
+
+async def _finish(
+    db: aiosqlite.Connection, job: DeliveryJob, status: str, reply: str, now: float
+) -> bool:
+    cursor = await db.execute(
+        "UPDATE recipients SET status = ?, attempts = attempts + 1, lease = NULL, lease_until = 0,"
+        " last_reply = ?, updated_at = ? WHERE id = ? AND lease = ? AND status = 'pending'",
+        (status, reply, now, job.recipient_id, job.lease),
+    )
+    if cursor.rowcount != 1:
+        return False
+    # The content is only needed while a recipient is pending; drop it once none is.
+    await db.execute(
+        "UPDATE messages SET content = NULL, completed_at = ? WHERE id = ? AND NOT EXISTS"
+        " (SELECT 1 FROM recipients WHERE message_id = ? AND status = 'pending')",
+        (now, job.message_id, job.message_id),
+    )
+    return True
+
+
+class SqliteSpool(SqliteCore):
+    """The spool part of `SqliteStore`."""
+
+    async def spool(self, message: NewMessage) -> None:
+        """Insert the message and its recipients; return once committed (durable)."""
+
+        async def operation(db: aiosqlite.Connection) -> None:
+            await _insert_message(db, message)
+
+        await self._write(operation)
+
+    async def claim(
+        self, *, lease: str, now: float, lease_until: float, limit: int
+    ) -> list[DeliveryJob]:
+        """Lease due recipients whose earlier lease (if any) has run out."""
+
+        async def operation(db: aiosqlite.Connection) -> list[Any]:
+            # Mail of a suspended or terminated account is held: never claimed.
+            await db.execute(
+                "UPDATE recipients SET lease = ?, lease_until = ? WHERE id IN ("
+                " SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id"
+                " WHERE r.status = 'pending' AND r.next_attempt <= ? AND r.lease_until <= ?"
+                " AND NOT (m.kind = 'message' AND EXISTS (SELECT 1 FROM account_states s"
+                " WHERE s.account_id = m.account_id AND s.state <> 'active'))"
+                " ORDER BY r.next_attempt LIMIT ?)",
+                (lease, lease_until, now, now, limit),
+            )
+            async with db.execute(
+                "SELECT r.id, r.message_id, r.rcpt, r.attempts, m.account_id, m.mail_from,"
+                " m.received_at, m.kind, m.campaign FROM recipients r"
+                " JOIN messages m ON m.id = r.message_id"
+                " WHERE r.lease = ? AND r.status = 'pending' ORDER BY r.id",
+                (lease,),
+            ) as cursor:
+                return list(await cursor.fetchall())
+
+        rows = await self._write(operation)
+        return [
+            DeliveryJob(*row[:8], lease=lease, campaign=row[8])  # type: ignore[misc]
+            for row in rows
+        ]
+
+    async def content(self, message_id: str) -> bytes:
+        """Return the spooled bytes of `message_id`."""
+        rows = await self._fetch("SELECT content FROM messages WHERE id = ?", (message_id,))
+        if not rows or rows[0][0] is None:
+            raise StoreError(f"no spooled content for message {message_id}")
+        return bytes(rows[0][0])
+
+    async def delivered(self, job: DeliveryJob, *, reply: str, now: float) -> bool:
+        """Mark `job` delivered."""
+        return await self._write(lambda db: _finish(db, job, "delivered", reply, now))
+
+    async def deferred(
+        self, job: DeliveryJob, *, reply: str, now: float, next_attempt: float
+    ) -> bool:
+        """Count the attempt and schedule the next."""
+
+        async def operation(db: aiosqlite.Connection) -> bool:
+            cursor = await db.execute(
+                "UPDATE recipients SET attempts = attempts + 1, next_attempt = ?, lease = NULL,"
+                " lease_until = 0, last_reply = ?, updated_at = ? WHERE id = ? AND lease = ?"
+                " AND status = 'pending'",
+                (next_attempt, reply, now, job.recipient_id, job.lease),
+            )
+            return cursor.rowcount == 1
+
+        return await self._write(operation)
+
+    async def failed(
+        self, job: DeliveryJob, *, reply: str, now: float, dsn: NewMessage | None
+    ) -> bool:
+        """Mark `job` failed and spool its DSN atomically."""
+
+        async def operation(db: aiosqlite.Connection) -> bool:
+            if not await _finish(db, job, "failed", reply, now):
+                return False
+            if dsn is not None:
+                await _insert_message(db, dsn)
+            return True
+
+        return await self._write(operation)
+
+    async def renew(self, lease: str, *, lease_until: float) -> int:
+        """Extend a lease held by deliveries in flight."""
+
+        async def operation(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "UPDATE recipients SET lease_until = ? WHERE lease = ? AND status = 'pending'",
+                (lease_until, lease),
+            )
+            return cursor.rowcount
+
+        return await self._write(operation)
+
+    async def release(self, lease_prefix: str) -> int:
+        """Give back leases held by this process."""
+
+        async def operation(db: aiosqlite.Connection) -> int:
+            cursor = await db.execute(
+                "UPDATE recipients SET lease = NULL, lease_until = 0"
+                " WHERE lease LIKE ? AND status = 'pending'",
+                (lease_prefix.replace("%", "") + "%",),
+            )
+            return cursor.rowcount
+
+        return await self._write(operation)
+
+    async def queue(self, limit: int = 1000) -> list[QueueEntry]:
+        """Recipients still pending, oldest first."""
+        rows = await self._fetch(
+            "SELECT r.message_id, r.rcpt, m.account_id, m.mail_from, r.attempts, r.next_attempt,"
+            " r.last_reply FROM recipients r JOIN messages m ON m.id = r.message_id"
+            " WHERE r.status = 'pending' ORDER BY m.received_at, r.id LIMIT ?",
+            (limit,),
+        )
+        return [QueueEntry(*row) for row in rows]
+
+    async def counts(self) -> dict[str, int]:
+        """Recipients per state."""
+        rows = await self._fetch("SELECT status, COUNT(*) FROM recipients GROUP BY status")
+        return {row[0]: row[1] for row in rows}
