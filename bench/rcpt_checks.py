@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,16 +24,11 @@ from pathlib import Path
 
 import aiosmtplib
 import yaml
+from benchlib import free_port, wait_port
 
 from relay.passwords import hash_password
 from relay.storage import open_store
 from relay.storage.base import Consent, Suppression
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def fill(url: str, count: int, consents: list[str]) -> tuple[float, float]:
@@ -68,18 +62,6 @@ async def fill(url: str, count: int, consents: list[str]) -> tuple[float, float]
 def fresh(index: int, n: int) -> str:
     """A never-suppressed address with an opt-in record."""
     return f"fresh{index}-{n}@example.org"
-
-
-async def wait_port(port: int) -> None:
-    for _ in range(300):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            await asyncio.sleep(0.1)
-            continue
-        writer.close()
-        return
-    raise SystemExit("the relay did not start")
 
 
 async def rcpt_rate(url: str, args: argparse.Namespace, work: Path) -> float:
@@ -122,7 +104,7 @@ async def rcpt_rate(url: str, args: argparse.Namespace, work: Path) -> float:
         [sys.executable, "-m", "relay", "serve", "--config", str(path)], stdout=log, stderr=log
     )
     try:
-        await wait_port(port)
+        await asyncio.to_thread(wait_port, port)
         per_session = args.rcpts // args.sessions
 
         async def session(index: int) -> int:

@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from policies.broadcast import NOTE as BROADCAST_NOTE
 from relay.logging import get_logger
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Verdict
 from relay.render import Template, fill, list_unsubscribe_headers, prepare
 from relay.templates import footer
 from relay.tokens import campaign_tag
-
-BROADCAST_NOTE = "campaign_recipients"  # set by policies/broadcast.py, which runs before
 
 if TYPE_CHECKING:
     from relay.config import Account
@@ -60,6 +59,7 @@ class Policy(BasePolicy):
         self.public_url = config.web.public_url or ""
         self.inbound = config.inbound.domain if config.inbound else None
         self._templates: OrderedDict[tuple[str, str], Template] = OrderedDict()
+        self._mandatory: set[str] = set()
 
     async def on_data(self, tx: Transaction, submission: Submission) -> Verdict:
         """A transactional account's broadcast past `mandatory_after` makes injection mandatory.
@@ -101,9 +101,12 @@ class Policy(BasePolicy):
         return template
 
     async def _applies(self, account: Account) -> bool:
-        if account.stream == "marketing":
+        if account.stream == "marketing" or account.id in self._mandatory:
             return True
-        return await self.store.has_flag(account.id, MANDATORY_FLAG)
+        if await self.store.has_flag(account.id, MANDATORY_FLAG):
+            self._mandatory.add(account.id)  # the flag is never unset: ask the store once
+            return True
+        return False
 
     async def on_render(self, rendering: Rendering) -> Verdict:
         """Render the copy for its recipient with a token of their own."""

@@ -118,7 +118,6 @@ class Rendering:
     campaign: str | None = None
     original: bytes = b""  # the spooled content, before any render policy
     seven_bit: bool = False  # the upstream takes no 8-bit content: convert before signing
-    notes: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

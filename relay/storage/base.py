@@ -47,7 +47,6 @@ class DeliveryJob:
 
 GLOBAL_SCOPE = "*"
 BUCKET = 60.0  # seconds per bucket of windowed counters (rate limits, campaign sizes)
-SuppressionReason = Literal["unsubscribe", "complaint", "bounce", "manual", "import"]
 REASONS: tuple[str, ...] = ("unsubscribe", "complaint", "bounce", "manual", "import")
 
 
@@ -113,6 +112,13 @@ class Consent:
     consent_text_version: str | None = None
     evidence: str | None = None
     withdrawn_at: float | None = None
+
+
+# The consents table's columns, in the order consent_row gives their values.
+CONSENT_COLUMNS = (
+    "account_id, address, list_id, method, subscribed_at, confirmed_at, source, ip, user_agent,"
+    " consent_text_version, evidence, withdrawn_at"
+)
 
 
 def consent_row(record: Consent) -> tuple[object, ...]:

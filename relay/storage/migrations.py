@@ -134,6 +134,10 @@ SQLITE: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        6,
+        "DROP TABLE campaign_sends",  # campaign sizes live in window_counts since migration 5
+    ),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -267,5 +271,9 @@ POSTGRES: list[tuple[int, str]] = [
             PRIMARY KEY (account_id, kind, bucket)
         );
         """,
+    ),
+    (
+        6,
+        "DROP TABLE campaign_sends",  # campaign sizes live in window_counts since migration 5
     ),
 ]

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
 from relay.storage.base import (
+    CONSENT_COLUMNS,
     GLOBAL_SCOPE,
     AuditEntry,
     Consent,
@@ -17,11 +18,6 @@ from relay.storage.postgres.core import DB_ERRORS, PostgresCore
 
 if TYPE_CHECKING:
     import asyncpg
-
-_CONSENT_COLUMNS = (
-    "account_id, address, list_id, method, subscribed_at, confirmed_at, source, ip, user_agent,"
-    " consent_text_version, evidence, withdrawn_at"
-)
 
 
 async def _insert_suppressions(con: asyncpg.Connection, entries: list[Suppression]) -> int:
@@ -137,7 +133,7 @@ class PostgresLists(PostgresCore):
         try:
             async with self._acquire() as con, con.transaction():
                 await con.executemany(
-                    "INSERT INTO consents (" + _CONSENT_COLUMNS + ")"  # noqa: S608 - constant
+                    "INSERT INTO consents (" + CONSENT_COLUMNS + ")"  # noqa: S608 - constant
                     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
                     " ON CONFLICT (account_id, address, list_id) DO UPDATE SET"
                     " method = excluded.method, subscribed_at = excluded.subscribed_at,"
@@ -154,7 +150,7 @@ class PostgresLists(PostgresCore):
     async def consent(self, account_id: str, address: str) -> Consent | None:
         """A standing opt-in record."""
         rows = await self._fetch(
-            "SELECT " + _CONSENT_COLUMNS + " FROM consents WHERE"  # noqa: S608 - constant
+            "SELECT " + CONSENT_COLUMNS + " FROM consents WHERE"  # noqa: S608 - constant
             " account_id = $1 AND address = $2"
             " AND withdrawn_at IS NULL ORDER BY subscribed_at DESC LIMIT 1",
             account_id,
@@ -172,7 +168,7 @@ class PostgresLists(PostgresCore):
     ) -> list[Consent]:
         """A page of opt-in records."""
         rows = await self._fetch(
-            "SELECT " + _CONSENT_COLUMNS + " FROM consents WHERE"  # noqa: S608 - constant
+            "SELECT " + CONSENT_COLUMNS + " FROM consents WHERE"  # noqa: S608 - constant
             " (account_id, address, list_id) > ($1, $2, $3)"
             " AND ($4::text IS NULL OR account_id = $4) AND ($5::text IS NULL OR address = $5)"
             " ORDER BY account_id, address, list_id LIMIT $6",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.storage.base import (
+    CONSENT_COLUMNS,
     GLOBAL_SCOPE,
     AuditEntry,
     Consent,
@@ -16,11 +17,6 @@ from relay.storage.sqlite.core import SqliteCore
 
 if TYPE_CHECKING:
     import aiosqlite
-
-_CONSENT_COLUMNS = (
-    "account_id, address, list_id, method, subscribed_at, confirmed_at, source, ip, user_agent,"
-    " consent_text_version, evidence, withdrawn_at"
-)
 
 
 async def _insert_suppressions(db: aiosqlite.Connection, entries: list[Suppression]) -> int:
@@ -127,7 +123,7 @@ class SqliteLists(SqliteCore):
 
         async def operation(db: aiosqlite.Connection) -> int:
             await db.executemany(
-                "INSERT INTO consents (" + _CONSENT_COLUMNS + ")"  # noqa: S608 - constant
+                "INSERT INTO consents (" + CONSENT_COLUMNS + ")"  # noqa: S608 - constant
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (account_id, address, list_id) DO UPDATE SET"
                 " method = excluded.method, subscribed_at = excluded.subscribed_at,"
@@ -144,7 +140,7 @@ class SqliteLists(SqliteCore):
     async def consent(self, account_id: str, address: str) -> Consent | None:
         """A standing opt-in record."""
         rows = await self._fetch(
-            "SELECT " + _CONSENT_COLUMNS + " FROM consents WHERE"  # noqa: S608 - constant
+            "SELECT " + CONSENT_COLUMNS + " FROM consents WHERE"  # noqa: S608 - constant
             " account_id = ? AND address = ?"
             " AND withdrawn_at IS NULL ORDER BY subscribed_at DESC LIMIT 1",
             (account_id, normalize_address(address)),
@@ -161,7 +157,7 @@ class SqliteLists(SqliteCore):
     ) -> list[Consent]:
         """A page of opt-in records."""
         sql = (
-            "SELECT " + _CONSENT_COLUMNS + " FROM consents"  # noqa: S608 - constant
+            "SELECT " + CONSENT_COLUMNS + " FROM consents"  # noqa: S608 - constant
             " WHERE (account_id, address, list_id) > (?, ?, ?)"
         )
         params: list[object] = list(after)
