@@ -14,7 +14,7 @@ log = get_logger(__name__)
 
 
 async def halt(
-    store: Store, account_id: str, rule: str, *, count: int, threshold: int, now: float
+    store: Store, account_id: str, rule: str, *, count: float, threshold: float, now: float
 ) -> None:
     """Suspend the account (its queued mail is held): `rule` counted `count` > `threshold`."""
     state = await store.account_state(account_id)

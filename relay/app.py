@@ -10,14 +10,17 @@ from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
 
+from relay import cases
 from relay.clock import SystemClock
 from relay.config import load_config, split_host_port
 from relay.delivery import DeliveryService
 from relay.errors import ConfigError, StoreError
+from relay.feedback import Feedback
 from relay.ingress import IngressHandler, start_listeners
 from relay.logging import configure as configure_logging
 from relay.logging import get_logger
 from relay.runtime import Runtime, RuntimeRef
+from relay.stats import StatsRecorder
 from relay.storage import open_store
 from relay.throttle import ConnectionLimiter, FailureThrottle
 from relay.upstream import SmtpUpstream
@@ -71,9 +74,15 @@ class Relay:
         self.runtime = RuntimeRef(Runtime.build(config, store, self.clock))
         upstream = self._upstream or SmtpUpstream(config.upstream, config.hostname)
         self.upstream = upstream
+        self.stats = StatsRecorder(store, self.clock)
         self.delivery = DeliveryService(
-            store=store, upstream=upstream, clock=self.clock, runtime=self.runtime
+            store=store,
+            upstream=upstream,
+            clock=self.clock,
+            runtime=self.runtime,
+            stats=self.stats,
         )
+        self.feedback = Feedback(store, self.runtime, self.clock, self.delivery.wake)
         self.handler = IngressHandler(
             runtime=self.runtime,
             store=store,
@@ -83,14 +92,20 @@ class Relay:
                 config.smtp.auth_failure_limit, config.smtp.auth_failure_window, self.clock
             ),
             on_spooled=self.delivery.wake,
+            feedback=self.feedback,
+            stats=self.stats,
         )
+        self._tasks.append(asyncio.create_task(self.stats.run(), name="stats"))
         if self.run_delivery:
             self._tasks.append(asyncio.create_task(self.delivery.run(), name="delivery"))
+            self._tasks.append(asyncio.create_task(self._sweep_cases(), name="cases"))
         self.servers = await start_listeners(
             self.handler, config.smtp.listeners, reuse_port=config.smtp.reuse_port
         )
         host, port = split_host_port(config.web.listen)
-        self._web = web.AppRunner(make_app(store, self.runtime, self.clock), access_log=None)
+        self._web = web.AppRunner(
+            make_app(store, self.runtime, self.clock, self.feedback), access_log=None
+        )
         await self._web.setup()
         site = web.TCPSite(self._web, host, port)
         await site.start()
@@ -98,6 +113,19 @@ class Relay:
         if isinstance(server, asyncio.Server) and server.sockets:
             self.web_port = int(server.sockets[0].getsockname()[1])
         log.info("relay_started", hostname=config.hostname, worker_id=self.delivery.worker_id)
+
+    async def _sweep_cases(self) -> None:
+        """Uphold complaint cases whose deadline passed without proof, every sweep_interval."""
+        store = self.store
+        if store is None:
+            return
+        while True:
+            config = self.runtime.current.config
+            try:
+                await cases.sweep(store, lambda: self.runtime.current.config, now=self.clock.now())
+            except StoreError as exc:
+                log.error("case_sweep_failed", error=str(exc))
+            await asyncio.sleep(config.feedback.sweep_interval)
 
     @property
     def smtp_ports(self) -> list[int]:

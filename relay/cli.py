@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relay import __version__, cli_accounts, cli_consent, cli_dkim, cli_suppress
+from relay import __version__, cli_accounts, cli_cases, cli_consent, cli_dkim, cli_suppress
 from relay.clock import to_datetime
 from relay.config import Config, load_config, split_host_port
 from relay.errors import ConfigError, RelayError
@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_dkim.add_parser(commands, common)
     cli_accounts.add_parser(commands, common)
     cli_consent.add_parser(commands, common)
+    cli_cases.add_parsers(commands, common)
     queue = commands.add_parser("queue", parents=[common], help="inspect the delivery queue")
     queue_commands = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     queue_list = queue_commands.add_parser("list", parents=[common], help="pending recipients")
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         "dkim": _dkim,
         "accounts": _accounts,
         "consent": _consent,
+        "complaints": _complaints,
+        "cases": _cases,
+        "stats": _stats,
     }
     try:
         return handlers[args.command](args, config_path)
@@ -206,6 +210,18 @@ def _dkim(args: argparse.Namespace, config_path: Path) -> int:
 
 def _consent(args: argparse.Namespace, config_path: Path) -> int:
     return _with_store(config_path, lambda config, store: cli_consent.run(args, config, store))
+
+
+def _complaints(args: argparse.Namespace, config_path: Path) -> int:
+    return _with_store(config_path, lambda config, store: cli_cases.ingest(args, config, store))
+
+
+def _cases(args: argparse.Namespace, config_path: Path) -> int:
+    return _with_store(config_path, lambda config, store: cli_cases.run_cases(args, config, store))
+
+
+def _stats(args: argparse.Namespace, config_path: Path) -> int:
+    return _with_store(config_path, lambda config, store: cli_cases.run_stats(args, config, store))
 
 
 def _accounts(args: argparse.Namespace, config_path: Path) -> int:

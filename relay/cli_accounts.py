@@ -45,7 +45,8 @@ def add_parser(
         change.add_argument("--reason", required=True, help="kept in the audit trail")
 
 
-def _actor() -> str:
+def actor() -> str:
+    """Who runs the command, for audit trails."""
     try:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
@@ -83,7 +84,7 @@ async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
         return EXIT_REFUSED
     target = _TARGET[args.action]
     pending = await change_state(
-        store, args.account, target, reason=args.reason, actor=_actor(), now=time.time()
+        store, args.account, target, reason=args.reason, actor=actor(), now=time.time()
     )
     what = {"active": "released", "suspended": "held"}.get(target, "purged")
     print(f"{args.account}\t{target}\t{pending} queued recipients {what}")

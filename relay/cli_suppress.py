@@ -7,11 +7,11 @@ terminal, and a line every 10% otherwise. Removing needs a reason and is audited
 from __future__ import annotations
 
 import csv
-import getpass
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
+from relay.cli_accounts import actor
 from relay.clock import to_datetime
 from relay.storage.base import GLOBAL_SCOPE, REASONS, Suppression, normalize_address
 
@@ -80,13 +80,6 @@ def _scope(args: argparse.Namespace) -> str | None:
     return getattr(args, "account", None)
 
 
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
 def _when(timestamp: float) -> str:
     return to_datetime(timestamp).isoformat(timespec="seconds")
 
@@ -122,14 +115,14 @@ async def _add(args: argparse.Namespace, store: Store, scope: str) -> int:
         print(f"error: not an address: {args.address}", file=sys.stderr)
         return EXIT_USAGE
     entry = Suppression(args.address, scope, args.reason, args.source, time.time())
-    added = await store.suppress(entry, actor=_actor())
+    added = await store.suppress(entry, actor=actor())
     _row(normalize_address(args.address), scope, "added" if added else "already suppressed")
     return EXIT_OK
 
 
 async def _remove(args: argparse.Namespace, store: Store, scope: str) -> int:
     removed = await store.unsuppress(
-        args.address, scope, reason=args.reason, actor=_actor(), now=time.time()
+        args.address, scope, reason=args.reason, actor=actor(), now=time.time()
     )
     if not removed:
         print(f"error: {args.address} is not suppressed for {scope}", file=sys.stderr)

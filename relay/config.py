@@ -39,7 +39,7 @@ _DOMAIN = re.compile(
 )
 
 
-def _duration(value: object) -> float:
+def parse_duration(value: object) -> float:
     """Accept seconds as a number or a string such as `90`, `15m`, `3d`."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30, 15m, 3d")  # noqa: TRY004
@@ -81,7 +81,7 @@ def _resolve_path(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
-Duration = Annotated[float, BeforeValidator(_duration)]
+Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(_size)]
 Domain = Annotated[str, AfterValidator(_domain)]
 ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
@@ -248,6 +248,17 @@ class WebConfig(_Model):
 
     listen: str = "127.0.0.1:8025"
     public_url: str | None = None
+    admin_token_hash: str | None = Field(
+        default=None,
+        description="hash (`optin-relay hash-password`) of the bearer token for /admin/ endpoints",
+    )
+
+    @field_validator("admin_token_hash")
+    @classmethod
+    def _admin_hash(cls, value: str | None) -> str | None:
+        if value is not None and not is_password_hash(value):
+            raise ValueError("expected a hash made by `optin-relay hash-password`")
+        return value
 
     @field_validator("listen")
     @classmethod
@@ -352,6 +363,59 @@ class Account(_Model):
         return value
 
 
+class RateThreshold(_Model):
+    """A rate of events per delivered message over a trailing window, with its limits."""
+
+    window: Annotated[Duration, Field(gt=0)] = 7 * 86400.0
+    warn: Annotated[float, Field(gt=0, le=1)]
+    suspend: Annotated[float, Field(gt=0, le=1)]
+    min_volume: Annotated[int, Field(ge=1)] = Field(
+        default=1000, description="delivered messages in the window before the rate counts"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RateThreshold:
+        if self.warn > self.suspend:
+            raise ValueError("warn must not be above suspend")
+        return self
+
+
+class FeedbackConfig(_Model):
+    """Complaints, cases and bounces."""
+
+    complaint_scope: Literal["account", "global"] = Field(
+        default="account", description="what a complaint suppresses: the account's mail or all"
+    )
+    attribute_by_from_domain: bool = Field(
+        default=False,
+        description="attribute reports mailed to fbl@/abuse@ by the From domain when they carry"
+        " none of the relay's markers (anyone can forge that; CLI and HTTP intake always may)",
+    )
+    notice_from: str | None = Field(
+        default=None, description="From of case notices (default abuse@ the inbound domain)"
+    )
+    proof_deadline: Annotated[Duration, Field(gt=0)] = 7 * 86400.0
+    fine: Annotated[float, Field(ge=0)] = Field(default=100.0, description="USD per upheld case")
+    max_fine: Annotated[float, Field(ge=0)] = 100.0
+    after_suppression: Literal["terminate", "suspend"] = Field(
+        default="terminate",
+        description="a complaint from someone suppressed before the send",
+    )
+    upheld_cases: Annotated[int, Field(ge=1)] = Field(
+        default=3, description="upheld cases within upheld_window that suspend the account"
+    )
+    upheld_window: Annotated[Duration, Field(gt=0)] = 30 * 86400.0
+    complaint_rate: RateThreshold = RateThreshold(warn=0.001, suspend=0.003)
+    bounce_rate: RateThreshold = RateThreshold(warn=0.05, suspend=0.10)
+    sweep_interval: Annotated[Duration, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _fine_capped(self) -> FeedbackConfig:
+        if self.fine > self.max_fine:
+            raise ValueError(f"fine {self.fine} is above max_fine {self.max_fine}")
+        return self
+
+
 class Config(_Model):
     """The whole configuration file."""
 
@@ -362,6 +426,7 @@ class Config(_Model):
     delivery: DeliveryConfig = DeliveryConfig()
     inbound: InboundConfig | None = None
     web: WebConfig = WebConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
     tokens: TokensConfig | None = None
     accounts: list[Account] = Field(default_factory=list)
     dkim: list[DkimKeyConfig] = Field(default_factory=list)
@@ -393,6 +458,11 @@ class Config(_Model):
                     f"{listener.trusted_account!r}"
                 )
         return self
+
+    @property
+    def relay_domain(self) -> str:
+        """The relay's own mail domain: the inbound domain, else the hostname."""
+        return self.inbound.domain if self.inbound is not None else self.hostname
 
     def account(self, account_id: str) -> Account | None:
         """Return the account with `account_id`, if configured."""

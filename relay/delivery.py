@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from relay.clock import Clock
     from relay.config import Config, DeliveryConfig
     from relay.runtime import Runtime
+    from relay.stats import StatsRecorder
     from relay.storage.base import Store
     from relay.upstream import Outcome, Upstream
 
@@ -64,9 +65,11 @@ class DeliveryService:
         runtime: Callable[[], Runtime],
         worker_id: str | None = None,
         rng: random.Random | None = None,
+        stats: StatsRecorder | None = None,
     ) -> None:
         """`runtime()` returns the config and pipeline in force (they change on reload)."""
         self.store = store
+        self.stats = stats
         self.upstream = upstream
         self.clock = clock
         self.runtime = runtime
@@ -204,11 +207,13 @@ class DeliveryService:
             campaign=job.campaign,
             original=content,
             seven_bit=not content.isascii() and not await self.upstream.accepts_8bit(),
+            recipient_id=job.recipient_id,
         )
         decision = await pipeline.render(rendering)
         verdict = decision.verdict
         if isinstance(verdict, Continue):
-            result = await self.upstream.send(job.mail_from, job.recipient, rendering.content)
+            # The render may have pointed the envelope sender at the relay (bounce+TOKEN@).
+            result = await self.upstream.send(rendering.mail_from, job.recipient, rendering.content)
             await self.record(job, result, config, content)
             return
         outcome: Outcome = "transient" if isinstance(verdict, Defer) else "permanent"
@@ -239,6 +244,8 @@ class DeliveryService:
         if result.outcome == "delivered":
             if await self.store.delivered(job, reply=result.reply, now=now):
                 DELIVERIES.labels("delivered").inc()
+                if self.stats is not None and job.kind == "message":
+                    self.stats.count(job.account_id, "delivered")
                 log.info("delivery_succeeded", **fields)
             else:
                 _lease_lost(fields)

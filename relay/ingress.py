@@ -24,6 +24,7 @@ from relay.auth import authenticate
 from relay.campaign import campaign_key
 from relay.clock import to_datetime
 from relay.errors import StoreError
+from relay.feedback import verify_bounce_token
 from relay.logging import get_logger
 from relay.metrics import MESSAGES_ACCEPTED, REJECTIONS
 from relay.policy import Continue, Submission, Transaction
@@ -35,7 +36,9 @@ if TYPE_CHECKING:
 
     from relay.clock import Clock
     from relay.config import Listener
+    from relay.feedback import Feedback, Source
     from relay.runtime import Runtime
+    from relay.stats import StatsRecorder
     from relay.storage.base import Store
     from relay.throttle import ConnectionLimiter, FailureThrottle
     from relay.tokens import Claim
@@ -60,6 +63,8 @@ REPLY_AUTH_REQUIRED = "530 5.7.0 Authentication required"
 REPLY_THROTTLED = "421 4.7.0 Too many failed authentication attempts, try again later"
 REPLY_TOO_MANY_CONNECTIONS = "421 4.7.0 Too many connections from your address, try again later"
 REPLY_TEMPFAIL = "451 4.3.0 Temporary local problem, try again later"
+# The relay's own complaint mailboxes at the inbound domain (postmaster: RFC 5321 section 4.5.1).
+COMPLAINT_BOXES = frozenset({"fbl", "abuse", "postmaster"})
 
 
 class RelaySession(Session):
@@ -92,6 +97,8 @@ class RelayEnvelope(Envelope):
         super().__init__()
         self.tx: Transaction | None = None
         self.unsubscribes: list[Claim] = []  # mail to unsub+TOKEN@ the inbound domain
+        self.complaint_boxes: list[str] = []  # mail to fbl@, abuse@, postmaster@
+        self.bounces: list[int] = []  # mail to bounce+TOKEN@: the spooled recipients' ids
 
 
 class RelaySMTP(SMTP):
@@ -224,6 +231,8 @@ class IngressHandler:
         limiter: ConnectionLimiter,
         throttle: FailureThrottle,
         on_spooled: Callable[[], None],
+        feedback: Feedback,
+        stats: StatsRecorder,
     ) -> None:
         """Serve with the runtime in force at each command."""
         self.runtime = runtime
@@ -232,6 +241,8 @@ class IngressHandler:
         self.limiter = limiter
         self.throttle = throttle
         self.on_spooled = on_spooled
+        self.feedback = feedback
+        self.stats = stats
 
     # --- AUTH (aiosmtpd calls handler methods named auth_<MECHANISM> instead of its own) ---
 
@@ -359,6 +370,7 @@ class IngressHandler:
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
             _recipient_rejected(reply, decision.verdict.rule, address)
+            self.stats.count(tx.account.id, "refused")
             return reply
         tx.recipients.append(address)
         envelope.rcpt_tos.append(address)
@@ -368,8 +380,26 @@ class IngressHandler:
     def _inbound_rcpt(
         self, runtime: Runtime, envelope: RelayEnvelope, address: str, local: str
     ) -> str:
-        """The relay's own addresses, open to anyone: unsub+TOKEN (RFC 2369 mailto)."""
-        if local.lower().startswith("unsub+"):
+        """The relay's own addresses, open to anyone.
+
+        unsub+TOKEN (RFC 2369 mailto), bounce+TOKEN (DSNs to the VERP envelope sender) and the
+        complaint mailboxes fbl@, abuse@ and postmaster@.
+        """
+        lower = local.lower()
+        if lower in COMPLAINT_BOXES:
+            envelope.complaint_boxes.append(lower)
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Complaint address ok"
+        if lower.startswith("bounce+"):
+            recipient_id = verify_bounce_token(runtime.tokens, local)
+            if recipient_id is None:
+                reply = f"550 5.1.1 <{address}>: invalid bounce address"
+                _recipient_rejected(reply, "inbound_invalid_token", address)
+                return reply
+            envelope.bounces.append(recipient_id)
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 Bounce address ok"
+        if lower.startswith("unsub+"):
             claim = runtime.tokens.verify(local[len("unsub+") :])
             if claim is None:
                 reply = f"550 5.1.1 <{address}>: invalid or expired unsubscribe address"
@@ -382,7 +412,7 @@ class IngressHandler:
         _recipient_rejected(reply, "inbound_unknown", address)
         return reply
 
-    async def handle_DATA(  # noqa: N802
+    async def handle_DATA(  # noqa: N802, PLR0911 - one return per outcome
         self, server: RelaySMTP, session: RelaySession, envelope: RelayEnvelope
     ) -> str:
         """Inbound unsubscribes, then the data stage, the durable spool commit, then 250."""
@@ -400,9 +430,13 @@ class IngressHandler:
                 return REPLY_TEMPFAIL
             if tx is None or not tx.recipients:
                 return "250 2.0.0 Unsubscribe recorded"
+        content: bytes = envelope.original_content or b""
+        if envelope.complaint_boxes or envelope.bounces:
+            reply = await self._feedback(envelope, content)
+            if tx is None or not tx.recipients or not reply.startswith("250"):
+                return reply
         if tx is None or not tx.recipients:
             return "503 5.5.1 Error: need RCPT command"
-        content: bytes = envelope.original_content or b""
         # compat32: raw header strings; the default policy builds a class per header read.
         headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(content)
         campaign = campaign_key(headers, content)
@@ -410,6 +444,7 @@ class IngressHandler:
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
             _rejected("data", reply, decision.verdict.rule)
+            self.stats.count(tx.account.id, "refused", len(tx.recipients))
             return reply
         now = self.clock.now()
         tls = session.ssl is not None or server.listener.tls == "implicit"
@@ -446,6 +481,28 @@ class IngressHandler:
         )
         self.on_spooled()
         return f"250 2.0.0 Ok: queued as {tx.message_id}"
+
+    async def _feedback(self, envelope: RelayEnvelope, content: bytes) -> str:
+        """Act on a DSN or complaint report mailed to the relay, before answering 250.
+
+        A malformed feedback report is refused (RFC 6650 section 4.5 still wants unknown
+        feedback types accepted); anything the store cannot take now is deferred (4xx).
+        """
+        try:
+            for recipient_id in envelope.bounces:
+                await self.feedback.bounce(content, recipient_id)
+            if envelope.complaint_boxes:
+                source: Source = "fbl" if "fbl" in envelope.complaint_boxes else "abuse"
+                result = await self.feedback.complaint(content, source=source, trusted=False)
+                if result.outcome == "malformed":
+                    reply = f"550 5.6.0 Malformed feedback report: {result.cause}"
+                    _rejected("data", reply, "complaint_malformed")
+                    return reply
+        except StoreError as exc:
+            log.error("feedback_failed", error=str(exc))
+            _rejected("data", REPLY_TEMPFAIL, "feedback_store")
+            return REPLY_TEMPFAIL
+        return "250 2.0.0 Feedback recorded"
 
     async def handle_exception(self, error: Exception) -> str:
         """Log the failure with its traceback; tell the client only to try again."""

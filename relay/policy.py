@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-# Policies that always run, first, whether or not the config names them; and the one that
-# always runs last (signing covers every change the others made).
+# Policies that always run, first, whether or not the config names them; and the ones that
+# always run last: the per-recipient trace, then signing (it covers every change made before).
 MANDATORY = (
     "account_state",
     "from_domain",
@@ -44,7 +44,7 @@ MANDATORY = (
     "broadcast",
     "unsubscribe",
 )
-LAST = ("dkim",)
+LAST = ("trace", "dkim")
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ class Rendering:
     campaign: str | None = None
     original: bytes = b""  # the spooled content, before any render policy
     seven_bit: bool = False  # the upstream takes no 8-bit content: convert before signing
+    recipient_id: int = 0  # the spooled recipient (what bounce and trace tokens name)
 
 
 @dataclass(frozen=True)

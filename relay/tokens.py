@@ -21,6 +21,9 @@ _VERSION = b"1"
 _SEP = b"\x1f"  # unit separator: never part of an address, an account id or a hash
 _MAC_BYTES = 16
 _DAY = 86400
+_TRACE = b"trace"  # domain separation: a trace MAC never verifies as an unsubscribe token
+_TRACE_MAC_BYTES = 10
+_TRACE_ID_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -105,3 +108,30 @@ class TokenCodec:
         if self.clock.now() - issued > self.max_age + _DAY:
             return None
         return Claim(account, recipient, campaign, float(issued))
+
+    def trace(self, recipient_id: int) -> str:
+        """A short token naming one spooled recipient (bounce address and trace header).
+
+        Lower-case base32 of the id and a MAC: 29 characters, so `bounce+TOKEN` stays well
+        inside the 64-character local part, and case-insensitive for mail systems that fold it.
+        """
+        ident = recipient_id.to_bytes(_TRACE_ID_BYTES, "big")
+        mac = self._mac(self.keys[0], _TRACE + ident)[:_TRACE_MAC_BYTES]
+        return base64.b32encode(ident + mac).decode("ascii").rstrip("=").lower()
+
+    def verify_trace(self, token: str) -> int | None:
+        """The recipient id of a trace token one of the keys signed; else None."""
+        text = token.strip().upper()
+        try:
+            raw = base64.b32decode(text + "=" * (-len(text) % 8))
+        except (binascii.Error, ValueError):
+            return None
+        if len(raw) != _TRACE_ID_BYTES + _TRACE_MAC_BYTES:
+            return None
+        ident, mac = raw[:_TRACE_ID_BYTES], raw[_TRACE_ID_BYTES:]
+        if not any(
+            hmac.compare_digest(mac, self._mac(key, _TRACE + ident)[:_TRACE_MAC_BYTES])
+            for key in self.keys
+        ):
+            return None
+        return int.from_bytes(ident, "big")

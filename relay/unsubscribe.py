@@ -32,6 +32,8 @@ async def unsubscribe(
     added = await store.suppress(
         Suppression(claim.recipient, scope, "unsubscribe", method, now), actor=method
     )
+    if added:
+        await store.add_stats([(claim.account_id, "unsubscribe", now, 1)])
     log.info(
         "unsubscribed",
         account_id=claim.account_id,

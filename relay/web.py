@@ -1,9 +1,13 @@
-"""The HTTP server (aiohttp): unsubscribe pages and one-click, /healthz and /metrics.
+"""The HTTP server (aiohttp): unsubscribe pages, complaint intake, /healthz and /metrics.
 
 `GET /u/{token}` shows the account's branded page with an Unsubscribe button and changes
 nothing (link scanners fetch every link). `POST /u/{token}` unsubscribes: the RFC 8058 one-click
 body (form-data or urlencoded, parsed leniently) or the page's button. It answers 200 with a
 confirmation page, is idempotent, and never redirects. A forged or expired token gets a 400 page.
+
+`POST /admin/v1/complaints` takes one complaint report (the raw message) with
+`Authorization: Bearer TOKEN`, where `web.admin_token_hash` is the token's hash; without that
+setting the endpoint does not exist (404). Failed tokens are throttled per client address.
 """
 
 from __future__ import annotations
@@ -14,19 +18,26 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from relay.errors import StoreError
+from relay.logging import get_logger
 from relay.metrics import REGISTRY
+from relay.passwords import verify_password_async
 from relay.templates import page
+from relay.throttle import FailureThrottle
 from relay.unsubscribe import Method, unsubscribe
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from relay.clock import Clock
+    from relay.feedback import Feedback
     from relay.runtime import Runtime
     from relay.storage.base import Store
     from relay.tokens import Claim
 
+log = get_logger(__name__)
 STORE_KEY = web.AppKey("store", object)
+FEEDBACK_KEY = web.AppKey("feedback", object)
+THROTTLE_KEY = web.AppKey("throttle", object)
 RUNTIME_KEY = web.AppKey("runtime", object)
 CLOCK_KEY = web.AppKey("clock", object)
 _PAGE_HEADERS = {
@@ -109,14 +120,75 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def make_app(store: Store, runtime: Callable[[], Runtime], clock: Clock) -> web.Application:
+def _json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None when it is larger than `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    body = await request.content.read(limit + 1)
+    return None if len(body) > limit else body
+
+
+async def ingest_complaint(request: web.Request) -> web.Response:  # noqa: PLR0911 - one per error
+    """Take one complaint report from the abuse desk's tools (bearer token)."""
+    runtime = _runtime(request)
+    token_hash = runtime.config.web.admin_token_hash
+    if token_hash is None:
+        raise web.HTTPNotFound
+    throttle: FailureThrottle = request.app[THROTTLE_KEY]  # type: ignore[assignment]
+    client = request.remote or "unknown"
+    if throttle.blocked(client):
+        return _json_error(429, "throttled", "too many failed attempts, try again later")
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not await verify_password_async(token_hash, token.strip()):
+        throttle.record(client)
+        log.warning("admin_auth_failed", client_ip=client, path=request.path)
+        return _json_error(
+            401,
+            "unauthorized",
+            "a valid bearer token is required",
+            **{"WWW-Authenticate": 'Bearer realm="optin-relay"'},
+        )
+    body = await _read_limited(request, runtime.config.smtp.max_message_size)
+    if body is None:
+        return _json_error(413, "too_large", "the report exceeds smtp.max_message_size")
+    if not body.strip():
+        return _json_error(400, "empty", "the body must be the report message")
+    feedback: Feedback = request.app[FEEDBACK_KEY]  # type: ignore[assignment]
+    try:
+        result = await feedback.complaint(body, source="http", trusted=True)
+    except StoreError:
+        return _json_error(503, "unavailable", "the store is unavailable, try again later")
+    if result.outcome == "malformed":
+        return _json_error(422, "malformed_report", result.cause)
+    return web.json_response(
+        {
+            "outcome": result.outcome,
+            "cause": result.cause,
+            "case_id": result.case_id,
+            "account_id": result.account_id,
+            "recipient": result.recipient,
+        }
+    )
+
+
+def make_app(
+    store: Store, runtime: Callable[[], Runtime], clock: Clock, feedback: Feedback
+) -> web.Application:
     """The aiohttp application."""
     app = web.Application(client_max_size=64 * 1024)
     app[STORE_KEY] = store
     app[RUNTIME_KEY] = runtime
     app[CLOCK_KEY] = clock
+    app[FEEDBACK_KEY] = feedback
+    smtp = runtime().config.smtp
+    app[THROTTLE_KEY] = FailureThrottle(smtp.auth_failure_limit, smtp.auth_failure_window, clock)
     app.router.add_get("/u/{token}", unsubscribe_page)
     app.router.add_post("/u/{token}", unsubscribe_post)
+    app.router.add_post("/admin/v1/complaints", ingest_complaint)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     return app

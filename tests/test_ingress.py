@@ -40,13 +40,18 @@ async def test_message_relayed_with_received_header_and_intact_body(
     assert "queued as" in reply
     await eventually(lambda: len(upstream.messages) == 1)
     got = upstream.messages[0]
-    assert got.mail_from == "news@acme.example"
+    # The envelope sender points bounces back at the relay (VERP), naming this recipient.
+    assert re.fullmatch(r"bounce\+[a-z2-7]{29}@relay\.test\.example", got.mail_from)
     assert got.rcpt == "alice@example.net"
-    # DKIM-Signature fields come first (added last, on the way out), then our Received.
+    # DKIM-Signature fields come first (added last, on the way out), then the trace field
+    # with the same token, then our Received.
     unsigned = re.sub(
         rb"^DKIM-Signature:.*?\r\n(?=\S)", b"", got.content, flags=re.DOTALL | re.MULTILINE
     )
-    first, rest = unsigned.split(b"\r\n", 1)
+    trace, rest = unsigned.split(b"\r\n", 1)
+    token = got.mail_from.split("+")[1].split("@")[0]
+    assert trace == f"X-Optin-Trace: {token}".encode()
+    first, rest = rest.split(b"\r\n", 1)
     assert first.startswith(b"Received: from ")
     assert b"by relay.test.example (optin-relay) with ESMTPSA id " in got.content
     assert_relayed_intact(got.content, body)

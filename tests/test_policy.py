@@ -97,6 +97,7 @@ def test_mandatory_policies_always_run(sqlite_url, tls_files):
         "rate_limit",
         "broadcast",
         "unsubscribe",
+        "trace",
         "dkim",
     ]
 

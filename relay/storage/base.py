@@ -5,9 +5,12 @@ from __future__ import annotations
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-MessageKind = Literal["message", "dsn"]
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+MessageKind = Literal["message", "dsn", "notice"]  # notice: mail the relay itself writes
 
 
 def new_message_id() -> str:
@@ -137,6 +140,105 @@ def consent_row(record: Consent) -> tuple[object, ...]:
         record.evidence,
         record.withdrawn_at,
     )
+
+
+CaseStatus = Literal["open", "awaiting_proof", "upheld", "dismissed"]
+CASE_COLUMNS = (
+    "id, account_id, recipient, reference, message_id, source, feedback_type, report, status,"
+    " opened_at, deadline, updated_at, resolved_at, resolution, fine_cents, proof, evidence,"
+    " appealed_at"
+)
+STAT_BUCKET = 3600.0  # seconds per bucket of account statistics
+STAT_KINDS: tuple[str, ...] = (
+    "delivered",
+    "refused",
+    "unsubscribe",
+    "complaint",
+    "bounce",
+    "soft_bounce",
+)
+
+
+def new_case_id() -> str:
+    """A case id: sortable by time of opening, unique across processes."""
+    return f"C{new_message_id()}"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A complaint against an account: who complained about which message, and where it stands."""
+
+    id: str
+    account_id: str
+    recipient: str
+    reference: str  # what the complaint is about: the relay's queue id, else the report's id
+    message_id: str | None  # the relay's queue id, when the report was attributed to it
+    source: str  # fbl | abuse | cli | http
+    feedback_type: str
+    report: bytes
+    status: CaseStatus
+    opened_at: float
+    deadline: float
+    updated_at: float
+    resolved_at: float | None = None
+    resolution: str | None = None
+    fine_cents: int = 0
+    proof: str | None = None
+    evidence: str | None = None
+    appealed_at: float | None = None
+
+
+def case_from_row(row: Iterable[Any]) -> Case:
+    """A case from a row selected as CASE_COLUMNS (the report comes back as bytes)."""
+    values = list(row)
+    values[7] = bytes(values[7])
+    return Case(*values)
+
+
+def case_row(case: Case) -> tuple[object, ...]:
+    """A case's column values in the order of CASE_COLUMNS (both backends)."""
+    return tuple(getattr(case, name.strip()) for name in CASE_COLUMNS.split(","))
+
+
+@dataclass(frozen=True)
+class CaseEvent:
+    """One step in a case's history."""
+
+    case_id: str
+    action: str
+    status: CaseStatus
+    detail: str
+    actor: str
+    at: float
+
+
+@dataclass(frozen=True)
+class CaseChange:
+    """A move of a case to `status`, with what comes with it (None leaves a field as it is)."""
+
+    status: CaseStatus
+    action: str
+    actor: str
+    detail: str = ""
+    resolution: str | None = None
+    fine_cents: int | None = None
+    proof: str | None = None
+    evidence: str | None = None
+    appealed: bool = False
+    resolved: bool = False
+
+
+@dataclass(frozen=True)
+class SentRecipient:
+    """One recipient of a spooled message, as feedback attribution needs it."""
+
+    recipient_id: int
+    message_id: str
+    account_id: str | None
+    recipient: str
+    kind: MessageKind
+    received_at: float
+    status: str
 
 
 @dataclass(frozen=True)
@@ -325,4 +427,57 @@ class Store(Protocol):
 
     async def has_flag(self, account_id: str, flag: str) -> bool:
         """Whether the account carries `flag`."""
+        ...
+
+    # --- feedback: attribution, cases and account statistics ---
+
+    async def sent(self, recipient_id: int) -> SentRecipient | None:
+        """The spooled recipient with this id (the id bounce and trace tokens carry)."""
+        ...
+
+    async def sent_in_message(self, message_id: str) -> list[SentRecipient]:
+        """Every recipient of the spooled message `message_id`."""
+        ...
+
+    async def open_case(self, case: Case) -> bool:
+        """Record a new case; False if one for the same account, recipient and reference exists."""
+        ...
+
+    async def case(self, case_id: str) -> Case | None:
+        """The case with this id."""
+        ...
+
+    async def case_events(self, case_id: str) -> list[CaseEvent]:
+        """The case's history, oldest first."""
+        ...
+
+    async def cases(
+        self,
+        *,
+        account_id: str | None = None,
+        status: CaseStatus | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[Case]:
+        """Cases, newest first, filtered by account, status and opening time."""
+        ...
+
+    async def change_case(
+        self, case_id: str, change: CaseChange, *, expect: tuple[CaseStatus, ...], now: float
+    ) -> bool:
+        """Apply `change` if the case is in one of the `expect` states; False if it was not."""
+        ...
+
+    async def due_cases(self, now: float) -> list[Case]:
+        """Cases awaiting proof, without an appeal, whose deadline has passed."""
+        ...
+
+    async def add_stats(self, rows: list[tuple[str, str, float, int]]) -> None:
+        """Add `(account_id, kind, at, count)` rows to the hourly account statistics."""
+        ...
+
+    async def stats(
+        self, *, since: float, account_id: str | None = None
+    ) -> dict[str, dict[str, int]]:
+        """Per account, the sum of each statistic over the buckets since `since`."""
         ...

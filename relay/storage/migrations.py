@@ -138,6 +138,51 @@ SQLITE: list[tuple[int, str]] = [
         6,
         "DROP TABLE campaign_sends",  # campaign sizes live in window_counts since migration 5
     ),
+    (
+        7,
+        """
+        CREATE TABLE cases (
+            id TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            message_id TEXT,
+            source TEXT NOT NULL,
+            feedback_type TEXT NOT NULL,
+            report BLOB NOT NULL,
+            status TEXT NOT NULL,
+            opened_at REAL NOT NULL,
+            deadline REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            resolved_at REAL,
+            resolution TEXT,
+            fine_cents INTEGER NOT NULL DEFAULT 0,
+            proof TEXT,
+            evidence TEXT,
+            appealed_at REAL,
+            UNIQUE (account_id, recipient, reference)
+        );
+        CREATE INDEX cases_due ON cases (status, deadline);
+        CREATE INDEX cases_account ON cases (account_id, opened_at);
+        CREATE TABLE case_events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            case_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            status TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at REAL NOT NULL
+        );
+        CREATE INDEX case_events_case ON case_events (case_id, id);
+        CREATE TABLE account_stats (
+            account_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            bucket REAL NOT NULL,
+            count BIGINT NOT NULL,
+            PRIMARY KEY (account_id, kind, bucket)
+        );
+        """,
+    ),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -275,5 +320,50 @@ POSTGRES: list[tuple[int, str]] = [
     (
         6,
         "DROP TABLE campaign_sends",  # campaign sizes live in window_counts since migration 5
+    ),
+    (
+        7,
+        """
+        CREATE TABLE cases (
+            id TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            message_id TEXT,
+            source TEXT NOT NULL,
+            feedback_type TEXT NOT NULL,
+            report BYTEA NOT NULL,
+            status TEXT NOT NULL,
+            opened_at DOUBLE PRECISION NOT NULL,
+            deadline DOUBLE PRECISION NOT NULL,
+            updated_at DOUBLE PRECISION NOT NULL,
+            resolved_at DOUBLE PRECISION,
+            resolution TEXT,
+            fine_cents INTEGER NOT NULL DEFAULT 0,
+            proof TEXT,
+            evidence TEXT,
+            appealed_at DOUBLE PRECISION,
+            UNIQUE (account_id, recipient, reference)
+        );
+        CREATE INDEX cases_due ON cases (status, deadline);
+        CREATE INDEX cases_account ON cases (account_id, opened_at);
+        CREATE TABLE case_events (
+            id BIGSERIAL PRIMARY KEY,
+            case_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            status TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX case_events_case ON case_events (case_id, id);
+        CREATE TABLE account_stats (
+            account_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            bucket DOUBLE PRECISION NOT NULL,
+            count BIGINT NOT NULL,
+            PRIMARY KEY (account_id, kind, bucket)
+        );
+        """,
     ),
 ]

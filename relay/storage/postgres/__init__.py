@@ -1,11 +1,12 @@
 """The PostgresStore (see relay.storage.postgres.core for how it works)."""
 
 from relay.storage.postgres.accounts import PostgresAccounts
+from relay.storage.postgres.feedback import PostgresFeedback
 from relay.storage.postgres.lists import PostgresLists
 from relay.storage.postgres.spool import PostgresSpool
 
 
-class PostgresStore(PostgresSpool, PostgresLists, PostgresAccounts):
+class PostgresStore(PostgresSpool, PostgresLists, PostgresAccounts, PostgresFeedback):
     """The `Store` on PostgreSQL: one class made of its parts."""
 
 

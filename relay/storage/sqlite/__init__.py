@@ -1,11 +1,12 @@
 """The SqliteStore (see relay.storage.sqlite.core for how it works)."""
 
 from relay.storage.sqlite.accounts import SqliteAccounts
+from relay.storage.sqlite.feedback import SqliteFeedback
 from relay.storage.sqlite.lists import SqliteLists
 from relay.storage.sqlite.spool import SqliteSpool
 
 
-class SqliteStore(SqliteSpool, SqliteLists, SqliteAccounts):
+class SqliteStore(SqliteSpool, SqliteLists, SqliteAccounts, SqliteFeedback):
     """The `Store` on SQLite: one class made of its parts."""
 
 

@@ -1,0 +1,351 @@
+"""Feedback intake: every complaint and bounce ends here (SMTP, the CLI or the admin endpoint).
+
+A complaint is attributed to an account and recipient from what the relay put into the message
+(the trace header, the bounce address, the unsubscribe token, the queue id in its Received
+field); reports without those markers are attributed by their From domain only from trusted
+sources (CLI, HTTP) or when `feedback.attribute_by_from_domain` is set. Then the recipient is
+suppressed, a case opened (or dismissed at once on a confirmed opt-in record) and the account's
+complaint rate checked. A complaint from someone suppressed before the send terminates the
+account. A bounce (to bounce+TOKEN@) suppresses on a hard failure and is counted either way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from email.utils import getaddresses
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from relay import cases
+from relay.accounts import change_state
+from relay.logging import get_logger
+from relay.reports import ComplaintReport, bounce_class, read_complaint, read_dsn
+from relay.stats import check_rate
+from relay.storage.base import (
+    GLOBAL_SCOPE,
+    Case,
+    Suppression,
+    new_case_id,
+    normalize_address,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from relay.clock import Clock
+    from relay.config import Config
+    from relay.reports import BounceClass
+    from relay.storage.base import AccountStateName, SentRecipient, Store
+    from relay.tokens import TokenCodec
+
+log = get_logger(__name__)
+Source = Literal["fbl", "abuse", "cli", "http"]
+Outcome = Literal["case", "dismissed", "suppress", "count", "ignore", "duplicate", "malformed"]
+MAX_STORED_REPORT = 256 * 1024
+_TRACE = re.compile(r"X-Optin-Trace:\s*([a-z2-7]{29})\b", re.IGNORECASE)
+_BOUNCE = re.compile(r"\bbounce\+([a-z2-7]{29})@", re.IGNORECASE)
+_UNSUB = re.compile(r"(?:/u/|\bunsub\+)([A-Za-z0-9_-]{24,})")
+_QUEUE_ID = re.compile(r"\(optin-relay\)\s+with\s+\S+\s+id\s+([0-9A-F]{21})\b")
+
+
+class Context(Protocol):
+    """What feedback handling needs of the runtime: the config and the token keys."""
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+        ...
+
+    @property
+    def tokens(self) -> TokenCodec:
+        """The token codec made from `tokens.keys`."""
+        ...
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Which account's mail to which recipient a report is about, and how that was found."""
+
+    account_id: str
+    recipient: str
+    how: str  # trace | bounce_address | unsubscribe_token | queue_id | from_domain
+    message_id: str | None = None
+    sent_at: float | None = None
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    """What one report did."""
+
+    outcome: Outcome
+    cause: str
+    case_id: str | None = None
+    account_id: str | None = None
+    recipient: str | None = None
+
+
+def _single_address(values: list[str]) -> str | None:
+    addresses = {a.lower() for _, a in getaddresses(values) if "@" in a and "." in a.split("@")[-1]}
+    return addresses.pop() if len(addresses) == 1 else None
+
+
+class Feedback:
+    """Turns reports into suppressions, cases, statistics and account decisions."""
+
+    def __init__(
+        self,
+        store: Store,
+        runtime: Callable[[], Context],
+        clock: Clock,
+        on_spooled: Callable[[], None] = lambda: None,
+    ) -> None:
+        """Act on `store` with the current runtime's config and tokens."""
+        self.store = store
+        self.runtime = runtime
+        self.clock = clock
+        self.on_spooled = on_spooled
+
+    # --- attribution ---
+
+    async def _from_sent(self, sent: SentRecipient | None, how: str) -> Attribution | None:
+        if sent is None or sent.kind != "message" or sent.account_id is None:
+            return None
+        return Attribution(sent.account_id, sent.recipient, how, sent.message_id, sent.received_at)
+
+    async def attribute(self, report: ComplaintReport, *, trusted: bool) -> Attribution | None:
+        """Find the account and recipient a report is about (see the module docstring)."""
+        runtime = self.runtime()
+        config, tokens = runtime.config, runtime.tokens
+        text = report.enclosed_text
+        for pattern, how in ((_TRACE, "trace"), (_BOUNCE, "bounce_address")):
+            for token in pattern.findall(text):
+                recipient_id = tokens.verify_trace(token)
+                if recipient_id is not None:
+                    found = await self._from_sent(await self.store.sent(recipient_id), how)
+                    if found is not None:
+                        return found
+        for token in _UNSUB.findall(text):
+            claim = tokens.verify(token)
+            if claim is not None and config.account(claim.account_id) is not None:
+                return Attribution(claim.account_id, claim.recipient, "unsubscribe_token")
+        rcpts = {normalize_address(r) for r in report.original_rcpt_to}
+        for queue_id in _QUEUE_ID.findall(text):
+            sent = [s for s in await self.store.sent_in_message(queue_id) if s.kind == "message"]
+            match = [s for s in sent if normalize_address(s.recipient) in rcpts]
+            if len(match) == 1 or (not match and len(sent) == 1):
+                return await self._from_sent((match or sent)[0], "queue_id")
+        if trusted or config.feedback.attribute_by_from_domain:
+            return self._by_from_domain(report, config)
+        return None
+
+    def _by_from_domain(self, report: ComplaintReport, config: Config) -> Attribution | None:
+        enclosed = report.enclosed
+        if enclosed is None:
+            return None
+        sender = _single_address(enclosed.get_all("From") or [])
+        if sender is None:
+            return None
+        domain = sender.rpartition("@")[2]
+        account = next((a for a in config.accounts if domain in a.from_domains), None)
+        if account is None:
+            return None
+        recipient = _single_address(list(report.original_rcpt_to)) or _single_address(
+            enclosed.get_all("To") or []
+        )
+        if recipient is None:
+            return None
+        return Attribution(account.id, recipient, "from_domain")
+
+    # --- complaints ---
+
+    async def complaint(self, content: bytes, *, source: Source, trusted: bool) -> IntakeResult:
+        """Act on a complaint report or forwarded message; never raises for bad input."""
+        report = read_complaint(content)
+        fields: dict[str, object] = {
+            "source": source,
+            "report_id": report.report_id,
+            "cause": report.cause,
+        }
+        if report.kind == "malformed":
+            log.warning("complaint_malformed", **fields)
+            return IntakeResult("malformed", report.cause)
+        if report.kind in ("not_complaint", "auto_reply") or (
+            report.kind == "no_report" and not report.enclosed_text
+        ):
+            log.info("complaint_ignored", kind=report.kind, **fields)
+            return IntakeResult("ignore", report.cause)
+        attribution = await self.attribute(report, trusted=trusted)
+        if attribution is None:
+            cause = "no enclosed message" if report.kind == "no_report" else "not attributable"
+            log.info("complaint_unattributed", kind=report.kind, **{**fields, "cause": cause})
+            return IntakeResult("ignore", cause)
+        fields |= {
+            "account_id": attribution.account_id,
+            "recipient": attribution.recipient,
+            "attributed_by": attribution.how,
+            "original_message_id": attribution.message_id,
+        }
+        if report.kind == "unsubscribe":
+            return await self._opt_out(report, attribution, fields)
+        return await self._open_case(report, attribution, content, source, fields)
+
+    async def _opt_out(
+        self, report: ComplaintReport, attribution: Attribution, fields: dict[str, object]
+    ) -> IntakeResult:
+        config, now = self.runtime().config, self.clock.now()
+        scope = (
+            GLOBAL_SCOPE if config.feedback.complaint_scope == "global" else attribution.account_id
+        )
+        added = await self.store.suppress(
+            Suppression(attribution.recipient, scope, "unsubscribe", "fbl:opt-out", now),
+            actor="feedback:opt-out",
+        )
+        if added:
+            await self.store.add_stats([(attribution.account_id, "unsubscribe", now, 1)])
+        log.info("unsubscribed", method="fbl", scope=scope, new=added, **fields)
+        return IntakeResult(
+            "suppress", report.cause, None, attribution.account_id, attribution.recipient
+        )
+
+    async def _open_case(
+        self,
+        report: ComplaintReport,
+        attribution: Attribution,
+        content: bytes,
+        source: Source,
+        fields: dict[str, object],
+    ) -> IntakeResult:
+        config, now = self.runtime().config, self.clock.now()
+        account_id, recipient = attribution.account_id, normalize_address(attribution.recipient)
+        prior = await self.store.suppressed(recipient, account_id)
+        scope = GLOBAL_SCOPE if config.feedback.complaint_scope == "global" else account_id
+        await self.store.suppress(
+            Suppression(recipient, scope, "complaint", f"{source}:{report.feedback_type}", now),
+            actor=f"feedback:{source}",
+        )
+        reference = (
+            attribution.message_id or report.report_id or hashlib.sha256(content).hexdigest()
+        )
+        case = Case(
+            id=new_case_id(),
+            account_id=account_id,
+            recipient=recipient,
+            reference=reference,
+            message_id=attribution.message_id,
+            source=source,
+            feedback_type=report.feedback_type,
+            report=content[:MAX_STORED_REPORT],
+            status="open",
+            opened_at=now,
+            deadline=now + config.feedback.proof_deadline,
+            updated_at=now,
+        )
+        if not await self.store.open_case(case):
+            log.info("complaint_duplicate", reference=reference, **fields)
+            return IntakeResult("duplicate", "already recorded", None, account_id, recipient)
+        await self.store.add_stats([(account_id, "complaint", now, 1)])
+        log.warning(
+            "complaint_received", case_id=case.id, feedback_type=report.feedback_type, **fields
+        )
+        proof = await cases.find_proof(self.store, account_id, recipient, attribution.sent_at)
+        if proof is not None:
+            await cases.dismiss_with_proof(self.store, config, case, proof, now=now)
+            outcome: Outcome = "dismissed"
+        else:
+            await cases.ask_for_proof(self.store, config, case, now=now)
+            outcome = "case"
+        self.on_spooled()
+        if (
+            prior is not None
+            and attribution.sent_at is not None
+            and prior.created_at < attribution.sent_at
+        ):
+            await self._after_suppression(case, prior.reason, prior.created_at, now=now)
+        else:
+            await check_rate(self.store, config, account_id, "complaint_rate", now=now)
+        return IntakeResult(outcome, report.cause, case.id, account_id, recipient)
+
+    async def _after_suppression(
+        self, case: Case, reason: str, since: float, *, now: float
+    ) -> None:
+        """A complaint from someone the account had been told to stop mailing."""
+        config = self.runtime().config
+        state: AccountStateName = (
+            "terminated" if config.feedback.after_suppression == "terminate" else "suspended"
+        )
+        current = await self.store.account_state(case.account_id)
+        if current is not None and current.state == "terminated":
+            return
+        log.warning(
+            "complaint_after_suppression",
+            case_id=case.id,
+            account_id=case.account_id,
+            recipient=case.recipient,
+            suppressed_reason=reason,
+            suppressed_at=since,
+        )
+        await change_state(
+            self.store,
+            case.account_id,
+            state,
+            reason=(
+                f"complaint {case.id} from {case.recipient}, suppressed ({reason}) before the send"
+            ),
+            actor="feedback:after_suppression",
+            now=now,
+        )
+
+    # --- bounces ---
+
+    async def bounce(self, content: bytes, recipient_id: int) -> IntakeResult:
+        """Act on a DSN that came back to bounce+TOKEN@ (the token names `recipient_id`)."""
+        sent = await self.store.sent(recipient_id)
+        if sent is None:
+            log.info("bounce_ignored", cause="unknown recipient id", recipient_id=recipient_id)
+            return IntakeResult("ignore", "unknown recipient id")
+        fields = {
+            "account_id": sent.account_id,
+            "recipient": sent.recipient,
+            "original_message_id": sent.message_id,
+        }
+        entries = read_dsn(content)
+        if entries is None:
+            log.info("bounce_ignored", cause="not a delivery status notification", **fields)
+            return IntakeResult("ignore", "not a DSN", None, sent.account_id, sent.recipient)
+        address = normalize_address(sent.recipient)
+        about = [e for e in entries if address in (e.final_recipient, e.original_recipient)]
+        classes = [bounce_class(e) for e in (about or entries)]
+        worst: BounceClass = (
+            "hard" if "hard" in classes else "soft" if "soft" in classes else "none"
+        )
+        if worst == "none":
+            log.info("bounce_ignored", cause="no failed or delayed recipient", **fields)
+            return IntakeResult("ignore", "no failure", None, sent.account_id, sent.recipient)
+        entry = (about or entries)[classes.index(worst)]
+        now = self.clock.now()
+        fields |= {"action": entry.action, "status": entry.status, "diagnostic": entry.diagnostic}
+        counted = sent.kind == "message" and sent.account_id is not None
+        if worst == "soft":
+            if counted:
+                await self.store.add_stats([(str(sent.account_id), "soft_bounce", now, 1)])
+            log.info("bounce_soft", **fields)
+            return IntakeResult("count", "soft bounce", None, sent.account_id, sent.recipient)
+        scope = sent.account_id or GLOBAL_SCOPE
+        await self.store.suppress(
+            Suppression(address, scope, "bounce", f"dsn:{entry.status}", now), actor="feedback:dsn"
+        )
+        log.warning("bounce_hard", scope=scope, **fields)
+        if counted:
+            account_id = str(sent.account_id)
+            await self.store.add_stats([(account_id, "bounce", now, 1)])
+            await check_rate(self.store, self.runtime().config, account_id, "bounce_rate", now=now)
+        return IntakeResult("suppress", "hard bounce", None, sent.account_id, sent.recipient)
+
+
+def verify_bounce_token(tokens: TokenCodec, local: str) -> int | None:
+    """The recipient id in a `bounce+TOKEN` local part, if the token is genuine."""
+    prefix, _, token = local.partition("+")
+    if prefix.lower() != "bounce" or not token:
+        return None
+    return tokens.verify_trace(token)

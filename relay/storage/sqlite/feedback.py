@@ -1,0 +1,177 @@
+"""SQLite backend: feedback attribution, complaint cases and account statistics."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from relay.storage.base import (
+    CASE_COLUMNS,
+    STAT_BUCKET,
+    Case,
+    CaseChange,
+    CaseEvent,
+    CaseStatus,
+    SentRecipient,
+    case_from_row,
+    case_row,
+)
+from relay.storage.sqlite.core import SqliteCore
+
+if TYPE_CHECKING:
+    import aiosqlite
+
+_SENT = (
+    "SELECT r.id, r.message_id, m.account_id, r.rcpt, m.kind, m.received_at, r.status"
+    " FROM recipients r JOIN messages m ON m.id = r.message_id"
+)
+
+
+async def _event(db: aiosqlite.Connection, event: CaseEvent) -> None:
+    await db.execute(
+        "INSERT INTO case_events (case_id, action, status, detail, actor, at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (event.case_id, event.action, event.status, event.detail, event.actor, event.at),
+    )
+
+
+class SqliteFeedback(SqliteCore):
+    """The feedback part of `SqliteStore`."""
+
+    async def sent(self, recipient_id: int) -> SentRecipient | None:
+        """The spooled recipient with this id."""
+        rows = await self._fetch(f"{_SENT} WHERE r.id = ?", (recipient_id,))
+        return SentRecipient(*rows[0]) if rows else None
+
+    async def sent_in_message(self, message_id: str) -> list[SentRecipient]:
+        """Every recipient of one spooled message."""
+        rows = await self._fetch(f"{_SENT} WHERE r.message_id = ? ORDER BY r.id", (message_id,))
+        return [SentRecipient(*row) for row in rows]
+
+    async def open_case(self, case: Case) -> bool:
+        """Insert the case and its first event, unless it is a duplicate."""
+
+        async def operation(db: aiosqlite.Connection) -> bool:
+            values = case_row(case)
+            before = db.total_changes
+            await db.execute(
+                f"INSERT INTO cases ({CASE_COLUMNS}) VALUES ({', '.join('?' * len(values))})"  # noqa: S608 - constant SQL
+                " ON CONFLICT DO NOTHING",
+                values,
+            )
+            if db.total_changes == before:
+                return False
+            detail = f"{case.feedback_type} report via {case.source}"
+            await _event(
+                db, CaseEvent(case.id, "open", case.status, detail, case.source, case.opened_at)
+            )
+            return True
+
+        return await self._write(operation)
+
+    async def case(self, case_id: str) -> Case | None:
+        """One case."""
+        rows = await self._fetch(f"SELECT {CASE_COLUMNS} FROM cases WHERE id = ?", (case_id,))  # noqa: S608
+        return case_from_row(rows[0]) if rows else None
+
+    async def case_events(self, case_id: str) -> list[CaseEvent]:
+        """The case's history."""
+        rows = await self._fetch(
+            "SELECT case_id, action, status, detail, actor, at FROM case_events"
+            " WHERE case_id = ? ORDER BY id",
+            (case_id,),
+        )
+        return [CaseEvent(*row) for row in rows]
+
+    async def cases(
+        self,
+        *,
+        account_id: str | None = None,
+        status: CaseStatus | None = None,
+        since: float | None = None,
+        limit: int = 1000,
+    ) -> list[Case]:
+        """Cases, newest first."""
+        rows = await self._fetch(
+            f"SELECT {CASE_COLUMNS} FROM cases"  # noqa: S608 - constant SQL
+            " WHERE (? IS NULL OR account_id = ?) AND (? IS NULL OR status = ?)"
+            " AND (? IS NULL OR opened_at >= ?) ORDER BY opened_at DESC, id DESC LIMIT ?",
+            (account_id, account_id, status, status, since, since, limit),
+        )
+        return [case_from_row(row) for row in rows]
+
+    async def change_case(
+        self, case_id: str, change: CaseChange, *, expect: tuple[CaseStatus, ...], now: float
+    ) -> bool:
+        """Compare-and-set the case's status, with the change's fields and an event."""
+
+        async def operation(db: aiosqlite.Connection) -> bool:
+            before = db.total_changes
+            await db.execute(
+                "UPDATE cases SET status = ?, updated_at = ?,"  # noqa: S608 - constant SQL
+                " resolution = COALESCE(?, resolution), fine_cents = COALESCE(?, fine_cents),"
+                " proof = COALESCE(?, proof), evidence = COALESCE(?, evidence),"
+                " appealed_at = CASE WHEN ? THEN ? ELSE appealed_at END,"
+                " resolved_at = CASE WHEN ? THEN ? ELSE resolved_at END"
+                f" WHERE id = ? AND status IN ({', '.join('?' * len(expect))})",
+                (
+                    change.status,
+                    now,
+                    change.resolution,
+                    change.fine_cents,
+                    change.proof,
+                    change.evidence,
+                    change.appealed,
+                    now,
+                    change.resolved,
+                    now,
+                    case_id,
+                    *expect,
+                ),
+            )
+            if db.total_changes == before:
+                return False
+            event = CaseEvent(
+                case_id, change.action, change.status, change.detail, change.actor, now
+            )
+            await _event(db, event)
+            return True
+
+        return await self._write(operation)
+
+    async def due_cases(self, now: float) -> list[Case]:
+        """Cases whose deadline passed without proof or appeal."""
+        rows = await self._fetch(
+            f"SELECT {CASE_COLUMNS} FROM cases WHERE status = 'awaiting_proof'"  # noqa: S608
+            " AND deadline <= ? AND appealed_at IS NULL ORDER BY deadline",
+            (now,),
+        )
+        return [case_from_row(row) for row in rows]
+
+    async def add_stats(self, rows: list[tuple[str, str, float, int]]) -> None:
+        """Add counts to hourly buckets."""
+        if not rows:
+            return
+
+        async def operation(db: aiosqlite.Connection) -> None:
+            await db.executemany(
+                "INSERT INTO account_stats (account_id, kind, bucket, count) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (account_id, kind, bucket) DO UPDATE"
+                " SET count = count + excluded.count",
+                [(a, k, at - at % STAT_BUCKET, n) for a, k, at, n in rows],
+            )
+
+        await self._write(operation)
+
+    async def stats(
+        self, *, since: float, account_id: str | None = None
+    ) -> dict[str, dict[str, int]]:
+        """Sums per account and kind since `since` (whole hourly buckets)."""
+        rows = await self._fetch(
+            "SELECT account_id, kind, SUM(count) FROM account_stats"
+            " WHERE bucket >= ? AND (? IS NULL OR account_id = ?) GROUP BY account_id, kind",
+            (since - since % STAT_BUCKET, account_id, account_id),
+        )
+        result: dict[str, dict[str, int]] = {}
+        for account, kind, total in rows:
+            result.setdefault(account, {})[kind] = int(total)
+        return result

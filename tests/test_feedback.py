@@ -1,0 +1,705 @@
+"""Complaints and bounces end to end: intake (SMTP, CLI, HTTP), attribution, suppression, cases."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from email import message_from_bytes
+from email.message import EmailMessage
+from pathlib import Path
+from subprocess import PIPE
+
+import aiohttp
+import aiosmtplib
+import dkim
+import pytest
+import yaml
+from conftest import (
+    PASSWORD,
+    PASSWORD_HASH,
+    TestUpstream,
+    config_data,
+    dkim_dns,
+    eventually,
+    simple_message,
+    smtp_client,
+)
+
+from relay import cases
+from relay.clock import ManualClock
+from relay.config import Config, parse_config
+from relay.feedback import Feedback
+from relay.reports import read_complaint
+from relay.runtime import make_codec
+from relay.storage import NewMessage, open_store
+from relay.storage.base import Consent, Suppression, new_message_id
+from relay.tokens import TokenCodec
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ACME = ("acme-crm", PASSWORD)
+CLI = [sys.executable, "-m", "relay"]
+INBOUND = "relay.test.example"
+FIXTURE_ACCOUNT = {
+    "id": "fixtures",
+    "username": "fixtures",
+    "password_hash": PASSWORD_HASH,
+    "from_domains": ["example.com", "example.net", "example.jp"],
+    "contact": "desk@example.com",
+    "brand": {"name": "Fixture Sender", "postal_address": "3 Example Street"},
+}
+
+# What each real-world report does (STANDARDS 18-23): open a case against the account owning
+# the reported From domain (for its recipient), suppress, count, or nothing at all.
+ARF_OUTCOMES: dict[str, tuple[str, str | None]] = {
+    "sisimai-arf-02.eml": ("case", "this-local-part-does-not-exist-on-yahoo@yahoo.com"),
+    "sisimai-arf-12.eml": ("ignore", None),  # opt-out, but the recipient is undisclosed
+    "sisimai-arf-14.eml": ("case", "kijitora@y.example.com"),
+    "sisimai-arf-15.eml": ("ignore", None),  # abuse, recipient undisclosed and not enclosed
+    "sisimai-arf-19.eml": ("ignore", None),  # auth-failure: no complaint
+    "sisimai-arf-22.eml": ("case", "kijitora@example.com"),  # multipart/mixed forward
+    "sisimai-arf-24.eml": ("ignore", None),  # From domain of no account
+    "sisimai-arf-26.eml": ("ignore", None),  # an auto-reply
+    "stalwart-001.eml": ("ignore", None),  # abuse, recipient undisclosed
+    "stalwart-002.eml": ("case", "user@example.com"),
+    "stalwart-003.eml": ("ignore", None),  # auth-failure
+    "stalwart-004.eml": ("ignore", None),  # auth-failure, text/rfc822-headers
+    "stalwart-005.eml": ("ignore", None),  # auth-failure
+}
+DSN_OUTCOMES: dict[str, str] = {
+    "mimekit-delivery-status-no-blank-line.txt": "count",  # failed without a status code
+    "sisimai-dos-rfc3464-01.eml": "suppress",  # 5.1.1, CRLF
+    "sisimai-lhost-office365-04.eml": "suppress",  # 5.1.351
+    "sisimai-lhost-postfix-02.eml": "suppress",  # 5.2.1 and 5.1.1
+    "sisimai-lhost-postfix-05.eml": "count",  # failed with 4.1.1: never suppress on 4.x.x
+    "sisimai-rfc3464-01.eml": "suppress",
+    "sisimai-rfc3464-03.eml": "suppress",  # 5.0.0
+    "sisimai-rfc3464-07.eml": "count",  # delayed
+    "sisimai-rfc3464-28.eml": "ignore",  # deliverable
+    "sisimai-rfc3464-55.eml": "count",  # delayed
+}
+
+
+def listeners() -> list[dict[str, str]]:
+    return [
+        {"address": "127.0.0.1:0", "tls": "starttls"},
+        {"address": "127.0.0.1:0", "tls": "none", "auth": "optional"},
+    ]
+
+
+@pytest.fixture
+def data(sqlite_url, upstream: TestUpstream, tls_files):
+    return config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        listeners=listeners(),
+    )
+
+
+async def send(relay, recipients, *, message: bytes | None = None) -> None:
+    client = await smtp_client(relay.smtp_ports[0], login=ACME)
+    await client.sendmail("news@acme.example", recipients, message or simple_message())
+    await client.quit()
+
+
+async def inbound(relay, address: str, content: bytes) -> tuple[int, str]:
+    """Mail `content` to one of the relay's own addresses, without AUTH (port 25 style)."""
+    client = await smtp_client(relay.smtp_ports[1], starttls=False)
+    await client.mail("reports@isp.example")
+    await client.rcpt(address)
+    try:
+        response = await client.data(content)
+    except aiosmtplib.SMTPDataError as exc:
+        await client.quit()
+        return exc.code, exc.message
+    await client.quit()
+    return response.code, response.message
+
+
+def arf(enclosed: bytes, *, rcpt_to: str | None = None, feedback_type: str = "abuse") -> bytes:
+    """An RFC 5965 report about `enclosed`, as a mailbox provider sends it."""
+    report = EmailMessage()
+    report["From"] = "feedback@isp.example"
+    report["To"] = f"fbl@{INBOUND}"
+    report["Subject"] = "FW: complaint"
+    report["Message-ID"] = f"<{new_message_id()}@isp.example>"
+    report.set_content("This is an email abuse report.\n")
+    report.make_mixed()
+    report.replace_header("Content-Type", 'multipart/report; report-type="feedback-report"')
+    fields = EmailMessage()
+    fields["Content-Type"] = "message/feedback-report"
+    block = f"Feedback-Type: {feedback_type}\r\nUser-Agent: ISP-FBL/1.0\r\nVersion: 1\r\n"
+    if rcpt_to:
+        block += f"Original-Rcpt-To: {rcpt_to}\r\n"
+    fields.set_payload(block)
+    report.attach(fields)
+    original = EmailMessage()
+    original["Content-Type"] = "message/rfc822"
+    original.set_payload([message_from_bytes(enclosed)])
+    report.attach(original)
+    return report.as_bytes()
+
+
+def redact(content: bytes, keep: str) -> bytes:
+    """The relayed copy as a redacting provider encloses it (RFC 6590), one marker left."""
+    header, body = content.split(b"\r\n\r\n", 1)
+    lines = re.split(rb"\r\n(?![ \t])", header)
+    kept = []
+    for line in lines:
+        name = line.split(b":", 1)[0].lower()
+        if name == b"to":
+            kept.append(b"To: redacted@isp.example")
+            continue
+        if name == b"x-optin-trace" and keep != "trace":
+            continue
+        if name in (b"list-unsubscribe", b"list-unsubscribe-post") and keep != "unsubscribe":
+            continue
+        if name == b"received" and keep != "queue_id":
+            continue
+        kept.append(line)
+    body = re.sub(rb"https://relay\.test\.example/u/[A-Za-z0-9_-]+", b"[link]", body)
+    return b"\r\n".join(kept) + b"\r\n\r\n" + body
+
+
+# --- the fixture table ---
+
+
+async def test_every_fixture_report_gives_its_outcome(start_relay, data, upstream):
+    """Each real ARF report and DSN mailed to fbl@ / bounce+TOKEN@ has its expected effect."""
+    data["accounts"].append(FIXTURE_ACCOUNT)
+    data["feedback"] = {"attribute_by_from_domain": True}
+    relay = await start_relay(data)
+    store = relay.store
+
+    for name, (outcome, recipient) in ARF_OUTCOMES.items():
+        before = (await store.cases(), await store.suppressions())
+        code, _ = await inbound(relay, f"fbl@{INBOUND}", (FIXTURES / "arf" / name).read_bytes())
+        assert code == 250, name  # unknown types and non-complaints are accepted (RFC 6650)
+        found, suppressions = await store.cases(), await store.suppressions()
+        if outcome == "case":
+            assert len(found) == len(before[0]) + 1, name
+            assert (found[0].account_id, found[0].recipient) == ("fixtures", recipient), name
+            suppressed = await store.suppressed(recipient, "fixtures")
+            assert getattr(suppressed, "reason", None) == "complaint", name
+        else:
+            assert (found, suppressions) == before, name
+    opened = [c.recipient for c in await store.cases(account_id="fixtures")]
+    assert sorted(opened) == sorted(r for o, r in ARF_OUTCOMES.values() if o == "case")
+
+    # Each DSN comes back for a message the relay sent to its first Final-Recipient.
+    targets = {}
+    for name in DSN_OUTCOMES:
+        entries = re.findall(
+            rb"Final-Recipient:\s*rfc822;\s*(\S+)",
+            (FIXTURES / "dsn" / name).read_bytes(),
+            re.IGNORECASE,
+        )
+        targets[name] = entries[0].decode().lower()
+    await send(relay, sorted(set(targets.values())))
+    relayed = lambda: {m.rcpt.lower(): m.mail_from for m in upstream.messages}  # noqa: E731
+    await eventually(lambda: set(targets.values()) <= set(relayed()))
+    bounce_address = relayed()
+    # The notices of the cases opened above went out too.
+    assert sum(m.rcpt == "desk@example.com" for m in upstream.messages) == 4
+    for name, outcome in DSN_OUTCOMES.items():
+        recipient = targets[name]
+        before = (await store.stats(since=0, account_id="acme")).get("acme", {})
+        code, _ = await inbound(
+            relay, bounce_address[recipient], (FIXTURES / "dsn" / name).read_bytes()
+        )
+        assert code == 250, name
+        after = (await store.stats(since=0, account_id="acme")).get("acme", {})
+        suppressed = await store.suppressed(recipient, "acme")
+        if outcome == "suppress":
+            assert getattr(suppressed, "reason", None) == "bounce", name
+            assert after.get("bounce", 0) == before.get("bounce", 0) + 1, name
+        else:
+            assert suppressed is None, name
+            counted = after.get("soft_bounce", 0) - before.get("soft_bounce", 0)
+            assert counted == (1 if outcome == "count" else 0), name
+
+
+def test_stalwart_reports_parse_as_their_reference_says():
+    """Feedback type, user agent, version and recipient match stalwart's parsed expectation."""
+    for path in sorted((FIXTURES / "arf").glob("stalwart-*.eml")):
+        expected = json.loads(path.with_suffix(".json").read_text())
+        report = read_complaint(path.read_bytes())
+        assert report.feedback_type == expected["feedback_type"].lower().replace(
+            "authfailure", "auth-failure"
+        ), path
+        assert report.fields["User-Agent"] == expected["user_agent"], path
+        assert int(report.fields["Version"]) == expected["version"], path
+        rcpt = expected["original_rcpt_to"]
+        assert report.original_rcpt_to == ((rcpt.strip("<>"),) if rcpt else ()), path
+
+
+# --- attribution of reports about mail the relay sent ---
+
+
+@pytest.mark.parametrize("marker", ["trace", "unsubscribe", "queue_id"])
+async def test_redacted_report_is_attributed_to_recipient_and_account(
+    start_relay, data, upstream, marker
+):
+    """With the recipient redacted, what the relay put in the copy still names them."""
+    relay = await start_relay(data)
+    await send(relay, ["alice@example.net", "bob@example.net"])
+    await eventually(lambda: len(upstream.messages) == 2)
+    bob = next(m for m in upstream.messages if m.rcpt == "bob@example.net")
+    enclosed = redact(bob.content, marker)
+    assert b"bob@example.net" not in enclosed
+    # The queue id names the message; the provider's Original-Rcpt-To picks the recipient.
+    report = arf(enclosed, rcpt_to="bob@example.net" if marker == "queue_id" else None)
+    code, _ = await inbound(relay, f"fbl@{INBOUND}", report)
+    assert code == 250
+    [case] = await relay.store.cases()
+    assert (case.account_id, case.recipient) == ("acme", "bob@example.net")
+    assert case.status == "awaiting_proof"
+    if marker != "unsubscribe":
+        assert case.message_id is not None
+    assert (await relay.store.suppressed("bob@example.net", "acme")).reason == "complaint"
+    assert await relay.store.suppressed("alice@example.net", "acme") is None
+
+
+async def test_report_without_markers_is_not_attributed_from_smtp(start_relay, data, log_lines):
+    """Anyone can mail fbl@: a From domain alone does not open a case unless configured."""
+    data["accounts"].append(FIXTURE_ACCOUNT)
+    relay = await start_relay(data)
+    code, _ = await inbound(
+        relay, f"fbl@{INBOUND}", (FIXTURES / "arf/stalwart-002.eml").read_bytes()
+    )
+    assert code == 250
+    assert await relay.store.cases() == []
+    assert await relay.store.suppressed("user@example.com", "fixtures") is None
+    [event] = [e for e in log_lines() if e["event"] == "complaint_unattributed"]
+    assert event["cause"] == "not attributable"
+
+
+async def test_forwarded_spam_to_abuse_is_a_complaint(start_relay, data, upstream):
+    """A relayed message forwarded as an attachment to abuse@ opens a case."""
+    relay = await start_relay(data)
+    await send(relay, ["carol@example.net"])
+    await eventually(lambda: len(upstream.messages) == 1)
+    forward = EmailMessage()
+    forward["From"] = "carol@example.net"
+    forward["To"] = f"abuse@{INBOUND}"
+    forward["Subject"] = "Fwd: spam"
+    forward.set_content("I never signed up for this.\n")
+    forward.add_attachment(message_from_bytes(upstream.messages[0].content))
+    code, _ = await inbound(relay, f"abuse@{INBOUND}", forward.as_bytes())
+    assert code == 250
+    [case] = await relay.store.cases()
+    assert (case.recipient, case.source, case.feedback_type) == (
+        "carol@example.net",
+        "abuse",
+        "abuse",
+    )
+
+
+async def test_malformed_and_non_complaints_change_nothing(start_relay, data, upstream, log_lines):
+    """A report missing required fields is refused with its cause; auto-replies are accepted."""
+    relay = await start_relay(data)
+    await send(relay, ["dave@example.net"])
+    await eventually(lambda: len(upstream.messages) == 1)
+    broken = arf(upstream.messages[0].content).replace(b"User-Agent: ISP-FBL/1.0\r\n", b"")
+    code, message = await inbound(relay, f"fbl@{INBOUND}", broken)
+    assert code == 550
+    assert "5.6.0" in message
+    assert "User-Agent" in message
+    auto = (
+        b"From: dave@example.net\r\nTo: fbl@relay.test.example\r\nSubject: Out of office\r\n"
+        b"Auto-Submitted: auto-replied\r\n\r\nI am away.\r\n"
+    )
+    assert (await inbound(relay, f"fbl@{INBOUND}", auto))[0] == 250
+    not_spam = arf(upstream.messages[0].content, feedback_type="not-spam")
+    assert (await inbound(relay, f"fbl@{INBOUND}", not_spam))[0] == 250
+    assert await relay.store.cases() == []
+    assert await relay.store.suppressed("dave@example.net", "acme") is None
+    events = [e["event"] for e in log_lines()]
+    assert "complaint_malformed" in events
+    assert events.count("complaint_ignored") == 2
+
+
+async def test_forged_bounce_address_is_refused_at_rcpt(start_relay, data, upstream):
+    """bounce+TOKEN@ only for tokens the relay issued."""
+    relay = await start_relay(data)
+    await send(relay, ["erin@example.net"])
+    await eventually(lambda: len(upstream.messages) == 1)
+    local = upstream.messages[0].mail_from.split("@")[0]
+    forged = local[:-3] + ("aaa" if local[-3:] != "aaa" else "bbb")
+    client = await smtp_client(relay.smtp_ports[1], starttls=False)
+    await client.mail("")
+    with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+        await client.rcpt(f"{forged}@{INBOUND}")
+    assert refused.value.code == 550
+    await client.quit()
+
+
+# --- a case end to end ---
+
+
+def write_config(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def cli(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [*CLI, *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert not check or result.returncode == 0, result.stderr
+    return result
+
+
+async def acli(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The CLI while a relay runs on this event loop (which must not block meanwhile)."""
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, *args, "--config", str(config), stdout=PIPE, stderr=PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    result = subprocess.CompletedProcess(args, proc.returncode or 0, out.decode(), err.decode())
+    assert not check or result.returncode == 0, result.stderr
+    return result
+
+
+async def test_case_end_to_end(start_relay, data, upstream, tmp_path):
+    """Complaint in, suppression, signed notice out, appeal, resolution and the fine."""
+    relay = await start_relay(data)
+    config: Config = relay.config
+    await send(relay, ["frank@example.net"])
+    await eventually(lambda: len(upstream.messages) == 1)
+    code, _ = await inbound(relay, f"fbl@{INBOUND}", arf(upstream.messages[0].content))
+    assert code == 250
+    [case] = await relay.store.cases()
+    assert case.status == "awaiting_proof"
+    assert case.deadline == case.opened_at + 7 * 86400
+
+    # The recipient is refused from now on.
+    client = await smtp_client(relay.smtp_ports[0], login=ACME)
+    await client.mail("news@acme.example")
+    with pytest.raises(aiosmtplib.SMTPRecipientRefused) as refused:
+        await client.rcpt("frank@example.net")
+    assert refused.value.code == 550
+    await client.quit()
+
+    # The account's contact is told, by mail through the relay, signed for the relay's domain.
+    await eventually(lambda: any(m.rcpt == "abuse-desk@acme.example" for m in upstream.messages))
+    notice = next(m for m in upstream.messages if m.rcpt == "abuse-desk@acme.example")
+    parsed = notice.message
+    assert parsed["From"].endswith(f"<abuse@{INBOUND}>")
+    assert case.id in parsed["Subject"]
+    text = parsed.get_payload(decode=True).decode()
+    assert "frank@example.net" in text
+    assert "opt-in record" in text
+    signature = dkim.DKIM(notice.content)
+    assert b"d=relay.test.example" in notice.content.split(b"\r\n\r\n")[0]
+    assert signature.verify(dnsfunc=dkim_dns(config))
+
+    # The account appeals with its evidence; the operator upholds; the fine is recorded.
+    path = write_config(tmp_path, data)
+    evidence = tmp_path / "proof.txt"
+    evidence.write_text("Signed up at the fair, paper form 2026-03-01.\n")
+    await acli(path, "cases", "appeal", case.id, "--evidence", str(evidence))
+    appealed = await relay.store.case(case.id)
+    assert appealed.appealed_at is not None
+    assert "paper form" in appealed.evidence
+    listed = (await acli(path, "cases", "list", "--status", "awaiting_proof")).stdout
+    assert case.id in listed
+    await acli(
+        path, "cases", "resolve", case.id, "--uphold", "--reason", "a paper form is no opt-in"
+    )
+    resolved = await relay.store.case(case.id)
+    assert resolved.status == "upheld"
+    assert resolved.fine_cents == 10000
+    shown = (await acli(path, "cases", "show", case.id)).stdout
+    assert "fine=100.00" in shown
+    assert "appeal" in shown
+    assert "uphold" in shown
+    again = await acli(path, "cases", "resolve", case.id, "--dismiss", "--reason", "x", check=False)
+    assert again.returncode == 1
+    assert "upheld" in again.stderr
+
+
+async def test_complaint_with_confirmed_opt_in_is_dismissed_with_proof(
+    start_relay, data, upstream, clock
+):
+    """The consent store holds a confirmed record: the case is dismissed and the proof attached."""
+    relay = await start_relay(data)
+    now = clock.now()
+    await relay.store.record_consents(
+        [
+            Consent(
+                "acme",
+                "gina@example.net",
+                "newsletter",
+                "confirmed",
+                subscribed_at=now - 7200,
+                confirmed_at=now - 7000,
+                source="form:https://acme.example/subscribe",
+                ip="192.0.2.7",
+                user_agent="Mozilla/5.0",
+                consent_text_version="v3",
+            )
+        ]
+    )
+    await send(relay, ["gina@example.net"])
+    await eventually(lambda: len(upstream.messages) == 1)
+    code, _ = await inbound(relay, f"fbl@{INBOUND}", arf(upstream.messages[0].content))
+    assert code == 250
+    [case] = await relay.store.cases()
+    assert case.status == "dismissed"
+    assert "confirmed opt-in record" in case.proof
+    assert "192.0.2.7" in case.proof
+    assert case.fine_cents == 0
+    # Dismissed or not, a complaint is an unsubscribe (RFC 6449 section 4.3.1).
+    assert (await relay.store.suppressed("gina@example.net", "acme")).reason == "complaint"
+    await eventually(lambda: any(m.rcpt == "abuse-desk@acme.example" for m in upstream.messages))
+    notice = next(m for m in upstream.messages if m.rcpt == "abuse-desk@acme.example")
+    assert "dismissed" in notice.message["Subject"]
+
+
+# --- intake by CLI and HTTP ---
+
+
+async def test_complaints_ingest_and_stats_cli(tmp_path, sqlite_url, tls_files):
+    """`complaints ingest` acts like fbl@ (from-domain attribution allowed); `stats` counts it."""
+    data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
+    data["accounts"].append(FIXTURE_ACCOUNT)
+    path = write_config(tmp_path, data)
+    broken = tmp_path / "broken.eml"
+    broken.write_bytes(
+        (FIXTURES / "arf/stalwart-002.eml").read_bytes().replace(b"User-Agent:", b"X-Agent:")
+    )
+    result = cli(
+        path,
+        "complaints",
+        "ingest",
+        str(FIXTURES / "arf/stalwart-002.eml"),
+        str(FIXTURES / "arf/stalwart-003.eml"),
+        str(broken),
+        check=False,
+    )
+    assert result.returncode == 1  # one report was malformed
+    rows = [line.split("\t") for line in result.stdout.splitlines()]
+    assert [row[1] for row in rows] == ["case", "ignore", "malformed"]
+    assert rows[0][3:5] == ["fixtures", "user@example.com"]
+    again = cli(path, "complaints", "ingest", str(FIXTURES / "arf/stalwart-002.eml"))
+    assert again.stdout.split("\t")[1] == "duplicate"
+    stats = [json.loads(line) for line in cli(path, "stats", "--json").stdout.splitlines()]
+    fixtures = next(s for s in stats if s["account"] == "fixtures")
+    assert fixtures["complaint"] == 1
+    assert fixtures["complaint_rate"] is None  # nothing delivered yet
+    assert (
+        cli(path, "stats", "--account", "fixtures")
+        .stdout.splitlines()[1]
+        .startswith("fixtures\t0\t0\t0\t1\t0\t0")
+    )
+
+
+async def test_admin_endpoint_takes_reports_with_a_token(start_relay, data):
+    """POST /admin/v1/complaints needs the bearer token whose hash is configured."""
+    data["accounts"].append(FIXTURE_ACCOUNT)
+    relay = await start_relay(data)
+    url = f"http://127.0.0.1:{relay.web_port}/admin/v1/complaints"
+    report = (FIXTURES / "arf/stalwart-002.eml").read_bytes()
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, data=report, headers={"Authorization": f"Bearer {PASSWORD}"}) as r,
+    ):
+        assert r.status == 404  # no admin_token_hash: the endpoint does not exist
+    data["web"]["admin_token_hash"] = PASSWORD_HASH
+    relay = await start_relay(data)
+    url = f"http://127.0.0.1:{relay.web_port}/admin/v1/complaints"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(url, data=report, headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 401
+            assert (await r.json())["error"] == "unauthorized"
+        headers = {"Authorization": f"Bearer {PASSWORD}"}
+        async with http.post(url, data=report, headers=headers) as r:
+            assert r.status == 200
+            body = await r.json()
+        assert (body["outcome"], body["account_id"], body["recipient"]) == (
+            "case",
+            "fixtures",
+            "user@example.com",
+        )
+        broken = report.replace(b"Version: 1", b"X-Version: 1")
+        async with http.post(url, data=broken, headers=headers) as r:
+            assert r.status == 422
+            assert (await r.json())["error"] == "malformed_report"
+        too_large = io.BytesIO(b"x" * (relay.config.smtp.max_message_size + 1))
+        async with http.post(url, data=too_large, headers=headers) as r:
+            assert r.status == 413
+    assert (await relay.store.case(body["case_id"])).recipient == "user@example.com"
+
+
+# --- deadlines, thresholds and repeat offenders (injected clock, real store) ---
+
+
+@dataclass(frozen=True)
+class Context:
+    """The config and token codec the feedback service reads."""
+
+    config: Config
+    tokens: TokenCodec
+
+
+@pytest.fixture
+async def world(store_url, tls_files):
+    """A Feedback service on a real store with a manual clock."""
+    clock = ManualClock()
+    data = config_data(store_url=store_url, upstream_port=25, tls_files=tls_files)
+    data["feedback"] = {"bounce_rate": {"warn": 0.01, "suspend": 0.02, "min_volume": 100}}
+    config = parse_config(data)
+    context = Context(config, make_codec(config, clock))
+    store = open_store(store_url)
+    await store.open()
+    await store.migrate()
+    yield Feedback(store, lambda: context, clock), store, clock, context
+    await store.close()
+
+
+async def spool(store, clock, recipients, *, account="acme") -> list[int]:
+    message = NewMessage(
+        id=new_message_id(),
+        account_id=account,
+        mail_from="news@acme.example",
+        recipients=tuple(recipients),
+        content=simple_message(),
+        received_at=clock.now(),
+    )
+    await store.spool(message)
+    return [s.recipient_id for s in await store.sent_in_message(message.id)]
+
+
+def traced(tokens: TokenCodec, recipient_id: int) -> bytes:
+    """A complaint report whose enclosed copy carries only the relay's trace header."""
+    enclosed = f"X-Optin-Trace: {tokens.trace(recipient_id)}\r\n".encode() + simple_message(
+        to="redacted@isp.example"
+    )
+    return arf(enclosed)
+
+
+async def test_complaint_rate_warns_then_suspends(world, log_lines):
+    """0.1% warns, 0.3% suspends (complaints / delivered in the window, above min_volume)."""
+    feedback, store, clock, context = world
+    await store.add_stats([("acme", "delivered", clock.now(), 1000)])
+    ids = await spool(store, clock, [f"r{i}@example.net" for i in range(3)])
+    await feedback.complaint(traced(context.tokens, ids[0]), source="fbl", trusted=False)
+    assert [e["rate"] for e in log_lines() if e["event"] == "account_rate_warning"] == [0.001]
+    assert await store.account_state("acme") is None  # still active
+    await feedback.complaint(traced(context.tokens, ids[1]), source="fbl", trusted=False)
+    assert await store.account_state("acme") is None
+    await feedback.complaint(traced(context.tokens, ids[2]), source="fbl", trusted=False)
+    state = await store.account_state("acme")
+    assert state.state == "suspended"
+    assert state.reason.startswith("complaint_rate:")
+
+
+async def test_complaint_rate_needs_volume_and_counts_only_the_window(world):
+    """Below min_volume no rate applies; deliveries older than the window do not count."""
+    feedback, store, clock, context = world
+    await store.add_stats([("acme", "delivered", clock.now(), 5000)])
+    clock.advance(8 * 86400)  # those deliveries leave the 7-day window
+    await store.add_stats([("acme", "delivered", clock.now(), 999)])
+    ids = await spool(store, clock, [f"r{i}@example.net" for i in range(5)])
+    for recipient_id in ids:
+        await feedback.complaint(traced(context.tokens, recipient_id), source="fbl", trusted=False)
+    assert await store.account_state("acme") is None  # 5/999 but under min_volume 1000
+    await store.add_stats([("acme", "delivered", clock.now(), 1)])
+    [more] = await spool(store, clock, ["r9@example.net"])
+    await feedback.complaint(traced(context.tokens, more), source="fbl", trusted=False)
+    assert (await store.account_state("acme")).state == "suspended"
+
+
+async def test_bounce_rate_suspends(world):
+    """Hard bounces over the bounce-rate threshold suspend; soft ones only count."""
+    feedback, store, clock, _ = world
+    await store.add_stats([("acme", "delivered", clock.now(), 100)])
+    ids = await spool(store, clock, ["a@example.net", "b@example.net", "c@example.net"])
+    soft = (FIXTURES / "dsn/sisimai-rfc3464-07.eml").read_bytes()
+    hard = (FIXTURES / "dsn/sisimai-rfc3464-01.eml").read_bytes()
+    assert (await feedback.bounce(soft, ids[0])).outcome == "count"
+    assert (await feedback.bounce(hard, ids[1])).outcome == "suppress"
+    assert await store.account_state("acme") is None  # 1% warns
+    assert (await feedback.bounce(hard, ids[2])).outcome == "suppress"
+    state = await store.account_state("acme")
+    assert state.state == "suspended"
+    assert state.reason.startswith("bounce_rate:")
+    totals = (await store.stats(since=0))["acme"]
+    assert (totals["bounce"], totals["soft_bounce"]) == (2, 1)
+    assert (await store.suppressed("b@example.net", "acme")).reason == "bounce"
+    assert await store.suppressed("a@example.net", "acme") is None
+
+
+async def test_deadline_upholds_unappealed_cases_and_repeat_offenders_are_suspended(world):
+    """No proof by the deadline: upheld with the fine; appealed cases wait for an operator."""
+    feedback, store, clock, context = world
+    ids = await spool(store, clock, [f"r{i}@example.net" for i in range(5)])
+    opened = [
+        (await feedback.complaint(traced(context.tokens, i), source="fbl", trusted=False)).case_id
+        for i in ids
+    ]
+    await cases.appeal(
+        store, opened[0], "double opt-in log attached", actor="cli:test", now=clock.now()
+    )
+    clock.advance(6 * 86400)
+    assert await cases.sweep(store, lambda: context.config, now=clock.now()) == []
+    clock.advance(86400)
+    upheld = await cases.sweep(store, lambda: context.config, now=clock.now())
+    assert sorted(upheld) == sorted(opened[1:])
+    for case_id in opened[1:]:
+        case = await store.case(case_id)
+        assert (case.status, case.fine_cents, case.resolution) == (
+            "upheld",
+            10000,
+            "no proof of permission by the deadline",
+        )
+    assert (await store.case(opened[0])).status == "awaiting_proof"
+    # Three upheld cases within 30 days: the account is suspended as a repeat offender.
+    state = await store.account_state("acme")
+    assert state.state == "suspended"
+    assert state.reason.startswith("upheld_cases:")
+
+
+async def test_complaint_from_someone_suppressed_before_the_send_terminates(world):
+    """The account had been told to stop mailing them: grounds for termination."""
+    feedback, store, clock, context = world
+    await store.suppress(
+        Suppression("zoe@example.net", "acme", "unsubscribe", "one_click", clock.now()),
+        actor="one_click",
+    )
+    clock.advance(60)
+    [recipient_id] = await spool(store, clock, ["zoe@example.net"])
+    clock.advance(60)
+    result = await feedback.complaint(
+        traced(context.tokens, recipient_id), source="fbl", trusted=False
+    )
+    assert result.outcome == "case"
+    state = await store.account_state("acme")
+    assert state.state == "terminated"
+    assert "suppressed (unsubscribe) before the send" in state.reason
+
+
+def test_trace_tokens():
+    """Short, case-insensitive, unforgeable, and verified by every configured key."""
+    clock = ManualClock()
+    old = TokenCodec([b"k" * 32], clock, max_age=86400 * 365)
+    new = TokenCodec([b"n" * 32, b"k" * 32], clock, max_age=86400 * 365)
+    token = old.trace(123456789)
+    assert len(f"bounce+{token}") <= 64
+    assert new.verify_trace(token) == 123456789
+    assert new.verify_trace(token.upper()) == 123456789
+    assert old.verify_trace(new.trace(5)) is None
+    assert old.verify_trace(token[:-1] + ("a" if token[-1] != "a" else "b")) is None
+    assert old.verify_trace("not a token") is None
+    assert old.verify(token) is None  # never an unsubscribe token
