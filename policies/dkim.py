@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 _BARE_LF = re.compile(rb"(?<!\r)\n")
 _DKIM_FIELD = re.compile(rb"^dkim-signature[ \t]*:", re.IGNORECASE)
-_FROM_FIELD = re.compile(rb"^from[ \t]*:(.*(?:\r\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
+_FROM_FIELD = re.compile(
+    rb"^from[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE
+)
 
 
 class Settings(BaseModel):
@@ -46,7 +48,7 @@ def from_domain(content: bytes) -> str | None:
     match = _FROM_FIELD.search(header)
     if match is None:
         return None
-    value = match.group(1).decode("utf-8", "replace").replace("\r\n", "")
+    value = match.group(1).decode("utf-8", "replace").replace("\r", "").replace("\n", "")
     addresses = [addr for _, addr in getaddresses([value]) if "@" in addr]
     return addresses[0].rpartition("@")[2].lower() if addresses else None
 

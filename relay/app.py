@@ -22,6 +22,7 @@ from relay.logging import get_logger
 from relay.runtime import Runtime, RuntimeRef
 from relay.stats import StatsRecorder
 from relay.storage import open_store
+from relay.subscriptions import Subscriptions
 from relay.throttle import ConnectionLimiter, FailureThrottle
 from relay.upstream import SmtpUpstream
 from relay.web import make_app
@@ -83,6 +84,7 @@ class Relay:
             stats=self.stats,
         )
         self.feedback = Feedback(store, self.runtime, self.clock, self.delivery.wake)
+        self.subscriptions = Subscriptions(store, self.runtime, self.clock, self.delivery.wake)
         self.handler = IngressHandler(
             runtime=self.runtime,
             store=store,
@@ -98,13 +100,14 @@ class Relay:
         self._tasks.append(asyncio.create_task(self.stats.run(), name="stats"))
         if self.run_delivery:
             self._tasks.append(asyncio.create_task(self.delivery.run(), name="delivery"))
-            self._tasks.append(asyncio.create_task(self._sweep_cases(), name="cases"))
+            self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
         self.servers = await start_listeners(
             self.handler, config.smtp.listeners, reuse_port=config.smtp.reuse_port
         )
         host, port = split_host_port(config.web.listen)
         self._web = web.AppRunner(
-            make_app(store, self.runtime, self.clock, self.feedback), access_log=None
+            make_app(store, self.runtime, self.clock, self.feedback, self.subscriptions),
+            access_log=None,
         )
         await self._web.setup()
         site = web.TCPSite(self._web, host, port)
@@ -114,17 +117,19 @@ class Relay:
             self.web_port = int(server.sockets[0].getsockname()[1])
         log.info("relay_started", hostname=config.hostname, worker_id=self.delivery.worker_id)
 
-    async def _sweep_cases(self) -> None:
-        """Uphold complaint cases whose deadline passed without proof, every sweep_interval."""
+    async def _maintenance(self) -> None:
+        """Every feedback.sweep_interval: uphold cases past their deadline, prune old counters."""
         store = self.store
         if store is None:
             return
         while True:
             config = self.runtime.current.config
+            now = self.clock.now()
             try:
-                await cases.sweep(store, lambda: self.runtime.current.config, now=self.clock.now())
+                await cases.sweep(store, lambda: self.runtime.current.config, now=now)
+                await store.prune_windows(now - counter_horizon(config))
             except StoreError as exc:
-                log.error("case_sweep_failed", error=str(exc))
+                log.error("maintenance_failed", error=str(exc))
             await asyncio.sleep(config.feedback.sweep_interval)
 
     @property
@@ -248,6 +253,14 @@ class _NoStore:
 
     def __getattr__(self, name: str) -> object:
         raise StoreError(f"no store while checking the configuration ({name})")
+
+
+def counter_horizon(config: Config) -> float:
+    """How far back any windowed counter looks (rate limits, abuse windows, form limits)."""
+    windows = [86400.0]  # the hourly rate limits and the daily confirmation-email cap
+    for account in config.accounts:
+        windows += [account.limits.abuse_window, account.limits.broadcast_window]
+    return max(windows) + 3600.0  # and a margin past the one-minute buckets
 
 
 def check_runtime(config: Config) -> list[str]:

@@ -44,11 +44,18 @@ async def find_proof(
     store: Store, account_id: str, recipient: str, sent_at: float | None
 ) -> str | None:
     """A description of the confirmed opt-in record that covers the send, if there is one."""
-    for record in await store.consents(account_id=account_id, address=recipient):
+    records = await store.consents(account_id=account_id, address=recipient)
+    for record in records + await store.consent_history(account_id, recipient):
         if record.method != "confirmed" or record.confirmed_at is None:
             continue
         if sent_at is not None and record.confirmed_at > sent_at:
-            continue
+            continue  # confirmed only after the reported send
+        if (
+            sent_at is not None
+            and record.withdrawn_at is not None
+            and record.withdrawn_at < sent_at
+        ):
+            continue  # withdrawn before the reported send
         return (
             f"confirmed opt-in record: list {record.list_id}, subscribed"
             f" {_when(record.subscribed_at)}, confirmed {_when(record.confirmed_at)},"

@@ -248,10 +248,21 @@ class WebConfig(_Model):
 
     listen: str = "127.0.0.1:8025"
     public_url: str | None = None
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or networks of reverse proxies whose X-Forwarded-For is believed",
+    )
     admin_token_hash: str | None = Field(
         default=None,
         description="hash (`optin-relay hash-password`) of the bearer token for /admin/ endpoints",
     )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
 
     @field_validator("admin_token_hash")
     @classmethod
@@ -271,12 +282,7 @@ class WebConfig(_Model):
     def _public_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("expected an absolute https:// URL")
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise ValueError("one-click unsubscribe needs https:// (http only on loopback)")
-        return value.rstrip("/")
+        return _web_url(value).rstrip("/")
 
 
 class TokensConfig(_Model):
@@ -296,13 +302,45 @@ class TokensConfig(_Model):
         return keys
 
 
-class Brand(_Model):
-    """What an account's recipients see: name, postal address, footer text, language."""
+def _web_url(value: str) -> str:
+    """An absolute https URL (http only on loopback hosts, for development)."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an absolute https:// URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError("expected https:// (http only on loopback)")
+    return value
 
-    name: str
+
+class Brand(_Model):
+    """What an account's recipients see: name, postal address, footer text, language, look."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
     postal_address: str
     footer_text: str | None = None
     language: str = "en"
+    logo_url: str | None = Field(default=None, description="https URL of the logo on pages")
+    color: Annotated[str, Field(pattern=r"^#[0-9A-Fa-f]{3}([0-9A-Fa-f]{3})?$")] = Field(
+        default="#1a56db", description="accent colour of pages and buttons (#rgb or #rrggbb)"
+    )
+
+    @field_validator("logo_url")
+    @classmethod
+    def _logo(cls, value: str | None) -> str | None:
+        return None if value is None else _web_url(value)
+
+
+class MailingList(_Model):
+    """A list an account lets people subscribe to through the hosted confirmed opt-in form."""
+
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    consent_text: Annotated[str, Field(min_length=1)] = Field(
+        description="what subscribers agree to, shown on the form and kept with each record"
+    )
+    consent_version: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+        description="changes whenever consent_text changes; stored with each record"
+    )
 
 
 class DkimKeyConfig(_Model):
@@ -354,6 +392,12 @@ class Account(_Model):
     consent: Literal["off", "monitor", "enforce"] = Field(
         default="off", description="whether recipients need an opt-in record"
     )
+    lists: list[MailingList] = Field(
+        default_factory=list, description="lists with a hosted subscription form (/s/ID/LIST)"
+    )
+    api_key_hash: str | None = Field(
+        default=None, description="hash of the subscription API key's secret (hash-password)"
+    )
 
     @field_validator("password_hash")
     @classmethod
@@ -361,6 +405,26 @@ class Account(_Model):
         if not is_password_hash(value):
             raise ValueError("expected a hash made by `optin-relay hash-password`")
         return value
+
+    @field_validator("api_key_hash")
+    @classmethod
+    def _api_hash(cls, value: str | None) -> str | None:
+        if value is not None and not is_password_hash(value):
+            raise ValueError("expected a hash made by `optin-relay hash-password`")
+        return value
+
+    @field_validator("lists")
+    @classmethod
+    def _unique_lists(cls, lists: list[MailingList]) -> list[MailingList]:
+        ids = [item.id for item in lists]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate list id: {', '.join(duplicates)}")
+        return lists
+
+    def mailing_list(self, list_id: str) -> MailingList | None:
+        """The list with `list_id`, if the account has it."""
+        return next((item for item in self.lists if item.id == list_id), None)
 
 
 class RateThreshold(_Model):
@@ -416,6 +480,32 @@ class FeedbackConfig(_Model):
         return self
 
 
+class SubscriptionsConfig(_Model):
+    """Hosted confirmed opt-in: pending lifetime, abuse limits, the confirmation sender."""
+
+    pending_ttl: Annotated[Duration, Field(gt=0)] = Field(
+        default=7 * 86400.0, description="a subscription not confirmed by then expires"
+    )
+    subscribe_per_ip: Annotated[int, Field(ge=1)] = Field(
+        default=10, description="subscribe requests per client IP per hour (then 429)"
+    )
+    confirm_per_ip: Annotated[int, Field(ge=1)] = Field(
+        default=30, description="confirmations per client IP per hour (then 429)"
+    )
+    subscribe_per_address: Annotated[int, Field(ge=1)] = Field(
+        default=5, description="subscribe requests per address per hour (then silently dropped)"
+    )
+    emails_per_address: Annotated[int, Field(ge=1)] = Field(
+        default=3, description="confirmation emails per address per day, over all accounts"
+    )
+    from_address: str | None = Field(
+        default=None, description="sender of confirmation emails (default confirm@ relay domain)"
+    )
+    form_max_age: Annotated[Duration, Field(gt=0)] = Field(
+        default=2 * 3600.0, description="how long a served form's CSRF token stays valid"
+    )
+
+
 class Config(_Model):
     """The whole configuration file."""
 
@@ -427,6 +517,7 @@ class Config(_Model):
     inbound: InboundConfig | None = None
     web: WebConfig = WebConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    subscriptions: SubscriptionsConfig = SubscriptionsConfig()
     tokens: TokensConfig | None = None
     accounts: list[Account] = Field(default_factory=list)
     dkim: list[DkimKeyConfig] = Field(default_factory=list)

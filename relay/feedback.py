@@ -201,6 +201,12 @@ class Feedback:
             Suppression(attribution.recipient, scope, "unsubscribe", "fbl:opt-out", now),
             actor="feedback:opt-out",
         )
+        await self.store.withdraw_consents(
+            attribution.recipient,
+            None if scope == GLOBAL_SCOPE else attribution.account_id,
+            at=now,
+            how="fbl",
+        )
         if added:
             await self.store.add_stats([(attribution.account_id, "unsubscribe", now, 1)])
         log.info("unsubscribed", method="fbl", scope=scope, new=added, **fields)
@@ -244,6 +250,9 @@ class Feedback:
         if not await self.store.open_case(case):
             log.info("complaint_duplicate", reference=reference, **fields)
             return IntakeResult("duplicate", "already recorded", None, account_id, recipient)
+        await self.store.withdraw_consents(
+            recipient, None if scope == GLOBAL_SCOPE else account_id, at=now, how="complaint"
+        )
         await self.store.add_stats([(account_id, "complaint", now, 1)])
         log.warning(
             "complaint_received", case_id=case.id, feedback_type=report.feedback_type, **fields

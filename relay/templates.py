@@ -1,6 +1,7 @@
-"""What recipients see, white-labelled per account: the footer and the unsubscribe pages.
+"""What recipients see, white-labelled per account: footers, pages and the confirmation email.
 
-Every value that comes from configuration or a token is HTML-escaped here.
+Every value that comes from configuration or a token is HTML-escaped here (the subscription
+pages are Jinja2 templates in `relay/pages/`, rendered with autoescaping).
 """
 
 from __future__ import annotations
@@ -67,10 +68,116 @@ _STRINGS: dict[str, dict[str, str]] = {
 }
 LANGUAGES = tuple(_STRINGS)
 
+_FORM_STRINGS: dict[str, dict[str, str]] = {
+    "en": {
+        "subscribe_title": "Subscribe to {list}",
+        "subscribe_intro": "Enter your email address to receive {list} from {name}.",
+        "email_label": "Email address",
+        "consent_label": "I agree",
+        "subscribe_button": "Subscribe",
+        "resubmit_note": "Please check your address and the consent text, then subscribe.",
+        "invalid_address": "Please enter a valid email address.",
+        "consent_required": "Please tick the box to agree.",
+        "sent_title": "Check your inbox",
+        "sent_text": "If the address can be subscribed, we have sent it a link. Open the email "
+        "and confirm to complete your subscription. The link is valid for {days} days.",
+        "confirm_title": "Confirm your subscription to {list}",
+        "confirm_text": "Subscribe {address} to {list} from {name}?",
+        "confirm_button": "Confirm subscription",
+        "confirmed_title": "You are subscribed",
+        "confirmed_text": "{address} will receive {list} from {name}. Every email has a link "
+        "to unsubscribe.",
+        "invalid_title": "This confirmation link is not valid",
+        "invalid_text": "The link is incomplete or has expired. Please subscribe again.",
+        "limited_title": "Too many requests",
+        "limited_text": "Please wait a while before trying again.",
+        "unavailable_title": "Please try again in a moment",
+        "unavailable_text": "Your request could not be recorded right now. Nothing was changed.",
+        "mail_subject": "Please confirm your subscription to {list}",
+        "mail_text": "Please confirm that you want to receive {list} from {name}:",
+        "mail_ignore": "If you did not ask for this, ignore this email: you will not be "
+        "subscribed and will not hear from us again.",
+    },
+    "de": {
+        "subscribe_title": "{list} abonnieren",
+        "subscribe_intro": "Geben Sie Ihre E-Mail-Adresse ein, um {list} von {name} zu erhalten.",
+        "email_label": "E-Mail-Adresse",
+        "consent_label": "Ich stimme zu",
+        "subscribe_button": "Abonnieren",
+        "resubmit_note": "Bitte pr\u00fcfen Sie Ihre Adresse und den Einwilligungstext.",
+        "invalid_address": "Bitte geben Sie eine g\u00fcltige E-Mail-Adresse ein.",
+        "consent_required": "Bitte best\u00e4tigen Sie Ihre Einwilligung.",
+        "sent_title": "Bitte pr\u00fcfen Sie Ihr Postfach",
+        "sent_text": "Wenn die Adresse abonniert werden kann, haben wir ihr einen Link "
+        "geschickt. Best\u00e4tigen Sie damit Ihr Abonnement. Der Link gilt {days} Tage.",
+        "confirm_title": "Abonnement von {list} best\u00e4tigen",
+        "confirm_text": "{address} f\u00fcr {list} von {name} eintragen?",
+        "confirm_button": "Abonnement best\u00e4tigen",
+        "confirmed_title": "Sie sind eingetragen",
+        "confirmed_text": "{address} erh\u00e4lt {list} von {name}. Jede E-Mail enth\u00e4lt "
+        "einen Abmeldelink.",
+        "invalid_title": "Dieser Best\u00e4tigungslink ist ung\u00fcltig",
+        "invalid_text": "Der Link ist unvollst\u00e4ndig oder abgelaufen.",
+        "limited_title": "Zu viele Anfragen",
+        "limited_text": "Bitte warten Sie eine Weile.",
+        "mail_subject": "Bitte best\u00e4tigen Sie Ihr Abonnement von {list}",
+        "mail_text": "Bitte best\u00e4tigen Sie, dass Sie {list} von {name} erhalten m\u00f6chten:",
+        "mail_ignore": "Wenn Sie das nicht angefordert haben, ignorieren Sie diese E-Mail.",
+    },
+    "fr": {
+        "subscribe_title": "S'abonner \u00e0 {list}",
+        "email_label": "Adresse e-mail",
+        "consent_label": "J'accepte",
+        "subscribe_button": "S'abonner",
+        "sent_title": "Consultez votre bo\u00eete de r\u00e9ception",
+        "confirm_button": "Confirmer l'abonnement",
+        "confirmed_title": "Vous \u00eates abonn\u00e9",
+        "mail_subject": "Veuillez confirmer votre abonnement \u00e0 {list}",
+    },
+    "es": {
+        "subscribe_title": "Suscribirse a {list}",
+        "email_label": "Correo electr\u00f3nico",
+        "consent_label": "Acepto",
+        "subscribe_button": "Suscribirse",
+        "sent_title": "Revisa tu bandeja de entrada",
+        "confirm_button": "Confirmar suscripci\u00f3n",
+        "confirmed_title": "Te has suscrito",
+        "mail_subject": "Confirma tu suscripci\u00f3n a {list}",
+    },
+}
+
 
 def strings(language: str) -> dict[str, str]:
     """The texts in `language` (a tag such as `de` or `de-AT`), English when unknown."""
     return _STRINGS.get(language.split("-", maxsplit=1)[0].lower(), _STRINGS["en"])
+
+
+def form_strings(language: str) -> dict[str, str]:
+    """The subscription texts in `language`; what it lacks comes in English."""
+    chosen = _FORM_STRINGS.get(language.split("-", maxsplit=1)[0].lower(), {})
+    return {**_FORM_STRINGS["en"], **chosen}
+
+
+def confirmation_email(brand: Brand, list_name: str, link: str) -> tuple[str, str, str]:
+    """Subject, text and HTML of the confirmation email (the HTML escaped)."""
+    words = form_strings(brand.language)
+    subject = words["mail_subject"].format(list=list_name)
+    intro = words["mail_text"].format(list=list_name, name=brand.name)
+    text = (
+        f"{intro}\n\n{link}\n\n{words['mail_ignore']}\n\n-- \n"
+        f"{brand.name}, {brand.postal_address}\n"
+    )
+    html = (
+        '<!DOCTYPE html><html><body style="font-family:sans-serif;color:#222">'
+        f"<p>{escape(intro)}</p>"
+        f'<p><a href="{escape(link)}" style="display:inline-block;padding:10px 18px;'
+        f'background:{escape(brand.color)};color:#ffffff;text-decoration:none;border-radius:4px">'
+        f"{escape(words['confirm_button'])}</a></p>"
+        f"<p>{escape(words['mail_ignore'])}</p>"
+        f'<p style="font-size:12px;color:#666666">{escape(brand.name)}, '
+        f"{escape(brand.postal_address)}</p></body></html>"
+    )
+    return subject, text, html
 
 
 def footer(brand: Brand, url: str) -> Footer:

@@ -24,6 +24,7 @@ _DAY = 86400
 _TRACE = b"trace"  # domain separation: a trace MAC never verifies as an unsubscribe token
 _TRACE_MAC_BYTES = 10
 _TRACE_ID_BYTES = 8
+_FORM = b"form"  # domain separation for the subscription form's CSRF tokens
 
 
 @dataclass(frozen=True)
@@ -135,3 +136,23 @@ class TokenCodec:
         ):
             return None
         return int.from_bytes(ident, "big")
+
+    def form_token(self, account_id: str, list_id: str) -> str:
+        """A CSRF token for one served subscription form: its issue time and a MAC."""
+        issued = str(int(self.clock.now()))
+        payload = _SEP.join([_FORM, account_id.encode(), list_id.encode(), issued.encode()])
+        return f"{issued}.{_b64(self._mac(self.keys[0], payload))}"
+
+    def verify_form_token(self, token: str, account_id: str, list_id: str, max_age: float) -> bool:
+        """Whether `token` was issued for this form within `max_age` seconds by one of the keys."""
+        issued, _, mac_text = token.partition(".")
+        if not issued.isdigit() or not mac_text:
+            return False
+        if not 0 <= self.clock.now() - int(issued) <= max_age:
+            return False
+        try:
+            mac = _unb64(mac_text)
+        except (binascii.Error, ValueError):
+            return False
+        payload = _SEP.join([_FORM, account_id.encode(), list_id.encode(), issued.encode()])
+        return any(hmac.compare_digest(mac, self._mac(key, payload)) for key in self.keys)

@@ -1,4 +1,7 @@
-"""The unsubscribe action: a valid token's recipient is suppressed for good (web and mailto)."""
+"""The unsubscribe action: a valid token's recipient is suppressed for good (web and mailto).
+
+Their opt-in records are marked withdrawn, with the time and the way, and kept.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +34,10 @@ async def unsubscribe(
     scope = unsubscribe_scope(config, claim.account_id)
     added = await store.suppress(
         Suppression(claim.recipient, scope, "unsubscribe", method, now), actor=method
+    )
+    # The opt-in records are kept, marked withdrawn (GDPR Art. 7(3)): when and how.
+    await store.withdraw_consents(
+        claim.recipient, None if scope == GLOBAL_SCOPE else claim.account_id, at=now, how=method
     )
     if added:
         await store.add_stats([(claim.account_id, "unsubscribe", now, 1)])

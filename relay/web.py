@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from relay import forms
 from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.metrics import REGISTRY
@@ -24,6 +25,7 @@ from relay.passwords import verify_password_async
 from relay.templates import page
 from relay.throttle import FailureThrottle
 from relay.unsubscribe import Method, unsubscribe
+from relay.webstate import clock_of, runtime_of, share, store_of, throttle_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -32,31 +34,21 @@ if TYPE_CHECKING:
     from relay.feedback import Feedback
     from relay.runtime import Runtime
     from relay.storage.base import Store
+    from relay.subscriptions import Subscriptions
     from relay.tokens import Claim
 
 log = get_logger(__name__)
-STORE_KEY = web.AppKey("store", object)
 FEEDBACK_KEY = web.AppKey("feedback", object)
-THROTTLE_KEY = web.AppKey("throttle", object)
-RUNTIME_KEY = web.AppKey("runtime", object)
-CLOCK_KEY = web.AppKey("clock", object)
 _PAGE_HEADERS = {
     "Cache-Control": "no-store",
     "X-Robots-Tag": "noindex",
     "Referrer-Policy": "no-referrer",
     "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+    ),
 }
-
-
-def _store(request: web.Request) -> Store:
-    store: Store = request.app[STORE_KEY]  # type: ignore[assignment]
-    return store
-
-
-def _runtime(request: web.Request) -> Runtime:
-    runtime: Callable[[], Runtime] = request.app[RUNTIME_KEY]  # type: ignore[assignment]
-    return runtime()
 
 
 def _html(body: str, status: int) -> web.Response:
@@ -74,7 +66,7 @@ def _brand(runtime: Runtime, claim: Claim | None) -> tuple[str, str]:
 
 async def unsubscribe_page(request: web.Request) -> web.Response:
     """The confirmation page; changes nothing."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     claim = runtime.tokens.verify(request.match_info["token"])
     name, language = _brand(runtime, claim)
     if claim is None:
@@ -85,7 +77,7 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
 
 async def unsubscribe_post(request: web.Request) -> web.Response:
     """One-click (RFC 8058) or the page's button: suppress the recipient, say so."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     claim = runtime.tokens.verify(request.match_info["token"])
     name, language = _brand(runtime, claim)
     if claim is None:
@@ -95,9 +87,9 @@ async def unsubscribe_post(request: web.Request) -> web.Response:
     except (ValueError, UnicodeDecodeError, web.HTTPException):
         form = None  # RFC 8058 section 8.3's own example is malformed: the POST itself decides
     method: Method = "page" if form is not None and form.get("source") == "page" else "one_click"
-    clock: Clock = request.app[CLOCK_KEY]  # type: ignore[assignment]
+    clock = clock_of(request)
     try:
-        await unsubscribe(_store(request), runtime.config, claim, method=method, now=clock.now())
+        await unsubscribe(store_of(request), runtime.config, claim, method=method, now=clock.now())
     except StoreError:
         return _html(page(name, language, "unavailable"), 503)
     return _html(page(name, language, "done", address=claim.recipient), 200)
@@ -106,7 +98,7 @@ async def unsubscribe_post(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """200 when the store answers, 503 otherwise."""
     try:
-        await _store(request).ping()
+        await store_of(request).ping()
     except StoreError:
         return web.json_response({"status": "unavailable", "store": "down"}, status=503)
     return web.json_response({"status": "ok"})
@@ -134,11 +126,11 @@ async def _read_limited(request: web.Request, limit: int) -> bytes | None:
 
 async def ingest_complaint(request: web.Request) -> web.Response:  # noqa: PLR0911 - one per error
     """Take one complaint report from the abuse desk's tools (bearer token)."""
-    runtime = _runtime(request)
+    runtime = runtime_of(request)
     token_hash = runtime.config.web.admin_token_hash
     if token_hash is None:
         raise web.HTTPNotFound
-    throttle: FailureThrottle = request.app[THROTTLE_KEY]  # type: ignore[assignment]
+    throttle = throttle_of(request)
     client = request.remote or "unknown"
     if throttle.blocked(client):
         return _json_error(429, "throttled", "too many failed attempts, try again later")
@@ -176,16 +168,19 @@ async def ingest_complaint(request: web.Request) -> web.Response:  # noqa: PLR09
 
 
 def make_app(
-    store: Store, runtime: Callable[[], Runtime], clock: Clock, feedback: Feedback
+    store: Store,
+    runtime: Callable[[], Runtime],
+    clock: Clock,
+    feedback: Feedback,
+    subscriptions: Subscriptions,
 ) -> web.Application:
     """The aiohttp application."""
     app = web.Application(client_max_size=64 * 1024)
-    app[STORE_KEY] = store
-    app[RUNTIME_KEY] = runtime
-    app[CLOCK_KEY] = clock
-    app[FEEDBACK_KEY] = feedback
     smtp = runtime().config.smtp
-    app[THROTTLE_KEY] = FailureThrottle(smtp.auth_failure_limit, smtp.auth_failure_window, clock)
+    throttle = FailureThrottle(smtp.auth_failure_limit, smtp.auth_failure_window, clock)
+    share(app, store, runtime, clock, throttle)
+    app[FEEDBACK_KEY] = feedback
+    forms.add_routes(app, subscriptions)
     app.router.add_get("/u/{token}", unsubscribe_page)
     app.router.add_post("/u/{token}", unsubscribe_post)
     app.router.add_post("/admin/v1/complaints", ingest_complaint)

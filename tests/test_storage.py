@@ -364,3 +364,18 @@ async def test_window_take_is_atomic_across_stores(store_url):
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_prune_windows_drops_only_old_counters(store):
+    """Counters of keys never used again (one per client IP) are pruned; live ones stay."""
+    await store.window_take("*", "subscribe_ip:192.0.2.1", "x", now=NOW, window=3600, limit=10)
+    await store.window_take("acme", "distinct", "a", now=NOW, window=3600, distinct=True)
+    later = NOW + 7200
+    await store.window_take("*", "subscribe_ip:192.0.2.2", "x", now=later, window=3600, limit=10)
+    assert await store.prune_windows(NOW + 3600) == 2
+    _, count = await store.window_take(
+        "*", "subscribe_ip:192.0.2.2", "y", now=later, window=3600, limit=10
+    )
+    assert count == 2
+    _, fresh = await store.window_take("*", "subscribe_ip:192.0.2.1", "z", now=later, window=9999)
+    assert fresh == 1

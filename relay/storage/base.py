@@ -115,13 +115,27 @@ class Consent:
     consent_text_version: str | None = None
     evidence: str | None = None
     withdrawn_at: float | None = None
+    withdrawn_how: str | None = None  # one_click, page, mailto, fbl, complaint, ...
 
 
 # The consents table's columns, in the order consent_row gives their values.
 CONSENT_COLUMNS = (
     "account_id, address, list_id, method, subscribed_at, confirmed_at, source, ip, user_agent,"
-    " consent_text_version, evidence, withdrawn_at"
+    " consent_text_version, evidence, withdrawn_at, withdrawn_how"
 )
+
+
+# The upsert of an opt-in record (both backends): the newest record for a list wins.
+CONSENT_UPSERT = (
+    " ON CONFLICT (account_id, address, list_id) DO UPDATE SET"
+    " method = excluded.method, subscribed_at = excluded.subscribed_at,"
+    " confirmed_at = excluded.confirmed_at, source = excluded.source,"
+    " ip = excluded.ip, user_agent = excluded.user_agent,"
+    " consent_text_version = excluded.consent_text_version,"
+    " evidence = excluded.evidence, withdrawn_at = excluded.withdrawn_at,"
+    " withdrawn_how = excluded.withdrawn_how"
+)
+RESUBSCRIBED = "resubscribed through the confirmed opt-in form"
 
 
 def consent_row(record: Consent) -> tuple[object, ...]:
@@ -139,6 +153,7 @@ def consent_row(record: Consent) -> tuple[object, ...]:
         record.consent_text_version,
         record.evidence,
         record.withdrawn_at,
+        record.withdrawn_how,
     )
 
 
@@ -239,6 +254,50 @@ class SentRecipient:
     kind: MessageKind
     received_at: float
     status: str
+
+
+SubscriptionStatus = Literal["pending", "confirmed"]
+SUBSCRIPTION_COLUMNS = (
+    "token_hash, account_id, list_id, address, status, created_at, expires_at, ip, user_agent,"
+    " form_url, consent_text_version, consent_text, confirmed_at, confirm_ip, confirm_user_agent"
+)
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A request to join a list through the confirmed opt-in flow, and its confirmation."""
+
+    token_hash: str  # SHA-256 of the confirmation token: the store never holds the token
+    account_id: str
+    list_id: str
+    address: str
+    status: SubscriptionStatus
+    created_at: float
+    expires_at: float
+    ip: str | None
+    user_agent: str | None
+    form_url: str
+    consent_text_version: str
+    consent_text: str
+    confirmed_at: float | None = None
+    confirm_ip: str | None = None
+    confirm_user_agent: str | None = None
+
+
+def subscription_row(item: Subscription) -> tuple[object, ...]:
+    """A subscription's column values in the order of SUBSCRIPTION_COLUMNS."""
+    return tuple(getattr(item, name.strip()) for name in SUBSCRIPTION_COLUMNS.split(","))
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What confirming a subscription records: who clicked, and the opt-in record it makes."""
+
+    now: float
+    ip: str | None
+    user_agent: str | None
+    consent: Consent  # the record to write (method confirmed, both steps)
+    actor: str  # for the suppression audit trail when an unsubscribe is lifted
 
 
 @dataclass(frozen=True)
@@ -413,6 +472,14 @@ class Store(Protocol):
         """
         ...
 
+    async def prune_windows(self, before: float) -> int:
+        """Drop windowed counts and events older than `before`; return how many went.
+
+        Keys that are used again clean themselves; this removes those that never are (one per
+        client IP or address the subscription limits saw).
+        """
+        ...
+
     # --- campaigns and account flags ---
 
     async def record_campaign(
@@ -480,4 +547,39 @@ class Store(Protocol):
         self, *, since: float, account_id: str | None = None
     ) -> dict[str, dict[str, int]]:
         """Per account, the sum of each statistic over the buckets since `since`."""
+        ...
+
+    # --- confirmed opt-in subscriptions ---
+
+    async def add_subscription(self, item: Subscription) -> None:
+        """Record a pending subscription."""
+        ...
+
+    async def subscription(self, token_hash: str) -> Subscription | None:
+        """The subscription whose confirmation token hashes to `token_hash`."""
+        ...
+
+    async def subscriptions_of(self, account_id: str, address: str) -> list[Subscription]:
+        """The account's subscriptions for `address`, newest first."""
+        ...
+
+    async def confirm_subscription(
+        self, token_hash: str, confirmation: Confirmation
+    ) -> Subscription | None:
+        """Confirm a pending, unexpired subscription in one transaction; None if there is none.
+
+        Writes the opt-in record (an earlier record for the same list moves to the history),
+        and lifts an account-scoped suppression whose reason is `unsubscribe` (audited);
+        complaint and bounce suppressions stay.
+        """
+        ...
+
+    async def withdraw_consents(
+        self, address: str, account_id: str | None, *, at: float, how: str
+    ) -> int:
+        """Mark the standing opt-in records of `address` withdrawn (all accounts when None)."""
+        ...
+
+    async def consent_history(self, account_id: str, address: str) -> list[Consent]:
+        """Earlier opt-in records of `address` that a re-subscription replaced, oldest first."""
         ...

@@ -183,6 +183,47 @@ SQLITE: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        8,
+        """
+        ALTER TABLE consents ADD COLUMN withdrawn_how TEXT;
+        CREATE TABLE consent_history (
+            account_id TEXT NOT NULL,
+            address TEXT NOT NULL,
+            list_id TEXT NOT NULL,
+            method TEXT NOT NULL,
+            subscribed_at REAL NOT NULL,
+            confirmed_at REAL,
+            source TEXT NOT NULL,
+            ip TEXT,
+            user_agent TEXT,
+            consent_text_version TEXT,
+            evidence TEXT,
+            withdrawn_at REAL,
+            withdrawn_how TEXT,
+            archived_at REAL NOT NULL
+        );
+        CREATE INDEX consent_history_address ON consent_history (account_id, address);
+        CREATE TABLE subscriptions (
+            token_hash TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            list_id TEXT NOT NULL,
+            address TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL,
+            ip TEXT,
+            user_agent TEXT,
+            form_url TEXT NOT NULL,
+            consent_text_version TEXT NOT NULL,
+            consent_text TEXT NOT NULL,
+            confirmed_at REAL,
+            confirm_ip TEXT,
+            confirm_user_agent TEXT
+        );
+        CREATE INDEX subscriptions_address ON subscriptions (account_id, address);
+        """,
+    ),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -364,6 +405,47 @@ POSTGRES: list[tuple[int, str]] = [
             count BIGINT NOT NULL,
             PRIMARY KEY (account_id, kind, bucket)
         );
+        """,
+    ),
+    (
+        8,
+        """
+        ALTER TABLE consents ADD COLUMN withdrawn_how TEXT;
+        CREATE TABLE consent_history (
+            account_id TEXT NOT NULL,
+            address TEXT NOT NULL,
+            list_id TEXT NOT NULL,
+            method TEXT NOT NULL,
+            subscribed_at DOUBLE PRECISION NOT NULL,
+            confirmed_at DOUBLE PRECISION,
+            source TEXT NOT NULL,
+            ip TEXT,
+            user_agent TEXT,
+            consent_text_version TEXT,
+            evidence TEXT,
+            withdrawn_at DOUBLE PRECISION,
+            withdrawn_how TEXT,
+            archived_at DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX consent_history_address ON consent_history (account_id, address);
+        CREATE TABLE subscriptions (
+            token_hash TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            list_id TEXT NOT NULL,
+            address TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            ip TEXT,
+            user_agent TEXT,
+            form_url TEXT NOT NULL,
+            consent_text_version TEXT NOT NULL,
+            consent_text TEXT NOT NULL,
+            confirmed_at DOUBLE PRECISION,
+            confirm_ip TEXT,
+            confirm_user_agent TEXT
+        );
+        CREATE INDEX subscriptions_address ON subscriptions (account_id, address);
         """,
     ),
 ]

@@ -4,9 +4,12 @@ from relay.storage.postgres.accounts import PostgresAccounts
 from relay.storage.postgres.feedback import PostgresFeedback
 from relay.storage.postgres.lists import PostgresLists
 from relay.storage.postgres.spool import PostgresSpool
+from relay.storage.postgres.subscriptions import PostgresSubscriptions
 
 
-class PostgresStore(PostgresSpool, PostgresLists, PostgresAccounts, PostgresFeedback):
+class PostgresStore(
+    PostgresSpool, PostgresLists, PostgresAccounts, PostgresFeedback, PostgresSubscriptions
+):
     """The `Store` on PostgreSQL: one class made of its parts."""
 
 

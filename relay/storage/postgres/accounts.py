@@ -205,3 +205,11 @@ class PostgresAccounts(PostgresCore):
             "SELECT 1 FROM account_flags WHERE account_id = $1 AND flag = $2", account_id, flag
         )
         return bool(rows)
+
+    async def prune_windows(self, before: float) -> int:
+        """Drop windowed counts and events older than `before` (keys no longer in use)."""
+        counts = await self._fetch(
+            "DELETE FROM window_counts WHERE bucket < $1 RETURNING 1", before
+        )
+        events = await self._fetch("DELETE FROM window_events WHERE at < $1 RETURNING 1", before)
+        return len(counts) + len(events)

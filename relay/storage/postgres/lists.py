@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from relay.errors import StoreError
 from relay.storage.base import (
     CONSENT_COLUMNS,
+    CONSENT_UPSERT,
     GLOBAL_SCOPE,
     AuditEntry,
     Consent,
@@ -34,7 +35,8 @@ async def _insert_suppressions(con: asyncpg.Connection, entries: list[Suppressio
     return len(rows)
 
 
-async def _audit(con: asyncpg.Connection, entry: AuditEntry) -> None:
+async def insert_audit(con: asyncpg.Connection, entry: AuditEntry) -> None:
+    """Record one change to the suppression list in its audit trail."""
     await con.execute(
         "INSERT INTO suppression_audit (address, scope, action, reason, actor, at)"
         " VALUES ($1, $2, $3, $4, $5, $6)",
@@ -56,7 +58,7 @@ class PostgresLists(PostgresCore):
             async with self._acquire() as con, con.transaction():
                 added = await _insert_suppressions(con, [entry])
                 if added:
-                    await _audit(
+                    await insert_audit(
                         con,
                         AuditEntry(
                             entry.address, entry.scope, "add", entry.reason, actor, entry.created_at
@@ -88,7 +90,7 @@ class PostgresLists(PostgresCore):
                 )
                 if removed is None:
                     return False
-                await _audit(con, AuditEntry(address, scope, "remove", reason, actor, now))
+                await insert_audit(con, AuditEntry(address, scope, "remove", reason, actor, now))
                 return True
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
@@ -134,13 +136,8 @@ class PostgresLists(PostgresCore):
             async with self._acquire() as con, con.transaction():
                 await con.executemany(
                     "INSERT INTO consents (" + CONSENT_COLUMNS + ")"  # noqa: S608 - constant
-                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
-                    " ON CONFLICT (account_id, address, list_id) DO UPDATE SET"
-                    " method = excluded.method, subscribed_at = excluded.subscribed_at,"
-                    " confirmed_at = excluded.confirmed_at, source = excluded.source,"
-                    " ip = excluded.ip, user_agent = excluded.user_agent,"
-                    " consent_text_version = excluded.consent_text_version,"
-                    " evidence = excluded.evidence, withdrawn_at = excluded.withdrawn_at",
+                    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                    + CONSENT_UPSERT,
                     [consent_row(record) for record in records],
                 )
             return len(records)

@@ -4,9 +4,10 @@ from relay.storage.sqlite.accounts import SqliteAccounts
 from relay.storage.sqlite.feedback import SqliteFeedback
 from relay.storage.sqlite.lists import SqliteLists
 from relay.storage.sqlite.spool import SqliteSpool
+from relay.storage.sqlite.subscriptions import SqliteSubscriptions
 
 
-class SqliteStore(SqliteSpool, SqliteLists, SqliteAccounts, SqliteFeedback):
+class SqliteStore(SqliteSpool, SqliteLists, SqliteAccounts, SqliteFeedback, SqliteSubscriptions):
     """The `Store` on SQLite: one class made of its parts."""
 
 

@@ -177,3 +177,14 @@ class SqliteAccounts(SqliteCore):
             "SELECT 1 FROM account_flags WHERE account_id = ? AND flag = ?", (account_id, flag)
         )
         return bool(rows)
+
+    async def prune_windows(self, before: float) -> int:
+        """Drop windowed counts and events older than `before` (keys no longer in use)."""
+
+        async def operation(db: aiosqlite.Connection) -> int:
+            start = db.total_changes
+            await db.execute("DELETE FROM window_counts WHERE bucket < ?", (before,))
+            await db.execute("DELETE FROM window_events WHERE at < ?", (before,))
+            return db.total_changes - start
+
+        return await self._write(operation)

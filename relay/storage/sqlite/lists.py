@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from relay.storage.base import (
     CONSENT_COLUMNS,
+    CONSENT_UPSERT,
     GLOBAL_SCOPE,
     AuditEntry,
     Consent,
@@ -32,7 +33,8 @@ async def _insert_suppressions(db: aiosqlite.Connection, entries: list[Suppressi
     return db.total_changes - before
 
 
-async def _audit(db: aiosqlite.Connection, entry: AuditEntry) -> None:
+async def insert_audit(db: aiosqlite.Connection, entry: AuditEntry) -> None:
+    """Record one change to the suppression list in its audit trail."""
     await db.execute(
         "INSERT INTO suppression_audit (address, scope, action, reason, actor, at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
@@ -59,7 +61,7 @@ class SqliteLists(SqliteCore):
                 audit = AuditEntry(
                     entry.address, entry.scope, "add", entry.reason, actor, entry.created_at
                 )
-                await _audit(db, audit)
+                await insert_audit(db, audit)
             return added == 1
 
         return await self._write(operation)
@@ -80,7 +82,7 @@ class SqliteLists(SqliteCore):
             )
             if cursor.rowcount != 1:
                 return False
-            await _audit(db, AuditEntry(address, scope, "remove", reason, actor, now))
+            await insert_audit(db, AuditEntry(address, scope, "remove", reason, actor, now))
             return True
 
         return await self._write(operation)
@@ -124,13 +126,7 @@ class SqliteLists(SqliteCore):
         async def operation(db: aiosqlite.Connection) -> int:
             await db.executemany(
                 "INSERT INTO consents (" + CONSENT_COLUMNS + ")"  # noqa: S608 - constant
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (account_id, address, list_id) DO UPDATE SET"
-                " method = excluded.method, subscribed_at = excluded.subscribed_at,"
-                " confirmed_at = excluded.confirmed_at, source = excluded.source,"
-                " ip = excluded.ip, user_agent = excluded.user_agent,"
-                " consent_text_version = excluded.consent_text_version,"
-                " evidence = excluded.evidence, withdrawn_at = excluded.withdrawn_at",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + CONSENT_UPSERT,
                 [consent_row(record) for record in records],
             )
             return len(records)
