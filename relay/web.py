@@ -5,6 +5,8 @@ nothing (link scanners fetch every link). `POST /u/{token}` unsubscribes: the RF
 body (form-data or urlencoded, parsed leniently) or the page's button. It answers 200 with a
 confirmation page, is idempotent, and never redirects. A forged or expired token gets a 400 page.
 
+Subscription forms, confirmation links and the subscription API are in `relay.forms`.
+
 `POST /admin/v1/complaints` takes one complaint report (the raw message) with
 `Authorization: Bearer TOKEN`, where `web.admin_token_hash` is the token's hash; without that
 setting the endpoint does not exist (404). Failed tokens are throttled per client address.
@@ -131,7 +133,7 @@ async def ingest_complaint(request: web.Request) -> web.Response:  # noqa: PLR09
     if token_hash is None:
         raise web.HTTPNotFound
     throttle = throttle_of(request)
-    client = request.remote or "unknown"
+    client = forms.client_ip(request, runtime.config) or "unknown"
     if throttle.blocked(client):
         return _json_error(429, "throttled", "too many failed attempts, try again later")
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")

@@ -429,3 +429,22 @@ async def test_api_starts_double_opt_in_and_returns_the_record(start_relay, data
     assert evidence["subscribe"]["user_agent"] == "Mozilla/5.0 (CRM signup page)"
     assert evidence["confirm"]["user_agent"] == "Mail client link"
     assert shown["subscriptions"][0]["status"] == "confirmed"
+
+
+async def test_client_address_behind_a_trusted_proxy(start_relay, data, upstream):
+    """X-Forwarded-For names the subscriber only when the peer is a configured proxy."""
+    data["web"]["trusted_proxies"] = ["127.0.0.1/32"]
+    relay = await start_relay(data)
+    async with aiohttp.ClientSession(
+        headers={"X-Forwarded-For": "192.0.2.50, 203.0.113.9"}
+    ) as http:
+        await subscribe(http, relay, "zed@example.net")
+    [pending] = await relay.store.subscriptions_of("acme", "zed@example.net")
+    assert pending.ip == "203.0.113.9"  # the hop the proxy saw, not what the client claimed
+    data["web"]["trusted_proxies"] = []
+    data["web"]["listen"] = f"127.0.0.1:{free_port()}"
+    other = await start_relay(data)
+    async with aiohttp.ClientSession(headers={"X-Forwarded-For": "203.0.113.9"}) as http:
+        await subscribe(http, other, "amy@example.net")
+    [direct] = await other.store.subscriptions_of("acme", "amy@example.net")
+    assert direct.ip == "127.0.0.1"
