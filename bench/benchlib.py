@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -22,3 +23,11 @@ def wait_port(port: int, timeout: float = 30) -> None:
                 return
         time.sleep(0.05)
     raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def sink_command(port: int, backlog: int = 256) -> list[str]:
+    """Postfix's smtp-sink on 127.0.0.1:`port` (as root it needs a user to switch to)."""
+    command = ["smtp-sink", f"127.0.0.1:{port}", str(backlog)]
+    if os.geteuid() == 0:
+        command[1:1] = ["-u", "nobody"]
+    return command

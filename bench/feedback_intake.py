@@ -23,7 +23,7 @@ from pathlib import Path
 
 import aiosmtplib
 import yaml
-from benchlib import free_port, wait_port
+from benchlib import free_port, sink_command, wait_port
 
 from relay.clock import SystemClock
 from relay.config import load_config
@@ -143,7 +143,7 @@ async def measure(args: argparse.Namespace, work: Path) -> dict[str, float]:
     config_path = write_config(work, url, ports)
     ids = await spool(url, args.messages)
     tokens = make_codec(load_config(config_path), SystemClock())
-    sink = subprocess.Popen(["smtp-sink", "-c", f"127.0.0.1:{ports['sink']}", "1000"])
+    sink = subprocess.Popen(sink_command(ports["sink"]))
     relay = subprocess.Popen(
         [sys.executable, "-m", "relay", "serve", "--config", str(config_path)],
         stdout=subprocess.DEVNULL,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import urllib.request
 from pathlib import Path
 
 import yaml
-from benchlib import free_port, wait_port
+from benchlib import free_port, sink_command, wait_port
 
 from relay.dkim import generate_key, write_key
 from relay.passwords import hash_password
@@ -75,10 +74,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="optin-relay-bench-"))
     sink_port, relay_port, web_port = free_port(), free_port(), free_port()
-    sink_cmd = ["smtp-sink", f"127.0.0.1:{sink_port}", "256"]
-    if os.geteuid() == 0:  # smtp-sink refuses to run as root without a user to switch to
-        sink_cmd[1:1] = ["-u", "nobody"]
-    sink = subprocess.Popen(sink_cmd)
+    sink = subprocess.Popen(sink_command(sink_port))
     relay = None
     try:
         wait_port(sink_port)
