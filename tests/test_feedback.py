@@ -462,6 +462,9 @@ async def test_complaint_with_confirmed_opt_in_is_dismissed_with_proof(
     assert case.fine_cents == 0
     # Dismissed or not, a complaint is an unsubscribe (RFC 6449 section 4.3.1).
     assert (await relay.store.suppressed("gina@example.net", "acme")).reason == "complaint"
+    [record] = await relay.store.consents(address="gina@example.net")
+    assert record.withdrawn_how == "complaint"  # kept, marked withdrawn
+    assert record.withdrawn_at is not None
     await eventually(lambda: any(m.rcpt == "abuse-desk@acme.example" for m in upstream.messages))
     notice = next(m for m in upstream.messages if m.rcpt == "abuse-desk@acme.example")
     assert "dismissed" in notice.message["Subject"]
@@ -703,3 +706,34 @@ def test_trace_tokens():
     assert old.verify_trace(token[:-1] + ("a" if token[-1] != "a" else "b")) is None
     assert old.verify_trace("not a token") is None
     assert old.verify(token) is None  # never an unsubscribe token
+
+
+async def test_stats_count_deliveries_refusals_and_unsubscribes(start_relay, data, upstream):
+    """The account statistics the rates are made of come from the real traffic."""
+    relay = await start_relay(data)
+    await send(relay, ["hal@example.net", "ida@example.net"])
+    await eventually(lambda: len(upstream.messages) == 2)
+    token = re.search(rb"/u/([A-Za-z0-9_-]+)>", upstream.messages[0].content).group(1).decode()
+    async with aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{relay.web_port}/u/{token}"
+        async with http.post(url, data={"List-Unsubscribe": "One-Click"}) as answer:
+            assert answer.status == 200
+    client = await smtp_client(relay.smtp_ports[0], login=ACME)
+    await client.mail("news@acme.example")
+    with pytest.raises(aiosmtplib.SMTPRecipientRefused):
+        await client.rcpt(upstream.messages[0].rcpt)  # now suppressed: refused
+    await client.quit()
+    await relay.stats.flush()
+    totals = (await relay.store.stats(since=0, account_id="acme"))["acme"]
+    assert (totals["delivered"], totals["refused"], totals["unsubscribe"]) == (2, 1, 1)
+
+
+async def test_global_complaint_scope_suppresses_for_every_account(world):
+    """feedback.complaint_scope: global puts the complainant on the global list."""
+    _, store, clock, context = world
+    scope = context.config.feedback.model_copy(update={"complaint_scope": "global"})
+    config = context.config.model_copy(update={"feedback": scope})
+    glob = Feedback(store, lambda: Context(config, context.tokens), clock)
+    [recipient_id] = await spool(store, clock, ["kim@example.net"])
+    await glob.complaint(traced(context.tokens, recipient_id), source="fbl", trusted=False)
+    assert (await store.suppressed("kim@example.net", "globex")).scope == "*"

@@ -448,3 +448,16 @@ async def test_client_address_behind_a_trusted_proxy(start_relay, data, upstream
         await subscribe(http, other, "amy@example.net")
     [direct] = await other.store.subscriptions_of("acme", "amy@example.net")
     assert direct.ip == "127.0.0.1"
+
+
+async def test_form_speaks_the_brand_language(start_relay, data):
+    """The page's texts follow brand.language (German here), the brand's own words stay."""
+    data["accounts"][1]["lists"] = [
+        {"id": "news", "name": "Globex Brief", "consent_text": "Ja, bitte.", "consent_version": "1"}
+    ]
+    relay = await start_relay(data)
+    async with aiohttp.ClientSession() as http, http.get(f"{base(relay)}/s/globex/news") as page:
+        text = await page.text()
+    assert '<html lang="de">' in text
+    assert "Globex Brief abonnieren" in text
+    assert "Ja, bitte." in text
