@@ -272,7 +272,8 @@ async def test_limits_hold_and_answers_do_not_reveal_addresses(
         assert len(set(answers)) == 1  # one status, one body for all
         assert answers[0][0] == 200
         # The cap: two confirmation emails a day for one address, whatever is asked.
-        assert len(confirmations(upstream, "nina@example.net")) == 2
+        await eventually(lambda: len(confirmations(upstream, "nina@example.net")) == 2)
+        assert len(await relay.store.subscriptions_of("acme", "nina@example.net")) == 2
         assert confirmations(upstream, "cleo@example.net") == []
         assert len(confirmations(upstream, "new@example.net")) == 1
         # Six subscribe posts so far; the seventh passes, the eighth is over the IP limit.
@@ -283,6 +284,7 @@ async def test_limits_hold_and_answers_do_not_reveal_addresses(
         # Confirmations per IP: one done above, one more, then 429 (even for a good token).
         async with http.post(f"{base(relay)}/c/not-a-token-at-all-000000") as page:
             assert page.status == 400
+        await eventually(lambda: bool(confirmations(upstream, "oli@example.net")))
         [oli] = confirmations(upstream, "oli@example.net")
         async with http.post(f"{base(relay)}/c/{oli}") as page:
             assert page.status == 429
