@@ -161,7 +161,11 @@ class Feedback:
 
     async def complaint(self, content: bytes, *, source: Source, trusted: bool) -> IntakeResult:
         """Act on a complaint report or forwarded message; never raises for bad input."""
-        report = read_complaint(content)
+        try:
+            report = read_complaint(content)
+        except Exception as exc:  # noqa: BLE001 - untrusted input must never crash the intake
+            log.warning("complaint_malformed", source=source, cause=f"unreadable: {exc!r}")
+            return IntakeResult("malformed", "unreadable message")
         fields: dict[str, object] = {
             "source": source,
             "report_id": report.report_id,
@@ -318,7 +322,11 @@ class Feedback:
             "recipient": sent.recipient,
             "original_message_id": sent.message_id,
         }
-        entries = read_dsn(content)
+        try:
+            entries = read_dsn(content)
+        except Exception as exc:  # noqa: BLE001 - untrusted input must never crash the intake
+            log.info("bounce_ignored", cause=f"unreadable: {exc!r}", **fields)
+            return IntakeResult("ignore", "unreadable", None, sent.account_id, sent.recipient)
         if entries is None:
             log.info("bounce_ignored", cause="not a delivery status notification", **fields)
             return IntakeResult("ignore", "not a DSN", None, sent.account_id, sent.recipient)

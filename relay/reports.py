@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email import policy as email_policy
-from email.errors import HeaderParseError
+from email.errors import MessageError
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import HeaderParser
@@ -59,7 +59,7 @@ def _text(part: Message) -> str:
         charset = part.get_content_charset() or "utf-8"
         try:
             return payload.decode(charset, "replace")
-        except LookupError:
+        except (LookupError, ValueError):  # unknown or garbled charset name
             return payload.decode("utf-8", "replace")
     raw = part.get_payload()
     return raw if isinstance(raw, str) else ""
@@ -75,13 +75,27 @@ def _nested(part: Message) -> Message | None:
     return None
 
 
+def _field(message: Message, name: str) -> str:
+    """A header field as one plain string ('' when absent; non-ASCII fields come as Header)."""
+    value = message.get(name)
+    return "" if value is None else " ".join(str(value).split())
+
+
+def _as_text(message: Message) -> str:
+    """The message as text; broken input that the generator refuses gives its fields alone."""
+    try:
+        return message.as_string(policy=email_policy.compat32)
+    except (MessageError, LookupError, UnicodeError, ValueError, TypeError):
+        return "\n".join(f"{name}: {value}" for name, value in message.items())
+
+
 def _decoded_fields(message: Message) -> str:
     """The header fields with RFC 2047 encoded words decoded (reporters often re-encode them)."""
     lines = []
     for name, value in message.items():
         try:
             lines.append(f"{name}: {make_header(decode_header(str(value)))}")
-        except (HeaderParseError, LookupError, UnicodeError, ValueError):
+        except (MessageError, LookupError, UnicodeError, ValueError):
             continue
     return "\n".join(lines)
 
@@ -97,8 +111,7 @@ def _enclosed(message: Message) -> tuple[Message | None, str]:
         if ctype == "message/rfc822":
             inner = _nested(part)
             if inner is not None:
-                text = inner.as_string(policy=email_policy.compat32)
-                return inner, f"{text}\n{_decoded_fields(inner)}"
+                return inner, f"{_as_text(inner)}\n{_decoded_fields(inner)}"
         if ctype in _HEADERS_TYPES:
             text = _text(part).lstrip()
             inner = HeaderParser(policy=email_policy.compat32).parsestr(text)
@@ -108,15 +121,15 @@ def _enclosed(message: Message) -> tuple[Message | None, str]:
 
 def _auto_reply(message: Message) -> str | None:
     """Why `message` is an automatic answer (RFC 3834 and common markers), else None."""
-    auto = (message.get("Auto-Submitted") or "").strip().lower()
+    auto = _field(message, "Auto-Submitted").lower()
     if auto and not auto.startswith("no"):
         return f"Auto-Submitted: {auto}"
     for name in ("X-Autoreply", "X-Autorespond"):
         if message.get(name) is not None:
             return name
-    if (message.get("Precedence") or "").strip().lower() == "auto_reply":
+    if _field(message, "Precedence").lower() == "auto_reply":
         return "Precedence: auto_reply"
-    if _AUTO_SUBJECT.match(str(message.get("Subject") or "")):
+    if _AUTO_SUBJECT.match(_field(message, "Subject")):
         return "automatic reply subject"
     return None
 
@@ -131,7 +144,7 @@ def _first_values(block: Message) -> dict[str, str]:
 def read_complaint(content: bytes) -> ComplaintReport:  # noqa: PLR0911 - one return per kind
     """Classify a message sent to fbl@/abuse@ and extract what attribution needs."""
     message = message_from_bytes(content, policy=email_policy.compat32)
-    report_id = " ".join(str(message.get("Message-ID") or "").split())
+    report_id = _field(message, "Message-ID")
     ctype = message.get_content_type()
     report_type = str(message.get_param("report-type", "") or "").lower()
     feedback = next(

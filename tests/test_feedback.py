@@ -743,3 +743,31 @@ async def test_global_complaint_scope_suppresses_for_every_account(world):
     [recipient_id] = await spool(store, clock, ["kim@example.net"])
     await glob.complaint(traced(context.tokens, recipient_id), source="fbl", trusted=False)
     assert (await store.suppressed("kim@example.net", "globex")).scope == "*"
+
+
+# Inputs a fuzzer found to crash the parsers before they were hardened (garbled charset names,
+# non-ASCII fields read as Header objects, enclosures the generator refuses to write).
+BROKEN = [
+    b"From: a@b.example\r\nAuto-Submitted: \xff\xfe auto\r\nSubject: x\r\n\r\nbody\r\n",
+    (
+        b'From: a@b.example\r\nContent-Type: text/plain; charset="utf\x008"\r\n'
+        b"Content-Transfer-Encoding: base64\r\n\r\naGVsbG8=\r\n"
+    ),
+    (
+        b"Content-Type: multipart/mixed; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: message/rfc822\r\n\r\n"
+        b"Subject: =?utf\xef\xbf\xbd8?q?x?=\r\nReceived: from [192.0.2.22]\r\n by mta\r\n3:34\r\n"
+        b"\r\nbody\xff\r\n--B--\r\n"
+    ),
+]
+
+
+@pytest.mark.parametrize("content", BROKEN)
+async def test_broken_reports_never_crash_the_intake(world, content):
+    """Whatever arrives, the intake answers with an outcome (and 250 or 550, never a 451 loop)."""
+    feedback, store, clock, _ = world
+    result = await feedback.complaint(content, source="fbl", trusted=True)
+    assert result.outcome in ("ignore", "malformed")
+    [recipient_id] = await spool(store, clock, ["lee@example.net"])
+    assert (await feedback.bounce(content, recipient_id)).outcome == "ignore"
+    assert await store.cases() == []
