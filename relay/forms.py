@@ -141,11 +141,18 @@ def _message(account: Account | None, status: int, kind: str, **values: str) -> 
     )
 
 
-def _form_target(request: web.Request) -> tuple[Account, MailingList]:
+async def _form_target(request: web.Request) -> tuple[Account, MailingList]:
+    """The account and list a form URL names; a terminated account's forms are gone (404)."""
     config = runtime_of(request).config
     account = config.account(request.match_info["account"])
     mailing_list = account.mailing_list(request.match_info["list"]) if account else None
     if account is None or mailing_list is None:
+        raise web.HTTPNotFound(text="no such subscription form")
+    try:
+        closed = await _flow(request).closed(account.id)
+    except StoreError as exc:
+        raise web.HTTPServiceUnavailable(text="try again in a moment") from exc
+    if closed:
         raise web.HTTPNotFound(text="no such subscription form")
     return account, mailing_list
 
@@ -187,14 +194,14 @@ def _hosted_url(config: Config, account: Account, mailing_list: MailingList) -> 
 
 async def form_page(request: web.Request) -> web.Response:
     """The branded subscription form."""
-    account, mailing_list = _form_target(request)
+    account, mailing_list = await _form_target(request)
     source = request.headers.get("Referer", "")[:1000]
     return _form(request, account, mailing_list, 200, source_url=source)
 
 
 async def snippet(request: web.Request) -> web.Response:
     """The HTML to paste into the account's own site; it posts to the hosted form."""
-    account, mailing_list = _form_target(request)
+    account, mailing_list = await _form_target(request)
     config = runtime_of(request).config
     text = _ENV.get_template("snippet.html").render(
         action=_hosted_url(config, account, mailing_list),
@@ -207,7 +214,7 @@ async def snippet(request: web.Request) -> web.Response:
 
 async def form_post(request: web.Request) -> web.Response:  # noqa: PLR0911 - one per outcome
     """Start the double opt-in; the answer is the same for every well-formed request."""
-    account, mailing_list = _form_target(request)
+    account, mailing_list = await _form_target(request)
     runtime = runtime_of(request)
     config = runtime.config
     words = form_strings(account.brand.language)
@@ -376,6 +383,11 @@ async def api_subscribe(request: web.Request) -> web.Response:  # noqa: PLR0911 
     mailing_list = account.mailing_list(body.list)
     if mailing_list is None:
         return _error(404, "unknown_list", f"account {account.id} has no list {body.list!r}")
+    try:
+        if await _flow(request).closed(account.id):
+            return _error(403, "account_closed", f"account {account.id} is terminated")
+    except StoreError:
+        return _error(503, "unavailable", "the store is unavailable, try again later")
     requester = Requester(
         body.ip, body.user_agent, body.source_url or f"api:{account.id}/{mailing_list.id}"
     )

@@ -107,6 +107,11 @@ class Subscriptions:
         self.clock = clock
         self.on_spooled = on_spooled
 
+    async def closed(self, account_id: str) -> bool:
+        """Whether the account is terminated: its forms and API take no subscriptions."""
+        state = await self.store.account_state(account_id)
+        return state is not None and state.state == "terminated"
+
     async def _allowed(self, kind: str, key: str, limit: int, window: float) -> bool:
         """Count one event for `key` against `limit` per `window`, shared by every process."""
         allowed, _ = await self.store.window_take(

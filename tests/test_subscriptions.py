@@ -463,3 +463,19 @@ async def test_form_speaks_the_brand_language(start_relay, data):
     assert '<html lang="de">' in text
     assert "Globex Brief abonnieren" in text
     assert "Ja, bitte." in text
+
+
+async def test_terminated_account_takes_no_subscriptions(start_relay, data, upstream, clock):
+    """Termination closes the account's forms (404) and its API (403 account_closed)."""
+    relay = await start_relay(data)
+    await relay.store.set_account_state(
+        "acme", "terminated", reason="test", actor="test", now=clock.now()
+    )
+    body = {"address": "ned@example.net", "list": "newsletter"}
+    good = {"Authorization": f"Bearer acme:{PASSWORD}"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base(relay)}/s/acme/newsletter") as page:
+            assert page.status == 404
+        async with http.post(f"{base(relay)}/api/v1/subscriptions", json=body, headers=good) as r:
+            assert (r.status, (await r.json())["error"]) == (403, "account_closed")
+    assert confirmations(upstream, "ned@example.net") == []
