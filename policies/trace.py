@@ -52,7 +52,7 @@ class Policy(BasePolicy):
         if rendering.kind == "dsn" or rendering.recipient_id <= 0:
             return CONTINUE
         token = self.tokens.trace(rendering.recipient_id)
-        unchanged = rendering.content == rendering.original
+        unchanged = rendering.content is rendering.original  # render policies replace, never edit
         rendering.content = f"{TRACE_HEADER}: {token}\r\n".encode() + rendering.content
         if unchanged:
             # A field added on top breaks no signature: DKIM must not see a rewritten message.

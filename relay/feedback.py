@@ -15,7 +15,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from email.utils import getaddresses
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 from relay import cases
 from relay.accounts import change_state
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from relay.clock import Clock
     from relay.config import Config
     from relay.reports import BounceClass
+    from relay.runtime import Context
     from relay.storage.base import AccountStateName, SentRecipient, Store
     from relay.tokens import TokenCodec
 
@@ -47,20 +48,6 @@ _TRACE = re.compile(r"X-Optin-Trace:\s*([a-z2-7]{29})\b", re.IGNORECASE)
 _BOUNCE = re.compile(r"\bbounce\+([a-z2-7]{29})@", re.IGNORECASE)
 _UNSUB = re.compile(r"(?:/u/|\bunsub\+)([A-Za-z0-9_-]{24,})")
 _QUEUE_ID = re.compile(r"\(optin-relay\)\s+with\s+\S+\s+id\s+([0-9A-F]{21})\b")
-
-
-class Context(Protocol):
-    """What feedback handling needs of the runtime: the config and the token keys."""
-
-    @property
-    def config(self) -> Config:
-        """The configuration in force."""
-        ...
-
-    @property
-    def tokens(self) -> TokenCodec:
-        """The token codec made from `tokens.keys`."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -108,7 +95,8 @@ class Feedback:
 
     # --- attribution ---
 
-    async def _from_sent(self, sent: SentRecipient | None, how: str) -> Attribution | None:
+    @staticmethod
+    def _from_sent(sent: SentRecipient | None, how: str) -> Attribution | None:
         if sent is None or sent.kind != "message" or sent.account_id is None:
             return None
         return Attribution(sent.account_id, sent.recipient, how, sent.message_id, sent.received_at)
@@ -122,7 +110,7 @@ class Feedback:
             for token in pattern.findall(text):
                 recipient_id = tokens.verify_trace(token)
                 if recipient_id is not None:
-                    found = await self._from_sent(await self.store.sent(recipient_id), how)
+                    found = self._from_sent(await self.store.sent(recipient_id), how)
                     if found is not None:
                         return found
         for token in _UNSUB.findall(text):
@@ -134,7 +122,7 @@ class Feedback:
             sent = [s for s in await self.store.sent_in_message(queue_id) if s.kind == "message"]
             match = [s for s in sent if normalize_address(s.recipient) in rcpts]
             if len(match) == 1 or (not match and len(sent) == 1):
-                return await self._from_sent((match or sent)[0], "queue_id")
+                return self._from_sent((match or sent)[0], "queue_id")
         if trusted or config.feedback.attribute_by_from_domain:
             return self._by_from_domain(report, config)
         return None

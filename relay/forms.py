@@ -84,10 +84,8 @@ def _in(address: str, networks: list[str]) -> bool:
     return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
-def _headers(account: Account | None) -> dict[str, str]:
-    logo = account.brand.logo_url if account else None
-    parts = urlsplit(logo) if logo else None
-    image = f"{parts.scheme}://{parts.netloc}" if parts else "'none'"
+def page_headers(image_origin: str = "'none'") -> dict[str, str]:
+    """The headers of every HTML page: no caching, no framing, nothing but its own form."""
     return {
         "Cache-Control": "no-store",
         "X-Robots-Tag": "noindex",
@@ -95,10 +93,16 @@ def _headers(account: Account | None) -> dict[str, str]:
         "X-Content-Type-Options": "nosniff",
         "X-Frame-Options": "DENY",
         "Content-Security-Policy": (
-            f"default-src 'none'; style-src 'unsafe-inline'; img-src {image};"
+            f"default-src 'none'; style-src 'unsafe-inline'; img-src {image_origin};"
             " form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
         ),
     }
+
+
+def _headers(account: Account | None) -> dict[str, str]:
+    logo = account.brand.logo_url if account else None
+    parts = urlsplit(logo) if logo else None
+    return page_headers(f"{parts.scheme}://{parts.netloc}") if parts else page_headers()
 
 
 def _page(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from relay.dkim import Signer, load_keys
 from relay.policy import PolicyServices, build_pipeline
@@ -17,6 +17,23 @@ if TYPE_CHECKING:
     from relay.config import Config
     from relay.policy import Pipeline
     from relay.storage.base import Store
+
+
+class Context(Protocol):
+    """What services outside the SMTP path need of the runtime: the config and the token keys.
+
+    `Runtime` is one; the CLI makes a lighter one without loading TLS or DKIM files.
+    """
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force."""
+        ...
+
+    @property
+    def tokens(self) -> TokenCodec:
+        """The token codec made from `tokens.keys`."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, formataddr, make_msgid
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 from relay.clock import to_datetime
 from relay.logging import get_logger
@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
     from relay.clock import Clock
     from relay.config import Account, Config, MailingList
+    from relay.runtime import Context
     from relay.storage.base import Store
-    from relay.tokens import TokenCodec
 
 log = get_logger(__name__)
 HOUR = 3600.0
@@ -52,20 +52,6 @@ _ADDRESS = re.compile(
 )
 Answer = Literal["accepted", "invalid_address", "rate_limited"]
 ConfirmResult = Literal["confirmed", "already_confirmed", "invalid", "rate_limited"]
-
-
-class Context(Protocol):
-    """What the flow needs of the runtime: the config and the token keys."""
-
-    @property
-    def config(self) -> Config:
-        """The configuration in force."""
-        ...
-
-    @property
-    def tokens(self) -> TokenCodec:
-        """The token codec made from `tokens.keys`."""
-        ...
 
 
 @dataclass(frozen=True)

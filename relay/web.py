@@ -41,36 +41,31 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 FEEDBACK_KEY = web.AppKey("feedback", object)
-_PAGE_HEADERS = {
-    "Cache-Control": "no-store",
-    "X-Robots-Tag": "noindex",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
-    ),
-}
 
 
 def _html(body: str, status: int) -> web.Response:
     return web.Response(
-        text=body, status=status, content_type="text/html", charset="utf-8", headers=_PAGE_HEADERS
+        text=body,
+        status=status,
+        content_type="text/html",
+        charset="utf-8",
+        headers=forms.page_headers(),
     )
 
 
-def _brand(runtime: Runtime, claim: Claim | None) -> tuple[str, str]:
+def _link(request: web.Request) -> tuple[Runtime, Claim | None, str, str]:
+    """The runtime, the token's claim (None if forged or expired) and the brand to show."""
+    runtime = runtime_of(request)
+    claim = runtime.tokens.verify(request.match_info["token"])
     account = runtime.config.account(claim.account_id) if claim else None
     if account is None:
-        return "this sender", "en"
-    return account.brand.name, account.brand.language
+        return runtime, claim, "this sender", "en"
+    return runtime, claim, account.brand.name, account.brand.language
 
 
 async def unsubscribe_page(request: web.Request) -> web.Response:
     """The confirmation page; changes nothing."""
-    runtime = runtime_of(request)
-    claim = runtime.tokens.verify(request.match_info["token"])
-    name, language = _brand(runtime, claim)
+    _, claim, name, language = _link(request)
     if claim is None:
         return _html(page(name, language, "invalid"), 400)
     body = page(name, language, "confirm", address=claim.recipient, action=request.path)
@@ -79,9 +74,7 @@ async def unsubscribe_page(request: web.Request) -> web.Response:
 
 async def unsubscribe_post(request: web.Request) -> web.Response:
     """One-click (RFC 8058) or the page's button: suppress the recipient, say so."""
-    runtime = runtime_of(request)
-    claim = runtime.tokens.verify(request.match_info["token"])
-    name, language = _brand(runtime, claim)
+    runtime, claim, name, language = _link(request)
     if claim is None:
         return _html(page(name, language, "invalid"), 400)
     try:
