@@ -9,16 +9,14 @@ Notices go out through the relay itself (spooled, signed for the relay's own dom
 
 from __future__ import annotations
 
-import secrets
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from typing import TYPE_CHECKING, Literal
 
 from relay.abuse import halt
 from relay.clock import to_datetime
 from relay.logging import get_logger
-from relay.storage.base import CaseChange, NewMessage, new_message_id
+from relay.outgoing import relay_mail
+from relay.storage.base import CaseChange
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -118,23 +116,15 @@ async def send_notice(
         return None
     sender = config.feedback.notice_from or f"abuse@{config.relay_domain}"
     subject, body = _notice_text(config, case, kind)
-    notice = EmailMessage(policy=SMTP)
-    notice["From"] = f"{config.hostname} abuse desk <{sender}>"
-    notice["To"] = account.contact
-    notice["Subject"] = subject
-    notice["Date"] = _when(now)
-    notice["Message-ID"] = make_msgid(idstring=secrets.token_hex(6), domain=config.relay_domain)
-    notice["Auto-Submitted"] = "auto-generated"
-    notice["X-Optin-Relay-Case"] = case.id
-    notice.set_content(body)
-    message = NewMessage(
-        id=new_message_id(),
+    message = relay_mail(
+        config,
         account_id=case.account_id,
-        mail_from=sender,
-        recipients=(account.contact,),
-        content=notice.as_bytes(),
-        received_at=now,
-        kind="notice",
+        sender=(f"{config.hostname} abuse desk", sender),
+        to=account.contact,
+        subject=subject,
+        text=body,
+        headers={"X-Optin-Relay-Case": case.id},
+        now=now,
     )
     await store.spool(message)
     log.info("case_notice_queued", case_id=case.id, notice=kind, message_id=message.id)

@@ -17,19 +17,15 @@ import json
 import re
 import secrets
 from dataclasses import dataclass
-from email.message import EmailMessage
-from email.policy import SMTP
-from email.utils import format_datetime, formataddr, make_msgid
 from typing import TYPE_CHECKING, Literal
 
-from relay.clock import to_datetime
 from relay.logging import get_logger
+from relay.outgoing import relay_mail
 from relay.storage.base import (
     Confirmation,
     Consent,
     NewMessage,
     Subscription,
-    new_message_id,
     normalize_address,
 )
 from relay.templates import confirmation_email
@@ -192,23 +188,15 @@ class Subscriptions:
         sender = config.subscriptions.from_address or f"confirm@{config.relay_domain}"
         link = f"{config.web.public_url}/c/{token}"
         subject, text, html = confirmation_email(account.brand, mailing_list.name, link)
-        email = EmailMessage(policy=SMTP)
-        email["From"] = formataddr((account.brand.name, sender))
-        email["To"] = address
-        email["Subject"] = subject
-        email["Date"] = format_datetime(to_datetime(now))
-        email["Message-ID"] = make_msgid(idstring=secrets.token_hex(6), domain=config.relay_domain)
-        email["Auto-Submitted"] = "auto-generated"
-        email.set_content(text)
-        email.add_alternative(html, subtype="html")
-        return NewMessage(
-            id=new_message_id(),
+        return relay_mail(
+            config,
             account_id=account.id,
-            mail_from=sender,
-            recipients=(address,),
-            content=email.as_bytes(),
-            received_at=now,
-            kind="notice",
+            sender=(account.brand.name, sender),
+            to=address,
+            subject=subject,
+            text=text,
+            html=html,
+            now=now,
         )
 
     async def pending(self, token: str) -> Subscription | None:
