@@ -1,6 +1,103 @@
-"""Schema migrations, one numbered step per change, in each backend's dialect."""
+"""Schema migrations, one numbered step per change, in each backend's dialect.
+
+Steps 1-6 are written out per dialect; from step 7 on, one text serves both, with the column
+types filled in per dialect (`_TYPES`).
+"""
 
 from __future__ import annotations
+
+_TYPES = {
+    "SQLITE": {"real": "REAL", "blob": "BLOB", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"},
+    "POSTGRES": {"real": "DOUBLE PRECISION", "blob": "BYTEA", "serial": "BIGSERIAL PRIMARY KEY"},
+}
+_SHARED: dict[int, str] = {
+    7: """
+        CREATE TABLE cases (
+            id TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            reference TEXT NOT NULL,
+            message_id TEXT,
+            source TEXT NOT NULL,
+            feedback_type TEXT NOT NULL,
+            report {blob} NOT NULL,
+            status TEXT NOT NULL,
+            opened_at {real} NOT NULL,
+            deadline {real} NOT NULL,
+            updated_at {real} NOT NULL,
+            resolved_at {real},
+            resolution TEXT,
+            fine_cents INTEGER NOT NULL DEFAULT 0,
+            proof TEXT,
+            evidence TEXT,
+            appealed_at {real},
+            UNIQUE (account_id, recipient, reference)
+        );
+        CREATE INDEX cases_due ON cases (status, deadline);
+        CREATE INDEX cases_account ON cases (account_id, opened_at);
+        CREATE TABLE case_events (
+            id {serial},
+            case_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            status TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            at {real} NOT NULL
+        );
+        CREATE INDEX case_events_case ON case_events (case_id, id);
+        CREATE TABLE account_stats (
+            account_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            bucket {real} NOT NULL,
+            count BIGINT NOT NULL,
+            PRIMARY KEY (account_id, kind, bucket)
+        );
+        """,
+    8: """
+        ALTER TABLE consents ADD COLUMN withdrawn_how TEXT;
+        CREATE TABLE consent_history (
+            account_id TEXT NOT NULL,
+            address TEXT NOT NULL,
+            list_id TEXT NOT NULL,
+            method TEXT NOT NULL,
+            subscribed_at {real} NOT NULL,
+            confirmed_at {real},
+            source TEXT NOT NULL,
+            ip TEXT,
+            user_agent TEXT,
+            consent_text_version TEXT,
+            evidence TEXT,
+            withdrawn_at {real},
+            withdrawn_how TEXT,
+            archived_at {real} NOT NULL
+        );
+        CREATE INDEX consent_history_address ON consent_history (account_id, address);
+        CREATE TABLE subscriptions (
+            token_hash TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            list_id TEXT NOT NULL,
+            address TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at {real} NOT NULL,
+            expires_at {real} NOT NULL,
+            ip TEXT,
+            user_agent TEXT,
+            form_url TEXT NOT NULL,
+            consent_text_version TEXT NOT NULL,
+            consent_text TEXT NOT NULL,
+            confirmed_at {real},
+            confirm_ip TEXT,
+            confirm_user_agent TEXT
+        );
+        CREATE INDEX subscriptions_address ON subscriptions (account_id, address);
+        """,
+}
+
+
+def _shared(version: int, dialect: str) -> tuple[int, str]:
+    """Shared step `version` in `dialect`."""
+    return version, _SHARED[version].format(**_TYPES[dialect])
+
 
 SQLITE: list[tuple[int, str]] = [
     (
@@ -138,92 +235,8 @@ SQLITE: list[tuple[int, str]] = [
         6,
         "DROP TABLE campaign_sends",  # campaign sizes live in window_counts since migration 5
     ),
-    (
-        7,
-        """
-        CREATE TABLE cases (
-            id TEXT PRIMARY KEY,
-            account_id TEXT NOT NULL,
-            recipient TEXT NOT NULL,
-            reference TEXT NOT NULL,
-            message_id TEXT,
-            source TEXT NOT NULL,
-            feedback_type TEXT NOT NULL,
-            report BLOB NOT NULL,
-            status TEXT NOT NULL,
-            opened_at REAL NOT NULL,
-            deadline REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            resolved_at REAL,
-            resolution TEXT,
-            fine_cents INTEGER NOT NULL DEFAULT 0,
-            proof TEXT,
-            evidence TEXT,
-            appealed_at REAL,
-            UNIQUE (account_id, recipient, reference)
-        );
-        CREATE INDEX cases_due ON cases (status, deadline);
-        CREATE INDEX cases_account ON cases (account_id, opened_at);
-        CREATE TABLE case_events (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            case_id TEXT NOT NULL,
-            action TEXT NOT NULL,
-            status TEXT NOT NULL,
-            detail TEXT NOT NULL,
-            actor TEXT NOT NULL,
-            at REAL NOT NULL
-        );
-        CREATE INDEX case_events_case ON case_events (case_id, id);
-        CREATE TABLE account_stats (
-            account_id TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            bucket REAL NOT NULL,
-            count BIGINT NOT NULL,
-            PRIMARY KEY (account_id, kind, bucket)
-        );
-        """,
-    ),
-    (
-        8,
-        """
-        ALTER TABLE consents ADD COLUMN withdrawn_how TEXT;
-        CREATE TABLE consent_history (
-            account_id TEXT NOT NULL,
-            address TEXT NOT NULL,
-            list_id TEXT NOT NULL,
-            method TEXT NOT NULL,
-            subscribed_at REAL NOT NULL,
-            confirmed_at REAL,
-            source TEXT NOT NULL,
-            ip TEXT,
-            user_agent TEXT,
-            consent_text_version TEXT,
-            evidence TEXT,
-            withdrawn_at REAL,
-            withdrawn_how TEXT,
-            archived_at REAL NOT NULL
-        );
-        CREATE INDEX consent_history_address ON consent_history (account_id, address);
-        CREATE TABLE subscriptions (
-            token_hash TEXT PRIMARY KEY,
-            account_id TEXT NOT NULL,
-            list_id TEXT NOT NULL,
-            address TEXT NOT NULL,
-            status TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            expires_at REAL NOT NULL,
-            ip TEXT,
-            user_agent TEXT,
-            form_url TEXT NOT NULL,
-            consent_text_version TEXT NOT NULL,
-            consent_text TEXT NOT NULL,
-            confirmed_at REAL,
-            confirm_ip TEXT,
-            confirm_user_agent TEXT
-        );
-        CREATE INDEX subscriptions_address ON subscriptions (account_id, address);
-        """,
-    ),
+    _shared(7, "SQLITE"),
+    _shared(8, "SQLITE"),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -362,90 +375,6 @@ POSTGRES: list[tuple[int, str]] = [
         6,
         "DROP TABLE campaign_sends",  # campaign sizes live in window_counts since migration 5
     ),
-    (
-        7,
-        """
-        CREATE TABLE cases (
-            id TEXT PRIMARY KEY,
-            account_id TEXT NOT NULL,
-            recipient TEXT NOT NULL,
-            reference TEXT NOT NULL,
-            message_id TEXT,
-            source TEXT NOT NULL,
-            feedback_type TEXT NOT NULL,
-            report BYTEA NOT NULL,
-            status TEXT NOT NULL,
-            opened_at DOUBLE PRECISION NOT NULL,
-            deadline DOUBLE PRECISION NOT NULL,
-            updated_at DOUBLE PRECISION NOT NULL,
-            resolved_at DOUBLE PRECISION,
-            resolution TEXT,
-            fine_cents INTEGER NOT NULL DEFAULT 0,
-            proof TEXT,
-            evidence TEXT,
-            appealed_at DOUBLE PRECISION,
-            UNIQUE (account_id, recipient, reference)
-        );
-        CREATE INDEX cases_due ON cases (status, deadline);
-        CREATE INDEX cases_account ON cases (account_id, opened_at);
-        CREATE TABLE case_events (
-            id BIGSERIAL PRIMARY KEY,
-            case_id TEXT NOT NULL,
-            action TEXT NOT NULL,
-            status TEXT NOT NULL,
-            detail TEXT NOT NULL,
-            actor TEXT NOT NULL,
-            at DOUBLE PRECISION NOT NULL
-        );
-        CREATE INDEX case_events_case ON case_events (case_id, id);
-        CREATE TABLE account_stats (
-            account_id TEXT NOT NULL,
-            kind TEXT NOT NULL,
-            bucket DOUBLE PRECISION NOT NULL,
-            count BIGINT NOT NULL,
-            PRIMARY KEY (account_id, kind, bucket)
-        );
-        """,
-    ),
-    (
-        8,
-        """
-        ALTER TABLE consents ADD COLUMN withdrawn_how TEXT;
-        CREATE TABLE consent_history (
-            account_id TEXT NOT NULL,
-            address TEXT NOT NULL,
-            list_id TEXT NOT NULL,
-            method TEXT NOT NULL,
-            subscribed_at DOUBLE PRECISION NOT NULL,
-            confirmed_at DOUBLE PRECISION,
-            source TEXT NOT NULL,
-            ip TEXT,
-            user_agent TEXT,
-            consent_text_version TEXT,
-            evidence TEXT,
-            withdrawn_at DOUBLE PRECISION,
-            withdrawn_how TEXT,
-            archived_at DOUBLE PRECISION NOT NULL
-        );
-        CREATE INDEX consent_history_address ON consent_history (account_id, address);
-        CREATE TABLE subscriptions (
-            token_hash TEXT PRIMARY KEY,
-            account_id TEXT NOT NULL,
-            list_id TEXT NOT NULL,
-            address TEXT NOT NULL,
-            status TEXT NOT NULL,
-            created_at DOUBLE PRECISION NOT NULL,
-            expires_at DOUBLE PRECISION NOT NULL,
-            ip TEXT,
-            user_agent TEXT,
-            form_url TEXT NOT NULL,
-            consent_text_version TEXT NOT NULL,
-            consent_text TEXT NOT NULL,
-            confirmed_at DOUBLE PRECISION,
-            confirm_ip TEXT,
-            confirm_user_agent TEXT
-        );
-        CREATE INDEX subscriptions_address ON subscriptions (account_id, address);
-        """,
-    ),
+    _shared(7, "POSTGRES"),
+    _shared(8, "POSTGRES"),
 ]
