@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
     from relay.storage.base import Store
 
+    StoreRunner = Callable[[argparse.Namespace, Config, Store], Awaitable[int]]
+
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
@@ -80,22 +82,28 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure(level="info", stream=sys.stdout if args.command in ("serve", "sink") else sys.stderr)
     config_path: Path = args.config or _default_config()
-    handlers = {
+    # Commands that work on the store: each module's runner gets the args, config and store.
+    store_commands: dict[str, StoreRunner] = {
+        "suppress": cli_suppress.run,
+        "accounts": cli_accounts.run,
+        "consent": cli_consent.run,
+        "complaints": cli_cases.ingest,
+        "cases": cli_cases.run_cases,
+        "stats": cli_cases.run_stats,
+    }
+    handlers: dict[str, Callable[[argparse.Namespace, Path], int]] = {
         "serve": _serve,
         "check-config": _check_config,
         "hash-password": _hash_password,
         "sink": _sink,
         "dev-init": _dev_init,
         "queue": _queue,
-        "suppress": _suppress,
         "dkim": _dkim,
-        "accounts": _accounts,
-        "consent": _consent,
-        "complaints": _complaints,
-        "cases": _cases,
-        "stats": _stats,
     }
     try:
+        runner = store_commands.get(args.command)
+        if runner is not None:
+            return _with_store(config_path, lambda config, store: runner(args, config, store))
         return handlers[args.command](args, config_path)
     except ConfigError as exc:
         for problem in exc.problems:
@@ -206,30 +214,6 @@ def _dkim(args: argparse.Namespace, config_path: Path) -> int:
     if args.action == "show":
         return cli_dkim.show(config)
     return cli_dkim.check(config, args.domain)
-
-
-def _consent(args: argparse.Namespace, config_path: Path) -> int:
-    return _with_store(config_path, lambda config, store: cli_consent.run(args, config, store))
-
-
-def _complaints(args: argparse.Namespace, config_path: Path) -> int:
-    return _with_store(config_path, lambda config, store: cli_cases.ingest(args, config, store))
-
-
-def _cases(args: argparse.Namespace, config_path: Path) -> int:
-    return _with_store(config_path, lambda config, store: cli_cases.run_cases(args, config, store))
-
-
-def _stats(args: argparse.Namespace, config_path: Path) -> int:
-    return _with_store(config_path, lambda config, store: cli_cases.run_stats(args, config, store))
-
-
-def _accounts(args: argparse.Namespace, config_path: Path) -> int:
-    return _with_store(config_path, lambda config, store: cli_accounts.run(args, config, store))
-
-
-def _suppress(args: argparse.Namespace, config_path: Path) -> int:
-    return _with_store(config_path, lambda config, store: cli_suppress.run(args, config, store))
 
 
 def _queue(args: argparse.Namespace, config_path: Path) -> int:
