@@ -12,7 +12,8 @@ from aiohttp import web
 
 from relay import cases
 from relay.clock import SystemClock
-from relay.config import load_config, split_host_port
+from relay.config import load_config
+from relay.configtypes import split_host_port
 from relay.delivery import DeliveryService
 from relay.errors import ConfigError, StoreError
 from relay.feedback import Feedback

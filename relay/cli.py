@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from relay import __version__, cli_accounts, cli_cases, cli_consent, cli_dkim, cli_suppress
 from relay.clock import to_datetime
-from relay.config import Config, load_config, split_host_port
+from relay.config import Config, load_config
+from relay.configtypes import split_host_port
 from relay.errors import ConfigError, RelayError
 from relay.logging import configure, get_logger
 from relay.passwords import hash_password

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from relay import cases
 from relay.cli_accounts import actor
 from relay.clock import SystemClock, to_datetime
-from relay.config import parse_duration
+from relay.configtypes import parse_duration
 from relay.feedback import Feedback
 from relay.runtime import make_codec
 from relay.storage.base import STAT_KINDS

@@ -11,14 +11,10 @@ import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -27,92 +23,22 @@ from pydantic import (
     model_validator,
 )
 
+from relay.configtypes import (
+    ConfigPath,
+    Domain,
+    Duration,
+    Model,
+    Size,
+    is_loopback,
+    resolve_path,
+    split_host_port,
+    web_url,
+)
 from relay.errors import ConfigError
 from relay.passwords import is_password_hash
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG]?)(?:i?B)?\s*$")
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-_DOMAIN = re.compile(
-    r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))*$", re.ASCII
-)
 
-
-def parse_duration(value: object) -> float:
-    """Accept seconds as a number or a string such as `90`, `15m`, `3d`."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30, 15m, 3d")  # noqa: TRY004
-    if isinstance(value, int | float):
-        seconds = float(value)
-    elif isinstance(value, str) and (match := _DURATION.match(value)):
-        seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    else:
-        raise ValueError("expected a duration such as 30, 15m, 3d")
-    if seconds < 0:
-        raise ValueError("a duration cannot be negative")
-    return seconds
-
-
-def _size(value: object) -> int:
-    """Accept bytes as a number or a string such as `25MB`, `512k`."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str) and (match := _SIZE.match(value)):
-        return int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
-    raise ValueError("expected a size in bytes such as 26214400 or 25MB")
-
-
-def _domain(value: str) -> str:
-    """Normalise a domain to lower-case ASCII (IDNA) and check its syntax."""
-    try:
-        ascii_domain = value.strip().rstrip(".").encode("idna").decode("ascii").lower()
-    except UnicodeError as exc:
-        raise ValueError(f"not a valid domain: {value!r}") from exc
-    if not _DOMAIN.match(ascii_domain) or "." not in ascii_domain:
-        raise ValueError(f"not a valid domain: {value!r}")
-    return ascii_domain
-
-
-def _resolve_path(value: Path, info: ValidationInfo) -> Path:
-    base = (info.context or {}).get("base_dir")
-    if base is not None and not value.is_absolute():
-        return (Path(base) / value).resolve()
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(_size)]
-Domain = Annotated[str, AfterValidator(_domain)]
-ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
-
-
-def split_host_port(address: str) -> tuple[str, int]:
-    """Split `host:port` or `[v6]:port` into its parts."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:  # noqa: PLR2004
-        raise ValueError(f"expected host:port, got {address!r}")
-    host = host.strip("[]")
-    if not host:
-        raise ValueError(f"expected host:port, got {address!r}")
-    return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    """Say whether `host` is a loopback address (or `localhost`)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Listener(_Model):
+class Listener(Model):
     """One SMTP listening socket."""
 
     address: str
@@ -151,14 +77,14 @@ class Listener(_Model):
         return self
 
 
-class TlsFiles(_Model):
+class TlsFiles(Model):
     """A certificate chain and its private key, both PEM."""
 
     certificate: ConfigPath
     private_key: ConfigPath
 
 
-class SmtpConfig(_Model):
+class SmtpConfig(Model):
     """The SMTP ingress."""
 
     listeners: Annotated[list[Listener], Field(min_length=1)]
@@ -184,7 +110,7 @@ class SmtpConfig(_Model):
         return self
 
 
-class UpstreamConfig(_Model):
+class UpstreamConfig(Model):
     """The MTA that receives every relayed message."""
 
     host: str
@@ -204,7 +130,7 @@ class UpstreamConfig(_Model):
         return self
 
 
-class DeliveryConfig(_Model):
+class DeliveryConfig(Model):
     """Retries and expiry of spooled messages."""
 
     retry_schedule: Annotated[list[Duration], Field(min_length=1)] = Field(
@@ -220,13 +146,13 @@ class DeliveryConfig(_Model):
     batch: Annotated[int, Field(ge=1, le=10_000)] = 100
 
 
-class InboundConfig(_Model):
+class InboundConfig(Model):
     """The relay's own mail domain (unsubscribe, complaint and bounce addresses)."""
 
     domain: Domain
 
 
-class StorageConfig(_Model):
+class StorageConfig(Model):
     """Where state lives: `sqlite:///path` or `postgresql://...`."""
 
     url: str
@@ -236,14 +162,14 @@ class StorageConfig(_Model):
     def _scheme(cls, value: str, info: ValidationInfo) -> str:
         if value.startswith("sqlite:///"):
             # sqlite:///relative/path (against the config file's folder), sqlite:////abs/path
-            path = _resolve_path(Path(value.removeprefix("sqlite:///")), info)
+            path = resolve_path(Path(value.removeprefix("sqlite:///")), info)
             return f"sqlite:///{path}"
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("expected sqlite:///PATH or postgresql://...")
         return value
 
 
-class WebConfig(_Model):
+class WebConfig(Model):
     """The HTTP server (unsubscribe pages, forms, /metrics, /healthz)."""
 
     listen: str = "127.0.0.1:8025"
@@ -282,10 +208,10 @@ class WebConfig(_Model):
     def _public_url(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        return _web_url(value).rstrip("/")
+        return web_url(value).rstrip("/")
 
 
-class TokensConfig(_Model):
+class TokensConfig(Model):
     """HMAC keys for tokens: the first signs, all verify."""
 
     keys: Annotated[list[SecretStr], Field(min_length=1)]
@@ -302,17 +228,7 @@ class TokensConfig(_Model):
         return keys
 
 
-def _web_url(value: str) -> str:
-    """An absolute https URL (http only on loopback hosts, for development)."""
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("expected an absolute https:// URL")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
-        raise ValueError("expected https:// (http only on loopback)")
-    return value
-
-
-class Brand(_Model):
+class Brand(Model):
     """What an account's recipients see: name, postal address, footer text, language, look."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
@@ -327,10 +243,10 @@ class Brand(_Model):
     @field_validator("logo_url")
     @classmethod
     def _logo(cls, value: str | None) -> str | None:
-        return None if value is None else _web_url(value)
+        return None if value is None else web_url(value)
 
 
-class MailingList(_Model):
+class MailingList(Model):
     """A list an account lets people subscribe to through the hosted confirmed opt-in form."""
 
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -343,7 +259,7 @@ class MailingList(_Model):
     )
 
 
-class DkimKeyConfig(_Model):
+class DkimKeyConfig(Model):
     """A DKIM private key and where its public half is published (SELECTOR._domainkey.DOMAIN)."""
 
     domain: Domain
@@ -357,7 +273,7 @@ class DkimKeyConfig(_Model):
     algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
 
 
-class Limits(_Model):
+class Limits(Model):
     """An account's rate limits and abuse thresholds (the policy's numbers are the defaults)."""
 
     messages_per_hour: Annotated[int, Field(ge=1)] | None = None
@@ -378,7 +294,7 @@ class Limits(_Model):
     abuse_window: Duration = 86400.0
 
 
-class Account(_Model):
+class Account(Model):
     """A sender (a CRM's customer) that relays through optin-relay."""
 
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -427,7 +343,7 @@ class Account(_Model):
         return next((item for item in self.lists if item.id == list_id), None)
 
 
-class RateThreshold(_Model):
+class RateThreshold(Model):
     """A rate of events per delivered message over a trailing window, with its limits."""
 
     window: Annotated[Duration, Field(gt=0)] = 7 * 86400.0
@@ -444,7 +360,7 @@ class RateThreshold(_Model):
         return self
 
 
-class FeedbackConfig(_Model):
+class FeedbackConfig(Model):
     """Complaints, cases and bounces."""
 
     complaint_scope: Literal["account", "global"] = Field(
@@ -480,7 +396,7 @@ class FeedbackConfig(_Model):
         return self
 
 
-class SubscriptionsConfig(_Model):
+class SubscriptionsConfig(Model):
     """Hosted confirmed opt-in: pending lifetime, abuse limits, the confirmation sender."""
 
     pending_ttl: Annotated[Duration, Field(gt=0)] = Field(
@@ -506,7 +422,7 @@ class SubscriptionsConfig(_Model):
     )
 
 
-class Config(_Model):
+class Config(Model):
     """The whole configuration file."""
 
     hostname: Domain
