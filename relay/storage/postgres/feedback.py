@@ -40,6 +40,18 @@ async def _event(con: asyncpg.Connection, event: CaseEvent) -> None:
     )
 
 
+def _conditions(**given: object) -> tuple[str, list[object]]:
+    """A WHERE clause for the given (not None) columns: equality, or `>=` for times."""
+    clauses: list[str] = []
+    params: list[object] = []
+    for column, value in given.items():
+        if value is not None:
+            params.append(value)
+            operator = ">=" if column in ("bucket", "opened_at") else "="
+            clauses.append(f"{column} {operator} ${len(params)}")
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
 class PostgresFeedback(PostgresCore):
     """The feedback part of `PostgresStore`."""
 
@@ -96,14 +108,11 @@ class PostgresFeedback(PostgresCore):
         limit: int = 1000,
     ) -> list[Case]:
         """Cases, newest first."""
+        where, params = _conditions(account_id=account_id, status=status, opened_at=since)
         rows = await self._fetch(
-            f"SELECT {CASE_COLUMNS} FROM cases"  # noqa: S608 - constant SQL
-            " WHERE ($1::text IS NULL OR account_id = $1) AND ($2::text IS NULL OR status = $2)"
-            " AND ($3::double precision IS NULL OR opened_at >= $3)"
-            " ORDER BY opened_at DESC, id DESC LIMIT $4",
-            account_id,
-            status,
-            since,
+            f"SELECT {CASE_COLUMNS} FROM cases{where}"  # noqa: S608 - constant columns
+            f" ORDER BY opened_at DESC, id DESC LIMIT ${len(params) + 1}",
+            *params,
             limit,
         )
         return [case_from_row(row) for row in rows]
@@ -171,12 +180,11 @@ class PostgresFeedback(PostgresCore):
         self, *, since: float, account_id: str | None = None
     ) -> dict[str, dict[str, int]]:
         """Sums per account and kind since `since` (whole hourly buckets)."""
+        where, params = _conditions(account_id=account_id, bucket=since - since % STAT_BUCKET)
         rows = await self._fetch(
-            "SELECT account_id, kind, SUM(count) FROM account_stats"
-            " WHERE bucket >= $1 AND ($2::text IS NULL OR account_id = $2)"
+            f"SELECT account_id, kind, SUM(count) FROM account_stats{where}"  # noqa: S608
             " GROUP BY account_id, kind",
-            since - since % STAT_BUCKET,
-            account_id,
+            *params,
         )
         result: dict[str, dict[str, int]] = {}
         for account, kind, total in rows:

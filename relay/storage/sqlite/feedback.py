@@ -34,6 +34,18 @@ async def _event(db: aiosqlite.Connection, event: CaseEvent) -> None:
     )
 
 
+def _conditions(**given: object) -> tuple[str, list[object]]:
+    """A WHERE clause for the given (not None) columns: equality, or `>=` for times."""
+    clauses, params = [], []
+    for column, value in given.items():
+        if value is not None:
+            clauses.append(
+                f"{column} >= ?" if column in ("bucket", "opened_at") else f"{column} = ?"
+            )
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
 class SqliteFeedback(SqliteCore):
     """The feedback part of `SqliteStore`."""
 
@@ -91,11 +103,11 @@ class SqliteFeedback(SqliteCore):
         limit: int = 1000,
     ) -> list[Case]:
         """Cases, newest first."""
+        where, params = _conditions(account_id=account_id, status=status, opened_at=since)
         rows = await self._fetch(
-            f"SELECT {CASE_COLUMNS} FROM cases"  # noqa: S608 - constant SQL
-            " WHERE (? IS NULL OR account_id = ?) AND (? IS NULL OR status = ?)"
-            " AND (? IS NULL OR opened_at >= ?) ORDER BY opened_at DESC, id DESC LIMIT ?",
-            (account_id, account_id, status, status, since, since, limit),
+            f"SELECT {CASE_COLUMNS} FROM cases{where}"  # noqa: S608 - constant columns
+            " ORDER BY opened_at DESC, id DESC LIMIT ?",
+            [*params, limit],
         )
         return [case_from_row(row) for row in rows]
 
@@ -166,10 +178,12 @@ class SqliteFeedback(SqliteCore):
         self, *, since: float, account_id: str | None = None
     ) -> dict[str, dict[str, int]]:
         """Sums per account and kind since `since` (whole hourly buckets)."""
+        # Conditions only for what is asked: `? IS NULL OR ...` would keep SQLite off the index.
+        where, params = _conditions(account_id=account_id, bucket=since - since % STAT_BUCKET)
         rows = await self._fetch(
-            "SELECT account_id, kind, SUM(count) FROM account_stats"
-            " WHERE bucket >= ? AND (? IS NULL OR account_id = ?) GROUP BY account_id, kind",
-            (since - since % STAT_BUCKET, account_id, account_id),
+            f"SELECT account_id, kind, SUM(count) FROM account_stats{where}"  # noqa: S608
+            " GROUP BY account_id, kind",
+            params,
         )
         result: dict[str, dict[str, int]] = {}
         for account, kind, total in rows:
