@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 # Settings that only take effect on restart; a reload that changes them says so.
+PRUNE_INTERVAL = 3600.0
 _RESTART_ONLY = ("smtp.listeners", "storage", "web.listen", "upstream")
 
 
@@ -119,16 +120,19 @@ class Relay:
         log.info("relay_started", hostname=config.hostname, worker_id=self.delivery.worker_id)
 
     async def _maintenance(self) -> None:
-        """Every feedback.sweep_interval: uphold cases past their deadline, prune old counters."""
+        """Uphold cases past their deadline; prune old counters hourly (that scans a table)."""
         store = self.store
         if store is None:
             return
+        pruned_at = float("-inf")
         while True:
             config = self.runtime.current.config
             now = self.clock.now()
             try:
                 await cases.sweep(store, lambda: self.runtime.current.config, now=now)
-                await store.prune_windows(now - counter_horizon(config))
+                if now - pruned_at >= PRUNE_INTERVAL:
+                    await store.prune_windows(now - counter_horizon(config))
+                    pruned_at = now
             except StoreError as exc:
                 log.error("maintenance_failed", error=str(exc))
             await asyncio.sleep(config.feedback.sweep_interval)
