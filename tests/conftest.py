@@ -74,8 +74,21 @@ async def _pg_schema_url() -> str:
     return f"{PG_URL}?schema={schema}"
 
 
+# Relays started by `start_relay` and not stopped yet. pytest tears fixtures down in the reverse
+# order of setup, so a test that asks for `start_relay` before the fixture holding its database
+# would see the schema dropped under a relay still polling it (a deadlock on PostgreSQL): the
+# database fixtures stop these first.
+_LIVE_RELAYS: list[Relay] = []
+
+
+async def _stop_live_relays() -> None:
+    while _LIVE_RELAYS:
+        await _LIVE_RELAYS.pop().stop(grace=1)
+
+
 async def drop_pg_schema(url: str) -> None:
-    """Drop the schema a test URL names."""
+    """Drop the schema a test URL names, once no relay of this test uses it any more."""
+    await _stop_live_relays()
     schema = url.rsplit("schema=", 1)[1]
     con = await asyncpg.connect(PG_URL)
     try:
@@ -89,6 +102,7 @@ async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIter
     """A fresh database on each backend."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/relay.db"
+        await _stop_live_relays()
         return
     url = await _pg_schema_url()
     yield url
@@ -278,18 +292,16 @@ def clock() -> ManualClock:
 @pytest.fixture
 async def start_relay(clock: ManualClock) -> AsyncIterator[Callable[..., Any]]:
     """Start relays in-process from config data; all are stopped at the end of the test."""
-    relays: list[Relay] = []
 
     async def start(data: dict[str, Any], **kwargs: Any) -> Relay:
         config: Config = parse_config(data)
         relay = Relay(config, clock=kwargs.pop("clock", clock), **kwargs)
         await relay.start()
-        relays.append(relay)
+        _LIVE_RELAYS.append(relay)
         return relay
 
     yield start
-    for relay in relays:
-        await relay.stop(grace=1)
+    await _stop_live_relays()
 
 
 async def smtp_client(
