@@ -122,27 +122,75 @@ _FORM_STRINGS: dict[str, dict[str, str]] = {
         "limited_text": "Bitte warten Sie eine Weile.",
         "mail_subject": "Bitte best\u00e4tigen Sie Ihr Abonnement von {list}",
         "mail_text": "Bitte best\u00e4tigen Sie, dass Sie {list} von {name} erhalten m\u00f6chten:",
+        "unavailable_title": "Bitte versuchen Sie es gleich noch einmal",
+        "unavailable_text": "Ihre Anfrage konnte gerade nicht gespeichert werden. Es wurde "
+        "nichts ge\u00e4ndert.",
         "mail_ignore": "Wenn Sie das nicht angefordert haben, ignorieren Sie diese E-Mail.",
     },
     "fr": {
         "subscribe_title": "S'abonner \u00e0 {list}",
+        "subscribe_intro": "Saisissez votre adresse e-mail pour recevoir {list} de {name}.",
         "email_label": "Adresse e-mail",
         "consent_label": "J'accepte",
         "subscribe_button": "S'abonner",
+        "resubmit_note": "Veuillez v\u00e9rifier votre adresse et le texte de consentement, puis "
+        "vous abonner.",
+        "invalid_address": "Veuillez saisir une adresse e-mail valide.",
+        "consent_required": "Veuillez cocher la case pour donner votre accord.",
         "sent_title": "Consultez votre bo\u00eete de r\u00e9ception",
+        "sent_text": "Si l'adresse peut \u00eatre abonn\u00e9e, nous lui avons envoy\u00e9 un "
+        "lien. Ouvrez l'e-mail et confirmez pour terminer votre abonnement. Le lien est valable "
+        "{days} jours.",
+        "confirm_title": "Confirmez votre abonnement \u00e0 {list}",
+        "confirm_text": "Abonner {address} \u00e0 {list} de {name} ?",
         "confirm_button": "Confirmer l'abonnement",
         "confirmed_title": "Vous \u00eates abonn\u00e9",
+        "confirmed_text": "{address} recevra {list} de {name}. Chaque e-mail contient un lien de "
+        "d\u00e9sabonnement.",
+        "invalid_title": "Ce lien de confirmation n'est pas valide",
+        "invalid_text": "Le lien est incomplet ou a expir\u00e9. Veuillez vous abonner \u00e0 "
+        "nouveau.",
+        "limited_title": "Trop de demandes",
+        "limited_text": "Veuillez patienter un moment avant de r\u00e9essayer.",
+        "unavailable_title": "Veuillez r\u00e9essayer dans un instant",
+        "unavailable_text": "Votre demande n'a pas pu \u00eatre enregistr\u00e9e pour le moment. "
+        "Rien n'a \u00e9t\u00e9 modifi\u00e9.",
         "mail_subject": "Veuillez confirmer votre abonnement \u00e0 {list}",
+        "mail_text": "Veuillez confirmer que vous souhaitez recevoir {list} de {name} :",
+        "mail_ignore": "Si vous n'avez rien demand\u00e9, ignorez cet e-mail : vous ne serez pas "
+        "abonn\u00e9 et ne recevrez plus rien de notre part.",
     },
     "es": {
         "subscribe_title": "Suscribirse a {list}",
+        "subscribe_intro": "Introduce tu direcci\u00f3n de correo para recibir {list} de {name}.",
         "email_label": "Correo electr\u00f3nico",
         "consent_label": "Acepto",
         "subscribe_button": "Suscribirse",
+        "resubmit_note": "Revisa tu direcci\u00f3n y el texto de consentimiento y vuelve a "
+        "suscribirte.",
+        "invalid_address": "Introduce una direcci\u00f3n de correo v\u00e1lida.",
+        "consent_required": "Marca la casilla para dar tu consentimiento.",
         "sent_title": "Revisa tu bandeja de entrada",
+        "sent_text": "Si la direcci\u00f3n puede suscribirse, le hemos enviado un enlace. Abre el "
+        "correo y confirma para completar tu suscripci\u00f3n. El enlace es v\u00e1lido durante "
+        "{days} d\u00edas.",
+        "confirm_title": "Confirma tu suscripci\u00f3n a {list}",
+        "confirm_text": "\u00bfSuscribir {address} a {list} de {name}?",
         "confirm_button": "Confirmar suscripci\u00f3n",
         "confirmed_title": "Te has suscrito",
+        "confirmed_text": "{address} recibir\u00e1 {list} de {name}. Cada correo incluye un enlace "
+        "para darse de baja.",
+        "invalid_title": "Este enlace de confirmaci\u00f3n no es v\u00e1lido",
+        "invalid_text": "El enlace est\u00e1 incompleto o ha caducado. Vuelve a suscribirte.",
+        "limited_title": "Demasiadas solicitudes",
+        "limited_text": "Espera un poco antes de volver a intentarlo.",
+        "unavailable_title": "Int\u00e9ntalo de nuevo en un momento",
+        "unavailable_text": "No se pudo registrar tu solicitud en este momento. No se ha cambiado "
+        "nada.",
         "mail_subject": "Confirma tu suscripci\u00f3n a {list}",
+        "mail_text": "Confirma que quieres recibir {list} de {name}:",
+        "mail_ignore": "Si no lo has solicitado, ignora este correo: no se te suscribir\u00e1 y no "
+        "volver\u00e1s a saber de nosotros.",
     },
 }
 
@@ -153,9 +201,8 @@ def strings(language: str) -> dict[str, str]:
 
 
 def form_strings(language: str) -> dict[str, str]:
-    """The subscription texts in `language`; what it lacks comes in English."""
-    chosen = _FORM_STRINGS.get(language.split("-", maxsplit=1)[0].lower(), {})
-    return {**_FORM_STRINGS["en"], **chosen}
+    """The subscription texts in `language` (a tag such as `fr-CA`), English when unknown."""
+    return _FORM_STRINGS.get(language.split("-", maxsplit=1)[0].lower(), _FORM_STRINGS["en"])
 
 
 def confirmation_email(brand: Brand, list_name: str, link: str) -> tuple[str, str, str]:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import string
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from conftest import (
 from relay.config import parse_config
 from relay.errors import ConfigError
 from relay.storage.base import Suppression
+from relay.templates import LANGUAGES, form_strings, strings
 
 ACME = ("acme-crm", PASSWORD)
 CHROMIUM = "/usr/bin/chromium"
@@ -463,6 +465,26 @@ async def test_form_speaks_the_brand_language(start_relay, data):
     assert '<html lang="de">' in text
     assert "Globex Brief abonnieren" in text
     assert "Ja, bitte." in text
+
+
+def test_every_language_offered_is_complete():
+    """Each language a brand may choose has every page, form and email text, same placeholders."""
+
+    def placeholders(text: str) -> set[str]:
+        return {field for _, field, _, _ in string.Formatter().parse(text) if field}
+
+    assert set(LANGUAGES) == {"en", "de", "fr", "es"}
+    for table in (strings, form_strings):
+        english = table("en")
+        for language in LANGUAGES:
+            texts = table(language)
+            assert texts.keys() == english.keys(), language
+            for key, text in texts.items():
+                assert placeholders(text) == placeholders(english[key]), (language, key)
+            if language != "en":
+                assert texts["confirm_title"] != english["confirm_title"], language
+    assert form_strings("fr-CA") == form_strings("fr")
+    assert form_strings("it") == form_strings("en")
 
 
 async def test_terminated_account_takes_no_subscriptions(start_relay, data, upstream, clock):
