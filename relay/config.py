@@ -27,6 +27,7 @@ from relay.configtypes import (
     ConfigPath,
     Domain,
     Duration,
+    Hashes,
     Model,
     Size,
     is_loopback,
@@ -35,7 +36,6 @@ from relay.configtypes import (
     web_url,
 )
 from relay.errors import ConfigError
-from relay.passwords import is_password_hash
 
 
 class Listener(Model):
@@ -178,9 +178,10 @@ class WebConfig(Model):
         default_factory=list,
         description="addresses or networks of reverse proxies whose X-Forwarded-For is believed",
     )
-    admin_token_hash: str | None = Field(
+    admin_token_hash: Hashes | None = Field(
         default=None,
-        description="hash (`optin-relay hash-password`) of the bearer token for /admin/ endpoints",
+        description="hash (`optin-relay hash-password`) of the bearer token for /admin/ endpoints;"
+        " a list while rotating",
     )
 
     @field_validator("trusted_proxies")
@@ -188,13 +189,6 @@ class WebConfig(Model):
     def _networks(cls, value: list[str]) -> list[str]:
         for item in value:
             ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
-        return value
-
-    @field_validator("admin_token_hash")
-    @classmethod
-    def _admin_hash(cls, value: str | None) -> str | None:
-        if value is not None and not is_password_hash(value):
-            raise ValueError("expected a hash made by `optin-relay hash-password`")
         return value
 
     @field_validator("listen")
@@ -299,7 +293,7 @@ class Account(Model):
 
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     username: Annotated[str, Field(min_length=1)]
-    password_hash: str
+    password_hash: Hashes = Field(description="SMTP AUTH password hash; a list while rotating")
     from_domains: Annotated[list[Domain], Field(min_length=1)]
     contact: str | None = None
     stream: Literal["marketing", "transactional"] = "marketing"
@@ -311,23 +305,11 @@ class Account(Model):
     lists: list[MailingList] = Field(
         default_factory=list, description="lists with a hosted subscription form (/s/ID/LIST)"
     )
-    api_key_hash: str | None = Field(
-        default=None, description="hash of the subscription API key's secret (hash-password)"
+    api_key_hash: Hashes | None = Field(
+        default=None,
+        description="hash of the subscription API key's secret (hash-password);"
+        " a list while rotating",
     )
-
-    @field_validator("password_hash")
-    @classmethod
-    def _hash(cls, value: str) -> str:
-        if not is_password_hash(value):
-            raise ValueError("expected a hash made by `optin-relay hash-password`")
-        return value
-
-    @field_validator("api_key_hash")
-    @classmethod
-    def _api_hash(cls, value: str | None) -> str | None:
-        if value is not None and not is_password_hash(value):
-            raise ValueError("expected a hash made by `optin-relay hash-password`")
-        return value
 
     @field_validator("lists")
     @classmethod

@@ -1,4 +1,4 @@
-"""The value types of the configuration: durations, sizes, domains, paths, addresses, URLs.
+"""Configuration value types: durations, sizes, domains, paths, addresses, URLs, hashes.
 
 Each parses what a YAML file may say (`15m`, `25MB`, an IDN domain, a relative path) into one
 canonical value, or raises ValueError with the reason; `relay.config` builds its sections on them.
@@ -13,6 +13,8 @@ from typing import Annotated
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationInfo
+
+from relay.passwords import is_password_hash
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -66,10 +68,27 @@ def resolve_path(value: Path, info: ValidationInfo) -> Path:
     return value
 
 
+def one_or_more(value: object) -> object:
+    """A single value where a list is expected stands for a list of one."""
+    return [value] if isinstance(value, str) else value
+
+
+def check_hashes(value: tuple[str, ...]) -> tuple[str, ...]:
+    """Secret hashes made by `optin-relay hash-password`: at least one, each one well-formed."""
+    if not value:
+        raise ValueError("expected a hash made by `optin-relay hash-password`, or a list of them")
+    for item in value:
+        if not is_password_hash(item):
+            raise ValueError("expected a hash made by `optin-relay hash-password`")
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Domain = Annotated[str, AfterValidator(normalize_domain)]
 ConfigPath = Annotated[Path, AfterValidator(resolve_path)]
+# A credential's hash, or a list of them while it is being rotated (any one of them is accepted).
+Hashes = Annotated[tuple[str, ...], BeforeValidator(one_or_more), AfterValidator(check_hashes)]
 
 
 def split_host_port(address: str) -> tuple[str, int]:

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 SUBSCRIPTIONS_KEY = web.AppKey("subscriptions", object)
-API_KEYS_KEY: web.AppKey[dict[tuple[str, str], str]] = web.AppKey("api_keys", dict)
+API_KEYS_KEY: web.AppKey[dict[tuple[str, str], tuple[str, ...]]] = web.AppKey("api_keys", dict)
 _ENV = Environment(
     loader=PackageLoader("relay", "pages"),
     autoescape=select_autoescape(default=True, default_for_string=True),

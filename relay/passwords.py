@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 _HASHER = PasswordHasher()
 
@@ -26,14 +30,25 @@ def is_password_hash(value: str) -> bool:
     return value.startswith("$argon2")
 
 
-def verify_password(password_hash: str | None, password: str) -> bool:
-    """Check `password` against `password_hash` (None: unknown user, always False)."""
+def _verify(password_hash: str, password: str) -> bool:
     try:
-        return _HASHER.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        return _HASHER.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
 
-async def verify_password_async(password_hash: str | None, password: str) -> bool:
+def verify_password(hashes: str | Sequence[str] | None, password: str) -> bool:
+    """Check `password` against a hash, or against any of several while a secret is rotated.
+
+    None (an unknown user) is always False, after the same work as one wrong password.
+    """
+    candidates = (hashes,) if isinstance(hashes, str) else tuple(hashes or ())
+    if not candidates:
+        _verify(_DUMMY_HASH, password)
+        return False
+    return any(_verify(item, password) for item in candidates)
+
+
+async def verify_password_async(hashes: str | Sequence[str] | None, password: str) -> bool:
     """`verify_password` in a worker thread: Argon2 takes tens of milliseconds of CPU."""
-    return await asyncio.to_thread(verify_password, password_hash, password)
+    return await asyncio.to_thread(verify_password, hashes, password)

@@ -11,6 +11,7 @@ import yaml
 from conftest import PASSWORD_HASH, ROOT, config_data
 
 from relay.config import ConfigError, load_config, parse_config
+from relay.passwords import hash_password
 
 CLI = [sys.executable, "-m", "relay"]
 
@@ -201,3 +202,27 @@ def test_config_from_environment(tmp_path, valid):
 def test_password_hash_field_accepts_cli_output():
     """A hash made by hash-password is accepted as an account's password_hash."""
     assert PASSWORD_HASH.startswith("$argon2id$")
+
+
+def test_credential_hashes_take_a_list_while_rotating(valid):
+    """password_hash, api_key_hash and admin_token_hash take one hash or a list of them."""
+    other = hash_password("the-next-secret-1234")
+    valid["accounts"][0]["password_hash"] = [other, PASSWORD_HASH]
+    valid["accounts"][0]["api_key_hash"] = PASSWORD_HASH
+    valid["web"]["admin_token_hash"] = [PASSWORD_HASH]
+    config = parse_config(valid)
+    assert config.accounts[0].password_hash == (other, PASSWORD_HASH)
+    assert config.accounts[0].api_key_hash == (PASSWORD_HASH,)
+    assert config.accounts[1].password_hash == (PASSWORD_HASH,)
+    assert config.web.admin_token_hash == (PASSWORD_HASH,)
+    valid["accounts"][0]["password_hash"] = [PASSWORD_HASH, "plaintext"]
+    valid["accounts"][1]["password_hash"] = []
+    valid["web"]["admin_token_hash"] = "plaintext"
+    assert sorted(p.split(" (")[0] for p in problems(valid)) == [
+        "accounts[0].password_hash: expected a hash made by `optin-relay hash-password`",
+        (
+            "accounts[1].password_hash: expected a hash made by `optin-relay hash-password`, "
+            "or a list of them"
+        ),
+        "web.admin_token_hash: expected a hash made by `optin-relay hash-password`",
+    ]

@@ -11,6 +11,7 @@ import aiosmtplib
 import pytest
 from conftest import (
     PASSWORD,
+    PASSWORD_HASH,
     TestUpstream,
     assert_relayed_intact,
     config_data,
@@ -18,6 +19,9 @@ from conftest import (
     simple_message,
     smtp_client,
 )
+
+from relay.config import parse_config
+from relay.passwords import hash_password
 
 LOGIN = ("acme-crm", PASSWORD)
 
@@ -382,13 +386,29 @@ async def test_reload_swaps_accounts(start_relay, data, upstream):
     relay = await start_relay(data)
     new = dict(data)
     new["accounts"] = [dict(data["accounts"][0], username="acme-renamed")]
-    from relay.config import parse_config
-
     relay.reload(parse_config(new))
     client = await smtp_client(relay.smtp_ports[0])
     with pytest.raises(aiosmtplib.SMTPAuthenticationError):
         await client.auth_plain(*LOGIN)
     await client.auth_plain("acme-renamed", PASSWORD)
+    await client.quit()
+
+
+async def test_password_rotation_accepts_either_hash_until_reload(start_relay, data):
+    """With password_hash a list, old and new passwords both log in; a reload drops the old."""
+    new_password = "n3w-Passw0rd-for-rotation"
+    new_hash = hash_password(new_password)
+    data["accounts"][0]["password_hash"] = [new_hash, PASSWORD_HASH]
+    relay = await start_relay(data)
+    for password in (PASSWORD, new_password):
+        client = await smtp_client(relay.smtp_ports[0], login=("acme-crm", password))
+        await client.quit()
+    rotated = dict(data["accounts"][0], password_hash=new_hash)
+    relay.reload(parse_config({**data, "accounts": [rotated]}))
+    client = await smtp_client(relay.smtp_ports[0])
+    with pytest.raises(aiosmtplib.SMTPAuthenticationError):
+        await client.auth_plain(*LOGIN)
+    await client.auth_plain("acme-crm", new_password)
     await client.quit()
 
 

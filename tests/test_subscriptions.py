@@ -24,6 +24,7 @@ from conftest import (
 
 from relay.config import parse_config
 from relay.errors import ConfigError
+from relay.passwords import hash_password
 from relay.storage.base import Suppression
 from relay.templates import LANGUAGES, form_strings, strings
 
@@ -377,6 +378,27 @@ async def test_unsubscribed_address_comes_back_only_through_the_flow(start_relay
 
 
 # --- the API ---
+
+
+async def test_api_key_rotation(start_relay, data):
+    """With api_key_hash a list both keys work; after a reload without the old one it fails."""
+    new_key = "rotated-api-key-0123456789"
+    new_hash = hash_password(new_key)
+    data["accounts"][0]["api_key_hash"] = [new_hash, PASSWORD_HASH]
+    relay = await start_relay(data)
+    url = f"{base(relay)}/api/v1/subscriptions/nobody@example.net"
+
+    async def status(secret: str) -> int:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(url, headers={"Authorization": f"Bearer acme:{secret}"}) as r,
+        ):
+            return r.status
+
+    assert [await status(PASSWORD), await status(new_key)] == [404, 404]  # both let in
+    rotated = dict(data["accounts"][0], api_key_hash=new_hash)
+    relay.reload(parse_config({**data, "accounts": [rotated]}))
+    assert [await status(PASSWORD), await status(new_key)] == [401, 404]  # the cached one too
 
 
 async def test_api_starts_double_opt_in_and_returns_the_record(start_relay, data, upstream):
