@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Literal
 from relay.abuse import halt
 from relay.clock import to_datetime
 from relay.logging import get_logger
+from relay.metrics import CASES
 from relay.outgoing import relay_mail
 from relay.storage.base import CaseChange
 
@@ -169,6 +170,7 @@ async def appeal(store: Store, case_id: str, evidence: str, *, actor: str, now: 
     )
     case = await _move(store, case, change, ("open", "awaiting_proof"), now)
     log.info("case_appealed", case_id=case.id, account_id=case.account_id, actor=actor)
+    CASES.labels("appealed").inc()
     return case
 
 
@@ -221,6 +223,7 @@ async def dismiss_with_proof(
 
 async def _resolved(store: Store, config: Config, case: Case, *, now: float) -> None:
     fields = {"case_id": case.id, "account_id": case.account_id, "recipient": case.recipient}
+    CASES.labels(case.status).inc()
     if case.status == "dismissed":
         log.info("case_dismissed", resolution=case.resolution, **fields)
         await send_notice(store, config, case, "dismissed", now=now)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 from relay import cases
 from relay.accounts import change_state
 from relay.logging import get_logger
+from relay.metrics import FEEDBACK_REPORTS
 from relay.reports import ComplaintReport, bounce_class, read_complaint, read_dsn
 from relay.stats import check_rate
 from relay.storage.base import (
@@ -149,6 +150,11 @@ class Feedback:
 
     async def complaint(self, content: bytes, *, source: Source, trusted: bool) -> IntakeResult:
         """Act on a complaint report or forwarded message; never raises for bad input."""
+        result = await self._complaint(content, source=source, trusted=trusted)
+        FEEDBACK_REPORTS.labels("complaint", result.outcome).inc()
+        return result
+
+    async def _complaint(self, content: bytes, *, source: Source, trusted: bool) -> IntakeResult:
         try:
             report = read_complaint(content)
         except Exception as exc:  # noqa: BLE001 - untrusted input must never crash the intake
@@ -301,6 +307,11 @@ class Feedback:
 
     async def bounce(self, content: bytes, recipient_id: int) -> IntakeResult:
         """Act on a DSN that came back to bounce+TOKEN@ (the token names `recipient_id`)."""
+        result = await self._bounce(content, recipient_id)
+        FEEDBACK_REPORTS.labels("bounce", result.outcome).inc()
+        return result
+
+    async def _bounce(self, content: bytes, recipient_id: int) -> IntakeResult:
         sent = await self.store.sent(recipient_id)
         if sent is None:
             log.info("bounce_ignored", cause="unknown recipient id", recipient_id=recipient_id)

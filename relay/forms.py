@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from relay.errors import StoreError
 from relay.logging import get_logger
+from relay.metrics import SUBSCRIPTIONS
 from relay.passwords import verify_password_async
 from relay.subscriptions import Requester, Subscriptions
 from relay.templates import form_strings
@@ -241,6 +242,7 @@ async def form_post(request: web.Request) -> web.Response:  # noqa: PLR0911 - on
     ip = client_ip(request, config)
     if data.get("website"):
         log.info("subscription_dropped", reason="honeypot", client_ip=ip, account_id=account.id)
+        SUBSCRIPTIONS.labels("subscribe", "dropped").inc()
         return _sent(account, config)
     if data.get("consent") != "yes":
         errors = (words["consent_required"],)

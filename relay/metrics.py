@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -19,5 +19,33 @@ DELIVERIES = Counter(
     "optin_relay_deliveries",
     "Delivery attempts by outcome (delivered, deferred, failed)",
     ["outcome"],
+    registry=REGISTRY,
+)
+FEEDBACK_REPORTS = Counter(
+    "optin_relay_feedback_reports",
+    "Complaint reports and bounces taken in, by kind (complaint, bounce) and outcome",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
+CASES = Counter(
+    "optin_relay_cases",
+    "Complaint cases closed or appealed in this process, by event (dismissed, upheld, appealed)",
+    ["event"],
+    registry=REGISTRY,
+)
+SUBSCRIPTIONS = Counter(
+    "optin_relay_subscriptions",
+    "Confirmed opt-in steps by step (subscribe, confirm) and outcome",
+    ["step", "outcome"],
+    registry=REGISTRY,
+)
+SPOOL_PENDING = Gauge(
+    "optin_relay_spool_pending_recipients",
+    "Recipients waiting for delivery in the shared spool (read at each scrape)",
+    registry=REGISTRY,
+)
+SPOOL_OLDEST_AGE = Gauge(
+    "optin_relay_spool_oldest_pending_age_seconds",
+    "Age of the oldest message with a recipient waiting for delivery (0 when none)",
     registry=REGISTRY,
 )

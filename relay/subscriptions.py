@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from relay.logging import get_logger
+from relay.metrics import SUBSCRIPTIONS
 from relay.outgoing import relay_mail
 from relay.storage.base import (
     Confirmation,
@@ -120,6 +121,7 @@ class Subscriptions:
             "subscribe_ip", requester.ip or "-", limits.subscribe_per_ip, HOUR
         ):
             log.info("subscription_rate_limited", client_ip=requester.ip, step="subscribe")
+            SUBSCRIPTIONS.labels("subscribe", "rate_limited").inc()
             return "rate_limited"
         fields = {"account_id": account.id, "list_id": mailing_list.id, "recipient": address}
         reason = await self._why_not(account, mailing_list, address)
@@ -133,6 +135,7 @@ class Subscriptions:
             reason = "email_cap"
         if reason is not None:
             log.info("subscription_dropped", reason=reason, client_ip=requester.ip, **fields)
+            SUBSCRIPTIONS.labels("subscribe", "dropped").inc()
             return "accepted"
         token = secrets.token_urlsafe(32)
         now = self.clock.now()
@@ -155,6 +158,7 @@ class Subscriptions:
         await self.store.spool(message)
         self.on_spooled()
         log.info("subscription_requested", client_ip=requester.ip, message_id=message.id, **fields)
+        SUBSCRIPTIONS.labels("subscribe", "requested").inc()
         return "accepted"
 
     async def _why_not(
@@ -212,6 +216,13 @@ class Subscriptions:
         self, token: str, *, ip: str | None, user_agent: str | None
     ) -> tuple[ConfirmResult, Subscription | None]:
         """Confirm the subscription `token` names: the opt-in record is written now."""
+        result, item = await self._confirm(token, ip=ip, user_agent=user_agent)
+        SUBSCRIPTIONS.labels("confirm", result).inc()
+        return result, item
+
+    async def _confirm(
+        self, token: str, *, ip: str | None, user_agent: str | None
+    ) -> tuple[ConfirmResult, Subscription | None]:
         limits = self.runtime().config.subscriptions
         if not await self._allowed("confirm_ip", ip or "-", limits.confirm_per_ip, HOUR):
             log.info("subscription_rate_limited", client_ip=ip, step="confirm")

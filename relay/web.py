@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from relay import forms
 from relay.errors import StoreError
 from relay.logging import get_logger
-from relay.metrics import REGISTRY
+from relay.metrics import REGISTRY, SPOOL_OLDEST_AGE, SPOOL_PENDING
 from relay.passwords import verify_password_async
 from relay.templates import page
 from relay.throttle import FailureThrottle
@@ -100,8 +100,14 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition."""
-    del request
+    """Prometheus text exposition; the spool backlog is read from the store at each scrape."""
+    try:
+        pending, oldest = await store_of(request).backlog()
+    except StoreError as exc:
+        log.warning("metrics_store_unavailable", error=str(exc))  # the gauges keep their values
+    else:
+        SPOOL_PENDING.set(pending)
+        SPOOL_OLDEST_AGE.set(0 if oldest is None else max(0.0, clock_of(request).now() - oldest))
     return web.Response(
         body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

@@ -20,11 +20,13 @@ from email.message import Message
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiosmtplib
 import asyncpg
 import pytest
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from prometheus_client.parser import text_string_to_metric_families
 
 from relay.app import Relay
 from relay.clock import ManualClock
@@ -350,6 +352,20 @@ async def eventually(
             msg = "condition not reached in time"
             raise AssertionError(msg)
         await asyncio.sleep(interval)
+
+
+async def scrape(web_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample the relay's /metrics shows, by name and sorted labels."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{web_port}/metrics") as response,
+    ):
+        text = await response.text()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 class RelayProcess:

@@ -26,6 +26,7 @@ from conftest import (
     config_data,
     dkim_dns,
     eventually,
+    scrape,
     simple_message,
     smtp_client,
 )
@@ -429,6 +430,59 @@ async def test_case_end_to_end(start_relay, data, upstream, tmp_path):
     assert "upheld" in again.stderr
 
 
+def opt_in(address: str, confirmed_at: float, **details: str) -> Consent:
+    """A confirmed opt-in record of acme's, from its form, confirmed at `confirmed_at`."""
+    return Consent(
+        "acme",
+        address,
+        "newsletter",
+        "confirmed",
+        subscribed_at=confirmed_at - 200,
+        confirmed_at=confirmed_at,
+        source="form:https://acme.example/subscribe",
+        **details,
+    )
+
+
+async def test_metrics_follow_intake_cases_and_the_backlog(
+    start_relay, data, upstream, clock, log_lines
+):
+    """/metrics counts reports by outcome and closed cases, and shows what waits in the spool."""
+    relay = await start_relay(data)
+    reports = "optin_relay_feedback_reports_total"
+    complaints = (reports, (("kind", "complaint"), ("outcome", "case")))
+    on_record = (reports, (("kind", "complaint"), ("outcome", "dismissed")))
+    ignored = (reports, (("kind", "complaint"), ("outcome", "ignore")))
+    dismissed = ("optin_relay_cases_total", (("event", "dismissed"),))
+    pending = ("optin_relay_spool_pending_recipients", ())
+    age = ("optin_relay_spool_oldest_pending_age_seconds", ())
+    before = await scrape(relay.web_port)
+    assert (before[pending], before[age]) == (0, 0)
+
+    await relay.store.record_consents([opt_in("gina@example.net", clock.now() - 500)])
+    clock.advance(60)
+    await send(relay, ["frank@example.net", "gina@example.net"])
+    await eventually(lambda: len(upstream.messages) == 2)
+    for captured in upstream.messages[:2]:
+        code, _ = await inbound(relay, f"fbl@{INBOUND}", arf(captured.content))
+        assert code == 250
+    code, _ = await inbound(
+        relay, f"fbl@{INBOUND}", arf(upstream.messages[0].content, feedback_type="not-spam")
+    )
+    assert code == 250
+    notices = lambda: [m for m in upstream.messages if m.rcpt == "abuse-desk@acme.example"]  # noqa: E731
+    await eventually(lambda: len(notices()) == 2)  # one asks for proof, one says it was dismissed
+
+    upstream.reject["stuck@example.net"] = "451 4.3.0 Try again later"
+    await send(relay, ["stuck@example.net"])
+    await eventually(lambda: any(e["event"] == "delivery_deferred" for e in log_lines()))
+    clock.advance(45)
+    after = await scrape(relay.web_port)
+    delta = lambda key: after.get(key, 0) - before.get(key, 0)  # noqa: E731
+    assert [delta(complaints), delta(on_record), delta(ignored), delta(dismissed)] == [1, 1, 1, 1]
+    assert (after[pending], after[age]) == (1, 45)
+
+
 async def test_complaint_with_confirmed_opt_in_is_dismissed_with_proof(
     start_relay, data, upstream, clock
 ):
@@ -437,14 +491,9 @@ async def test_complaint_with_confirmed_opt_in_is_dismissed_with_proof(
     now = clock.now()
     await relay.store.record_consents(
         [
-            Consent(
-                "acme",
+            opt_in(
                 "gina@example.net",
-                "newsletter",
-                "confirmed",
-                subscribed_at=now - 7200,
-                confirmed_at=now - 7000,
-                source="form:https://acme.example/subscribe",
+                now - 7000,
                 ip="192.0.2.7",
                 user_agent="Mozilla/5.0",
                 consent_text_version="v3",

@@ -19,6 +19,7 @@ from conftest import (
     config_data,
     eventually,
     free_port,
+    scrape,
     smtp_client,
 )
 
@@ -318,6 +319,31 @@ async def test_csrf_and_honeypot(start_relay, data, upstream):
     await eventually(lambda: bool(confirmations(upstream, "una@example.net")))
     assert confirmations(upstream, "vic@example.net") == []
     assert len([m for m in upstream.messages if m.rcpt == "una@example.net"]) == 1
+
+
+async def test_metrics_count_subscription_steps(start_relay, data, upstream):
+    """/metrics counts subscribe and confirm steps by outcome."""
+    relay = await start_relay(data)
+    before = await scrape(relay.web_port)
+    async with aiohttp.ClientSession() as http:
+        await subscribe(http, relay, "xia@example.net")
+        await subscribe(http, relay, "bot@example.net", website="http://spam")
+        await eventually(lambda: bool(confirmations(upstream, "xia@example.net")))
+        for token in (confirmations(upstream, "xia@example.net")[0], "forged" * 8):
+            async with http.post(f"{base(relay)}/c/{token}") as answer:
+                assert answer.status in (200, 400)
+    after = await scrape(relay.web_port)
+    steps = [
+        ("subscribe", "requested"),
+        ("subscribe", "dropped"),
+        ("confirm", "confirmed"),
+        ("confirm", "invalid"),
+    ]
+    deltas = []
+    for step, outcome in steps:
+        key = ("optin_relay_subscriptions_total", (("outcome", outcome), ("step", step)))
+        deltas.append(after.get(key, 0) - before.get(key, 0))
+    assert deltas == [1, 1, 1, 1]
 
 
 # --- re-subscription and withdrawal ---

@@ -25,6 +25,7 @@ async def test_healthz_and_metrics(start_relay, store_url, tls_files, upstream):
             assert response.status == 200
             assert "optin_relay_messages_accepted_total" in text
             assert 'optin_relay_deliveries_total{outcome="delivered"}' in text
+            assert "optin_relay_spool_pending_recipients 0.0" in text  # read from either backend
         await relay.store.close()
         async with http.get(f"{base}/healthz") as response:
             assert response.status == 503

@@ -378,6 +378,10 @@ class Store(Protocol):
         """Number of recipients in each state."""
         ...
 
+    async def backlog(self) -> tuple[int, float | None]:
+        """Recipients pending delivery, and when the oldest of their messages was received."""
+        ...
+
     # --- suppression list ---
 
     async def suppress(self, entry: Suppression, *, actor: str) -> bool:

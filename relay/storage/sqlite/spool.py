@@ -181,3 +181,11 @@ class SqliteSpool(SqliteCore):
         """Recipients per state."""
         rows = await self._fetch("SELECT status, COUNT(*) FROM recipients GROUP BY status")
         return {row[0]: row[1] for row in rows}
+
+    async def backlog(self) -> tuple[int, float | None]:
+        """Pending recipients (through the status index) and their oldest message's receipt."""
+        [row] = await self._fetch(
+            "SELECT COUNT(*), MIN(m.received_at) FROM recipients r"
+            " JOIN messages m ON m.id = r.message_id WHERE r.status = 'pending'"
+        )
+        return int(row[0]), None if row[1] is None else float(row[1])
