@@ -31,7 +31,7 @@ from relay.metrics import SUBSCRIPTIONS
 from relay.passwords import verify_password_async
 from relay.subscriptions import Requester, Subscriptions
 from relay.templates import form_strings
-from relay.webstate import runtime_of, throttle_of
+from relay.webstate import read_form, runtime_of, throttle_of
 
 if TYPE_CHECKING:
     from relay.config import Account, Config, MailingList
@@ -223,7 +223,9 @@ async def form_post(request: web.Request) -> web.Response:  # noqa: PLR0911 - on
     runtime = runtime_of(request)
     config = runtime.config
     words = form_strings(account.brand.language)
-    data = await request.post()
+    data = await read_form(request)
+    if data is None:  # not a form: show a fresh one
+        return _form(request, account, mailing_list, 400, note=words["resubmit_note"])
     email = str(data.get("email", ""))[:254].strip()
     source = str(data.get("source_url", "") or request.headers.get("Referer", ""))[:1000]
     token = str(data.get("form_token", ""))
@@ -381,11 +383,11 @@ async def api_subscribe(request: web.Request) -> web.Response:  # noqa: PLR0911 
         return account
     try:
         body = ApiSubscribe.model_validate(json.loads(await request.text()))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "invalid_json", "the body must be a JSON object")
-    except ValidationError as exc:
+    except ValidationError as exc:  # a ValueError too: it must come first
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return _error(400, "invalid_request", problems)
+    except (ValueError, LookupError):  # not JSON, not in its charset, or an unknown charset
+        return _error(400, "invalid_json", "the body must be a JSON object")
     mailing_list = account.mailing_list(body.list)
     if mailing_list is None:
         return _error(404, "unknown_list", f"account {account.id} has no list {body.list!r}")

@@ -30,9 +30,39 @@ def configure(*, level: str = "info", stream: TextIO | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(stream=sys.stderr, level=logging.WARNING, force=True)
+    # What libraries log through the standard library (aiohttp, asyncio, Python warnings) comes
+    # out as JSON lines too, under one event name, so the stream stays machine-readable.
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                _library_event,
+            ],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                structlog.processors.JSONRenderer(sort_keys=False),
+            ],
+        )
+    )
+    logging.basicConfig(handlers=[handler], level=logging.WARNING, force=True)
+    logging.captureWarnings(capture=False)  # configure may run again: hook warnings afresh
+    logging.captureWarnings(capture=True)
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _library_event(
+    logger: object, method: str, event_dict: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    """A library's log record: its text becomes `message`, the event is `library_log`."""
+    del logger, method
+    event_dict["message"] = str(event_dict.pop("event", ""))
+    event_dict["event"] = "library_log"
+    return event_dict
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

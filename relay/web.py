@@ -27,7 +27,15 @@ from relay.passwords import verify_password_async
 from relay.templates import page
 from relay.throttle import FailureThrottle
 from relay.unsubscribe import Method, unsubscribe
-from relay.webstate import clock_of, runtime_of, share, store_of, throttle_of
+from relay.webstate import (
+    clock_of,
+    crash_barrier,
+    read_form,
+    runtime_of,
+    share,
+    store_of,
+    throttle_of,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -78,8 +86,8 @@ async def unsubscribe_post(request: web.Request) -> web.Response:
     if claim is None:
         return _html(page(name, language, "invalid"), 400)
     try:
-        form = await request.post()
-    except (ValueError, UnicodeDecodeError, web.HTTPException):
+        form = await read_form(request)
+    except web.HTTPException:
         form = None  # RFC 8058 section 8.3's own example is malformed: the POST itself decides
     method: Method = "page" if form is not None and form.get("source") == "page" else "one_click"
     clock = clock_of(request)
@@ -176,7 +184,7 @@ def make_app(
     subscriptions: Subscriptions,
 ) -> web.Application:
     """The aiohttp application."""
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[crash_barrier])
     smtp = runtime().config.smtp
     throttle = FailureThrottle(smtp.auth_failure_limit, smtp.auth_failure_window, clock)
     share(app, store, runtime, clock, throttle)

@@ -1,4 +1,8 @@
-"""What the HTTP handlers share, kept on the aiohttp app: store, runtime, clock, throttle."""
+"""What the HTTP handlers share.
+
+The store, runtime, clock and throttle (kept on the aiohttp app), reading untrusted form bodies,
+and the middleware that turns a handler's crash into a plain 500 and a JSON log event.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,19 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from relay.logging import get_logger
+
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
+
+    from multidict import MultiDictProxy
 
     from relay.clock import Clock
     from relay.runtime import Runtime
     from relay.storage.base import Store
     from relay.throttle import FailureThrottle
 
+log = get_logger(__name__)
 STORE_KEY = web.AppKey("store", object)
 RUNTIME_KEY = web.AppKey("runtime", object)
 CLOCK_KEY = web.AppKey("clock", object)
@@ -56,3 +65,32 @@ def throttle_of(request: web.Request) -> FailureThrottle:
     """The per-client throttle of failed credentials (admin token, API keys)."""
     throttle: FailureThrottle = request.app[THROTTLE_KEY]  # type: ignore[assignment]
     return throttle
+
+
+async def read_form(
+    request: web.Request,
+) -> MultiDictProxy[str | bytes | bytearray | web.FileField] | None:
+    """The request's form fields, or None when the body cannot be read as a form.
+
+    Anything a client sends may be broken: a multipart body without its boundary or with a
+    garbled part header, an unknown charset, bytes that are not in the charset named. A body
+    over the size limit still raises 413 (HTTPRequestEntityTooLarge).
+    """
+    try:
+        return await request.post()
+    except (ValueError, LookupError, Warning):  # aiohttp warns of some broken parts
+        return None
+
+
+@web.middleware
+async def crash_barrier(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A handler's unexpected exception becomes a plain 500 and one JSON log event."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        log.exception("http_handler_failed", method=request.method, path=request.path)
+        return web.Response(status=500, text="Internal error, please try again later.\n")

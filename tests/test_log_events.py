@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import ast
+import io
+import json
+import logging
 import re
+import warnings
 
 from conftest import ROOT
+
+from relay.logging import configure
 
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
 
@@ -25,6 +31,15 @@ def emitted_events() -> set[str]:
                 and isinstance(node.args[0].value, str)
             ):
                 names.add(node.args[0].value)
+            elif (  # a processor naming the event: event_dict["event"] = "name"
+                isinstance(node, ast.Assign)
+                and isinstance(node.targets[0], ast.Subscript)
+                and isinstance(node.targets[0].slice, ast.Constant)
+                and node.targets[0].slice.value == "event"
+                and isinstance(node.value, ast.Constant)
+                and isinstance(node.value.value, str)
+            ):
+                names.add(node.value.value)
     return names
 
 
@@ -48,3 +63,28 @@ def test_every_documented_event_exists():
 def test_event_names_are_snake_case():
     """Stable snake_case names."""
     assert all(re.fullmatch(r"[a-z]+(_[a-z]+)*", name) for name in emitted_events())
+
+
+def test_library_logs_and_warnings_come_out_as_json_events():
+    """Records of libraries (aiohttp, asyncio) and Python warnings are JSON library_log lines."""
+    buffer = io.StringIO()
+    configure(level="info", stream=buffer)  # here: pytest swaps warning hooks for each phase
+    try:
+        raise RuntimeError("handler blew up")  # noqa: TRY301
+    except RuntimeError:
+        logging.getLogger("aiohttp.server").exception("Error handling request")
+    logging.getLogger("aiohttp.server").info("below the threshold: not written")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("a library's warning", RuntimeWarning, stacklevel=1)
+    events = [json.loads(line) for line in buffer.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["library_log", "library_log"]
+    crash, warning = events
+    assert (crash["logger"], crash["message"], crash["level"]) == (
+        "aiohttp.server",
+        "Error handling request",
+        "error",
+    )
+    assert "RuntimeError: handler blew up" in crash["exception"]
+    assert (warning["logger"], warning["level"]) == ("py.warnings", "warning")
+    assert "a library's warning" in warning["message"]

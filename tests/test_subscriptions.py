@@ -346,6 +346,33 @@ async def test_metrics_count_subscription_steps(start_relay, data, upstream):
     assert deltas == [1, 1, 1, 1]
 
 
+async def test_broken_bodies_get_400_never_a_crash(start_relay, data, upstream, log_lines):
+    """Bodies that are not forms or JSON, or name an unknown charset, get a clear 400."""
+    relay = await start_relay(data)
+    url = f"{base(relay)}/s/acme/newsletter"
+    api = f"{base(relay)}/api/v1/subscriptions"
+    auth = {"Authorization": f"Bearer acme:{PASSWORD}"}
+    form = "application/x-www-form-urlencoded"
+    async with aiohttp.ClientSession() as http:
+        for content_type, body in (
+            ("multipart/form-data; boundary=ABC", b"no boundary here"),
+            (f"{form}; charset=x-no-such", b"email=zed%40example.net&consent=yes"),
+            ("multipart/form-data; boundary=B", b'--B\r\nContent-Disposition: form-data; name="e'),
+        ):
+            async with http.post(url, data=body, headers={"Content-Type": content_type}) as page:
+                assert page.status == 400
+                assert FORM_TOKEN.search(await page.text())  # a fresh form to fill in
+        for content_type, body in (
+            ("application/json; charset=x-no-such", b'{"address": "zed@example.net"}'),
+            ("application/json", b'{"address": "\xff"}'),
+        ):
+            headers = {**auth, "Content-Type": content_type}
+            async with http.post(api, data=body, headers=headers) as answer:
+                assert (answer.status, (await answer.json())["error"]) == (400, "invalid_json")
+    assert confirmations(upstream, "zed@example.net") == []
+    assert not [e for e in log_lines() if e["level"] == "error"]
+
+
 # --- re-subscription and withdrawal ---
 
 

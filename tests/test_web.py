@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import aiohttp
+from aiohttp import web
 from conftest import PASSWORD, config_data, eventually, simple_message, smtp_client
+
+from relay.webstate import crash_barrier
 
 
 async def test_healthz_and_metrics(start_relay, store_url, tls_files, upstream):
@@ -12,6 +15,7 @@ async def test_healthz_and_metrics(start_relay, store_url, tls_files, upstream):
         config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
     )
     base = f"http://127.0.0.1:{relay.web_port}"
+    assert crash_barrier in relay._web.app.middlewares  # what the next test checks guards this app
     client = await smtp_client(relay.smtp_ports[0], login=("acme-crm", PASSWORD))
     await client.sendmail("news@acme.example", ["a@example.net"], simple_message())
     await client.quit()
@@ -29,3 +33,34 @@ async def test_healthz_and_metrics(start_relay, store_url, tls_files, upstream):
         await relay.store.close()
         async with http.get(f"{base}/healthz") as response:
             assert response.status == 503
+
+
+async def test_a_crashing_handler_answers_500_and_logs_one_json_event(log_lines):
+    """The app's middleware: an unexpected exception is a plain 500; HTTP errors pass through."""
+
+    async def crash(request: web.Request) -> web.Response:
+        raise RuntimeError("kaput")
+
+    async def missing(request: web.Request) -> web.Response:
+        raise web.HTTPNotFound
+
+    app = web.Application(middlewares=[crash_barrier])
+    app.router.add_get("/crash", crash)
+    app.router.add_get("/missing", missing)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://{host}:{port}/crash") as response:
+                assert response.status == 500
+                assert await response.text() == "Internal error, please try again later.\n"
+            async with http.get(f"http://{host}:{port}/missing") as response:
+                assert response.status == 404
+    finally:
+        await runner.cleanup()
+    [event] = [e for e in log_lines() if e["event"] == "http_handler_failed"]
+    assert (event["method"], event["path"], event["level"]) == ("GET", "/crash", "error")
+    assert "RuntimeError: kaput" in event["exception"]
