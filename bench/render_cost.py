@@ -59,7 +59,7 @@ def main() -> int:
     for n in range(args.recipients):
         token = tokens.issue("acme", f"reader{n}@example.net", tag)
         url = f"https://relay.example.org/u/{token}"
-        mailto = f"unsub+{token}@relay.example.org"
+        mailto = f"unsub+{tokens.unsubscribe_address(n + 1)}@relay.example.org"
         fill(template, list_unsubscribe_headers(url, mailto), {placeholder: url})
     rendered = (time.perf_counter() - started) / args.recipients
 

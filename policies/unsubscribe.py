@@ -115,7 +115,11 @@ class Policy(BasePolicy):
             return CONTINUE
         token = self.tokens.issue(account.id, rendering.recipient, campaign_tag(rendering.campaign))
         url = f"{self.public_url}/u/{token}"
-        mailto = f"unsub+{token}@{self.inbound}" if self.inbound else None
+        mailto = None
+        if self.inbound:  # short and case-insensitive when the spooled recipient is known
+            ident = rendering.recipient_id
+            mailto = f"unsub+{self.tokens.unsubscribe_address(ident) if ident else token}"
+            mailto += f"@{self.inbound}"
         template = self._template(rendering.message_id, account, rendering.content)
         result = fill(template, list_unsubscribe_headers(url, mailto), {_PLACEHOLDER: url})
         if result.body_skipped in ("malformed", "no_text"):

@@ -1,12 +1,13 @@
 """Feedback intake: every complaint and bounce ends here (SMTP, the CLI or the admin endpoint).
 
 A complaint is attributed to an account and recipient from what the relay put into the message
-(the trace header, the bounce address, the unsubscribe token, the queue id in its Received
-field); reports without those markers are attributed by their From domain only from trusted
-sources (CLI, HTTP) or when `feedback.attribute_by_from_domain` is set. Then the recipient is
-suppressed, a case opened (or dismissed at once on a confirmed opt-in record) and the account's
-complaint rate checked. A complaint from someone suppressed before the send terminates the
-account. A bounce (to bounce+TOKEN@) suppresses on a hard failure and is counted either way.
+(the trace header, the bounce address, the https or mailto unsubscribe token, the queue id in its
+Received field); reports without those markers are attributed by their From domain only from
+trusted sources (CLI, HTTP) or when `feedback.attribute_by_from_domain` is set. Then the
+recipient is suppressed, a case opened (or dismissed at once on a confirmed opt-in record) and
+the account's complaint rate checked. A complaint from someone suppressed before the send
+terminates the account. A bounce (to bounce+TOKEN@) suppresses on a hard failure and is counted
+either way.
 """
 
 from __future__ import annotations
@@ -102,18 +103,29 @@ class Feedback:
             return None
         return Attribution(sent.account_id, sent.recipient, how, sent.message_id, sent.received_at)
 
+    async def _by_recipient_id(self, text: str, tokens: TokenCodec) -> Attribution | None:
+        """From a token naming the spooled recipient: trace header, bounce or mailto address."""
+        for pattern, verify, how in (
+            (_TRACE, tokens.verify_trace, "trace"),
+            (_BOUNCE, tokens.verify_trace, "bounce_address"),
+            (_UNSUB, tokens.verify_unsubscribe_address, "unsubscribe_token"),
+        ):
+            for token in pattern.findall(text):
+                recipient_id = verify(token)
+                if recipient_id is not None:
+                    found = self._from_sent(await self.store.sent(recipient_id), how)
+                    if found is not None:
+                        return found
+        return None
+
     async def attribute(self, report: ComplaintReport, *, trusted: bool) -> Attribution | None:
         """Find the account and recipient a report is about (see the module docstring)."""
         runtime = self.runtime()
         config, tokens = runtime.config, runtime.tokens
         text = report.enclosed_text
-        for pattern, how in ((_TRACE, "trace"), (_BOUNCE, "bounce_address")):
-            for token in pattern.findall(text):
-                recipient_id = tokens.verify_trace(token)
-                if recipient_id is not None:
-                    found = self._from_sent(await self.store.sent(recipient_id), how)
-                    if found is not None:
-                        return found
+        found = await self._by_recipient_id(text, tokens)
+        if found is not None:
+            return found
         for token in _UNSUB.findall(text):
             claim = tokens.verify(token)
             if claim is not None and config.account(claim.account_id) is not None:

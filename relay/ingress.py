@@ -29,6 +29,7 @@ from relay.logging import get_logger
 from relay.metrics import MESSAGES_ACCEPTED, REJECTIONS
 from relay.policy import Continue, Submission, Transaction
 from relay.storage.base import NewMessage, new_message_id
+from relay.tokens import Claim, campaign_tag
 from relay.unsubscribe import unsubscribe
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
     from relay.stats import StatsRecorder
     from relay.storage.base import Store
     from relay.throttle import ConnectionLimiter, FailureThrottle
-    from relay.tokens import Claim
 
 log = get_logger(__name__)
 
@@ -357,7 +357,7 @@ class IngressHandler:
         inbound = runtime.config.inbound
         local, _, domain = address.rpartition("@")
         if inbound is not None and domain.lower() == inbound.domain:
-            return self._inbound_rcpt(runtime, envelope, address, local)
+            return await self._inbound_rcpt(runtime, envelope, address, local)
         if tx is None:
             reply = f"554 5.7.1 <{address}>: Relay access denied"
             _recipient_rejected(reply, "relay_denied", address)
@@ -377,7 +377,7 @@ class IngressHandler:
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Recipient ok"
 
-    def _inbound_rcpt(
+    async def _inbound_rcpt(  # noqa: PLR0911 - one return per kind of address and outcome
         self, runtime: Runtime, envelope: RelayEnvelope, address: str, local: str
     ) -> str:
         """The relay's own addresses, open to anyone.
@@ -400,7 +400,12 @@ class IngressHandler:
             envelope.rcpt_tos.append(address)
             return "250 2.1.5 Bounce address ok"
         if lower.startswith("unsub+"):
-            claim = runtime.tokens.verify(local[len("unsub+") :])
+            try:
+                claim = await self._unsubscribe_claim(runtime, local[len("unsub+") :])
+            except StoreError as exc:
+                log.error("unsubscribe_failed", method="mailto", error=str(exc))
+                _recipient_rejected(REPLY_TEMPFAIL, "unsubscribe_store", address)
+                return REPLY_TEMPFAIL
             if claim is None:
                 reply = f"550 5.1.1 <{address}>: invalid or expired unsubscribe address"
                 _recipient_rejected(reply, "inbound_invalid_token", address)
@@ -411,6 +416,20 @@ class IngressHandler:
         reply = f"550 5.1.1 <{address}>: no such inbound address"
         _recipient_rejected(reply, "inbound_unknown", address)
         return reply
+
+    async def _unsubscribe_claim(self, runtime: Runtime, token: str) -> Claim | None:
+        """Whom an `unsub+TOKEN` address unsubscribes.
+
+        The short token names the spooled recipient. The long, self-contained one is what mail
+        rendered by earlier versions carries; it keeps working for `tokens.max_age`.
+        """
+        recipient_id = runtime.tokens.verify_unsubscribe_address(token)
+        if recipient_id is None:
+            return runtime.tokens.verify(token)
+        sent = await self.store.sent(recipient_id)
+        if sent is None or sent.kind != "message" or sent.account_id is None:
+            return None
+        return Claim(sent.account_id, sent.recipient, campaign_tag(sent.campaign), sent.received_at)
 
     async def handle_DATA(  # noqa: N802, PLR0911 - one return per outcome
         self, server: RelaySMTP, session: RelaySession, envelope: RelayEnvelope

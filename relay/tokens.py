@@ -24,6 +24,7 @@ _DAY = 86400
 _TRACE = b"trace"  # domain separation: a trace MAC never verifies as an unsubscribe token
 _TRACE_MAC_BYTES = 10
 _TRACE_ID_BYTES = 8
+_UNSUB = b"unsub"  # domain separation for the short mailto unsubscribe token
 _FORM = b"form"  # domain separation for the subscription form's CSRF tokens
 
 
@@ -110,18 +111,12 @@ class TokenCodec:
             return None
         return Claim(account, recipient, campaign, float(issued))
 
-    def trace(self, recipient_id: int) -> str:
-        """A short token naming one spooled recipient (bounce address and trace header).
-
-        Lower-case base32 of the id and a MAC: 29 characters, so `bounce+TOKEN` stays well
-        inside the 64-character local part, and case-insensitive for mail systems that fold it.
-        """
+    def _short(self, purpose: bytes, recipient_id: int) -> str:
         ident = recipient_id.to_bytes(_TRACE_ID_BYTES, "big")
-        mac = self._mac(self.keys[0], _TRACE + ident)[:_TRACE_MAC_BYTES]
+        mac = self._mac(self.keys[0], purpose + ident)[:_TRACE_MAC_BYTES]
         return base64.b32encode(ident + mac).decode("ascii").rstrip("=").lower()
 
-    def verify_trace(self, token: str) -> int | None:
-        """The recipient id of a trace token one of the keys signed; else None."""
+    def _verify_short(self, purpose: bytes, token: str) -> int | None:
         text = token.strip().upper()
         try:
             raw = base64.b32decode(text + "=" * (-len(text) % 8))
@@ -131,11 +126,36 @@ class TokenCodec:
             return None
         ident, mac = raw[:_TRACE_ID_BYTES], raw[_TRACE_ID_BYTES:]
         if not any(
-            hmac.compare_digest(mac, self._mac(key, _TRACE + ident)[:_TRACE_MAC_BYTES])
+            hmac.compare_digest(mac, self._mac(key, purpose + ident)[:_TRACE_MAC_BYTES])
             for key in self.keys
         ):
             return None
         return int.from_bytes(ident, "big")
+
+    def trace(self, recipient_id: int) -> str:
+        """A short token naming one spooled recipient (bounce address and trace header).
+
+        Lower-case base32 of the id and a MAC: 29 characters, so `bounce+TOKEN` stays well
+        inside the 64-character local part, and case-insensitive for mail systems that fold it.
+        """
+        return self._short(_TRACE, recipient_id)
+
+    def verify_trace(self, token: str) -> int | None:
+        """The recipient id of a trace token one of the keys signed; else None."""
+        return self._verify_short(_TRACE, token)
+
+    def unsubscribe_address(self, recipient_id: int) -> str:
+        """The token of the `unsub+TOKEN` mailto address for one spooled recipient.
+
+        Short and case-insensitive like the trace token (RFC 5321 limits a local part to 64
+        octets; some mail systems fold its case), but under its own MAC domain: a bounce
+        address or trace header is never an unsubscribe address.
+        """
+        return self._short(_UNSUB, recipient_id)
+
+    def verify_unsubscribe_address(self, token: str) -> int | None:
+        """The recipient id of an `unsub+TOKEN` token one of the keys signed; else None."""
+        return self._verify_short(_UNSUB, token)
 
     def form_token(self, account_id: str, list_id: str) -> str:
         """A CSRF token for one served subscription form: its issue time and a MAC."""

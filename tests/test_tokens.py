@@ -85,3 +85,20 @@ def test_needs_a_key():
     """No keys, no codec."""
     with pytest.raises(ValueError):
         TokenCodec([], ManualClock(), max_age=YEAR)
+
+
+def test_mailto_tokens_are_short_case_insensitive_and_of_their_own_kind():
+    """unsub+TOKEN fits a 64-octet local part, survives case folding and rotation; no trace."""
+    old = codec()
+    new = codec(keys=(KEY_B, KEY_A))
+    token = old.unsubscribe_address(2**40 + 7)
+    assert len(f"unsub+{token}") <= 64
+    assert token == token.lower()
+    assert new.verify_unsubscribe_address(token.upper()) == 2**40 + 7
+    assert old.verify_unsubscribe_address(new.unsubscribe_address(9)) is None  # unknown key
+    assert old.verify_unsubscribe_address(old.trace(9)) is None  # a bounce token is not one
+    assert old.verify_trace(old.unsubscribe_address(9)) is None
+    assert old.verify(token) is None
+    middle = len(token) // 2
+    altered = token[:middle] + ("a" if token[middle] != "a" else "b") + token[middle + 1 :]
+    assert old.verify_unsubscribe_address(altered) is None

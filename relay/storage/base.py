@@ -254,6 +254,7 @@ class SentRecipient:
     kind: MessageKind
     received_at: float
     status: str
+    campaign: str | None = None
 
 
 SubscriptionStatus = Literal["pending", "confirmed"]

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     import aiosqlite
 
 _SENT = (
-    "SELECT r.id, r.message_id, m.account_id, r.rcpt, m.kind, m.received_at, r.status"
+    "SELECT r.id, r.message_id, m.account_id, r.rcpt, m.kind, m.received_at, r.status,"
+    " m.campaign"
     " FROM recipients r JOIN messages m ON m.id = r.message_id"
 )
 
