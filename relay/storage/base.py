@@ -257,6 +257,17 @@ class SentRecipient:
     campaign: str | None = None
 
 
+# The spool backlog for /metrics, on both backends: counted on the status index, and the age
+# taken from the lowest pending recipient id (ids grow in spool order) with two point lookups,
+# not by joining every pending recipient to its message (bench/backlog_query.py, 1M recipients
+# with 50k pending: 284 -> 3.4 ms on SQLite, 75 -> 24 ms on PostgreSQL).
+BACKLOG_SQL = (
+    "SELECT COUNT(*), (SELECT m.received_at FROM recipients r"
+    " JOIN messages m ON m.id = r.message_id"
+    " WHERE r.id = (SELECT MIN(id) FROM recipients WHERE status = 'pending'))"
+    " FROM recipients WHERE status = 'pending'"
+)
+
 SubscriptionStatus = Literal["pending", "confirmed"]
 SUBSCRIPTION_COLUMNS = (
     "token_hash, account_id, list_id, address, status, created_at, expires_at, ip, user_agent,"
@@ -380,7 +391,7 @@ class Store(Protocol):
         ...
 
     async def backlog(self) -> tuple[int, float | None]:
-        """Recipients pending delivery, and when the oldest of their messages was received."""
+        """Recipients pending delivery, and when the first of them in spool order was received."""
         ...
 
     # --- suppression list ---

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from relay.errors import StoreError
 from relay.storage.base import (
+    BACKLOG_SQL,
     DeliveryJob,
     NewMessage,
     QueueEntry,
@@ -183,9 +184,6 @@ class SqliteSpool(SqliteCore):
         return {row[0]: row[1] for row in rows}
 
     async def backlog(self) -> tuple[int, float | None]:
-        """Pending recipients (through the status index) and their oldest message's receipt."""
-        [row] = await self._fetch(
-            "SELECT COUNT(*), MIN(m.received_at) FROM recipients r"
-            " JOIN messages m ON m.id = r.message_id WHERE r.status = 'pending'"
-        )
+        """Pending recipients, and when the first of them in spool order was received."""
+        [row] = await self._fetch(BACKLOG_SQL)
         return int(row[0]), None if row[1] is None else float(row[1])
