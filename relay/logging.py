@@ -7,6 +7,7 @@ import sys
 from typing import TextIO
 
 import structlog
+from aiohttp.http_exceptions import BadHttpMessage
 
 
 def configure(*, level: str = "info", stream: TextIO | None = None) -> None:
@@ -48,11 +49,23 @@ def configure(*, level: str = "info", stream: TextIO | None = None) -> None:
             ],
         )
     )
+    handler.addFilter(_client_errors_are_warnings)
     logging.basicConfig(handlers=[handler], level=logging.WARNING, force=True)
     logging.captureWarnings(capture=False)  # configure may run again: hook warnings afresh
     logging.captureWarnings(capture=True)
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _client_errors_are_warnings(record: logging.LogRecord) -> bool:
+    """A malformed HTTP request (aiohttp answered 400, logged at ERROR) is the client's fault.
+
+    A warning, so alerts on errors fire for the relay's own failures and not for scanners.
+    """
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, BadHttpMessage) and record.levelno > logging.WARNING:
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    return True
 
 
 def _library_event(

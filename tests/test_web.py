@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
 from conftest import PASSWORD, config_data, eventually, simple_message, smtp_client
@@ -64,3 +66,23 @@ async def test_a_crashing_handler_answers_500_and_logs_one_json_event(log_lines)
     [event] = [e for e in log_lines() if e["event"] == "http_handler_failed"]
     assert (event["method"], event["path"], event["level"]) == ("GET", "/crash", "error")
     assert "RuntimeError: kaput" in event["exception"]
+
+
+async def test_malformed_http_request_is_a_400_and_a_warning(
+    start_relay, sqlite_url, tls_files, upstream, log_lines
+):
+    """A request line past aiohttp's limit gets 400; its log line is a JSON warning, no error."""
+    relay = await start_relay(
+        config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.web_port)
+    writer.write(b"GET /s/" + b"a" * 20000 + b" HTTP/1.1\r\nHost: relay\r\n\r\n")
+    await writer.drain()
+    status = await reader.readline()
+    writer.close()
+    assert status.split()[1] == b"400"
+    await eventually(lambda: any(e["event"] == "library_log" for e in log_lines()))
+    [logged] = [e for e in log_lines() if e["event"] == "library_log"]
+    assert (logged["logger"], logged["level"]) == ("aiohttp.server", "warning")
+    assert "LineTooLong" in logged["exception"]
+    assert not [e for e in log_lines() if e["level"] == "error"]
