@@ -29,8 +29,7 @@ from relay.logging import get_logger
 from relay.metrics import MESSAGES_ACCEPTED, REJECTIONS
 from relay.policy import Continue, Submission, Transaction
 from relay.storage.base import NewMessage, new_message_id
-from relay.tokens import Claim, campaign_tag
-from relay.unsubscribe import unsubscribe
+from relay.unsubscribe import mailto_claim, unsubscribe
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -42,6 +41,7 @@ if TYPE_CHECKING:
     from relay.stats import StatsRecorder
     from relay.storage.base import Store
     from relay.throttle import ConnectionLimiter, FailureThrottle
+    from relay.tokens import Claim
 
 log = get_logger(__name__)
 
@@ -401,7 +401,7 @@ class IngressHandler:
             return "250 2.1.5 Bounce address ok"
         if lower.startswith("unsub+"):
             try:
-                claim = await self._unsubscribe_claim(runtime, local[len("unsub+") :])
+                claim = await mailto_claim(self.store, runtime.tokens, local[len("unsub+") :])
             except StoreError as exc:
                 log.error("unsubscribe_failed", method="mailto", error=str(exc))
                 _recipient_rejected(REPLY_TEMPFAIL, "unsubscribe_store", address)
@@ -416,20 +416,6 @@ class IngressHandler:
         reply = f"550 5.1.1 <{address}>: no such inbound address"
         _recipient_rejected(reply, "inbound_unknown", address)
         return reply
-
-    async def _unsubscribe_claim(self, runtime: Runtime, token: str) -> Claim | None:
-        """Whom an `unsub+TOKEN` address unsubscribes.
-
-        The short token names the spooled recipient. The long, self-contained one is what mail
-        rendered by earlier versions carries; it keeps working for `tokens.max_age`.
-        """
-        recipient_id = runtime.tokens.verify_unsubscribe_address(token)
-        if recipient_id is None:
-            return runtime.tokens.verify(token)
-        sent = await self.store.sent(recipient_id)
-        if sent is None or sent.kind != "message" or sent.account_id is None:
-            return None
-        return Claim(sent.account_id, sent.recipient, campaign_tag(sent.campaign), sent.received_at)
 
     async def handle_DATA(  # noqa: N802, PLR0911 - one return per outcome
         self, server: RelaySMTP, session: RelaySession, envelope: RelayEnvelope

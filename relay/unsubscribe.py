@@ -9,11 +9,12 @@ from typing import TYPE_CHECKING, Literal
 
 from relay.logging import get_logger
 from relay.storage.base import GLOBAL_SCOPE, Suppression
+from relay.tokens import Claim, campaign_tag
 
 if TYPE_CHECKING:
     from relay.config import Config
     from relay.storage.base import Store
-    from relay.tokens import Claim
+    from relay.tokens import TokenCodec
 
 log = get_logger(__name__)
 
@@ -51,3 +52,18 @@ async def unsubscribe(
         new=added,
     )
     return added
+
+
+async def mailto_claim(store: Store, tokens: TokenCodec, token: str) -> Claim | None:
+    """Whom an `unsub+TOKEN` mailto address unsubscribes, if the token is genuine.
+
+    The short token names the spooled recipient. The long, self-contained one is what mail
+    rendered by earlier versions carries; it keeps working for `tokens.max_age`.
+    """
+    recipient_id = tokens.verify_unsubscribe_address(token)
+    if recipient_id is None:
+        return tokens.verify(token)
+    sent = await store.sent(recipient_id)
+    if sent is None or sent.kind != "message" or sent.account_id is None:
+        return None
+    return Claim(sent.account_id, sent.recipient, campaign_tag(sent.campaign), sent.received_at)
