@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from relay.storage import open_store
-from relay.storage.base import BACKLOG_SQL
+from relay.storage.sql import BACKLOG_SQL
 
 JOIN_SQL = (
     "SELECT COUNT(*), MIN(m.received_at) FROM recipients r"

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from relay.storage.sql import CASE_COLUMNS, SUBSCRIPTION_COLUMNS
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -118,23 +120,6 @@ class Consent:
     withdrawn_how: str | None = None  # one_click, page, mailto, fbl, complaint, ...
 
 
-# The consents table's columns, in the order consent_row gives their values.
-CONSENT_COLUMNS = (
-    "account_id, address, list_id, method, subscribed_at, confirmed_at, source, ip, user_agent,"
-    " consent_text_version, evidence, withdrawn_at, withdrawn_how"
-)
-
-
-# The upsert of an opt-in record (both backends): the newest record for a list wins.
-CONSENT_UPSERT = (
-    " ON CONFLICT (account_id, address, list_id) DO UPDATE SET"
-    " method = excluded.method, subscribed_at = excluded.subscribed_at,"
-    " confirmed_at = excluded.confirmed_at, source = excluded.source,"
-    " ip = excluded.ip, user_agent = excluded.user_agent,"
-    " consent_text_version = excluded.consent_text_version,"
-    " evidence = excluded.evidence, withdrawn_at = excluded.withdrawn_at,"
-    " withdrawn_how = excluded.withdrawn_how"
-)
 RESUBSCRIBED = "resubscribed through the confirmed opt-in form"
 
 
@@ -158,11 +143,6 @@ def consent_row(record: Consent) -> tuple[object, ...]:
 
 
 CaseStatus = Literal["open", "awaiting_proof", "upheld", "dismissed"]
-CASE_COLUMNS = (
-    "id, account_id, recipient, reference, message_id, source, feedback_type, report, status,"
-    " opened_at, deadline, updated_at, resolved_at, resolution, fine_cents, proof, evidence,"
-    " appealed_at"
-)
 STAT_BUCKET = 3600.0  # seconds per bucket of account statistics
 STAT_KINDS: tuple[str, ...] = (
     "delivered",
@@ -257,22 +237,7 @@ class SentRecipient:
     campaign: str | None = None
 
 
-# The spool backlog for /metrics, on both backends: counted on the status index, and the age
-# taken from the lowest pending recipient id (ids grow in spool order) with two point lookups,
-# not by joining every pending recipient to its message (bench/backlog_query.py, 1M recipients
-# with 50k pending: 284 -> 3.4 ms on SQLite, 75 -> 24 ms on PostgreSQL).
-BACKLOG_SQL = (
-    "SELECT COUNT(*), (SELECT m.received_at FROM recipients r"
-    " JOIN messages m ON m.id = r.message_id"
-    " WHERE r.id = (SELECT MIN(id) FROM recipients WHERE status = 'pending'))"
-    " FROM recipients WHERE status = 'pending'"
-)
-
 SubscriptionStatus = Literal["pending", "confirmed"]
-SUBSCRIPTION_COLUMNS = (
-    "token_hash, account_id, list_id, address, status, created_at, expires_at, ip, user_agent,"
-    " form_url, consent_text_version, consent_text, confirmed_at, confirm_ip, confirm_user_agent"
-)
 
 
 @dataclass(frozen=True)

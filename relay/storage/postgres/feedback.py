@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
 from relay.storage.base import (
-    CASE_COLUMNS,
     STAT_BUCKET,
     Case,
     CaseChange,
@@ -17,15 +16,10 @@ from relay.storage.base import (
     case_row,
 )
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.sql import CASE_COLUMNS, SENT_SQL
 
 if TYPE_CHECKING:
     import asyncpg
-
-_SENT = (
-    "SELECT r.id, r.message_id, m.account_id, r.rcpt, m.kind, m.received_at, r.status,"
-    " m.campaign"
-    " FROM recipients r JOIN messages m ON m.id = r.message_id"
-)
 
 
 async def _event(con: asyncpg.Connection, event: CaseEvent) -> None:
@@ -58,12 +52,12 @@ class PostgresFeedback(PostgresCore):
 
     async def sent(self, recipient_id: int) -> SentRecipient | None:
         """The spooled recipient with this id."""
-        rows = await self._fetch(f"{_SENT} WHERE r.id = $1", recipient_id)
+        rows = await self._fetch(f"{SENT_SQL} WHERE r.id = $1", recipient_id)
         return SentRecipient(*tuple(rows[0])) if rows else None
 
     async def sent_in_message(self, message_id: str) -> list[SentRecipient]:
         """Every recipient of one spooled message."""
-        rows = await self._fetch(f"{_SENT} WHERE r.message_id = $1 ORDER BY r.id", message_id)
+        rows = await self._fetch(f"{SENT_SQL} WHERE r.message_id = $1 ORDER BY r.id", message_id)
         return [SentRecipient(*tuple(row)) for row in rows]
 
     async def open_case(self, case: Case) -> bool:

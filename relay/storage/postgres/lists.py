@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
 from relay.storage.base import (
-    CONSENT_COLUMNS,
-    CONSENT_UPSERT,
     GLOBAL_SCOPE,
     AuditEntry,
     Consent,
@@ -16,6 +14,7 @@ from relay.storage.base import (
     normalize_address,
 )
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT
 
 if TYPE_CHECKING:
     import asyncpg

@@ -6,12 +6,12 @@ from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
 from relay.storage.base import (
-    BACKLOG_SQL,
     DeliveryJob,
     NewMessage,
     QueueEntry,
 )
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.sql import BACKLOG_SQL
 
 if TYPE_CHECKING:
     import asyncpg

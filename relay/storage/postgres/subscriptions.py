@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from relay.errors import StoreError
 from relay.storage.base import (
-    CONSENT_COLUMNS,
-    CONSENT_UPSERT,
     RESUBSCRIBED,
-    SUBSCRIPTION_COLUMNS,
     AuditEntry,
     Confirmation,
     Consent,
@@ -18,6 +15,7 @@ from relay.storage.base import (
 )
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
 from relay.storage.postgres.lists import insert_audit
+from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT, SUBSCRIPTION_COLUMNS
 
 
 def _marks(columns: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.storage.base import (
-    CASE_COLUMNS,
     STAT_BUCKET,
     Case,
     CaseChange,
@@ -15,16 +14,11 @@ from relay.storage.base import (
     case_from_row,
     case_row,
 )
+from relay.storage.sql import CASE_COLUMNS, SENT_SQL
 from relay.storage.sqlite.core import SqliteCore
 
 if TYPE_CHECKING:
     import aiosqlite
-
-_SENT = (
-    "SELECT r.id, r.message_id, m.account_id, r.rcpt, m.kind, m.received_at, r.status,"
-    " m.campaign"
-    " FROM recipients r JOIN messages m ON m.id = r.message_id"
-)
 
 
 async def _event(db: aiosqlite.Connection, event: CaseEvent) -> None:
@@ -52,12 +46,12 @@ class SqliteFeedback(SqliteCore):
 
     async def sent(self, recipient_id: int) -> SentRecipient | None:
         """The spooled recipient with this id."""
-        rows = await self._fetch(f"{_SENT} WHERE r.id = ?", (recipient_id,))
+        rows = await self._fetch(f"{SENT_SQL} WHERE r.id = ?", (recipient_id,))
         return SentRecipient(*rows[0]) if rows else None
 
     async def sent_in_message(self, message_id: str) -> list[SentRecipient]:
         """Every recipient of one spooled message."""
-        rows = await self._fetch(f"{_SENT} WHERE r.message_id = ? ORDER BY r.id", (message_id,))
+        rows = await self._fetch(f"{SENT_SQL} WHERE r.message_id = ? ORDER BY r.id", (message_id,))
         return [SentRecipient(*row) for row in rows]
 
     async def open_case(self, case: Case) -> bool:

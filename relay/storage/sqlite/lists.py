@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.storage.base import (
-    CONSENT_COLUMNS,
-    CONSENT_UPSERT,
     GLOBAL_SCOPE,
     AuditEntry,
     Consent,
@@ -14,6 +12,7 @@ from relay.storage.base import (
     consent_row,
     normalize_address,
 )
+from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT
 from relay.storage.sqlite.core import SqliteCore
 
 if TYPE_CHECKING:

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from relay.errors import StoreError
 from relay.storage.base import (
-    BACKLOG_SQL,
     DeliveryJob,
     NewMessage,
     QueueEntry,
 )
+from relay.storage.sql import BACKLOG_SQL
 from relay.storage.sqlite.core import SqliteCore
 
 if TYPE_CHECKING:

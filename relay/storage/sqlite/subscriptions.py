@@ -5,10 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.storage.base import (
-    CONSENT_COLUMNS,
-    CONSENT_UPSERT,
     RESUBSCRIBED,
-    SUBSCRIPTION_COLUMNS,
     AuditEntry,
     Confirmation,
     Consent,
@@ -17,6 +14,7 @@ from relay.storage.base import (
     normalize_address,
     subscription_row,
 )
+from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT, SUBSCRIPTION_COLUMNS
 from relay.storage.sqlite.core import SqliteCore
 from relay.storage.sqlite.lists import insert_audit
 
