@@ -13,7 +13,7 @@ import time
 
 import dkim
 
-from relay.dkim import Signer, generate_key, make_key, signed_headers
+from relay.mail.signing import Signer, generate_key, make_key, signed_headers
 
 MESSAGE = (
     b"From: Acme <news@acme.example>\r\nTo: reader@example.net\r\nSubject: Spring collection\r\n"

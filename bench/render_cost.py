@@ -19,8 +19,8 @@ from io import BytesIO
 
 from relay.clock import SystemClock
 from relay.config import Brand
-from relay.render import fill, list_unsubscribe_headers, prepare, render
-from relay.templates import footer
+from relay.mail.branding import footer
+from relay.mail.render import fill, list_unsubscribe_headers, prepare, render
 from relay.tokens import TokenCodec, campaign_tag
 
 

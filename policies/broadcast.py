@@ -1,8 +1,8 @@
 """Suspiciously large broadcasts are halted at once.
 
 Recipients are counted per (account, campaign key) over `limits.broadcast_window`; the campaign
-key survives personalisation (relay.campaign). Past `limits.suspicious_broadcast` the message is
-refused and the account suspended (reason `broadcast_halted`), which holds its queued mail.
+key survives personalisation (relay.mail.campaign). Past `limits.suspicious_broadcast` the message
+is refused and the account suspended (reason `broadcast_halted`), which holds its queued mail.
 The count is left in the transaction's notes for the unsubscribe policy.
 """
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from relay.abuse import halt
+from relay.accounts.abuse import halt
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from relay.abuse import halt
+from relay.accounts.abuse import halt
 from relay.logging import get_logger
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
 from relay.storage.base import normalize_address

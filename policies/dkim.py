@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from relay.logging import get_logger
+from relay.mail.render import split_message, to_7bit
 from relay.policy import CONTINUE, BasePolicy, Defer, PolicyServices, Reject, Verdict
-from relay.render import split_message, to_7bit
 
 if TYPE_CHECKING:
     from relay.policy import Rendering

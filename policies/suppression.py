@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict
 
-from relay.abuse import halt
+from relay.accounts.abuse import halt
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
 
 if TYPE_CHECKING:

@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.broadcast import NOTE as BROADCAST_NOTE
 from relay.logging import get_logger
+from relay.mail.branding import footer
+from relay.mail.render import Template, fill, list_unsubscribe_headers, prepare
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Verdict
-from relay.render import Template, fill, list_unsubscribe_headers, prepare
-from relay.templates import footer
 from relay.tokens import campaign_tag
 
 if TYPE_CHECKING:

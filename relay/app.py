@@ -10,31 +10,31 @@ from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
 
-from relay import cases
+from relay.accounts.stats import StatsRecorder
 from relay.clock import SystemClock
 from relay.config import load_config
 from relay.configtypes import split_host_port
-from relay.delivery import DeliveryService
+from relay.consent.subscriptions import Subscriptions
+from relay.delivery.upstream import SmtpUpstream
+from relay.delivery.worker import DeliveryService
 from relay.errors import ConfigError, StoreError
-from relay.feedback import Feedback
-from relay.ingress import IngressHandler, start_listeners
+from relay.feedback import cases
+from relay.feedback.intake import Feedback
 from relay.logging import configure as configure_logging
 from relay.logging import get_logger
 from relay.runtime import Runtime, RuntimeRef
-from relay.stats import StatsRecorder
+from relay.smtp.server import IngressHandler, start_listeners
+from relay.smtp.throttle import ConnectionLimiter, FailureThrottle
 from relay.storage import open_store
-from relay.subscriptions import Subscriptions
-from relay.throttle import ConnectionLimiter, FailureThrottle
-from relay.upstream import SmtpUpstream
-from relay.web import make_app
+from relay.web.server import make_app
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from relay.clock import Clock
     from relay.config import Config
+    from relay.delivery.upstream import Upstream
     from relay.storage.base import Store
-    from relay.upstream import Upstream
 
 log = get_logger(__name__)
 

@@ -4,7 +4,8 @@ RelayError
 ├── ConfigError     the configuration is invalid (carries every problem with its location)
 └── StoreError      the storage backend failed; callers answer with a temporary failure
 
-The upstream's refusals are not exceptions: `relay.upstream` turns them into `SendResult` values.
+The upstream's refusals are not exceptions: `relay.delivery.upstream` turns them into
+`SendResult` values.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
     from relay.clock import Clock
     from relay.config import Account, Config
-    from relay.dkim import Signer
+    from relay.mail.signing import Signer
     from relay.storage.base import MessageKind, Store
     from relay.tokens import TokenCodec
 

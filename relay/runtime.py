@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from relay.dkim import Signer, load_keys
+from relay.mail.signing import Signer, load_keys
 from relay.policy import PolicyServices, build_pipeline
 from relay.tlsutil import server_context
 from relay.tokens import TokenCodec

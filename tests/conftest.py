@@ -28,11 +28,11 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from prometheus_client.parser import text_string_to_metric_families
 
+from relay.accounts.passwords import hash_password
 from relay.app import Relay
 from relay.clock import ManualClock
 from relay.config import Config, parse_config
 from relay.logging import configure
-from relay.passwords import hash_password
 from relay.sink import start_sink
 from relay.tlsutil import write_self_signed
 
@@ -128,7 +128,7 @@ def sqlite_url(tmp_path: Path) -> str:
 @functools.cache
 def dkim_keys() -> list[dict[str, str]]:
     """Keys for the test domains, made once per run: RSA and Ed25519 for acme, RSA otherwise."""
-    from relay.dkim import generate_key
+    from relay.mail.signing import generate_key
 
     folder = Path(tempfile.mkdtemp(prefix="optin-relay-dkim-"))
     keys = []
@@ -153,7 +153,7 @@ def dkim_keys() -> list[dict[str, str]]:
 
 def dkim_dns(config: Config) -> Callable[..., bytes | None]:
     """A stand-in for DNS (the one thing tests may not reach): the configured public keys."""
-    from relay.dkim import load_keys
+    from relay.mail.signing import load_keys
 
     keys, _ = load_keys(config.dkim)
     records = {f"{key.dns_name}.".encode(): key.public_record.encode() for key in keys}

@@ -19,7 +19,7 @@ from conftest import (
     smtp_client,
 )
 
-from relay.accounts import change_state
+from relay.accounts.standing import change_state
 from relay.storage.base import PURGED_REPLY
 
 LOGIN = ("acme-crm", PASSWORD)

@@ -6,7 +6,7 @@ import random
 from email import message_from_bytes
 from email import policy as email_policy
 
-from relay.campaign import campaign_key
+from relay.mail.campaign import campaign_key
 
 NAMES = ["Alice Smith", "Bob Jones", "Chen Wei", "Dana O'Neil", "Émile Zola", "Farah Khan"]
 GREETINGS = ["Hi", "Hello", "Dear", "Hey there"]

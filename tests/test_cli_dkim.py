@@ -10,9 +10,10 @@ import pytest
 import yaml
 from conftest import config_data, dkim_keys
 
-from relay import cli, cli_dkim
+from relay import cli
+from relay.cli import dkim as cli_dkim
 from relay.config import parse_config
-from relay.dkim import load_keys, make_key
+from relay.mail.signing import load_keys, make_key
 
 CLI = [sys.executable, "-m", "relay", "dkim"]
 

@@ -17,10 +17,10 @@ from conftest import (
 )
 
 from relay.config import DeliveryConfig
-from relay.delivery import retry_delay
+from relay.delivery.upstream import SendResult
+from relay.delivery.worker import retry_delay
 from relay.policy import CONTINUE, BasePolicy, Defer, Pipeline, Reject, Rendering, Verdict
 from relay.runtime import Runtime
-from relay.upstream import SendResult
 
 LOGIN = ("acme-crm", PASSWORD)
 

@@ -19,8 +19,8 @@ from conftest import (
 from test_render import FIXTURE_FILES, FOOTER, HEADERS, crlf, own_messages
 
 from relay.config import ConfigError, parse_config
-from relay.dkim import Signer, generate_key, load_keys, make_key, signed_headers
-from relay.render import render
+from relay.mail.render import render
+from relay.mail.signing import Signer, generate_key, load_keys, make_key, signed_headers
 
 VECTORS = Path(__file__).parent / "fixtures" / "dkim-vectors"
 RSA_PEM = generate_key("rsa-sha256")
@@ -344,7 +344,7 @@ async def test_8bit_converted_for_an_upstream_without_8bitmime(
 
 def test_to_7bit_leaves_clean_messages_alone():
     """ASCII-only and already-encoded messages come back unchanged; binary parts become base64."""
-    from relay.render import to_7bit
+    from relay.mail.render import to_7bit
 
     clean = simple_message()
     assert to_7bit(clean) == clean

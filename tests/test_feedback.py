@@ -31,11 +31,11 @@ from conftest import (
     smtp_client,
 )
 
-from relay import cases
 from relay.clock import ManualClock
 from relay.config import Config, parse_config
-from relay.feedback import Feedback
-from relay.reports import read_complaint
+from relay.feedback import cases
+from relay.feedback.intake import Feedback
+from relay.feedback.reports import read_complaint
 from relay.runtime import make_codec
 from relay.storage import NewMessage, open_store
 from relay.storage.base import Consent, Suppression, new_message_id

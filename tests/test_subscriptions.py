@@ -23,11 +23,11 @@ from conftest import (
     smtp_client,
 )
 
+from relay.accounts.passwords import hash_password
 from relay.config import parse_config
 from relay.errors import ConfigError
-from relay.passwords import hash_password
+from relay.mail.branding import LANGUAGES, form_strings, strings
 from relay.storage.base import Suppression
-from relay.templates import LANGUAGES, form_strings, strings
 
 ACME = ("acme-crm", PASSWORD)
 CHROMIUM = "/usr/bin/chromium"

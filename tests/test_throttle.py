@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from relay.clock import ManualClock
-from relay.throttle import ConnectionLimiter, FailureThrottle
+from relay.smtp.throttle import ConnectionLimiter, FailureThrottle
 
 
 def test_connection_limiter_counts_per_ip():

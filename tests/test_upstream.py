@@ -7,8 +7,8 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 from conftest import TestUpstream, simple_message
 
 from relay.config import UpstreamConfig
+from relay.delivery.upstream import SmtpUpstream
 from relay.tlsutil import server_context
-from relay.upstream import SmtpUpstream
 
 
 def upstream_config(port: int, **options) -> UpstreamConfig:

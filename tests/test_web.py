@@ -8,7 +8,7 @@ import aiohttp
 from aiohttp import web
 from conftest import PASSWORD, config_data, eventually, simple_message, smtp_client
 
-from relay.webstate import crash_barrier
+from relay.web.state import crash_barrier
 
 
 async def test_healthz_and_metrics(start_relay, store_url, tls_files, upstream):

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
     from relay.clock import Clock
     from relay.runtime import Runtime
+    from relay.smtp.throttle import FailureThrottle
     from relay.storage.base import Store
-    from relay.throttle import FailureThrottle
 
 log = get_logger(__name__)
 STORE_KEY = web.AppKey("store", object)

@@ -12,11 +12,11 @@ from __future__ import annotations
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Literal
 
-from relay.abuse import halt
+from relay.accounts.abuse import halt
 from relay.clock import to_datetime
 from relay.logging import get_logger
+from relay.mail.compose import relay_mail
 from relay.metrics import CASES
-from relay.outgoing import relay_mail
 from relay.storage.base import CaseChange
 
 if TYPE_CHECKING:

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from relay.logging import get_logger
+from relay.mail.branding import confirmation_email
+from relay.mail.compose import relay_mail
 from relay.metrics import SUBSCRIPTIONS
-from relay.outgoing import relay_mail
 from relay.storage.base import (
     Confirmation,
     Consent,
@@ -29,7 +30,6 @@ from relay.storage.base import (
     Subscription,
     normalize_address,
 )
-from relay.templates import confirmation_email
 
 if TYPE_CHECKING:
     from collections.abc import Callable

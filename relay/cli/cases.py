@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relay import cases
-from relay.cli_accounts import actor
+from relay.cli.accounts import actor
 from relay.clock import SystemClock, to_datetime
 from relay.configtypes import parse_duration
-from relay.feedback import Feedback
+from relay.feedback import cases
+from relay.feedback.intake import Feedback
 from relay.runtime import make_codec
 from relay.storage.base import STAT_KINDS
 

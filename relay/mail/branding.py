@@ -1,7 +1,7 @@
 """What recipients see, white-labelled per account: footers, pages and the confirmation email.
 
 Every value that comes from configuration or a token is HTML-escaped here (the subscription
-pages are Jinja2 templates in `relay/pages/`, rendered with autoescaping).
+pages are Jinja2 templates in `relay/web/pages/`, rendered with autoescaping).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 from typing import TYPE_CHECKING
 
-from relay.render import Footer
+from relay.mail.render import Footer
 
 if TYPE_CHECKING:
     from relay.config import Brand

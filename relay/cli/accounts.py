@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from relay.accounts import change_state
+from relay.accounts.standing import change_state
 from relay.clock import to_datetime
 
 if TYPE_CHECKING:

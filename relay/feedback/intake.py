@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import TYPE_CHECKING, Literal
 
-from relay import cases
-from relay.accounts import change_state
+from relay.accounts.standing import change_state
+from relay.accounts.stats import check_rate
+from relay.feedback import cases
+from relay.feedback.reports import ComplaintReport, bounce_class, read_complaint, read_dsn
 from relay.logging import get_logger
 from relay.metrics import FEEDBACK_REPORTS
-from relay.reports import ComplaintReport, bounce_class, read_complaint, read_dsn
-from relay.stats import check_rate
 from relay.storage.base import (
     GLOBAL_SCOPE,
     Case,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from relay.clock import Clock
     from relay.config import Config
-    from relay.reports import BounceClass
+    from relay.feedback.reports import BounceClass
     from relay.runtime import Context
     from relay.storage.base import AccountStateName, SentRecipient, Store
     from relay.tokens import TokenCodec

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import dns.exception
 import dns.resolver
 
-from relay.dkim import generate_key, load_keys, make_key, write_key
+from relay.mail.signing import generate_key, load_keys, make_key, write_key
 
 if TYPE_CHECKING:
     import argparse

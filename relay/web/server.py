@@ -5,7 +5,7 @@ nothing (link scanners fetch every link). `POST /u/{token}` unsubscribes: the RF
 body (form-data or urlencoded, parsed leniently) or the page's button. It answers 200 with a
 confirmation page, is idempotent, and never redirects. A forged or expired token gets a 400 page.
 
-Subscription forms, confirmation links and the subscription API are in `relay.forms`.
+Subscription forms, confirmation links and the subscription API are in `relay.web.forms`.
 
 `POST /admin/v1/complaints` takes one complaint report (the raw message) with
 `Authorization: Bearer TOKEN`, where `web.admin_token_hash` is the token's hash; without that
@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay import forms
+from relay.accounts.passwords import verify_password_async
+from relay.consent.optout import Method, unsubscribe
 from relay.errors import StoreError
 from relay.logging import get_logger
+from relay.mail.branding import page
 from relay.metrics import REGISTRY, SPOOL_OLDEST_AGE, SPOOL_PENDING
-from relay.passwords import verify_password_async
-from relay.templates import page
-from relay.throttle import FailureThrottle
-from relay.unsubscribe import Method, unsubscribe
-from relay.webstate import (
+from relay.smtp.throttle import FailureThrottle
+from relay.web import forms
+from relay.web.state import (
     clock_of,
     crash_barrier,
     read_form,
@@ -41,10 +41,10 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from relay.clock import Clock
-    from relay.feedback import Feedback
+    from relay.consent.subscriptions import Subscriptions
+    from relay.feedback.intake import Feedback
     from relay.runtime import Runtime
     from relay.storage.base import Store
-    from relay.subscriptions import Subscriptions
     from relay.tokens import Claim
 
 log = get_logger(__name__)

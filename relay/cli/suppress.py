@@ -11,7 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from relay.cli_accounts import actor
+from relay.cli.accounts import actor
 from relay.clock import to_datetime
 from relay.storage.base import GLOBAL_SCOPE, REASONS, Suppression, normalize_address
 

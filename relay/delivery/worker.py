@@ -17,23 +17,23 @@ import secrets
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
-from relay.dsn import build_dsn
+from relay.delivery.dsn import build_dsn
+from relay.delivery.upstream import SendResult
 from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.metrics import DELIVERIES
 from relay.policy import Continue, Defer, Rendering
 from relay.storage.base import DeliveryJob, NewMessage, new_message_id
-from relay.upstream import SendResult
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from relay.accounts.stats import StatsRecorder
     from relay.clock import Clock
     from relay.config import Config, DeliveryConfig
+    from relay.delivery.upstream import Outcome, Upstream
     from relay.runtime import Runtime
-    from relay.stats import StatsRecorder
     from relay.storage.base import Store
-    from relay.upstream import Outcome, Upstream
 
 log = get_logger(__name__)
 

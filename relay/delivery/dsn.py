@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from relay.clock import to_datetime
 
 if TYPE_CHECKING:
-    from relay.upstream import SendResult
+    from relay.delivery.upstream import SendResult
 
 
 def _status_code(reply: str, *, permanent: bool) -> str:

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
-from relay.cli_suppress import Progress
+from relay.cli.suppress import Progress
 from relay.storage.base import Consent, normalize_address
 
 if TYPE_CHECKING:

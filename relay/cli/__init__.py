@@ -13,13 +13,18 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relay import __version__, cli_accounts, cli_cases, cli_consent, cli_dkim, cli_suppress
+from relay import __version__
+from relay.accounts.passwords import hash_password
+from relay.cli import accounts as cli_accounts
+from relay.cli import cases as cli_cases
+from relay.cli import consent as cli_consent
+from relay.cli import dkim as cli_dkim
+from relay.cli import suppress as cli_suppress
 from relay.clock import to_datetime
 from relay.config import Config, load_config
 from relay.configtypes import split_host_port
 from relay.errors import ConfigError, RelayError
 from relay.logging import configure, get_logger
-from relay.passwords import hash_password
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -173,7 +178,7 @@ def _sink(args: argparse.Namespace, config_path: Path) -> int:
 
 def _dev_init(args: argparse.Namespace, config_path: Path) -> int:
     del args
-    from relay.dkim import generate_key, make_key, write_key  # noqa: PLC0415
+    from relay.mail.signing import generate_key, make_key, write_key  # noqa: PLC0415
     from relay.tlsutil import write_self_signed  # noqa: PLC0415
 
     config: Config = load_config(config_path)

@@ -20,27 +20,27 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
-from relay.auth import authenticate
-from relay.campaign import campaign_key
+from relay.accounts.auth import authenticate
 from relay.clock import to_datetime
+from relay.consent.optout import mailto_claim, unsubscribe
 from relay.errors import StoreError
-from relay.feedback import verify_bounce_token
+from relay.feedback.intake import verify_bounce_token
 from relay.logging import get_logger
+from relay.mail.campaign import campaign_key
 from relay.metrics import MESSAGES_ACCEPTED, REJECTIONS
 from relay.policy import Continue, Submission, Transaction
 from relay.storage.base import NewMessage, new_message_id
-from relay.unsubscribe import mailto_claim, unsubscribe
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from relay.accounts.stats import StatsRecorder
     from relay.clock import Clock
     from relay.config import Listener
-    from relay.feedback import Feedback, Source
+    from relay.feedback.intake import Feedback, Source
     from relay.runtime import Runtime
-    from relay.stats import StatsRecorder
+    from relay.smtp.throttle import ConnectionLimiter, FailureThrottle
     from relay.storage.base import Store
-    from relay.throttle import ConnectionLimiter, FailureThrottle
     from relay.tokens import Claim
 
 log = get_logger(__name__)

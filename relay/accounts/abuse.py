@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.accounts import change_state
+from relay.accounts.standing import change_state
 from relay.logging import get_logger
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from relay.abuse import halt
+from relay.accounts.abuse import halt
 from relay.errors import StoreError
 from relay.logging import get_logger
 

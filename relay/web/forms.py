@@ -9,7 +9,7 @@ a Confirm button and changes nothing (link scanners fetch links); `POST /c/{toke
 account's API key (`Authorization: Bearer ACCOUNT_ID:SECRET`, the secret hashed in
 `accounts[].api_key_hash`); errors are JSON with a stable `error` code.
 
-Pages are Jinja2 templates (`relay/pages/`) rendered with autoescaping: every value from a
+Pages are Jinja2 templates (`relay/web/pages/`) rendered with autoescaping: every value from a
 request, a brand or a list is escaped.
 """
 
@@ -25,13 +25,13 @@ from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from relay.accounts.passwords import verify_password_async
+from relay.consent.subscriptions import Requester, Subscriptions
 from relay.errors import StoreError
 from relay.logging import get_logger
+from relay.mail.branding import form_strings
 from relay.metrics import SUBSCRIPTIONS
-from relay.passwords import verify_password_async
-from relay.subscriptions import Requester, Subscriptions
-from relay.templates import form_strings
-from relay.webstate import read_form, runtime_of, throttle_of
+from relay.web.state import read_form, runtime_of, throttle_of
 
 if TYPE_CHECKING:
     from relay.config import Account, Config, MailingList
@@ -41,7 +41,7 @@ log = get_logger(__name__)
 SUBSCRIPTIONS_KEY = web.AppKey("subscriptions", object)
 API_KEYS_KEY: web.AppKey[dict[tuple[str, str], tuple[str, ...]]] = web.AppKey("api_keys", dict)
 _ENV = Environment(
-    loader=PackageLoader("relay", "pages"),
+    loader=PackageLoader("relay.web", "pages"),
     autoescape=select_autoescape(default=True, default_for_string=True),
     auto_reload=False,
 )

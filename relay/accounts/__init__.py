@@ -1,0 +1,1 @@
+"""Accounts: standing (active, suspended, terminated), authentication, statistics."""

@@ -1,0 +1,1 @@
+"""Consent: confirmed opt-in subscriptions and the opt-out action."""

@@ -1,0 +1,1 @@
+"""Delivery out: workers that lease the spool, the upstream pool, and DSNs."""

@@ -1,0 +1,1 @@
+"""Feedback back: complaint and bounce intake, report parsing, and cases."""

@@ -1,0 +1,1 @@
+"""Mail: what the relay writes into messages (render, markers, signing) and mail of its own."""

@@ -1,0 +1,1 @@
+"""The web: the HTTP server, unsubscribe pages, subscription forms and the APIs."""
