@@ -22,6 +22,8 @@ class Policy(BasePolicy):
     """Refuses mail from accounts that are not active (a store failure defers: fail closed)."""
 
     name = "account_state"
+    required = True
+    before = ("*",)  # a suspended account hears so before anything else
 
     def __init__(self, settings: Settings, services: PolicyServices) -> None:
         """Read account states from the store."""

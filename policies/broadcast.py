@@ -3,7 +3,7 @@
 Recipients are counted per (account, campaign key) over `limits.broadcast_window`; the campaign
 key survives personalisation (relay.mail.campaign). Past `limits.suspicious_broadcast` the message
 is refused and the account suspended (reason `broadcast_halted`), which holds its queued mail.
-The count is left in the transaction's notes for the unsubscribe policy.
+The count is left in `tx.campaign_recipients` for the unsubscribe policy.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
 if TYPE_CHECKING:
     from relay.policy import Submission, Transaction
 
-NOTE = "campaign_recipients"
-
 
 class Settings(BaseModel):
     """`policies.broadcast` (thresholds are per account, in `limits`)."""
@@ -31,6 +29,8 @@ class Policy(BasePolicy):
     """Counts each campaign's recipients; halts one that grows past the threshold."""
 
     name = "broadcast"
+    required = True
+    after = ("rate_limit",)  # only recipients that got past the limits count
 
     def __init__(self, settings: Settings, services: PolicyServices) -> None:
         """Count in the store."""
@@ -49,7 +49,7 @@ class Policy(BasePolicy):
             now=now,
             window=limits.broadcast_window,
         )
-        tx.notes[NOTE] = total
+        tx.campaign_recipients = total
         if total > limits.suspicious_broadcast:
             await halt(
                 self.store,

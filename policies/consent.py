@@ -33,6 +33,8 @@ class Policy(BasePolicy):
     """Checks each recipient against the opt-in records."""
 
     name = "consent"
+    required = True
+    after = ("suppression",)  # a suppressed address is refused as such, not counted as bulk
 
     def __init__(self, settings: Settings, services: PolicyServices) -> None:
         """Use the store and the clock."""

@@ -9,13 +9,13 @@ message is deferred (`missing_key: defer`, fail closed), refused (`reject`) or r
 from __future__ import annotations
 
 import re
-from email.utils import getaddresses
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from relay.logging import get_logger
-from relay.mail.render import split_message, to_7bit
+from relay.mail.headers import drop_fields, from_domain
+from relay.mail.render import to_7bit
 from relay.policy import CONTINUE, BasePolicy, Defer, PolicyServices, Reject, Verdict
 
 if TYPE_CHECKING:
@@ -23,10 +23,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 _BARE_LF = re.compile(rb"(?<!\r)\n")
-_DKIM_FIELD = re.compile(rb"^dkim-signature[ \t]*:", re.IGNORECASE)
-_FROM_FIELD = re.compile(
-    rb"^from[ \t]*:([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)", re.IGNORECASE | re.MULTILINE
-)
+_DKIM_FIELDS = frozenset({b"dkim-signature"})
 
 
 class Settings(BaseModel):
@@ -42,41 +39,17 @@ class Settings(BaseModel):
     )
 
 
-def from_domain(content: bytes) -> str | None:
-    """The lower-case domain of the message's (first) From address."""
-    header, _ = split_message(content)
-    match = _FROM_FIELD.search(header)
-    if match is None:
-        return None
-    value = match.group(1).decode("utf-8", "replace").replace("\r", "").replace("\n", "")
-    addresses = [addr for _, addr in getaddresses([value]) if "@" in addr]
-    return addresses[0].rpartition("@")[2].lower() if addresses else None
-
-
 def strip_signatures(content: bytes) -> tuple[bytes, int]:
     """The message without its DKIM-Signature fields, and how many there were."""
-    header, body = split_message(content)
-    kept: list[bytes] = []
-    removed = 0
-    dropping = False
-    for line in header.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
-            continue
-        dropping = bool(_DKIM_FIELD.match(line))
-        removed += dropping
-        if not dropping:
-            kept.append(line)
-    if not removed:
-        return content, 0
-    return b"".join(kept) + b"\r\n" + body, removed
+    return drop_fields(content, _DKIM_FIELDS)
 
 
 class Policy(BasePolicy):
     """Signs each recipient's copy with every key of its From domain."""
 
     name = "dkim"
+    required = True
+    after = ("*",)  # signing covers every change made before it
 
     def __init__(self, settings: Settings, services: PolicyServices) -> None:
         """Sign with the runtime's keys."""

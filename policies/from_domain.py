@@ -37,6 +37,8 @@ class Policy(BasePolicy):
     """Refuse mail whose sender domains the account does not own (550 5.7.1)."""
 
     name = "from_domain"
+    required = True
+    after = ("account_state",)
 
     def __init__(self, settings: Settings, services: PolicyServices) -> None:
         """Keep the settings; this policy needs no services."""

@@ -29,6 +29,8 @@ class Policy(BasePolicy):
     """451 4.7.0 past an account's limits."""
 
     name = "rate_limit"
+    required = True
+    after = ("consent",)  # refused recipients spend none of the budget
 
     def __init__(self, settings: Settings, services: PolicyServices) -> None:
         """Count in the store."""

@@ -29,6 +29,8 @@ class Policy(BasePolicy):
     """550 5.7.1 for a recipient on the account's or the global suppression list."""
 
     name = "suppression"
+    required = True
+    after = ("from_domain",)  # nothing is said about recipients to a sender not allowed
 
     def __init__(self, settings: Settings, services: PolicyServices) -> None:
         """Look suppressions up in the store."""

@@ -15,13 +15,11 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from relay.mail import markers
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Verdict
 
 if TYPE_CHECKING:
     from relay.policy import Rendering
-
-TRACE_HEADER = "X-Optin-Trace"
-BOUNCE_PREFIX = "bounce+"
 
 
 class Settings(BaseModel):
@@ -39,6 +37,9 @@ class Policy(BasePolicy):
     """Adds the trace header and the bounce address to every copy of a relayed message."""
 
     name = "trace"
+    required = True
+    after = ("*",)
+    before = ("dkim",)  # the trace header is signed
 
     def __init__(self, settings: Settings, services: PolicyServices) -> None:
         """Issue tokens with the runtime's keys; bounces go to the inbound domain."""
@@ -53,10 +54,10 @@ class Policy(BasePolicy):
             return CONTINUE
         token = self.tokens.trace(rendering.recipient_id)
         unchanged = rendering.content is rendering.original  # render policies replace, never edit
-        rendering.content = f"{TRACE_HEADER}: {token}\r\n".encode() + rendering.content
+        rendering.content = markers.trace_field(token) + rendering.content
         if unchanged:
             # A field added on top breaks no signature: DKIM must not see a rewritten message.
             rendering.original = rendering.content
         if self.settings.bounce_address and self.inbound and rendering.mail_from:
-            rendering.mail_from = f"{BOUNCE_PREFIX}{token}@{self.inbound}"
+            rendering.mail_from = markers.bounce_address(token, self.inbound)
         return CONTINUE

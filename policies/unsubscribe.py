@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.broadcast import NOTE as BROADCAST_NOTE
 from relay.logging import get_logger
+from relay.mail import markers
 from relay.mail.branding import footer
 from relay.mail.render import Template, fill, list_unsubscribe_headers, prepare
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Verdict
@@ -48,6 +48,8 @@ class Policy(BasePolicy):
     """Adds List-Unsubscribe, List-Unsubscribe-Post and the footer to each recipient's copy."""
 
     name = "unsubscribe"
+    required = True
+    after = ("broadcast",)  # reads tx.campaign_recipients
 
     def __init__(self, settings: Settings, services: PolicyServices) -> None:
         """Sign links with the runtime's token codec."""
@@ -69,7 +71,7 @@ class Policy(BasePolicy):
         account = tx.account
         if account.stream != "transactional":
             return CONTINUE
-        total = int(str(tx.notes.get(BROADCAST_NOTE, 0)))
+        total = tx.campaign_recipients
         if total > self.settings.mandatory_after:
             reason = f"campaign {submission.campaign} reached {total} recipients"
             if await self.store.set_flag(
@@ -118,8 +120,8 @@ class Policy(BasePolicy):
         mailto = None
         if self.inbound:  # short and case-insensitive when the spooled recipient is known
             ident = rendering.recipient_id
-            mailto = f"unsub+{self.tokens.unsubscribe_address(ident) if ident else token}"
-            mailto += f"@{self.inbound}"
+            short = self.tokens.unsubscribe_address(ident) if ident else token
+            mailto = markers.unsubscribe_mailto(short, self.inbound)
         template = self._template(rendering.message_id, account, rendering.content)
         result = fill(template, list_unsubscribe_headers(url, mailto), {_PLACEHOLDER: url})
         if result.body_skipped in ("malformed", "no_text"):

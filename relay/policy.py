@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import pkgutil
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
@@ -22,6 +24,7 @@ from relay.logging import get_logger
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from email.message import Message
+    from types import ModuleType
 
     from pydantic import BaseModel
 
@@ -32,19 +35,9 @@ if TYPE_CHECKING:
     from relay.tokens import TokenCodec
 
 log = get_logger(__name__)
+_POLICY_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
-# Policies that always run, first, whether or not the config names them; and the ones that
-# always run last: the per-recipient trace, then signing (it covers every change made before).
-MANDATORY = (
-    "account_state",
-    "from_domain",
-    "suppression",
-    "consent",
-    "rate_limit",
-    "broadcast",
-    "unsubscribe",
-)
-LAST = ("trace", "dkim")
+EVERY_OTHER = "*"  # in `after` / `before`: every policy that does not itself name "*" there
 
 
 @dataclass(frozen=True)
@@ -93,7 +86,9 @@ class Transaction:
     mail_from: str
     client_ip: str
     recipients: list[str] = field(default_factory=list)
-    notes: dict[str, object] = field(default_factory=dict)
+    # What one policy tells a later one, as typed fields (a policy names the one it reads in
+    # its `after`): the broadcast policy's count of this campaign's recipients in its window.
+    campaign_recipients: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,9 +128,18 @@ class PolicyServices:
 
 
 class BasePolicy:
-    """A policy; every stage continues unless the subclass overrides it."""
+    """A policy; every stage continues unless the subclass overrides it.
+
+    Where it runs is declared here, not in the core: `after` and `before` name the policies it
+    must follow or precede (`"*"`: every policy that does not itself say `"*"` on that side), and
+    `required` makes it run whether or not the config names it. Among policies the declarations
+    leave unordered, the config's order decides.
+    """
 
     name: ClassVar[str]
+    required: ClassVar[bool] = False
+    after: ClassVar[tuple[str, ...]] = ()
+    before: ClassVar[tuple[str, ...]] = ()
 
     async def on_mail(self, tx: Transaction) -> Verdict:
         """Judge the envelope sender."""
@@ -216,16 +220,85 @@ class Pipeline:
         return Decision(CONTINUE, None)
 
 
-def build_pipeline(services: PolicyServices) -> Pipeline:
-    """Instantiate the configured policies (mandatory ones first) from `policies/`."""
-    config = services.config
-    names = [name for name in MANDATORY if name not in config.policies]
-    names += [name for name in config.policies if name not in LAST]
-    names += list(LAST)
-    policies: list[BasePolicy] = []
-    for name in names:
+def policy_module(name: str) -> ModuleType:
+    """The module `policies.<name>`: the one place a policy is looked up by its name.
+
+    Raises LookupError for a name that is not a policy, or a module that does not hold one.
+    """
+    if not _POLICY_NAME.fullmatch(name):
+        raise LookupError(f"not a policy name: {name!r}")
+    try:
         module = importlib.import_module(f"policies.{name}")
-        settings: BaseModel = config.policies.get(name) or module.Settings()
-        policy: BasePolicy = module.Policy(settings, services)
-        policies.append(policy)
+    except ModuleNotFoundError as exc:
+        if exc.name != f"policies.{name}":
+            raise
+        raise LookupError(f"no policy named {name!r} in policies/") from exc
+    policy = getattr(module, "Policy", None)
+    settings = getattr(module, "Settings", None)
+    if not (isinstance(policy, type) and issubclass(policy, BasePolicy) and settings is not None):
+        raise LookupError(f"policies/{name}.py holds no Policy and Settings")
+    if policy.name != name:
+        raise LookupError(f"policies/{name}.py names its Policy {policy.name!r}")
+    return module
+
+
+def policy_names() -> list[str]:
+    """Every policy module in `policies/`, by name."""
+    import policies  # noqa: PLC0415 - the package is only walked when a pipeline is built
+
+    return sorted(
+        info.name
+        for info in pkgutil.iter_modules(policies.__path__)
+        if not info.name.startswith("_")
+    )
+
+
+def order_policies(classes: list[type[BasePolicy]]) -> list[type[BasePolicy]]:
+    """Order policies by their `after` / `before` declarations; ties keep the given order.
+
+    Raises ValueError when the declarations contradict each other (a cycle).
+    """
+    names = [cls.name for cls in classes]
+    follows: dict[str, set[str]] = {name: set() for name in names}  # name -> must come earlier
+
+    def expand(targets: tuple[str, ...], side: str) -> set[str]:
+        if EVERY_OTHER in targets:
+            return {c.name for c in classes if EVERY_OTHER not in getattr(c, side)}
+        return {target for target in targets if target in follows}
+
+    for cls in classes:
+        follows[cls.name] |= expand(cls.after, "after") - {cls.name}
+        for later in expand(cls.before, "before") - {cls.name}:
+            follows[later].add(cls.name)
+    ordered: list[type[BasePolicy]] = []
+    placed: set[str] = set()
+    waiting = list(classes)
+    while waiting:
+        ready = next((c for c in waiting if follows[c.name] <= placed), None)
+        if ready is None:
+            cycle = ", ".join(c.name for c in waiting)
+            raise ValueError(f"policies {cycle}: their after/before declarations form a cycle")
+        ordered.append(ready)
+        placed.add(ready.name)
+        waiting.remove(ready)
+    return ordered
+
+
+def build_pipeline(services: PolicyServices) -> Pipeline:
+    """Instantiate the required policies and the configured ones, in their declared order."""
+    config = services.config
+    modules = {name: policy_module(name) for name in config.policies}
+    for name in policy_names():
+        if name not in modules:
+            module = policy_module(name)
+            if module.Policy.required:
+                modules[name] = module
+    # Required policies the config does not name come first, then the config's order.
+    names = [n for n in modules if n not in config.policies] + list(config.policies)
+    classes = order_policies([modules[name].Policy for name in names])
+    policies: list[BasePolicy] = []
+    for cls in classes:
+        module = modules[cls.name]
+        settings: BaseModel = config.policies.get(cls.name) or module.Settings()
+        policies.append(module.Policy(settings, services))
     return Pipeline(policies, timeout=config.policy_timeout)

@@ -359,7 +359,7 @@ def test_to_7bit_leaves_clean_messages_alone():
 
 def test_from_domain_reads_folded_and_quoted_from_fields():
     """A folded From with an escaped quote in its display name still names its domain."""
-    from policies.dkim import from_domain
+    from relay.mail.headers import from_domain
 
     folded = b'From: "Acme \\"Weekly\\" <news>"\r\n <news@Acme.Example>\r\nTo: a@b.example\r\n\r\nx'
     assert from_domain(folded) == "acme.example"

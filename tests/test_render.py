@@ -19,7 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.mail.render import Footer, fill, list_unsubscribe_headers, prepare, render, split_message
+from relay.mail.headers import split_message
+from relay.mail.render import Footer, fill, list_unsubscribe_headers, prepare, render
 
 FIXTURES = Path(__file__).parent / "fixtures"
 URL = "https://relay.test.example/u/TOKEN-abc_123"

@@ -1,10 +1,13 @@
-"""The unsubscribe action: a valid token's recipient is suppressed for good (web and mailto).
+"""The opt-out action: an address is suppressed for good, its opt-in withdrawn, the fact counted.
 
-Their opt-in records are marked withdrawn, with the time and the way, and kept.
+One action for every way out: an unsubscribe (one-click, page, mailto, a feedback loop's
+opt-out), a complaint and a hard bounce. The opt-in records are kept, marked withdrawn with the
+time and the way (GDPR Art. 7(3)); a hard bounce withdraws nothing (the person did not ask).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from relay.logging import get_logger
@@ -28,20 +31,50 @@ def unsubscribe_scope(config: Config, account_id: str) -> str:
     return GLOBAL_SCOPE if scope == "global" else account_id
 
 
+@dataclass(frozen=True)
+class OptOut:
+    """One address leaving: who, whose mail, how far, and what is recorded of it."""
+
+    recipient: str
+    account_id: str | None  # whose mail it was (None: mail of the relay's own)
+    scope: str  # the suppression's scope: an account id or GLOBAL_SCOPE
+    reason: str  # unsubscribe | complaint | bounce
+    source: str  # where it came from, as the suppression records it
+    actor: str  # who made the change, for the audit trail
+    withdraw: str | None  # how the opt-in records are marked withdrawn (None: kept standing)
+    stat: str | None  # the account statistic counted (None: not counted)
+    count_repeats: bool = False  # count even when the address was suppressed already
+
+
+async def opt_out(store: Store, out: OptOut, *, now: float) -> bool:
+    """Suppress, withdraw and count; idempotent. True if the address was not suppressed yet."""
+    added = await store.suppress(
+        Suppression(out.recipient, out.scope, out.reason, out.source, now), actor=out.actor
+    )
+    if out.withdraw is not None:
+        account = None if out.scope == GLOBAL_SCOPE else out.account_id
+        await store.withdraw_consents(out.recipient, account, at=now, how=out.withdraw)
+    if out.stat is not None and out.account_id is not None and (added or out.count_repeats):
+        await store.add_stats([(out.account_id, out.stat, now, 1)])
+    return added
+
+
 async def unsubscribe(
     store: Store, config: Config, claim: Claim, *, method: Method, now: float
 ) -> bool:
     """Suppress the claim's recipient; idempotent. True if the address was not suppressed yet."""
     scope = unsubscribe_scope(config, claim.account_id)
-    added = await store.suppress(
-        Suppression(claim.recipient, scope, "unsubscribe", method, now), actor=method
+    out = OptOut(
+        claim.recipient,
+        claim.account_id,
+        scope,
+        "unsubscribe",
+        method,
+        method,
+        method,
+        "unsubscribe",
     )
-    # The opt-in records are kept, marked withdrawn (GDPR Art. 7(3)): when and how.
-    await store.withdraw_consents(
-        claim.recipient, None if scope == GLOBAL_SCOPE else claim.account_id, at=now, how=method
-    )
-    if added:
-        await store.add_stats([(claim.account_id, "unsubscribe", now, 1)])
+    added = await opt_out(store, out, now=now)
     log.info(
         "unsubscribed",
         account_id=claim.account_id,

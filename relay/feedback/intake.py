@@ -13,21 +13,21 @@ either way.
 from __future__ import annotations
 
 import hashlib
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.utils import getaddresses
 from typing import TYPE_CHECKING, Literal
 
 from relay.accounts.standing import change_state
 from relay.accounts.stats import check_rate
+from relay.consent.optout import OptOut, opt_out
 from relay.feedback import cases
 from relay.feedback.reports import ComplaintReport, bounce_class, read_complaint, read_dsn
 from relay.logging import get_logger
+from relay.mail import markers
 from relay.metrics import FEEDBACK_REPORTS
 from relay.storage.base import (
     GLOBAL_SCOPE,
     Case,
-    Suppression,
     new_case_id,
     normalize_address,
 )
@@ -46,10 +46,6 @@ log = get_logger(__name__)
 Source = Literal["fbl", "abuse", "cli", "http"]
 Outcome = Literal["case", "dismissed", "suppress", "count", "ignore", "duplicate", "malformed"]
 MAX_STORED_REPORT = 256 * 1024
-_TRACE = re.compile(r"X-Optin-Trace:\s*([a-z2-7]{29})\b", re.IGNORECASE)
-_BOUNCE = re.compile(r"\bbounce\+([a-z2-7]{29})@", re.IGNORECASE)
-_UNSUB = re.compile(r"(?:/u/|\bunsub\+)([A-Za-z0-9_-]{24,})")
-_QUEUE_ID = re.compile(r"\(optin-relay\)\s+with\s+\S+\s+id\s+([0-9A-F]{21})\b")
 
 
 @dataclass(frozen=True)
@@ -105,12 +101,12 @@ class Feedback:
 
     async def _by_recipient_id(self, text: str, tokens: TokenCodec) -> Attribution | None:
         """From a token naming the spooled recipient: trace header, bounce or mailto address."""
-        for pattern, verify, how in (
-            (_TRACE, tokens.verify_trace, "trace"),
-            (_BOUNCE, tokens.verify_trace, "bounce_address"),
-            (_UNSUB, tokens.verify_unsubscribe_address, "unsubscribe_token"),
+        for find, verify, how in (
+            (markers.trace_tokens, tokens.verify_trace, "trace"),
+            (markers.bounce_tokens, tokens.verify_trace, "bounce_address"),
+            (markers.unsubscribe_tokens, tokens.verify_unsubscribe_address, "unsubscribe_token"),
         ):
-            for token in pattern.findall(text):
+            for token in find(text):
                 recipient_id = verify(token)
                 if recipient_id is not None:
                     found = self._from_sent(await self.store.sent(recipient_id), how)
@@ -126,12 +122,12 @@ class Feedback:
         found = await self._by_recipient_id(text, tokens)
         if found is not None:
             return found
-        for token in _UNSUB.findall(text):
+        for token in markers.unsubscribe_tokens(text):
             claim = tokens.verify(token)
             if claim is not None and config.account(claim.account_id) is not None:
                 return Attribution(claim.account_id, claim.recipient, "unsubscribe_token")
         rcpts = {normalize_address(r) for r in report.original_rcpt_to}
-        for queue_id in _QUEUE_ID.findall(text):
+        for queue_id in markers.queue_ids(text):
             sent = [s for s in await self.store.sent_in_message(queue_id) if s.kind == "message"]
             match = [s for s in sent if normalize_address(s.recipient) in rcpts]
             if len(match) == 1 or (not match and len(sent) == 1):
@@ -207,18 +203,17 @@ class Feedback:
         scope = (
             GLOBAL_SCOPE if config.feedback.complaint_scope == "global" else attribution.account_id
         )
-        added = await self.store.suppress(
-            Suppression(attribution.recipient, scope, "unsubscribe", "fbl:opt-out", now),
-            actor="feedback:opt-out",
-        )
-        await self.store.withdraw_consents(
+        out = OptOut(
             attribution.recipient,
-            None if scope == GLOBAL_SCOPE else attribution.account_id,
-            at=now,
-            how="fbl",
+            attribution.account_id,
+            scope,
+            "unsubscribe",
+            "fbl:opt-out",
+            "feedback:opt-out",
+            withdraw="fbl",
+            stat="unsubscribe",
         )
-        if added:
-            await self.store.add_stats([(attribution.account_id, "unsubscribe", now, 1)])
+        added = await opt_out(self.store, out, now=now)
         log.info("unsubscribed", method="fbl", scope=scope, new=added, **fields)
         return IntakeResult(
             "suppress", report.cause, None, attribution.account_id, attribution.recipient
@@ -236,10 +231,6 @@ class Feedback:
         account_id, recipient = attribution.account_id, normalize_address(attribution.recipient)
         prior = await self.store.suppressed(recipient, account_id)
         scope = GLOBAL_SCOPE if config.feedback.complaint_scope == "global" else account_id
-        await self.store.suppress(
-            Suppression(recipient, scope, "complaint", f"{source}:{report.feedback_type}", now),
-            actor=f"feedback:{source}",
-        )
         reference = (
             attribution.message_id or report.report_id or hashlib.sha256(content).hexdigest()
         )
@@ -257,13 +248,23 @@ class Feedback:
             deadline=now + config.feedback.proof_deadline,
             updated_at=now,
         )
+        out = OptOut(
+            recipient,
+            account_id,
+            scope,
+            "complaint",
+            f"{source}:{report.feedback_type}",
+            f"feedback:{source}",
+            withdraw="complaint",
+            stat="complaint",
+            count_repeats=True,
+        )
         if not await self.store.open_case(case):
+            # A report seen before: the suppression stands, nothing is counted twice.
+            await opt_out(self.store, replace(out, withdraw=None, stat=None), now=now)
             log.info("complaint_duplicate", reference=reference, **fields)
             return IntakeResult("duplicate", "already recorded", None, account_id, recipient)
-        await self.store.withdraw_consents(
-            recipient, None if scope == GLOBAL_SCOPE else account_id, at=now, how="complaint"
-        )
-        await self.store.add_stats([(account_id, "complaint", now, 1)])
+        await opt_out(self.store, out, now=now)
         log.warning(
             "complaint_received", case_id=case.id, feedback_type=report.feedback_type, **fields
         )
@@ -360,20 +361,26 @@ class Feedback:
             log.info("bounce_soft", **fields)
             return IntakeResult("count", "soft bounce", None, sent.account_id, sent.recipient)
         scope = sent.account_id or GLOBAL_SCOPE
-        await self.store.suppress(
-            Suppression(address, scope, "bounce", f"dsn:{entry.status}", now), actor="feedback:dsn"
+        account_id = sent.account_id if counted else None
+        out = OptOut(
+            address,
+            account_id,
+            scope,
+            "bounce",
+            f"dsn:{entry.status}",
+            "feedback:dsn",
+            withdraw=None,  # the address failed; its owner did not withdraw anything
+            stat="bounce",
+            count_repeats=True,
         )
+        await opt_out(self.store, out, now=now)
         log.warning("bounce_hard", scope=scope, **fields)
-        if counted:
-            account_id = str(sent.account_id)
-            await self.store.add_stats([(account_id, "bounce", now, 1)])
+        if account_id is not None:
             await check_rate(self.store, self.runtime().config, account_id, "bounce_rate", now=now)
         return IntakeResult("suppress", "hard bounce", None, sent.account_id, sent.recipient)
 
 
 def verify_bounce_token(tokens: TokenCodec, local: str) -> int | None:
     """The recipient id in a `bounce+TOKEN` local part, if the token is genuine."""
-    prefix, _, token = local.partition("+")
-    if prefix.lower() != "bounce" or not token:
-        return None
-    return tokens.verify_trace(token)
+    token = markers.bounce_token(local)
+    return None if token is None else tokens.verify_trace(token)

@@ -28,7 +28,9 @@ from email.generator import BytesGenerator
 from email.message import Message
 from io import BytesIO
 
-_REPLACED = {b"list-unsubscribe", b"list-unsubscribe-post"}
+from relay.mail.headers import drop_fields
+
+_REPLACED = frozenset({b"list-unsubscribe", b"list-unsubscribe-post"})
 _SEALED = {
     "multipart/signed",
     "multipart/encrypted",
@@ -77,31 +79,9 @@ def list_unsubscribe_headers(https_url: str, mailto: str | None) -> list[bytes]:
     ]
 
 
-def split_message(content: bytes) -> tuple[bytes, bytes]:
-    """The header block (with its final line end) and the body (after the empty line)."""
-    for separator in (b"\r\n\r\n", b"\n\n"):
-        index = content.find(separator)
-        if index != -1:
-            cut = index + len(separator)
-            return content[: cut - len(separator) // 2], content[cut:]
-    return content if content.endswith(b"\n") else content + b"\r\n", b""
-
-
 def replace_headers(content: bytes, new_fields: list[bytes]) -> bytes:
     """Drop every List-Unsubscribe(-Post) field of the top-level header, append `new_fields`."""
-    header, body = split_message(content)
-    kept: list[bytes] = []
-    dropping = False
-    for line in header.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t"):  # continuation of the field before
-            if not dropping:
-                kept.append(line)
-            continue
-        name = line.split(b":", 1)[0].strip().lower()
-        dropping = name in _REPLACED
-        if not dropping:
-            kept.append(line)
-    return b"".join(kept) + b"".join(new_fields) + b"\r\n" + body
+    return drop_fields(content, _REPLACED, add=tuple(new_fields))[0]
 
 
 def _sealed(message: Message) -> bool:

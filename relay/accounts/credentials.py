@@ -1,4 +1,4 @@
-"""SMTP AUTH: which configured account a username and password belong to."""
+"""Credentials: which configured account a username and password belong to (SMTP AUTH)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,140 @@
+"""A customer's submission: MAIL, RCPT and DATA through the policy stages, then the spool.
+
+Each stage runs the policy pipeline's stage; DATA commits the message durably to the spool
+and only then answers 250 (never lose an accepted message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from email import policy as email_policy
+from email.parser import BytesHeaderParser
+from typing import TYPE_CHECKING
+
+from relay.errors import StoreError
+from relay.logging import get_logger
+from relay.mail import markers
+from relay.mail.campaign import campaign_key
+from relay.metrics import MESSAGES_ACCEPTED
+from relay.policy import Continue, Submission, Transaction
+from relay.smtp.replies import REPLY_NEED_RCPT, REPLY_TEMPFAIL, recipient_rejected, rejected
+from relay.storage.base import NewMessage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from relay.accounts.stats import StatsRecorder
+    from relay.clock import Clock
+    from relay.config import Account
+    from relay.runtime import Runtime
+    from relay.smtp.session import RelayEnvelope, RelaySession
+    from relay.storage.base import Store
+
+log = get_logger(__name__)
+STORE_TIMEOUT = 30.0
+
+
+class Submissions:
+    """The mail transaction of an authenticated account."""
+
+    def __init__(
+        self,
+        *,
+        runtime: Callable[[], Runtime],
+        store: Store,
+        clock: Clock,
+        on_spooled: Callable[[], None],
+        stats: StatsRecorder,
+    ) -> None:
+        """Judge with the runtime's pipeline, spool into `store`, wake delivery when done."""
+        self.runtime = runtime
+        self.store = store
+        self.clock = clock
+        self.on_spooled = on_spooled
+        self.stats = stats
+
+    async def mail(
+        self,
+        envelope: RelayEnvelope,
+        account: Account,
+        message_id: str,
+        client_ip: str,
+        address: str,
+    ) -> str | None:
+        """The mail stage; None when the sender may go on, else the refusal's reply."""
+        tx = Transaction(message_id, account, address, client_ip)
+        decision = await self.runtime().pipeline.mail(tx)
+        if not isinstance(decision.verdict, Continue):
+            reply = decision.verdict.reply()
+            rejected("mail", reply, decision.verdict.rule, mail_from=address)
+            return reply
+        envelope.tx = tx
+        return None
+
+    async def rcpt(self, tx: Transaction, address: str) -> str:
+        """The recipient limit, then the rcpt stage."""
+        runtime = self.runtime()
+        if len(tx.recipients) >= runtime.config.smtp.max_recipients:
+            reply = "452 4.5.3 Too many recipients"
+            recipient_rejected(reply, "max_recipients", address)
+            return reply
+        decision = await runtime.pipeline.rcpt(tx, address)
+        if not isinstance(decision.verdict, Continue):
+            reply = decision.verdict.reply()
+            recipient_rejected(reply, decision.verdict.rule, address)
+            self.stats.count(tx.account.id, "refused")
+            return reply
+        tx.recipients.append(address)
+        return "250 2.1.5 Recipient ok"
+
+    async def data(
+        self, session: RelaySession, envelope: RelayEnvelope, content: bytes, *, tls: bool
+    ) -> str:
+        """The data stage, the durable spool commit, then 250."""
+        tx = envelope.tx
+        if tx is None or not tx.recipients:
+            return REPLY_NEED_RCPT
+        runtime = self.runtime()
+        # compat32: raw header strings; the default policy builds a class per header read.
+        headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(content)
+        campaign = campaign_key(headers, content)
+        decision = await runtime.pipeline.data(tx, Submission(content, headers, campaign))
+        if not isinstance(decision.verdict, Continue):
+            reply = decision.verdict.reply()
+            rejected("data", reply, decision.verdict.rule)
+            self.stats.count(tx.account.id, "refused", len(tx.recipients))
+            return reply
+        now = self.clock.now()
+        protocol = "ESMTP" + ("S" if tls else "") + ("A" if session.authenticated else "")
+        trace = markers.received_header(
+            helo=session.host_name,
+            client_ip=session.client_ip,
+            hostname=runtime.config.hostname,
+            protocol=protocol,
+            message_id=tx.message_id,
+            now=now,
+        )
+        message = NewMessage(
+            id=tx.message_id,
+            account_id=tx.account.id,
+            mail_from=tx.mail_from,
+            recipients=tuple(tx.recipients),
+            content=trace + content,
+            received_at=now,
+            campaign=campaign,
+        )
+        try:
+            await asyncio.wait_for(self.store.spool(message), STORE_TIMEOUT)
+        except (StoreError, TimeoutError) as exc:
+            log.error("spool_failed", error=str(exc) or type(exc).__name__)
+            rejected("data", REPLY_TEMPFAIL, "spool")
+            return REPLY_TEMPFAIL
+        MESSAGES_ACCEPTED.inc()
+        log.info(
+            "message_accepted",
+            size=len(message.content),
+            recipient_count=len(message.recipients),
+            mail_from=message.mail_from,
+        )
+        self.on_spooled()
+        return f"250 2.0.0 Ok: queued as {tx.message_id}"
