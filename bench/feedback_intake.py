@@ -25,10 +25,10 @@ import aiosmtplib
 import yaml
 from benchlib import free_port, sink_command, wait_port
 
-from relay.accounts.passwords import hash_password
 from relay.clock import SystemClock
 from relay.config import load_config
 from relay.mail.signing import generate_key, write_key
+from relay.passwords import hash_password
 from relay.runtime import make_codec
 from relay.storage import NewMessage, open_store
 from relay.storage.base import new_message_id

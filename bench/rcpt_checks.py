@@ -26,7 +26,7 @@ import aiosmtplib
 import yaml
 from benchlib import free_port, wait_port
 
-from relay.accounts.passwords import hash_password
+from relay.passwords import hash_password
 from relay.storage import open_store
 from relay.storage.base import Consent, Suppression
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import yaml
 from benchlib import free_port, sink_command, wait_port
 
-from relay.accounts.passwords import hash_password
 from relay.mail.signing import generate_key, write_key
+from relay.passwords import hash_password
 
 
 def source(port: int, args: argparse.Namespace) -> float:

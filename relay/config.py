@@ -34,6 +34,7 @@ from relay.configtypes import (
     web_url,
 )
 from relay.errors import ConfigError
+from relay.policyfiles import policy_module
 
 
 class Listener(Model):
@@ -478,8 +479,6 @@ def _problems(error: ValidationError, prefix: tuple[int | str, ...] = ()) -> lis
 
 def policy_settings_model(name: str) -> type[BaseModel]:
     """Return the `Settings` model of policy `name` (LookupError if there is no such policy)."""
-    from relay.policy import policy_module  # noqa: PLC0415 - config is below the policy seam
-
     settings: type[BaseModel] = policy_module(name).Settings
     return settings
 

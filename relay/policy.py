@@ -13,18 +13,15 @@ commit), `render` (each recipient's copy at delivery; a policy may rewrite `Rend
 from __future__ import annotations
 
 import asyncio
-import importlib
-import pkgutil
-import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from relay.logging import get_logger
+from relay.policyfiles import policy_module, policy_names
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from email.message import Message
-    from types import ModuleType
 
     from pydantic import BaseModel
 
@@ -35,7 +32,6 @@ if TYPE_CHECKING:
     from relay.tokens import TokenCodec
 
 log = get_logger(__name__)
-_POLICY_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 EVERY_OTHER = "*"  # in `after` / `before`: every policy that does not itself name "*" there
 
@@ -218,39 +214,6 @@ class Pipeline:
             if not isinstance(verdict, Continue):
                 return Decision(verdict, policy.name)
         return Decision(CONTINUE, None)
-
-
-def policy_module(name: str) -> ModuleType:
-    """The module `policies.<name>`: the one place a policy is looked up by its name.
-
-    Raises LookupError for a name that is not a policy, or a module that does not hold one.
-    """
-    if not _POLICY_NAME.fullmatch(name):
-        raise LookupError(f"not a policy name: {name!r}")
-    try:
-        module = importlib.import_module(f"policies.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"policies.{name}":
-            raise
-        raise LookupError(f"no policy named {name!r} in policies/") from exc
-    policy = getattr(module, "Policy", None)
-    settings = getattr(module, "Settings", None)
-    if not (isinstance(policy, type) and issubclass(policy, BasePolicy) and settings is not None):
-        raise LookupError(f"policies/{name}.py holds no Policy and Settings")
-    if policy.name != name:
-        raise LookupError(f"policies/{name}.py names its Policy {policy.name!r}")
-    return module
-
-
-def policy_names() -> list[str]:
-    """Every policy module in `policies/`, by name."""
-    import policies  # noqa: PLC0415 - the package is only walked when a pipeline is built
-
-    return sorted(
-        info.name
-        for info in pkgutil.iter_modules(policies.__path__)
-        if not info.name.startswith("_")
-    )
 
 
 def order_policies(classes: list[type[BasePolicy]]) -> list[type[BasePolicy]]:

@@ -28,11 +28,11 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.accounts.passwords import hash_password
 from relay.app import Relay
 from relay.clock import ManualClock
 from relay.config import Config, parse_config
 from relay.logging import configure
+from relay.passwords import hash_password
 from relay.sink import start_sink
 from relay.tlsutil import write_self_signed
 

@@ -8,7 +8,7 @@ import sys
 import yaml
 from conftest import config_data
 
-from relay.accounts.passwords import verify_password
+from relay.passwords import verify_password
 
 CLI = [sys.executable, "-m", "relay"]
 

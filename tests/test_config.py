@@ -10,8 +10,8 @@ import pytest
 import yaml
 from conftest import PASSWORD_HASH, ROOT, config_data
 
-from relay.accounts.passwords import hash_password
 from relay.config import ConfigError, load_config, parse_config
+from relay.passwords import hash_password
 
 CLI = [sys.executable, "-m", "relay"]
 

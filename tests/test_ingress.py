@@ -20,8 +20,8 @@ from conftest import (
     smtp_client,
 )
 
-from relay.accounts.passwords import hash_password
 from relay.config import parse_config
+from relay.passwords import hash_password
 
 LOGIN = ("acme-crm", PASSWORD)
 

@@ -23,10 +23,10 @@ from conftest import (
     smtp_client,
 )
 
-from relay.accounts.passwords import hash_password
 from relay.config import parse_config
 from relay.errors import ConfigError
 from relay.mail.branding import LANGUAGES, form_strings, strings
+from relay.passwords import hash_password
 from relay.storage.base import Suppression
 
 ACME = ("acme-crm", PASSWORD)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.accounts.passwords import verify_password_async
+from relay.passwords import verify_password_async
 
 if TYPE_CHECKING:
     from relay.config import Account, Config

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay import __version__
-from relay.accounts.passwords import hash_password
 from relay.cli import accounts as cli_accounts
 from relay.cli import cases as cli_cases
 from relay.cli import consent as cli_consent
@@ -25,6 +24,7 @@ from relay.config import Config, load_config
 from relay.configtypes import split_host_port
 from relay.errors import ConfigError, RelayError
 from relay.logging import configure, get_logger
+from relay.passwords import hash_password
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

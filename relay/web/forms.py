@@ -25,12 +25,12 @@ from aiohttp import web
 from jinja2 import Environment, PackageLoader, select_autoescape
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from relay.accounts.passwords import verify_password_async
 from relay.consent.subscriptions import Requester, Subscriptions
 from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.mail.branding import form_strings
 from relay.metrics import SUBSCRIPTIONS
+from relay.passwords import verify_password_async
 from relay.web.state import read_form, runtime_of, throttle_of
 
 if TYPE_CHECKING:

@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay.accounts.passwords import verify_password_async
 from relay.consent.optout import Method, unsubscribe
 from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.mail.branding import page
 from relay.metrics import REGISTRY, SPOOL_OLDEST_AGE, SPOOL_PENDING
+from relay.passwords import verify_password_async
 from relay.smtp.throttle import FailureThrottle
 from relay.web import forms
 from relay.web.state import (
