@@ -2,35 +2,12 @@
 
 from __future__ import annotations
 
-import random
 from email import message_from_bytes
 from email import policy as email_policy
 
+from messages import newsletter
+
 from relay.mail.campaign import campaign_key
-
-NAMES = ["Alice Smith", "Bob Jones", "Chen Wei", "Dana O'Neil", "Émile Zola", "Farah Khan"]
-GREETINGS = ["Hi", "Hello", "Dear", "Hey there"]
-
-
-def newsletter(n: int, *, subject: str = "Our spring collection is here", extra: str = "") -> bytes:
-    rng = random.Random(n)
-    name = NAMES[n % len(NAMES)] + f" {n}"
-    first = name.split()[0]
-    local = first.lower().replace("é", "e") + f".{n}"
-    greeting = rng.choice(GREETINGS)
-    html = (
-        f"<html><body><p>{greeting} {first},</p>"
-        f"<p>Our spring collection has arrived and we picked a few pieces for you, {first}.</p>"
-        f'<p><a href="https://click.acme.example/t/{rng.getrandbits(64):x}?u={n}">See the new '
-        f"arrivals in our online store today</a></p>"
-        f"<p>Free shipping on every order above fifty euros until the end of the month.{extra}</p>"
-        f"<p>Your customer number is {1000 + n}.</p></body></html>"
-    )
-    return (
-        f"From: Acme <news@acme.example>\r\nTo: {name} <{local}@example.net>\r\n"
-        f"Subject: {first}, {subject}\r\nMIME-Version: 1.0\r\n"
-        f"Content-Type: text/html; charset=utf-8\r\n\r\n{html}\r\n"
-    ).encode()
 
 
 def key(content: bytes) -> str:

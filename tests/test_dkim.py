@@ -16,7 +16,7 @@ from conftest import (
     simple_message,
     smtp_client,
 )
-from test_render import FIXTURE_FILES, FOOTER, HEADERS, crlf, own_messages
+from messages import FIXTURE_FILES, FOOTER, HEADERS, crlf, own_messages
 
 from relay.config import ConfigError, parse_config
 from relay.mail.render import render

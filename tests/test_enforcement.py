@@ -19,7 +19,7 @@ from conftest import (
     simple_message,
     smtp_client,
 )
-from test_campaign import newsletter
+from messages import newsletter
 
 from relay.storage.base import Consent, Suppression
 
@@ -265,3 +265,27 @@ async def test_rate_limits_hold_across_two_processes(tmp_path, pg_url, tls_files
     finally:
         for node in nodes:
             await node.terminate()
+
+
+async def test_role_address_policy_is_one_config_section(
+    start_relay, sqlite_url, tls_files, upstream, log_lines
+):
+    """docs/policies.md's worked example through the real server: one config section.
+
+    A role address gets 550 5.7.1 at RCPT; a person's address is relayed.
+    """
+    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    data["policies"] = {"role_address": {}}
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    await client.mail("news@acme.example")
+    code, message = await rcpt(client, "postmaster@example.net")
+    assert code == 550
+    assert message.startswith("5.7.1 <postmaster@example.net> is a role address")
+    assert (await rcpt(client, "ann@example.net"))[0] == 250
+    await client.data(simple_message())
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+    assert upstream.messages[0].rcpt == "ann@example.net"
+    (refused,) = events(log_lines, "recipient_rejected")
+    assert refused["rule"] == "role_address.refused"

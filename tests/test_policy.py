@@ -7,7 +7,6 @@ import asyncio
 import pytest
 from conftest import config_data
 
-from policies import from_domain
 from relay.clock import ManualClock
 from relay.config import parse_config
 from relay.policy import (
@@ -22,6 +21,7 @@ from relay.policy import (
     Verdict,
     build_pipeline,
 )
+from relay.testing import PolicyHarness
 
 
 class Probe(BasePolicy):
@@ -102,16 +102,13 @@ def test_mandatory_policies_always_run(sqlite_url, tls_files):
     ]
 
 
-async def test_from_domain_subdomains_setting(sqlite_url, tls_files):
+async def test_from_domain_subdomains_setting():
     """allow_subdomains lets news.acme.example count as acme.example; off by default."""
-    data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
     for allow, expected in ((False, Reject), (True, Continue)):
-        data["policies"] = {"from_domain": {"allow_subdomains": allow}}
-        config = parse_config(data)
-        services = PolicyServices(config, None, ManualClock(), None)  # type: ignore[arg-type]
-        pipeline = Pipeline([from_domain.Policy(config.policies["from_domain"], services)])
-        tx = Transaction("M", config.accounts[0], "news@mail.acme.example", "127.0.0.1")
-        assert isinstance((await pipeline.mail(tx)).verdict, expected)
-        # A look-alike domain never passes.
-        tx = Transaction("M", config.accounts[0], "news@evilacme.example", "127.0.0.1")
-        assert isinstance((await pipeline.mail(tx)).verdict, Reject)
+        async with PolicyHarness.open("from_domain", {"allow_subdomains": allow}) as harness:
+            pipeline = Pipeline([harness.policy])
+            tx = harness.transaction("news@mail.acme.example")
+            assert isinstance((await pipeline.mail(tx)).verdict, expected)
+            # A look-alike domain never passes.
+            tx = harness.transaction("news@evilacme.example")
+            assert isinstance((await pipeline.mail(tx)).verdict, Reject)
