@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
 
+from relay import passwords
 from relay.accounts.stats import StatsRecorder
 from relay.clock import SystemClock
 from relay.config import load_config
@@ -69,6 +70,7 @@ class Relay:
 
     async def start(self) -> None:
         """Open the store, migrate it, then start delivery, listeners and HTTP."""
+        await asyncio.to_thread(passwords.prepare)
         config = self.config
         store = open_store(config.storage.url)
         self.store = store

@@ -115,7 +115,7 @@ def is_loopback(host: str) -> bool:
 class Model(BaseModel):
     """Every configuration section: frozen, and unknown keys are errors."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 def web_url(value: str) -> str:

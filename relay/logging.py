@@ -7,7 +7,6 @@ import sys
 from typing import TextIO
 
 import structlog
-from aiohttp.http_exceptions import BadHttpMessage
 
 
 def configure(*, level: str = "info", stream: TextIO | None = None) -> None:
@@ -63,7 +62,14 @@ def _client_errors_are_warnings(record: logging.LogRecord) -> bool:
     A warning, so alerts on errors fire for the relay's own failures and not for scanners.
     """
     error = record.exc_info[1] if record.exc_info else None
-    if isinstance(error, BadHttpMessage) and record.levelno > logging.WARNING:
+    # Looked up, not imported: a process that never loaded aiohttp (the CLI) starts faster.
+    http_errors = sys.modules.get("aiohttp.http_exceptions")
+    bad_request = getattr(http_errors, "BadHttpMessage", None)
+    if (
+        bad_request is not None
+        and isinstance(error, bad_request)
+        and record.levelno > logging.WARNING
+    ):
         record.levelno, record.levelname = logging.WARNING, "WARNING"
     return True
 

@@ -6,13 +6,11 @@ account's mail in the spool; reinstating releases it; terminating purges it (no 
 
 from __future__ import annotations
 
-import getpass
 import sys
 import time
 from typing import TYPE_CHECKING
 
-from relay.accounts.standing import change_state
-from relay.clock import to_datetime
+from relay.cli.common import EXIT_OK, EXIT_REFUSED, actor, on_store, when
 
 if TYPE_CHECKING:
     import argparse
@@ -20,8 +18,6 @@ if TYPE_CHECKING:
     from relay.config import Config
     from relay.storage.base import AccountStateName, Store
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
 _TARGET: dict[str, AccountStateName] = {
     "suspend": "suspended",
     "reinstate": "active",
@@ -35,6 +31,7 @@ def add_parser(
 ) -> None:
     """Register `accounts` and its actions."""
     parser = commands.add_parser("accounts", parents=[common], help="account standing")
+    parser.set_defaults(handler=on_store(run))
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     actions.add_parser("list", parents=[common], help="every configured account and its state")
     show = actions.add_parser("show", parents=[common], help="one account and its history")
@@ -43,18 +40,6 @@ def add_parser(
         change = actions.add_parser(action, parents=[common], help=f"{action} an account")
         change.add_argument("account")
         change.add_argument("--reason", required=True, help="kept in the audit trail")
-
-
-def actor() -> str:
-    """Who runs the command, for audit trails."""
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
-def _when(timestamp: float) -> str:
-    return to_datetime(timestamp).isoformat(timespec="seconds")
 
 
 async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
@@ -76,13 +61,15 @@ async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
         print(f"from_domains\t{', '.join(chosen.from_domains)}")
         print(f"state\t{state.state if state else 'active'}")
         for change in await store.account_history(chosen.id):
-            print(f"# {_when(change.at)} {change.state} by {change.actor}: {change.reason}")
+            print(f"# {when(change.at)} {change.state} by {change.actor}: {change.reason}")
         return EXIT_OK
     current = await store.account_state(args.account)
     if current is not None and current.state == "terminated" and args.action != "terminate":
         print("error: the account is terminated; that cannot be undone", file=sys.stderr)
         return EXIT_REFUSED
     target = _TARGET[args.action]
+    from relay.accounts.standing import change_state  # noqa: PLC0415 - loads logging
+
     pending = await change_state(
         store, args.account, target, reason=args.reason, actor=actor(), now=time.time()
     )

@@ -14,23 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relay.cli.accounts import actor
-from relay.clock import SystemClock, to_datetime
-from relay.configtypes import parse_duration
-from relay.feedback import cases
-from relay.feedback.intake import Feedback
-from relay.runtime import make_codec
+from relay.cli.common import EXIT_OK, EXIT_REFUSED, actor, on_store, when
 from relay.storage.base import STAT_KINDS
 
 if TYPE_CHECKING:
     import argparse
 
     from relay.config import Config
+    from relay.feedback.cases import Decision
     from relay.storage.base import Case, Store
     from relay.tokens import TokenCodec
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
 MAX_REPORT = 32 * 1024 * 1024
 
 
@@ -46,11 +40,13 @@ def add_parsers(
 ) -> None:
     """Register `complaints`, `cases` and `stats`."""
     complaints = commands.add_parser("complaints", parents=[common], help="complaint intake")
+    complaints.set_defaults(handler=on_store(ingest))
     actions = complaints.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ingest = actions.add_parser("ingest", parents=[common], help="act on complaint report files")
-    ingest.add_argument("files", nargs="+", metavar="FILE", help="RFC 5322 message files, or -")
+    files = actions.add_parser("ingest", parents=[common], help="act on complaint report files")
+    files.add_argument("files", nargs="+", metavar="FILE", help="RFC 5322 message files, or -")
 
     parser = commands.add_parser("cases", parents=[common], help="complaint cases")
+    parser.set_defaults(handler=on_store(run_cases))
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", parents=[common], help="cases, newest first")
     listing.add_argument("--account")
@@ -71,13 +67,10 @@ def add_parsers(
     resolve.add_argument("--reason", required=True, help="kept in the case history")
 
     stats = commands.add_parser("stats", parents=[common], help="per-account statistics")
+    stats.set_defaults(handler=on_store(run_stats))
     stats.add_argument("--account")
     stats.add_argument("--window", default="30d", help="trailing window (default 30d)")
     stats.add_argument("--json", action="store_true", help="one JSON object per account")
-
-
-def _when(timestamp: float | None) -> str:
-    return "-" if timestamp is None else to_datetime(timestamp).isoformat(timespec="seconds")
 
 
 def _read(name: str) -> bytes:
@@ -89,6 +82,10 @@ def _read(name: str) -> bytes:
 
 async def ingest(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Ingest each report file; refuse (exit 1) if any was malformed or unreadable."""
+    from relay.clock import SystemClock  # noqa: PLC0415 - what a command needs, when it runs
+    from relay.feedback.intake import Feedback  # noqa: PLC0415
+    from relay.runtime import make_codec  # noqa: PLC0415
+
     clock = SystemClock()
     context = _Context(config, make_codec(config, clock))
     feedback = Feedback(store, lambda: context, clock)
@@ -118,12 +115,14 @@ def _line(case: Case) -> str:
     fine = f"{case.fine_cents / 100:.2f}" if case.fine_cents else "-"
     return (
         f"{case.id}\t{case.status}\t{case.account_id}\t{case.recipient}\t"
-        f"opened={_when(case.opened_at)}\tdeadline={_when(case.deadline)}\tfine={fine}"
+        f"opened={when(case.opened_at)}\tdeadline={when(case.deadline)}\tfine={fine}"
     )
 
 
 async def run_cases(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Carry out one `cases` action."""
+    from relay.feedback import cases  # noqa: PLC0415
+
     now = time.time()
     if args.action == "list":
         for case in await store.cases(
@@ -138,7 +137,7 @@ async def run_cases(args: argparse.Namespace, config: Config, store: Store) -> i
             evidence = args.evidence.read_text(encoding="utf-8", errors="replace")
             case = await cases.appeal(store, args.case, evidence, actor=actor(), now=now)
         else:
-            decision: cases.Decision = "dismiss" if args.dismiss else "uphold"
+            decision: Decision = "dismiss" if args.dismiss else "uphold"
             case = await cases.resolve(
                 store, config, args.case, decision, actor=actor(), reason=args.reason, now=now
             )
@@ -153,6 +152,8 @@ async def run_cases(args: argparse.Namespace, config: Config, store: Store) -> i
 
 
 async def _show(store: Store, case_id: str) -> int:
+    from relay.feedback import cases  # noqa: PLC0415
+
     case = await store.case(case_id)
     if case is None:
         raise cases.CaseError(f"no case {case_id}")
@@ -160,10 +161,10 @@ async def _show(store: Store, case_id: str) -> int:
     print(f"reference\t{case.reference}\nmessage_id\t{case.message_id or '-'}")
     print(f"source\t{case.source}\nfeedback_type\t{case.feedback_type}")
     print(f"resolution\t{case.resolution or '-'}\nproof\t{case.proof or '-'}")
-    print(f"appealed\t{_when(case.appealed_at)}\nresolved\t{_when(case.resolved_at)}")
+    print(f"appealed\t{when(case.appealed_at)}\nresolved\t{when(case.resolved_at)}")
     for event in await store.case_events(case.id):
         print(
-            f"# {_when(event.at)} {event.action} -> {event.status} by {event.actor}: {event.detail}"
+            f"# {when(event.at)} {event.action} -> {event.status} by {event.actor}: {event.detail}"
         )
     if case.evidence:
         print("--- evidence\n" + case.evidence.rstrip("\n"))
@@ -177,6 +178,8 @@ def _rate(events: int, delivered: int) -> float | None:
 
 async def run_stats(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Print each account's numbers over the window, with complaint and bounce rates."""
+    from relay.configtypes import parse_duration  # noqa: PLC0415
+
     window = parse_duration(args.window)
     totals = await store.stats(since=time.time() - window, account_id=args.account)
     ids = [args.account] if args.account else sorted({a.id for a in config.accounts} | set(totals))

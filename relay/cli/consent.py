@@ -17,7 +17,7 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
-from relay.cli.suppress import Progress
+from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Progress, on_store
 from relay.storage.base import Consent, normalize_address
 
 if TYPE_CHECKING:
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     from relay.config import Config
     from relay.storage.base import ConsentMethod, Store
 
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
 BATCH = 5000
 ROLE_PARTS = frozenset(
     (
@@ -67,6 +64,7 @@ def add_parser(
 ) -> None:
     """Register `consent` and its actions."""
     parser = commands.add_parser("consent", parents=[common], help="opt-in records")
+    parser.set_defaults(handler=on_store(run))
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     imports = actions.add_parser("import", parents=[common], help="import opt-in records (CSV)")
     imports.add_argument("file", help="CSV: address, subscribed_at and evidence columns")

@@ -6,18 +6,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import dns.exception
-import dns.resolver
-
-from relay.mail.signing import generate_key, load_keys, make_key, write_key
+from relay.cli.common import EXIT_OK, EXIT_REFUSED, load
 
 if TYPE_CHECKING:
     import argparse
 
     from relay.config import Config
-
-EXIT_OK = 0
-EXIT_REFUSED = 1
 
 
 def add_parser(
@@ -40,6 +34,7 @@ def add_parser(
     actions.add_parser("show", parents=[common], help="DNS records of the configured keys")
     check = actions.add_parser("check", parents=[common], help="compare published records")
     check.add_argument("--domain", required=True)
+    parser.set_defaults(handler=run)
 
 
 def txt_record(name: str, value: str) -> str:
@@ -50,6 +45,8 @@ def txt_record(name: str, value: str) -> str:
 
 def lookup_txt(name: str) -> list[str]:
     """The TXT strings published at `name` (each record's strings joined)."""
+    import dns.resolver  # noqa: PLC0415 - loaded by the one command that looks DNS up
+
     try:
         answer = dns.resolver.resolve(name, "TXT", lifetime=10)
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
@@ -64,6 +61,8 @@ def _p_tag(record: str) -> str:
 
 def keygen(args: argparse.Namespace) -> int:
     """Write the key (mode 0600, never over an existing file) and print its record."""
+    from relay.mail.signing import generate_key, make_key, write_key  # noqa: PLC0415
+
     out: Path = args.out or Path(f"{args.domain}.{args.selector}.pem")
     pem = generate_key(args.algorithm, args.bits)
     key = make_key(args.domain, args.selector, args.algorithm, pem)
@@ -80,6 +79,8 @@ def keygen(args: argparse.Namespace) -> int:
 
 def show(config: Config) -> int:
     """The records of every configured key."""
+    from relay.mail.signing import load_keys  # noqa: PLC0415
+
     keys, _ = load_keys(config.dkim)
     for key in keys:
         print(txt_record(key.dns_name, key.public_record))
@@ -88,6 +89,10 @@ def show(config: Config) -> int:
 
 def check(config: Config, domain: str) -> int:
     """Whether each configured key of `domain` is published as configured."""
+    import dns.exception  # noqa: PLC0415
+
+    from relay.mail.signing import load_keys  # noqa: PLC0415
+
     keys = [key for key in load_keys(config.dkim)[0] if key.domain == domain.lower()]
     if not keys:
         print(f"error: no key configured for {domain}", file=sys.stderr)
@@ -110,3 +115,13 @@ def check(config: Config, domain: str) -> int:
             print(f"{key.dns_name}\tmismatch: the published key is not the configured one")
             status = EXIT_REFUSED
     return status
+
+
+def run(args: argparse.Namespace, config_path: Path) -> int:
+    """Carry out one `dkim` action."""
+    if args.action == "keygen":
+        return keygen(args)
+    config = load(config_path)
+    if args.action == "show":
+        return show(config)
+    return check(config, args.domain)

@@ -11,8 +11,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
-from relay.cli.accounts import actor
-from relay.clock import to_datetime
+from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Progress, actor, on_store, when
 from relay.storage.base import GLOBAL_SCOPE, REASONS, Suppression, normalize_address
 
 if TYPE_CHECKING:
@@ -22,9 +21,6 @@ if TYPE_CHECKING:
     from relay.storage.base import Store
 
 BATCH = 5000
-EXIT_OK = 0
-EXIT_REFUSED = 1
-EXIT_USAGE = 2
 
 
 def add_parser(
@@ -32,6 +28,7 @@ def add_parser(
 ) -> None:
     """Register `suppress` and its actions."""
     suppress = commands.add_parser("suppress", parents=[common], help="the suppression list")
+    suppress.set_defaults(handler=on_store(run))
     actions = suppress.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     def scoped(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -80,16 +77,12 @@ def _scope(args: argparse.Namespace) -> str | None:
     return getattr(args, "account", None)
 
 
-def _when(timestamp: float) -> str:
-    return to_datetime(timestamp).isoformat(timespec="seconds")
-
-
 def _row(*fields: object) -> None:
     print("\t".join(str(field) for field in fields))
 
 
 def _describe(entry: Suppression) -> list[object]:
-    return [entry.scope, entry.reason, entry.source, _when(entry.created_at)]
+    return [entry.scope, entry.reason, entry.source, when(entry.created_at)]
 
 
 async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
@@ -147,7 +140,7 @@ async def _check(args: argparse.Namespace, store: Store) -> int:
         _row(entry.address, "suppressed", *_describe(entry))
     for change in await store.audit(args.address):
         what = f"{change.action} {change.scope} by {change.actor}"
-        print(f"# {_when(change.at)} {what}: {change.reason}")
+        print(f"# {when(change.at)} {what}: {change.reason}")
     return EXIT_OK
 
 
@@ -170,42 +163,9 @@ async def _export(store: Store, scope: str | None, out: TextIO) -> int:
     writer.writerow(["address", "scope", "reason", "source", "created_at"])
     after = ("", "")
     while page := await store.suppressions(scope=scope, after=after, limit=BATCH):
-        writer.writerows(
-            [e.address, e.scope, e.reason, e.source, _when(e.created_at)] for e in page
-        )
+        writer.writerows([e.address, e.scope, e.reason, e.source, when(e.created_at)] for e in page)
         after = (page[-1].address, page[-1].scope)
     return EXIT_OK
-
-
-class Progress:
-    """A progress bar on a terminal; a line every 10% (or 100,000 rows) otherwise."""
-
-    def __init__(self, total: int | None, stream: TextIO) -> None:
-        """Report on `stream`, out of `total` rows when known."""
-        self.total = total
-        self.stream = stream
-        self.tty = stream.isatty()
-        self._next_line = 0.1
-
-    def update(self, done: int, added: int) -> None:
-        """Report `done` rows read, `added` new."""
-        if self.tty and self.total:
-            share = min(done / self.total, 1.0)
-            bar = "#" * int(share * 30)
-            self.stream.write(f"\r[{bar:<30}] {share:4.0%} {done}/{self.total} rows, {added} new")
-            self.stream.flush()
-        elif self.total and done / self.total >= self._next_line:
-            self.stream.write(
-                f"{done}/{self.total} rows ({done * 100 // self.total}%), {added} new\n"
-            )
-            self._next_line += 0.1
-        elif not self.total and done % 100_000 == 0:
-            self.stream.write(f"{done} rows, {added} new\n")
-
-    def close(self) -> None:
-        """End the bar's line."""
-        if self.tty and self.total:
-            self.stream.write("\n")
 
 
 async def _import(args: argparse.Namespace, store: Store, scope: str, now: float) -> int:

@@ -1,0 +1,148 @@
+"""`serve`, `check-config`, `hash-password`, `sink`, `dev-init` and `queue`: running the relay.
+
+Like every command group, it imports what a command needs when the command runs.
+"""
+
+from __future__ import annotations
+
+import getpass
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, load, with_store
+
+if TYPE_CHECKING:
+    import argparse
+
+    from relay.config import Config
+    from relay.storage.base import Store
+
+
+def add_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    """Register the commands that run the relay, its sink and its queue."""
+    commands.add_parser("serve", parents=[common], help="run the relay").set_defaults(
+        handler=_serve
+    )
+    commands.add_parser(
+        "check-config", parents=[common], help="validate the configuration"
+    ).set_defaults(handler=_check_config)
+    commands.add_parser(
+        "hash-password", parents=[common], help="read a password on stdin, print its hash"
+    ).set_defaults(handler=_hash_password)
+    sink = commands.add_parser(
+        "sink", parents=[common], help="run a capture sink that writes messages to a folder"
+    )
+    sink.add_argument("--listen", default="127.0.0.1:2526", help="host:port (default %(default)s)")
+    sink.add_argument("--dir", type=Path, default=Path("var/outbox"), help="where .eml files go")
+    sink.set_defaults(handler=_sink)
+    commands.add_parser(
+        "dev-init",
+        parents=[common],
+        help="create the development TLS certificate named by the config, if missing",
+    ).set_defaults(handler=_dev_init)
+    queue = commands.add_parser("queue", parents=[common], help="inspect the delivery queue")
+    queue_commands = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
+    queue_list = queue_commands.add_parser("list", parents=[common], help="pending recipients")
+    queue_list.add_argument("--limit", type=int, default=1000)
+    queue.set_defaults(handler=_queue)
+
+
+def _serve(args: argparse.Namespace, config_path: Path) -> int:
+    del args
+    import asyncio  # noqa: PLC0415
+
+    from relay.app import serve  # noqa: PLC0415 - keep light commands free of the server stack
+
+    return asyncio.run(serve(config_path))
+
+
+def _check_config(args: argparse.Namespace, config_path: Path) -> int:
+    del args
+    from relay.app import check_runtime  # noqa: PLC0415
+
+    config = load(config_path)
+    for warning in check_runtime(config):
+        print(f"warning: {warning}", file=sys.stderr)
+    listeners = len(config.smtp.listeners)
+    print(f"{config_path}: OK ({len(config.accounts)} accounts, {listeners} listeners)")
+    return EXIT_OK
+
+
+def _hash_password(args: argparse.Namespace, config_path: Path) -> int:
+    del args, config_path
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Again: ") != password:
+            print("error: the passwords differ", file=sys.stderr)
+            return EXIT_REFUSED
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("error: empty password", file=sys.stderr)
+        return EXIT_REFUSED
+    from relay.passwords import hash_password  # noqa: PLC0415
+
+    print(hash_password(password))
+    return EXIT_OK
+
+
+def _sink(args: argparse.Namespace, config_path: Path) -> int:
+    del config_path
+    from relay.configtypes import split_host_port  # noqa: PLC0415
+    from relay.sink import SinkHandler, start_sink  # noqa: PLC0415
+
+    try:
+        host, port = split_host_port(args.listen)
+    except ValueError as exc:
+        print(f"error: --listen: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def run() -> None:
+        server, _ = await start_sink(SinkHandler(args.dir), host, port)
+        async with server:
+            await server.serve_forever()
+
+    import asyncio  # noqa: PLC0415
+
+    asyncio.run(run())
+    return EXIT_OK
+
+
+def _dev_init(args: argparse.Namespace, config_path: Path) -> int:
+    del args
+    from relay.mail.signing import generate_key, make_key, write_key  # noqa: PLC0415
+    from relay.tlsutil import write_self_signed  # noqa: PLC0415
+
+    config: Config = load(config_path)
+    files = config.smtp.tls
+    if files is not None and not (files.certificate.exists() and files.private_key.exists()):
+        write_self_signed(files.certificate, files.private_key, [config.hostname, "localhost"])
+        print(f"wrote a self-signed development certificate to {files.certificate}")
+    for item in config.dkim:
+        if not item.private_key.exists():
+            pem = generate_key(item.algorithm)
+            write_key(item.private_key, pem)
+            key = make_key(item.domain, item.selector, item.algorithm, pem)
+            print(f"wrote a development DKIM key to {item.private_key} ({key.dns_name})")
+    return EXIT_OK
+
+
+def _queue(args: argparse.Namespace, config_path: Path) -> int:
+    from relay.clock import to_datetime  # noqa: PLC0415
+
+    async def work(config: Config, store: Store) -> int:
+        del config
+        for entry in await store.queue(args.limit):
+            next_try = to_datetime(entry.next_attempt).isoformat(timespec="seconds")
+            print(
+                f"{entry.message_id}\t{entry.account_id or '-'}\t<{entry.mail_from}>\t"
+                f"<{entry.recipient}>\tattempts={entry.attempts}\tnext={next_try}\t"
+                f"{entry.last_reply or ''}"
+            )
+        return EXIT_OK
+
+    return with_store(config_path, work)
