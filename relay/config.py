@@ -34,7 +34,7 @@ from relay.configtypes import (
     web_url,
 )
 from relay.errors import ConfigError
-from relay.policyfiles import policy_module
+from relay.policyfiles import policy_module, running_policies
 
 
 class Listener(Model):
@@ -506,6 +506,11 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
                 settings[str(name)] = model.model_validate(section or {})
             except ValidationError as exc:
                 problems.extend(_problems(exc, ("policies", str(name))))
+    if not problems:
+        try:
+            running_policies(list(settings))
+        except (LookupError, ValueError) as exc:
+            problems.append(f"policies: {exc}")
     if problems or config is None:
         raise ConfigError(problems)
     # Each policy's section, validated by that policy's own Settings model, in file order.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from relay.logging import get_logger
-from relay.policyfiles import policy_module, policy_names
+from relay.policyfiles import running_policies
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -32,8 +32,6 @@ if TYPE_CHECKING:
     from relay.tokens import TokenCodec
 
 log = get_logger(__name__)
-
-EVERY_OTHER = "*"  # in `after` / `before`: every policy that does not itself name "*" there
 
 
 @dataclass(frozen=True)
@@ -216,52 +214,12 @@ class Pipeline:
         return Decision(CONTINUE, None)
 
 
-def order_policies(classes: list[type[BasePolicy]]) -> list[type[BasePolicy]]:
-    """Order policies by their `after` / `before` declarations; ties keep the given order.
-
-    Raises ValueError when the declarations contradict each other (a cycle).
-    """
-    names = [cls.name for cls in classes]
-    follows: dict[str, set[str]] = {name: set() for name in names}  # name -> must come earlier
-
-    def expand(targets: tuple[str, ...], side: str) -> set[str]:
-        if EVERY_OTHER in targets:
-            return {c.name for c in classes if EVERY_OTHER not in getattr(c, side)}
-        return {target for target in targets if target in follows}
-
-    for cls in classes:
-        follows[cls.name] |= expand(cls.after, "after") - {cls.name}
-        for later in expand(cls.before, "before") - {cls.name}:
-            follows[later].add(cls.name)
-    ordered: list[type[BasePolicy]] = []
-    placed: set[str] = set()
-    waiting = list(classes)
-    while waiting:
-        ready = next((c for c in waiting if follows[c.name] <= placed), None)
-        if ready is None:
-            cycle = ", ".join(c.name for c in waiting)
-            raise ValueError(f"policies {cycle}: their after/before declarations form a cycle")
-        ordered.append(ready)
-        placed.add(ready.name)
-        waiting.remove(ready)
-    return ordered
-
-
 def build_pipeline(services: PolicyServices) -> Pipeline:
     """Instantiate the required policies and the configured ones, in their declared order."""
     config = services.config
-    modules = {name: policy_module(name) for name in config.policies}
-    for name in policy_names():
-        if name not in modules:
-            module = policy_module(name)
-            if module.Policy.required:
-                modules[name] = module
-    # Required policies the config does not name come first, then the config's order.
-    names = [n for n in modules if n not in config.policies] + list(config.policies)
-    classes = order_policies([modules[name].Policy for name in names])
     policies: list[BasePolicy] = []
-    for cls in classes:
-        module = modules[cls.name]
-        settings: BaseModel = config.policies.get(cls.name) or module.Settings()
+    for module in running_policies(list(config.policies)):
+        name = module.Policy.name
+        settings: BaseModel = config.policies.get(name) or module.Settings()
         policies.append(module.Policy(settings, services))
     return Pipeline(policies, timeout=config.policy_timeout)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 
 import aiosmtplib
 import pytest
 import yaml
+from clirun import run_cli
 from conftest import (
     PASSWORD,
     TestUpstream,
@@ -128,13 +127,7 @@ def test_accounts_cli(tmp_path, sqlite_url, tls_files):
     )
 
     def cli(*args, check=True):
-        return subprocess.run(
-            [sys.executable, "-m", "relay", "accounts", *args, "--config", str(path)],
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=60,
-        )
+        return run_cli("accounts", *args, "--config", str(path), check=check)
 
     assert cli("list").stdout.splitlines() == [
         "acme\tacme-crm\tmarketing\tactive",

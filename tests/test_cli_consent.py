@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 import yaml
+from clirun import run_cli
 from conftest import config_data
 
-CLI = [sys.executable, "-m", "relay", "consent"]
 HEADER = (
     "address,list,method,subscribed_at,confirmed_at,ip,user_agent,consent_text_version,evidence\n"
 )
@@ -26,14 +24,8 @@ def cfg(tmp_path, store_url, tls_files):
     return path
 
 
-def cli(cfg, *args, check=True):
-    return subprocess.run(
-        [*CLI, *args, "--config", str(cfg)],
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=120,
-    )
+def cli(cfg, *args, check=True, process=False):
+    return run_cli("consent", *args, "--config", str(cfg), check=check, process=process)
 
 
 def test_import_refuses_rows_without_evidence(cfg, tmp_path):

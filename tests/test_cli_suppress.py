@@ -1,17 +1,14 @@
-"""`optin-relay suppress ...` through the real command line, on both backends."""
+"""`optin-relay suppress ...` through the command line, on both backends."""
 
 from __future__ import annotations
 
 import csv
 import io
-import subprocess
-import sys
 
 import pytest
 import yaml
+from clirun import run_cli
 from conftest import config_data
-
-CLI = [sys.executable, "-m", "relay"]
 
 
 @pytest.fixture
@@ -23,14 +20,9 @@ def cfg(tmp_path, store_url, tls_files):
     return path
 
 
-def cli(cfg, *args, stdin=None, check=True):
-    return subprocess.run(
-        [*CLI, "suppress", *args, "--config", str(cfg)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=120,
+def cli(cfg, *args, stdin=None, check=True, process=False):
+    return run_cli(
+        "suppress", *args, "--config", str(cfg), stdin=stdin, check=check, process=process
     )
 
 
@@ -95,7 +87,13 @@ def test_import_needs_address_column(cfg, tmp_path):
 
 def test_import_from_stdin(cfg):
     """`-` reads the CSV from standard input."""
-    result = cli(
-        cfg, "import", "-", "--account", "acme", stdin="address\na@example.net\nb@example.net\n"
+    result = cli(  # the real command line, as a subprocess reading its stdin
+        cfg,
+        "import",
+        "-",
+        "--account",
+        "acme",
+        stdin="address\na@example.net\nb@example.net\n",
+        process=True,
     )
     assert "2 added" in result.stdout

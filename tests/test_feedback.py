@@ -19,6 +19,7 @@ import aiosmtplib
 import dkim
 import pytest
 import yaml
+from clirun import run_cli
 from conftest import (
     PASSWORD,
     PASSWORD_HASH,
@@ -356,13 +357,7 @@ def write_config(tmp_path: Path, data: dict) -> Path:
 
 
 def cli(config: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [*CLI, *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    result = run_cli(*args, "--config", str(config), check=False)
     assert not check or result.returncode == 0, result.stderr
     return result
 

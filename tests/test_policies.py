@@ -7,11 +7,14 @@ policy's own decisions and take milliseconds.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from messages import newsletter
 
 from relay.accounts.standing import change_state
 from relay.policy import Continue, Defer, Reject, build_pipeline
+from relay.policyfiles import order_names
 from relay.storage.base import Consent, Suppression
 from relay.testing import PolicyHarness, account_data, make_config, submission
 
@@ -178,3 +181,34 @@ async def test_dkim_without_a_key_defers_by_default():
         verdict = await harness.policy.on_render(harness.rendering(newsletter(1), "a@example.net"))
         assert isinstance(verdict, Defer)
         assert verdict.rule == "dkim.missing_key"
+
+
+def _modules(**declarations: dict[str, tuple[str, ...]]) -> dict[str, SimpleNamespace]:
+    return {
+        name: SimpleNamespace(Policy=SimpleNamespace(name=name, **sides))
+        for name, sides in declarations.items()
+    }
+
+
+def test_declared_order_and_its_ties():
+    """`after`/`before` order policies; ties keep the given order.
+
+    "*" means every policy that does not itself say "*" on that side.
+    """
+    modules = _modules(
+        sign={"after": ("*",)},
+        mark={"after": ("*",), "before": ("sign",)},
+        gate={"before": ("*",)},
+        count={"after": ("check",)},
+        check={},
+        extra={},
+    )
+    order = order_names(["sign", "mark", "count", "check", "extra", "gate"], modules)  # type: ignore[arg-type]
+    assert order == ["gate", "check", "count", "extra", "mark", "sign"]
+
+
+def test_contradictory_declarations_are_an_error():
+    """A cycle of declarations names the policies in it."""
+    modules = _modules(a={"after": ("b",)}, b={"after": ("a",)}, c={})
+    with pytest.raises(ValueError, match="policies a, b: their after/before declarations"):
+        order_names(["a", "b", "c"], modules)  # type: ignore[arg-type]

@@ -17,6 +17,16 @@ if TYPE_CHECKING:
     import aiosqlite
 
 
+# Recipients due for delivery now (parameters: now, now). Mail of a suspended or terminated
+# account is held: never due.
+_DUE = (
+    "FROM recipients r JOIN messages m ON m.id = r.message_id"
+    " WHERE r.status = 'pending' AND r.next_attempt <= ? AND r.lease_until <= ?"
+    " AND NOT (m.kind = 'message' AND EXISTS (SELECT 1 FROM account_states s"
+    " WHERE s.account_id = m.account_id AND s.state <> 'active'))"
+)
+
+
 async def _insert_message(db: aiosqlite.Connection, message: NewMessage) -> None:
     await db.execute(
         "INSERT INTO messages (id, account_id, mail_from, kind, content, size, received_at,"
@@ -75,16 +85,15 @@ class SqliteSpool(SqliteCore):
         self, *, lease: str, now: float, lease_until: float, limit: int
     ) -> list[DeliveryJob]:
         """Lease due recipients whose earlier lease (if any) has run out."""
+        # Asked on the reader first: an idle relay (or one holding a suspended account's mail)
+        # then never takes the write lock, which the CLI and other processes need.
+        if not await self._fetch(f"SELECT 1 {_DUE} LIMIT 1", (now, now)):
+            return []
 
         async def operation(db: aiosqlite.Connection) -> list[Any]:
-            # Mail of a suspended or terminated account is held: never claimed.
             await db.execute(
-                "UPDATE recipients SET lease = ?, lease_until = ? WHERE id IN ("
-                " SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id"
-                " WHERE r.status = 'pending' AND r.next_attempt <= ? AND r.lease_until <= ?"
-                " AND NOT (m.kind = 'message' AND EXISTS (SELECT 1 FROM account_states s"
-                " WHERE s.account_id = m.account_id AND s.state <> 'active'))"
-                " ORDER BY r.next_attempt LIMIT ?)",
+                "UPDATE recipients SET lease = ?, lease_until = ? WHERE id IN ("  # noqa: S608
+                f" SELECT r.id {_DUE} ORDER BY r.next_attempt LIMIT ?)",
                 (lease, lease_until, now, now, limit),
             )
             async with db.execute(

@@ -1,0 +1,155 @@
+"""The docs are held to the code: every policy, setting, config key and module is documented.
+
+Also the layout's own rules: only relay/storage touches a database driver, and no module
+imports another in a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any
+
+from conftest import ROOT
+from pydantic import BaseModel
+
+from relay.config import Config
+from relay.policyfiles import policy_module, policy_names
+
+DOCS = ROOT / "docs"
+DRIVERS = {"asyncpg", "aiosqlite", "sqlite3", "psycopg", "psycopg2"}
+
+
+def sections(text: str, level: str) -> dict[str, str]:
+    """The text under each `LEVEL `name`` heading, by name, up to the next heading at or above.
+
+    Several names may share one heading: `## `inbound`, `web``.
+    """
+    found: dict[str, str] = {}
+    pattern = re.compile(
+        rf"^{level} (`[a-z_]+(?:\[\])?`(?:, `[a-z_]+(?:\[\])?`)*)\s*$", re.MULTILINE
+    )
+    matches = list(pattern.finditer(text))
+    for index, match in enumerate(matches):
+        end = matches[index + 1].start() if index + 1 < len(matches) else len(text)
+        body = text[match.end() : end]
+        stop = re.search(rf"^#{{1,{len(level) - 1}}} ", body, flags=re.MULTILINE)
+        for name in re.findall(r"`([a-z_]+)(?:\[\])?`", match.group(1)):
+            found[name] = body[: stop.start()] if stop else body
+    return found
+
+
+def named(key: str, text: str) -> bool:
+    """Whether `key` stands in backticks in `text`, alone or in a dotted or listed key."""
+    return re.search(rf"`[^`\n]*\b{re.escape(key)}\b[^`\n]*`", text) is not None
+
+
+def test_every_policy_is_documented_with_its_settings():
+    """docs/policies.md has a section per policy naming each of its settings, and no other."""
+    documented = sections((DOCS / "policies.md").read_text(), "###")
+    assert set(documented) == set(policy_names())
+    for name in policy_names():
+        settings: type[BaseModel] = policy_module(name).Settings
+        missing = [key for key in settings.model_fields if not named(key, documented[name])]
+        assert missing == [], f"policies.{name}: undocumented settings {missing}"
+
+
+def field_paths(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every key of a configuration model, nested models' keys under their parent's."""
+    paths = []
+    for key, field in model.model_fields.items():
+        paths.append(f"{prefix}{key}")
+        for inner in _models(field.annotation):
+            paths.extend(field_paths(inner, f"{prefix}{key}."))
+    return paths
+
+
+def _models(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [found for arg in getattr(annotation, "__args__", ()) for found in _models(arg)]
+
+
+def test_every_config_key_is_documented():
+    """Each key of the configuration is named in its top-level section of configuration.md."""
+    text = (DOCS / "configuration.md").read_text()
+    documented = sections(text, "##")
+    paths = field_paths(Config)
+    assert len(paths) > 100
+    missing = []
+    for path in paths:
+        top, *rest = path.split(".")
+        if not rest:  # a top-level key: a section of its own, or named where it belongs
+            known = top in documented or named(top, text)
+        else:
+            known = top in documented and named(rest[-1], documented[top])
+        if not known:
+            missing.append(path)
+    assert missing == []
+
+
+def modules() -> set[str]:
+    return {
+        path.relative_to(ROOT).as_posix()
+        for folder in ("relay", "policies")
+        for path in (ROOT / folder).rglob("*.py")
+    }
+
+
+def test_architecture_lists_every_module():
+    """docs/architecture.md's table names exactly the modules of relay/ and policies/."""
+    text = (DOCS / "architecture.md").read_text()
+    listed = set(re.findall(r"^\| `((?:relay|policies)/[a-z_/]+\.py)` \|", text, re.MULTILINE))
+    assert listed == modules()
+
+
+def imports(path: str) -> set[str]:
+    """The modules `path` imports (absolute imports; at any depth, TYPE_CHECKING included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse((ROOT / path).read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def test_only_storage_touches_a_database_driver():
+    """asyncpg, aiosqlite and sqlite3 are imported under relay/storage/ and nowhere else."""
+    users = {
+        path for path in modules() if any(name.split(".")[0] in DRIVERS for name in imports(path))
+    }
+    assert users
+    assert {path for path in users if not path.startswith("relay/storage/")} == set()
+
+
+def test_no_import_cycles():
+    """No module reaches itself through imports (type-only imports count too)."""
+    names = {
+        path.removesuffix(".py").removesuffix("/__init__").replace("/", "."): path
+        for path in modules()
+    }
+    graph = {
+        name: {i for i in imports(path) if i in names and i != name} for name, path in names.items()
+    }
+    done: set[str] = set()
+
+    def visit(name: str, trail: list[str]) -> None:
+        if name in trail:
+            cycle = [*trail[trail.index(name) :], name]
+            raise AssertionError(" -> ".join(cycle))
+        if name in done:
+            return
+        for target in sorted(graph[name]):
+            visit(target, [*trail, name])
+        done.add(name)
+
+    for name in sorted(graph):
+        visit(name, [])
+
+
+def test_docs_stay_inside_the_repository():
+    """README and docs link to nothing outside the checkout."""
+    for path in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        assert "../shared" not in path.read_text(), path
