@@ -116,7 +116,7 @@ class Policy(BasePolicy):
         if rendering.kind != "message" or account is None or not await self._applies(account):
             return CONTINUE
         token = self.tokens.issue(account.id, rendering.recipient, campaign_tag(rendering.campaign))
-        url = f"{self.public_url}/u/{token}"
+        url = markers.unsubscribe_link(self.public_url, token)
         mailto = None
         if self.inbound:  # short and case-insensitive when the spooled recipient is known
             ident = rendering.recipient_id

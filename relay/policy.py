@@ -16,6 +16,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
+from relay.errors import ConfigError
 from relay.logging import get_logger
 from relay.policyfiles import running_policies
 
@@ -215,10 +216,18 @@ class Pipeline:
 
 
 def build_pipeline(services: PolicyServices) -> Pipeline:
-    """Instantiate the required policies and the configured ones, in their declared order."""
+    """Instantiate the required policies and the configured ones, in their declared order.
+
+    Raises ConfigError when their declarations cannot be ordered (`check-config` exits 78, a
+    reload keeps the running configuration).
+    """
     config = services.config
+    try:
+        modules = running_policies(list(config.policies))
+    except (LookupError, ValueError) as exc:  # declarations that contradict each other
+        raise ConfigError([f"policies: {exc}"]) from exc
     policies: list[BasePolicy] = []
-    for module in running_policies(list(config.policies)):
+    for module in modules:
         name = module.Policy.name
         settings: BaseModel = config.policies.get(name) or module.Settings()
         policies.append(module.Policy(settings, services))

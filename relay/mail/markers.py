@@ -7,7 +7,8 @@ Each marker is written and read here, nowhere else:
 | `X-Optin-Trace: TOKEN` | every relayed copy (the trace policy) | the spooled recipient |
 | `bounce+TOKEN@INBOUND` | the copy's envelope sender (VERP) | the spooled recipient |
 | `unsub+ID@INBOUND` | the copy's mailto List-Unsubscribe | the spooled recipient |
-| `/u/TOKEN`, `unsub+TOKEN` | unsubscribe links of earlier versions | account and recipient |
+| `PUBLIC_URL/u/TOKEN` | the https List-Unsubscribe and the footer link | account and recipient |
+| `unsub+TOKEN@INBOUND` | the mailto address of earlier versions | account and recipient |
 | `... (optin-relay) with P id QUEUEID` | the relay's `Received` field | the spooled message |
 
 The tokens themselves (their MACs and encodings) are `relay.tokens`; this module places them in
@@ -45,6 +46,11 @@ def trace_field(token: str) -> bytes:
 def bounce_address(token: str, domain: str) -> str:
     """The VERP envelope sender of one copy."""
     return f"{BOUNCE_PREFIX}{token}@{domain}"
+
+
+def unsubscribe_link(public_url: str, token: str) -> str:
+    """The https unsubscribe link of one copy (the web serves `/u/{token}`)."""
+    return f"{public_url}/u/{token}"
 
 
 def unsubscribe_mailto(token: str, domain: str) -> str:
