@@ -13,8 +13,9 @@ import pytest
 from messages import newsletter
 
 from relay.accounts.standing import change_state
+from relay.errors import ConfigError
 from relay.policy import Continue, Defer, Reject, build_pipeline
-from relay.policyfiles import order_names
+from relay.policyfiles import order_names, policy_module
 from relay.storage.base import Consent, Suppression
 from relay.testing import PolicyHarness, account_data, make_config, submission
 
@@ -212,3 +213,15 @@ def test_contradictory_declarations_are_an_error():
     modules = _modules(a={"after": ("b",)}, b={"after": ("a",)}, c={})
     with pytest.raises(ValueError, match="policies a, b: their after/before declarations"):
         order_names(["a", "b", "c"], modules)  # type: ignore[arg-type]
+
+
+async def test_a_cycle_among_real_policies_is_a_configuration_error(monkeypatch):
+    """Building the pipeline names the policies whose declarations contradict each other."""
+    monkeypatch.setattr(policy_module("account_state").Policy, "after", ("dkim",))
+    async with PolicyHarness.open("from_domain") as harness:
+        with pytest.raises(ConfigError) as raised:
+            build_pipeline(harness.services)
+    (problem,) = raised.value.problems
+    assert problem.startswith("policies: policies ")
+    assert "account_state" in problem
+    assert "form a cycle" in problem
