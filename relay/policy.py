@@ -1,10 +1,11 @@
-"""The policy seam: stages, verdicts, and the pipeline that runs policies in configured order.
+"""The policy seam: stages, verdicts, the transaction, and the pipeline that runs policies.
 
 A policy is one module `policies/<name>.py` holding a pydantic `Settings` model and a `Policy`
 class (a subclass of `BasePolicy`) built as `Policy(settings, services)`. The config section
-`policies.<name>` selects it and sets its order. At each stage the pipeline asks every policy in
+`policies.<name>` turns it on (required policies run anyway) and sets it; the policy declares
+its own place (`relay.policyfiles` orders them). At each stage the pipeline asks every policy in
 order; the first answer that is not `Continue` ends the stage. A policy that raises or times out
-defers the mail (fail closed), never lets it through.
+defers the mail (fail closed), never lets it through. docs/policies.md is the guide.
 
 Stages: `mail` (MAIL FROM), `rcpt` (each RCPT TO), `data` (the whole message, before the spool
 commit), `render` (each recipient's copy at delivery; a policy may rewrite `Rendering.content`).
