@@ -8,13 +8,17 @@ end-to-end figure once the relay has also delivered every message to the sink.
 Needs smtp-source and smtp-sink (Debian package `postfix`; no Postfix daemon has to run).
 
     .venv/bin/python bench/smtp_throughput.py [--messages 2000] [--sessions 10] [--size 4096]
-        [--storage sqlite|postgresql://...]
+        [--storage sqlite|postgresql://...] [--tree PATH]
+
+`--tree` runs the relay from another checkout of optin-relay (same virtualenv), so that two
+revisions can be measured in one run: `git worktree add /tmp/before REV`, then alternate.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -61,12 +65,19 @@ def delivered(web_port: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=10)
     parser.add_argument("--size", type=int, default=4096, help="message size in bytes")
     parser.add_argument("--storage", default="sqlite", help="sqlite, or a postgresql:// URL")
+    parser.add_argument("--tree", type=Path, default=None, help="run the relay from this checkout")
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink"):
         if shutil.which(tool) is None:
@@ -118,14 +129,23 @@ def main() -> int:
         path = work / "relay.yaml"
         path.write_text(yaml.safe_dump(config))
         log = (work / "relay.log").open("w")
+        tree = (
+            {}
+            if args.tree is None
+            else {"cwd": args.tree, "env": {**os.environ, "PYTHONPATH": str(args.tree)}}
+        )
         relay = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--config", str(path)], stdout=log, stderr=log
+            [sys.executable, "-m", "relay", "serve", "--config", str(path)],
+            stdout=log,
+            stderr=log,
+            **tree,  # type: ignore[call-overload]
         )
         try:
             wait_port(relay_port)
         except SystemExit:
             raise SystemExit((work / "relay.log").read_text()[-2000:]) from None
         wait_port(web_port)
+        idle_cpu = cpu_seconds(relay.pid)
         started = time.monotonic()
         accept = source(relay_port, args)
         while delivered(web_port) < args.messages:
@@ -133,6 +153,7 @@ def main() -> int:
                 raise SystemExit("the relay did not deliver everything within 10 minutes")
             time.sleep(0.05)
         end_to_end = time.monotonic() - started
+        relay_cpu = cpu_seconds(relay.pid) - idle_cpu
     finally:
         if relay is not None:
             relay.terminate()
@@ -150,6 +171,7 @@ def main() -> int:
         "relay_accept_msgs_per_s": round(n / accept, 1),
         "relay_end_to_end_msgs_per_s": round(n / end_to_end, 1),
     }
+    result["relay_cpu_ms_per_msg"] = round(1000 * relay_cpu / n, 2)
     result["ratio_accept"] = round(
         result["relay_accept_msgs_per_s"] / result["direct_msgs_per_s"], 4
     )
@@ -159,6 +181,7 @@ def main() -> int:
     print(f"smtp-source -> smtp-sink            {result['direct_msgs_per_s']:>10} msg/s")
     print(f"smtp-source -> optin-relay (250)    {result['relay_accept_msgs_per_s']:>10} msg/s")
     print(f"smtp-source -> optin-relay -> sink  {result['relay_end_to_end_msgs_per_s']:>10} msg/s")
+    print(f"relay CPU per message (accept+out)  {result['relay_cpu_ms_per_msg']:>10} ms")
     print(f"ratio relay/direct (accept)         {result['ratio_accept']:>10}")
     print(f"ratio relay/direct (end to end)     {result['ratio_end_to_end']:>10}")
     print(json.dumps(result))

@@ -56,6 +56,7 @@ class SqliteCore:
             tuple[Callable[[aiosqlite.Connection], Awaitable[Any]], asyncio.Future[Any]]
         ] = []
         self._writer: asyncio.Task[None] | None = None
+        self._nothing_due = False  # the last delivery claim found nothing (see SqliteSpool.claim)
 
     async def open(self) -> None:
         """Open the file (creating its folder) and set durable pragmas."""

@@ -85,9 +85,10 @@ class SqliteSpool(SqliteCore):
         self, *, lease: str, now: float, lease_until: float, limit: int
     ) -> list[DeliveryJob]:
         """Lease due recipients whose earlier lease (if any) has run out."""
-        # Asked on the reader first: an idle relay (or one holding a suspended account's mail)
-        # then never takes the write lock, which the CLI and other processes need.
-        if not await self._fetch(f"SELECT 1 {_DUE} LIMIT 1", (now, now)):
+        # Once a claim found nothing, the next ones ask the reader first: an idle relay (or one
+        # holding a suspended account's mail) then never takes the write lock, which the CLI
+        # and other processes need. A busy relay claims straight away.
+        if self._nothing_due and not await self._fetch(f"SELECT 1 {_DUE} LIMIT 1", (now, now)):
             return []
 
         async def operation(db: aiosqlite.Connection) -> list[Any]:
@@ -106,6 +107,7 @@ class SqliteSpool(SqliteCore):
                 return list(await cursor.fetchall())
 
         rows = await self._write(operation)
+        self._nothing_due = not rows
         return [
             DeliveryJob(*row[:8], lease=lease, campaign=row[8])  # type: ignore[misc]
             for row in rows
