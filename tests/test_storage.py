@@ -379,3 +379,37 @@ async def test_prune_windows_drops_only_old_counters(store):
     assert count == 2
     _, fresh = await store.window_take("*", "subscribe_ip:192.0.2.1", "z", now=later, window=9999)
     assert fresh == 1
+
+
+async def test_idle_sqlite_store_takes_no_write_lock(tmp_path):
+    """With nothing due, polling and migrating never wait for another process's write lock.
+
+    A CLI command or a second process holding the lock (here: a plain sqlite3 connection in
+    the middle of a write transaction) does not block an idle relay's delivery poll, and an
+    up-to-date schema is not migrated again under the lock.
+    """
+    import sqlite3
+
+    path = tmp_path / "relay.db"
+    store = open_store(f"sqlite:///{path}")
+    await store.open()
+    await store.migrate()
+    try:
+        assert await store.claim(lease="w:1", now=NOW, lease_until=NOW + 60, limit=10) == []
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            polls = [
+                store.claim(lease=f"w:{n}", now=NOW, lease_until=NOW + 60, limit=10)
+                for n in range(2, 5)
+            ]
+            assert await asyncio.wait_for(asyncio.gather(*polls), 2) == [[], [], []]
+            await asyncio.wait_for(store.migrate(), 2)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await store.spool(message())  # due again: the next claim leases it
+        jobs = await store.claim(lease="w:9", now=NOW, lease_until=NOW + 60, limit=10)
+        assert [job.recipient for job in jobs] == ["a@example.net"]
+    finally:
+        await store.close()
