@@ -198,7 +198,9 @@ class Pipeline:
     async def _run(self, stage: str, call: Callable[[BasePolicy], Awaitable[Verdict]]) -> Decision:
         for policy in self.policies:
             try:
-                verdict = await asyncio.wait_for(call(policy), self.timeout)
+                # A deadline on this task, not a task per call: each policy is still bounded.
+                async with asyncio.timeout(self.timeout):
+                    verdict = await call(policy)
             except Exception as exc:  # noqa: BLE001 - any failure of a policy must fail closed
                 log.error(
                     "policy_error",
