@@ -1,9 +1,9 @@
 """Where policies live and which run, in what order: the one policy loader.
 
 A policy is `policies/<name>.py`, holding a pydantic `Settings` model and a `Policy` class whose
-`name` is the module's name. The config validates `policies.<name>` with that `Settings` and
-checks the order here; the pipeline builds each `Policy` in that order (see `relay.policy` and
-docs/policies.md). A policy declares its place: `required`, `after` and `before`.
+`name` is the module's name. The config validates `policies.<name>` with that `Settings`; the
+pipeline builds each `Policy` in the order found here (see `relay.policy` and docs/policies.md),
+which each policy declares for itself: `required`, `after` and `before`.
 """
 
 from __future__ import annotations
