@@ -378,9 +378,3 @@ class Feedback:
         if account_id is not None:
             await check_rate(self.store, self.runtime().config, account_id, "bounce_rate", now=now)
         return IntakeResult("suppress", "hard bounce", None, sent.account_id, sent.recipient)
-
-
-def verify_bounce_token(tokens: TokenCodec, local: str) -> int | None:
-    """The recipient id in a `bounce+TOKEN` local part, if the token is genuine."""
-    token = markers.bounce_token(local)
-    return None if token is None else tokens.verify_trace(token)

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from relay.consent.optout import mailto_claim, unsubscribe
 from relay.errors import StoreError
-from relay.feedback.intake import verify_bounce_token
 from relay.logging import get_logger
 from relay.mail import markers
 from relay.smtp.replies import REPLY_TEMPFAIL, recipient_rejected, rejected
@@ -48,8 +47,9 @@ class InboundMail:
             parts.complaint_boxes.append(lower)
             return "250 2.1.5 Complaint address ok"
         tokens = self.runtime().tokens
-        if markers.bounce_token(local) is not None:
-            recipient_id = verify_bounce_token(tokens, local)
+        bounce = markers.bounce_token(local)
+        if bounce is not None:
+            recipient_id = tokens.verify_trace(bounce)
             if recipient_id is None:
                 reply = f"550 5.1.1 <{address}>: invalid bounce address"
                 recipient_rejected(reply, "inbound_invalid_token", address)
