@@ -18,6 +18,8 @@ from pydantic import BaseModel
 if TYPE_CHECKING:
     from types import ModuleType
 
+# The package of policies, loaded by name at run time: the core names no policy in its imports.
+_PACKAGE = "policies"
 _POLICY_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
@@ -29,9 +31,9 @@ def policy_module(name: str) -> ModuleType:
     if not _POLICY_NAME.fullmatch(name):
         raise LookupError(f"not a policy name: {name!r}")
     try:
-        module = importlib.import_module(f"policies.{name}")
+        module = importlib.import_module(f"{_PACKAGE}.{name}")
     except ModuleNotFoundError as exc:
-        if exc.name != f"policies.{name}":
+        if exc.name != f"{_PACKAGE}.{name}":
             raise
         raise LookupError(f"no policy named {name!r} in policies/") from exc
     policy = getattr(module, "Policy", None)
@@ -50,7 +52,7 @@ def policy_module(name: str) -> ModuleType:
 
 def policy_names() -> list[str]:
     """Every policy module in `policies/`, by name."""
-    package = importlib.import_module("policies")  # by name, like each policy in it
+    package = importlib.import_module(_PACKAGE)
     found = pkgutil.iter_modules(package.__path__)
     return sorted(info.name for info in found if not info.name.startswith("_"))
 
