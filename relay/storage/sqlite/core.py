@@ -153,11 +153,7 @@ class SqliteCore:
     async def _commit_group(
         self, operations: list[Callable[[aiosqlite.Connection], Awaitable[Any]]]
     ) -> list[Any]:
-        """Run `operations` in one transaction, each in a savepoint; raise if COMMIT fails.
-
-        An operation alone in its group needs no savepoint (two thread hops fewer): if it fails,
-        the whole transaction is rolled back, which is the same.
-        """
+        """Run `operations` in one transaction, each in a savepoint; raise if COMMIT fails."""
         async with self._lock:
             db = self._db
             if db is None:
@@ -165,8 +161,6 @@ class SqliteCore:
             outcomes: list[Any] = []
             try:
                 await db.execute("BEGIN IMMEDIATE")
-                if len(operations) == 1:
-                    return [await self._alone(db, operations[0])]
                 for operation in operations:
                     await db.execute("SAVEPOINT operation")
                     try:
@@ -184,22 +178,6 @@ class SqliteCore:
                     await db.execute("ROLLBACK")
                 raise StoreError(f"SQLite: {exc}") from exc
             return outcomes
-
-    @staticmethod
-    async def _alone(
-        db: aiosqlite.Connection, operation: Callable[[aiosqlite.Connection], Awaitable[Any]]
-    ) -> Any:  # noqa: ANN401 - the operation's own result
-        """One operation in the open transaction: committed, or rolled back as a failure."""
-        try:
-            outcome = await operation(db)
-        except sqlite3.Error as exc:
-            await db.execute("ROLLBACK")
-            return _Failed(StoreError(f"SQLite: {exc}"))
-        except Exception as exc:  # noqa: BLE001 - a bug in the operation fails it alone
-            await db.execute("ROLLBACK")
-            return _Failed(exc)
-        await db.execute("COMMIT")
-        return outcome
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         if self._reader is None:
