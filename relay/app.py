@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 from aiohttp import web
 
 from relay import passwords
+from relay.accounts.credentials import Credentials
 from relay.accounts.stats import StatsRecorder
 from relay.clock import SystemClock
 from relay.config import load_config
@@ -67,6 +68,8 @@ class Relay:
         self.store: Store | None = None
         self.upstream: Upstream | None = None
         self.delivery: DeliveryService | None = None
+        # Verified SMTP passwords, API keys and the admin token, shared by SMTP and HTTP.
+        self.credentials = Credentials()
 
     async def start(self) -> None:
         """Open the store, migrate it, then start delivery, listeners and HTTP."""
@@ -100,6 +103,7 @@ class Relay:
             on_spooled=self.delivery.wake,
             feedback=self.feedback,
             stats=self.stats,
+            credentials=self.credentials,
         )
         self._tasks.append(asyncio.create_task(self.stats.run(), name="stats"))
         if self.run_delivery:
@@ -110,7 +114,14 @@ class Relay:
         )
         host, port = split_host_port(config.web.listen)
         self._web = web.AppRunner(
-            make_app(store, self.runtime, self.clock, self.feedback, self.subscriptions),
+            make_app(
+                store,
+                self.runtime,
+                self.clock,
+                feedback=self.feedback,
+                subscriptions=self.subscriptions,
+                credentials=self.credentials,
+            ),
             access_log=None,
         )
         await self._web.setup()

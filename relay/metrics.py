@@ -39,6 +39,12 @@ SUBSCRIPTIONS = Counter(
     ["step", "outcome"],
     registry=REGISTRY,
 )
+CREDENTIAL_CHECKS = Counter(
+    "optin_relay_credential_checks",
+    "SMTP passwords, API keys and admin tokens checked, by result",
+    ["result"],
+    registry=REGISTRY,
+)
 SPOOL_PENDING = Gauge(
     "optin_relay_spool_pending_recipients",
     "Recipients waiting for delivery in the shared spool (read at each scrape)",

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
-from relay.accounts.credentials import authenticate
 from relay.logging import get_logger
 from relay.smtp.replies import REPLY_THROTTLED
 from relay.smtp.session import relay_session
@@ -20,6 +19,7 @@ from relay.smtp.session import relay_session
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from relay.accounts.credentials import Credentials
     from relay.runtime import Runtime
     from relay.smtp.throttle import FailureThrottle
 
@@ -31,6 +31,7 @@ class SmtpAuth:
 
     runtime: Callable[[], Runtime]
     throttle: FailureThrottle
+    credentials: Credentials
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
         """AUTH PLAIN (RFC 4616), initial response or challenge."""
@@ -64,7 +65,7 @@ class SmtpAuth:
         except UnicodeDecodeError:
             password = None
         if password is not None:
-            account = await authenticate(self.runtime().config, username, password)
+            account = await self.credentials.authenticate(self.runtime().config, username, password)
         if account is not None:
             session.account_id = account.id
             log.info(

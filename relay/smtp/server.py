@@ -33,6 +33,7 @@ from relay.storage.base import new_message_id
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from relay.accounts.credentials import Credentials
     from relay.accounts.stats import StatsRecorder
     from relay.clock import Clock
     from relay.config import Listener
@@ -167,9 +168,11 @@ class IngressHandler(SmtpAuth):
         on_spooled: Callable[[], None],
         feedback: Feedback,
         stats: StatsRecorder,
+        credentials: Credentials,
     ) -> None:
         """Serve with the runtime in force at each command."""
         self.runtime = runtime
+        self.credentials = credentials
         self.store = store
         self.limiter = limiter
         self.throttle = throttle

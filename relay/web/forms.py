@@ -15,7 +15,6 @@ request, a brand or a list is escaped.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 from typing import TYPE_CHECKING, Any
@@ -30,8 +29,7 @@ from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.mail.branding import form_strings
 from relay.metrics import SUBSCRIPTIONS
-from relay.passwords import verify_password_async
-from relay.web.state import read_form, runtime_of, throttle_of
+from relay.web.state import credentials_of, read_form, runtime_of, throttle_of
 
 if TYPE_CHECKING:
     from relay.config import Account, Config, MailingList
@@ -39,7 +37,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 SUBSCRIPTIONS_KEY = web.AppKey("subscriptions", object)
-API_KEYS_KEY: web.AppKey[dict[tuple[str, str], tuple[str, ...]]] = web.AppKey("api_keys", dict)
 _ENV = Environment(
     loader=PackageLoader("relay.web", "pages"),
     autoescape=select_autoescape(default=True, default_for_string=True),
@@ -356,16 +353,9 @@ async def _api_account(request: web.Request) -> Account | web.Response:
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     account_id, _, secret = credentials.strip().partition(":")
     account = config.account(account_id) if scheme.lower() == "bearer" else None
-    if account is not None and account.api_key_hash is not None and secret:
-        verified = request.app[API_KEYS_KEY]
-        key = (account.id, hashlib.sha256(secret.encode()).hexdigest())
-        if verified.get(key) == account.api_key_hash:
-            return account
-        if await verify_password_async(account.api_key_hash, secret):
-            if len(verified) > 1000:  # noqa: PLR2004 - a bound, not a tuning knob
-                verified.clear()
-            verified[key] = account.api_key_hash
-            return account
+    known = account is not None and account.api_key_hash is not None and bool(secret)
+    if account is not None and known and await credentials_of(request).api_key(account, secret):
+        return account
     throttle.record(ip)
     log.warning("api_auth_failed", client_ip=ip, path=request.path)
     return _error(
@@ -463,7 +453,6 @@ async def api_show(request: web.Request) -> web.Response:
 def add_routes(app: web.Application, subscriptions: Subscriptions) -> None:
     """Register the form, confirmation and API routes."""
     app[SUBSCRIPTIONS_KEY] = subscriptions
-    app[API_KEYS_KEY] = {}
     app.router.add_get("/s/{account}/{list}", form_page)
     app.router.add_post("/s/{account}/{list}", form_post)
     app.router.add_get("/s/{account}/{list}/snippet", snippet)

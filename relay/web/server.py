@@ -24,12 +24,12 @@ from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.mail.branding import page
 from relay.metrics import REGISTRY, SPOOL_OLDEST_AGE, SPOOL_PENDING
-from relay.passwords import verify_password_async
 from relay.smtp.throttle import FailureThrottle
 from relay.web import forms
 from relay.web.state import (
     clock_of,
     crash_barrier,
+    credentials_of,
     read_form,
     runtime_of,
     share,
@@ -40,6 +40,7 @@ from relay.web.state import (
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from relay.accounts.credentials import Credentials
     from relay.clock import Clock
     from relay.consent.subscriptions import Subscriptions
     from relay.feedback.intake import Feedback
@@ -144,7 +145,10 @@ async def ingest_complaint(request: web.Request) -> web.Response:  # noqa: PLR09
     if throttle.blocked(client):
         return _json_error(429, "throttled", "too many failed attempts, try again later")
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not await verify_password_async(token_hash, token.strip()):
+    credentials = credentials_of(request)
+    if scheme.lower() != "bearer" or not await credentials.verify(
+        "admin", token_hash, token.strip()
+    ):
         throttle.record(client)
         log.warning("admin_auth_failed", client_ip=client, path=request.path)
         return _json_error(
@@ -180,14 +184,16 @@ def make_app(
     store: Store,
     runtime: Callable[[], Runtime],
     clock: Clock,
+    *,
     feedback: Feedback,
     subscriptions: Subscriptions,
+    credentials: Credentials,
 ) -> web.Application:
     """The aiohttp application."""
     app = web.Application(client_max_size=64 * 1024, middlewares=[crash_barrier])
     smtp = runtime().config.smtp
     throttle = FailureThrottle(smtp.auth_failure_limit, smtp.auth_failure_window, clock)
-    share(app, store, runtime, clock, throttle)
+    share(app, store, runtime, clock, throttle, credentials=credentials)
     app[FEEDBACK_KEY] = feedback
     forms.add_routes(app, subscriptions)
     app.router.add_get("/u/{token}", unsubscribe_page)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from multidict import MultiDictProxy
 
+    from relay.accounts.credentials import Credentials
     from relay.clock import Clock
     from relay.runtime import Runtime
     from relay.smtp.throttle import FailureThrottle
@@ -27,6 +28,7 @@ STORE_KEY = web.AppKey("store", object)
 RUNTIME_KEY = web.AppKey("runtime", object)
 CLOCK_KEY = web.AppKey("clock", object)
 THROTTLE_KEY = web.AppKey("throttle", object)
+CREDENTIALS_KEY = web.AppKey("credentials", object)
 
 
 def share(
@@ -35,12 +37,15 @@ def share(
     runtime: Callable[[], Runtime],
     clock: Clock,
     throttle: FailureThrottle,
+    *,
+    credentials: Credentials,
 ) -> None:
     """Put the shared objects on `app`."""
     app[STORE_KEY] = store
     app[RUNTIME_KEY] = runtime
     app[CLOCK_KEY] = clock
     app[THROTTLE_KEY] = throttle
+    app[CREDENTIALS_KEY] = credentials
 
 
 def store_of(request: web.Request) -> Store:
@@ -59,6 +64,12 @@ def clock_of(request: web.Request) -> Clock:
     """The clock."""
     clock: Clock = request.app[CLOCK_KEY]  # type: ignore[assignment]
     return clock
+
+
+def credentials_of(request: web.Request) -> Credentials:
+    """The verifier of API keys and the admin token (shared with SMTP AUTH)."""
+    credentials: Credentials = request.app[CREDENTIALS_KEY]  # type: ignore[assignment]
+    return credentials
 
 
 def throttle_of(request: web.Request) -> FailureThrottle:
