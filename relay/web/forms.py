@@ -353,8 +353,12 @@ async def _api_account(request: web.Request) -> Account | web.Response:
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     account_id, _, secret = credentials.strip().partition(":")
     account = config.account(account_id) if scheme.lower() == "bearer" else None
-    known = account is not None and account.api_key_hash is not None and bool(secret)
-    if account is not None and known and await credentials_of(request).api_key(account, secret):
+    if (
+        account is not None
+        and account.api_key_hash is not None
+        and secret
+        and await credentials_of(request).api_key(account, secret)
+    ):
         return account
     throttle.record(ip)
     log.warning("api_auth_failed", client_ip=ip, path=request.path)
