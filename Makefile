@@ -41,6 +41,7 @@ typecheck: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/smtp_throughput.py
+	$(BIN)/python bench/auth_sessions.py
 	$(BIN)/python bench/cli_startup.py
 
 clean:
