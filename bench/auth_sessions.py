@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -22,12 +21,8 @@ import time
 from pathlib import Path
 
 import aiosmtplib
-import yaml
-from benchlib import free_port, sink_command, wait_port
-from smtp_throughput import cpu_seconds
+from benchlib import cpu_seconds, free_port, relay_config, sink_command, start_relay, wait_port
 
-from relay.mail.signing import generate_key, write_key
-from relay.passwords import hash_password
 from relay.tlsutil import write_self_signed
 
 PASSWORD = "bench-password"  # noqa: S105 - a benchmark's throwaway account
@@ -59,41 +54,6 @@ async def run_sessions(port: int, sessions: int, concurrency: int) -> float:
     return time.monotonic() - started
 
 
-def relay_config(work: Path, relay_port: int, sink_port: int, web_port: int) -> Path:
-    key = work / "bench.example.pem"
-    write_key(key, generate_key("rsa-sha256"))
-    cert, tls_key = work / "cert.pem", work / "key.pem"
-    write_self_signed(cert, tls_key, ["relay.bench.example", "localhost"])
-    config = {
-        "hostname": "relay.bench.example",
-        "smtp": {
-            "listeners": [{"address": f"127.0.0.1:{relay_port}", "tls": "starttls"}],
-            "tls": {"certificate": str(cert), "private_key": str(tls_key)},
-            "max_connections_per_ip": 1000,
-            "auth_failure_limit": 1000,
-        },
-        "upstream": {"host": "127.0.0.1", "port": sink_port, "tls": "none", "connections": 8},
-        "delivery": {"poll_interval": 0.05, "batch": 200},
-        "storage": {"url": f"sqlite:///{work}/relay.db"},
-        "web": {"listen": f"127.0.0.1:{web_port}", "public_url": "https://relay.bench.example"},
-        "tokens": {"keys": ["bench-token-key-0123456789abcdef0123456789"]},
-        "dkim": [{"domain": "bench.example", "selector": "bench", "private_key": str(key)}],
-        "log_level": "warning",
-        "accounts": [
-            {
-                "id": "bench",
-                "username": "bench",
-                "password_hash": hash_password(PASSWORD),
-                "from_domains": ["bench.example"],
-                "brand": {"name": "Bench", "postal_address": "1 Bench Street"},
-            }
-        ],
-    }
-    path = work / "relay.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=300)
@@ -108,17 +68,18 @@ def main() -> int:
     relay = None
     try:
         wait_port(sink_port)
-        path = relay_config(work, relay_port, sink_port, web_port)
-        tree = {}
-        if args.tree is not None:
-            tree = {"cwd": args.tree, "env": {**os.environ, "PYTHONPATH": str(args.tree)}}
-        log = (work / "relay.log").open("w")
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--config", str(path)],
-            stdout=log,
-            stderr=log,
-            **tree,  # type: ignore[call-overload]
+        cert, key = work / "cert.pem", work / "key.pem"
+        write_self_signed(cert, key, ["relay.bench.example", "localhost"])
+        path = relay_config(
+            work,
+            listener={"address": f"127.0.0.1:{relay_port}", "tls": "starttls"},
+            sink_port=sink_port,
+            web_port=web_port,
+            password=PASSWORD,
+            tls={"certificate": str(cert), "private_key": str(key)},
+            auth_failure_limit=1000,
         )
+        relay = start_relay(path, args.tree)
         wait_port(relay_port)
         wait_port(web_port)
         idle = cpu_seconds(relay.pid)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -27,11 +26,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-import yaml
-from benchlib import free_port, sink_command, wait_port
-
-from relay.mail.signing import generate_key, write_key
-from relay.passwords import hash_password
+from benchlib import cpu_seconds, free_port, relay_config, sink_command, start_relay, wait_port
 
 
 def source(port: int, args: argparse.Namespace) -> float:
@@ -65,12 +60,6 @@ def delivered(web_port: int) -> float:
     return 0.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
@@ -91,55 +80,12 @@ def main() -> int:
         wait_port(sink_port)
         direct = source(sink_port, args)
 
-        storage = f"sqlite:///{work}/relay.db" if args.storage == "sqlite" else args.storage
-        key = work / "bench.example.pem"
-        write_key(key, generate_key("rsa-sha256"))
-        config = {
-            "hostname": "relay.bench.example",
-            "smtp": {
-                "listeners": [
-                    {
-                        "address": f"127.0.0.1:{relay_port}",
-                        "tls": "none",
-                        "trusted_account": "bench",
-                    }
-                ],
-                "max_connections_per_ip": 1000,
-            },
-            "upstream": {"host": "127.0.0.1", "port": sink_port, "tls": "none", "connections": 8},
-            "delivery": {"poll_interval": 0.05, "batch": 200},
-            "storage": {"url": storage},
-            "web": {
-                "listen": f"127.0.0.1:{web_port}",
-                "public_url": "https://relay.bench.example",
-            },
-            "tokens": {"keys": ["bench-token-key-0123456789abcdef0123456789"]},
-            "dkim": [{"domain": "bench.example", "selector": "bench", "private_key": str(key)}],
-            "log_level": "warning",
-            "accounts": [
-                {
-                    "id": "bench",
-                    "username": "bench",
-                    "password_hash": hash_password("bench-password"),
-                    "from_domains": ["bench.example"],
-                    "brand": {"name": "Bench", "postal_address": "1 Bench Street"},
-                }
-            ],
-        }
-        path = work / "relay.yaml"
-        path.write_text(yaml.safe_dump(config))
-        log = (work / "relay.log").open("w")
-        tree = (
-            {}
-            if args.tree is None
-            else {"cwd": args.tree, "env": {**os.environ, "PYTHONPATH": str(args.tree)}}
+        storage = None if args.storage == "sqlite" else args.storage
+        listener = {"address": f"127.0.0.1:{relay_port}", "tls": "none", "trusted_account": "bench"}
+        path = relay_config(
+            work, listener=listener, sink_port=sink_port, web_port=web_port, storage=storage
         )
-        relay = subprocess.Popen(
-            [sys.executable, "-m", "relay", "serve", "--config", str(path)],
-            stdout=log,
-            stderr=log,
-            **tree,  # type: ignore[call-overload]
-        )
+        relay = start_relay(path, args.tree)
         try:
             wait_port(relay_port)
         except SystemExit:
