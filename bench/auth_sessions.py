@@ -21,7 +21,15 @@ import time
 from pathlib import Path
 
 import aiosmtplib
-from benchlib import cpu_seconds, free_port, relay_config, sink_command, start_relay, wait_port
+from benchlib import (
+    cpu_seconds,
+    free_port,
+    relay_config,
+    sink_command,
+    start_relay,
+    stop,
+    wait_port,
+)
 
 from relay.tlsutil import write_self_signed
 
@@ -86,11 +94,7 @@ def main() -> int:
         elapsed = asyncio.run(run_sessions(relay_port, args.sessions, args.concurrency))
         used = cpu_seconds(relay.pid) - idle
     finally:
-        if relay is not None:
-            relay.terminate()
-            relay.wait(timeout=60)
-        sink.terminate()
-        sink.wait(timeout=10)
+        stop(relay, sink)
     result = {
         "sessions": args.sessions,
         "concurrency": args.concurrency,

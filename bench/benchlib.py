@@ -98,3 +98,11 @@ def start_relay(config: Path, tree: Path | None = None) -> subprocess.Popen[byte
         stderr=log,
         **where,
     )
+
+
+def stop(*processes: subprocess.Popen[bytes] | None) -> None:
+    """Stop the relay and the sink (SIGTERM, then wait: the relay drains gracefully)."""
+    for process in processes:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=60)

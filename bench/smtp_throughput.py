@@ -26,7 +26,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchlib import cpu_seconds, free_port, relay_config, sink_command, start_relay, wait_port
+from benchlib import (
+    cpu_seconds,
+    free_port,
+    relay_config,
+    sink_command,
+    start_relay,
+    stop,
+    wait_port,
+)
 
 
 def source(port: int, args: argparse.Namespace) -> float:
@@ -101,11 +109,7 @@ def main() -> int:
         end_to_end = time.monotonic() - started
         relay_cpu = cpu_seconds(relay.pid) - idle_cpu
     finally:
-        if relay is not None:
-            relay.terminate()
-            relay.wait(timeout=60)
-        sink.terminate()
-        sink.wait(timeout=10)
+        stop(relay, sink)
 
     n = args.messages
     result = {
