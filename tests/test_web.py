@@ -22,6 +22,10 @@ async def test_healthz_and_metrics(start_relay, store_url, tls_files, upstream):
     await client.sendmail("news@acme.example", ["a@example.net"], simple_message())
     await client.quit()
     await eventually(lambda: len(upstream.messages) == 1)
+    # The upstream has the copy a moment before the relay records the delivery: wait for that.
+    async with asyncio.timeout(10):
+        while (await relay.store.counts()).get("pending"):
+            await asyncio.sleep(0.02)
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{base}/healthz") as response:
             assert response.status == 200
