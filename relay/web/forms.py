@@ -29,7 +29,7 @@ from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.mail.branding import form_strings
 from relay.metrics import SUBSCRIPTIONS
-from relay.web.state import credentials_of, read_form, runtime_of, throttle_of
+from relay.web.state import credentials_of, json_error, read_form, runtime_of, throttle_of
 
 if TYPE_CHECKING:
     from relay.config import Account, Config, MailingList
@@ -340,16 +340,12 @@ async def confirm_post(request: web.Request) -> web.Response:
 # --- the API for CRMs ---
 
 
-def _error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
-
-
 async def _api_account(request: web.Request) -> Account | web.Response:
     config = runtime_of(request).config
     throttle = throttle_of(request)
     ip = client_ip(request, config) or "unknown"
     if throttle.blocked(ip):
-        return _error(429, "throttled", "too many failed attempts, try again later")
+        return json_error(429, "throttled", "too many failed attempts, try again later")
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     account_id, _, secret = credentials.strip().partition(":")
     account = config.account(account_id) if scheme.lower() == "bearer" else None
@@ -362,7 +358,7 @@ async def _api_account(request: web.Request) -> Account | web.Response:
         return account
     throttle.record(ip)
     log.warning("api_auth_failed", client_ip=ip, path=request.path)
-    return _error(
+    return json_error(
         401,
         "unauthorized",
         "send Authorization: Bearer ACCOUNT_ID:API_KEY",
@@ -379,17 +375,17 @@ async def api_subscribe(request: web.Request) -> web.Response:  # noqa: PLR0911 
         body = ApiSubscribe.model_validate(json.loads(await request.text()))
     except ValidationError as exc:  # a ValueError too: it must come first
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        return _error(400, "invalid_request", problems)
+        return json_error(400, "invalid_request", problems)
     except (ValueError, LookupError):  # not JSON, not in its charset, or an unknown charset
-        return _error(400, "invalid_json", "the body must be a JSON object")
+        return json_error(400, "invalid_json", "the body must be a JSON object")
     mailing_list = account.mailing_list(body.list)
     if mailing_list is None:
-        return _error(404, "unknown_list", f"account {account.id} has no list {body.list!r}")
+        return json_error(404, "unknown_list", f"account {account.id} has no list {body.list!r}")
     try:
         if await _flow(request).closed(account.id):
-            return _error(403, "account_closed", f"account {account.id} is terminated")
+            return json_error(403, "account_closed", f"account {account.id} is terminated")
     except StoreError:
-        return _error(503, "unavailable", "the store is unavailable, try again later")
+        return json_error(503, "unavailable", "the store is unavailable, try again later")
     requester = Requester(
         body.ip, body.user_agent, body.source_url or f"api:{account.id}/{mailing_list.id}"
     )
@@ -398,9 +394,9 @@ async def api_subscribe(request: web.Request) -> web.Response:  # noqa: PLR0911 
             account, mailing_list, body.address, requester, limit_ip=False
         )
     except StoreError:
-        return _error(503, "unavailable", "the store is unavailable, try again later")
+        return json_error(503, "unavailable", "the store is unavailable, try again later")
     if answer == "invalid_address":
-        return _error(422, "invalid_address", "not a valid email address")
+        return json_error(422, "invalid_address", "not a valid email address")
     return web.json_response({"status": "pending_confirmation"}, status=202)
 
 
@@ -432,9 +428,9 @@ async def api_show(request: web.Request) -> web.Response:
         history = await store.consent_history(account.id, address)
         pending = await store.subscriptions_of(account.id, address)
     except StoreError:
-        return _error(503, "unavailable", "the store is unavailable, try again later")
+        return json_error(503, "unavailable", "the store is unavailable, try again later")
     if not records and not history and not pending:
-        return _error(404, "not_found", "no opt-in record or subscription for this address")
+        return json_error(404, "not_found", "no opt-in record or subscription for this address")
     return web.json_response(
         {
             "address": address,

@@ -30,6 +30,7 @@ from relay.web.state import (
     clock_of,
     crash_barrier,
     credentials_of,
+    json_error,
     read_form,
     runtime_of,
     share,
@@ -122,10 +123,6 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def _json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
-
-
 async def _read_limited(request: web.Request, limit: int) -> bytes | None:
     """The request body, or None when it is larger than `limit` bytes."""
     if request.content_length is not None and request.content_length > limit:
@@ -143,7 +140,7 @@ async def ingest_complaint(request: web.Request) -> web.Response:  # noqa: PLR09
     throttle = throttle_of(request)
     client = forms.client_ip(request, runtime.config) or "unknown"
     if throttle.blocked(client):
-        return _json_error(429, "throttled", "too many failed attempts, try again later")
+        return json_error(429, "throttled", "too many failed attempts, try again later")
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     credentials = credentials_of(request)
     if scheme.lower() != "bearer" or not await credentials.verify(
@@ -151,7 +148,7 @@ async def ingest_complaint(request: web.Request) -> web.Response:  # noqa: PLR09
     ):
         throttle.record(client)
         log.warning("admin_auth_failed", client_ip=client, path=request.path)
-        return _json_error(
+        return json_error(
             401,
             "unauthorized",
             "a valid bearer token is required",
@@ -159,16 +156,16 @@ async def ingest_complaint(request: web.Request) -> web.Response:  # noqa: PLR09
         )
     body = await _read_limited(request, runtime.config.smtp.max_message_size)
     if body is None:
-        return _json_error(413, "too_large", "the report exceeds smtp.max_message_size")
+        return json_error(413, "too_large", "the report exceeds smtp.max_message_size")
     if not body.strip():
-        return _json_error(400, "empty", "the body must be the report message")
+        return json_error(400, "empty", "the body must be the report message")
     feedback: Feedback = request.app[FEEDBACK_KEY]  # type: ignore[assignment]
     try:
         result = await feedback.complaint(body, source="http", trusted=True)
     except StoreError:
-        return _json_error(503, "unavailable", "the store is unavailable, try again later")
+        return json_error(503, "unavailable", "the store is unavailable, try again later")
     if result.outcome == "malformed":
-        return _json_error(422, "malformed_report", result.cause)
+        return json_error(422, "malformed_report", result.cause)
     return web.json_response(
         {
             "outcome": result.outcome,

@@ -48,6 +48,11 @@ def share(
     app[CREDENTIALS_KEY] = credentials
 
 
+def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    """A JSON error answer with a stable `error` code, for the API and the admin endpoint."""
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers)
+
+
 def store_of(request: web.Request) -> Store:
     """The store."""
     store: Store = request.app[STORE_KEY]  # type: ignore[assignment]
