@@ -84,6 +84,29 @@ async def test_timeout_defers(tx):
     assert decision.policy == "slow"
 
 
+
+async def test_timeout_is_per_policy_not_per_stage(tx):
+    """Each policy gets the whole timeout, and the one that overruns is named.
+
+    Three calls of 0.6 timeouts each all run to the end.
+    """
+    fine = [Probe(name, delay=0.3) for name in ("a", "b", "c")]
+    decision = await Pipeline(fine, timeout=0.5).rcpt(tx, "x@example.net")
+    assert isinstance(decision.verdict, Continue)
+    assert [probe.calls for probe in fine] == [1, 1, 1]
+    decision = await Pipeline([Probe("quick"), Probe("slow", delay=5)], timeout=0.3).rcpt(
+        tx, "x@example.net"
+    )
+    assert (type(decision.verdict), decision.policy) == (Defer, "slow")
+
+
+async def test_stage_skips_policies_without_it(tx):
+    """A policy that does not implement a stage is not called for it (nor can it refuse)."""
+    only_rcpt = Probe("only_rcpt", Reject("no", "r"))
+    decision = await Pipeline([only_rcpt]).mail(tx)
+    assert isinstance(decision.verdict, Continue)
+    assert only_rcpt.calls == 0
+
 def test_mandatory_policies_always_run(sqlite_url, tls_files):
     """The mandatory policies run, in this order, even when the config names none; dkim last."""
     data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)

@@ -13,11 +13,11 @@ from relay.storage.base import (
 from relay.storage.sqlite.core import SqliteCore
 
 if TYPE_CHECKING:
-    import aiosqlite
+    import sqlite3
 
 
-async def _bucket_add(
-    db: aiosqlite.Connection,
+def _bucket_add(
+    db: sqlite3.Connection,
     account_id: str,
     kind: str,
     amount: int,
@@ -27,19 +27,18 @@ async def _bucket_add(
     limit: int | None = None,
 ) -> tuple[bool, int]:
     """Add `amount` to a windowed counter kept in one-minute buckets (bounded work per call)."""
-    await db.execute(
+    db.execute(
         "DELETE FROM window_counts WHERE account_id = ? AND kind = ? AND bucket <= ?",
         (account_id, kind, now - window - BUCKET),  # only buckets wholly outside the window
     )
-    async with db.execute(
+    row = db.execute(
         "SELECT COALESCE(SUM(count), 0) FROM window_counts WHERE account_id = ? AND kind = ?",
         (account_id, kind),
-    ) as cursor:
-        row = await cursor.fetchone()
+    ).fetchone()
     total = int(row[0]) if row else 0
     if limit is not None and total + amount > limit:
         return False, total
-    await db.execute(
+    db.execute(
         "INSERT INTO window_counts (account_id, kind, bucket, count) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (account_id, kind, bucket) DO UPDATE SET count = count + excluded.count",
         (account_id, kind, now - now % BUCKET, amount),
@@ -64,15 +63,15 @@ class SqliteAccounts(SqliteCore):
     ) -> int:
         """Change the state with its audit record; purge pending mail on termination."""
 
-        async def operation(db: aiosqlite.Connection) -> int:
-            await db.execute(
+        def operation(db: sqlite3.Connection) -> int:
+            db.execute(
                 "INSERT INTO account_states (account_id, state, reason, actor, changed_at)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (account_id) DO UPDATE SET"
                 " state = excluded.state, reason = excluded.reason, actor = excluded.actor,"
                 " changed_at = excluded.changed_at",
                 (account_id, state, reason, actor, now),
             )
-            await db.execute(
+            db.execute(
                 "INSERT INTO account_events (account_id, state, reason, actor, at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (account_id, state, reason, actor, now),
@@ -82,14 +81,13 @@ class SqliteAccounts(SqliteCore):
                 " WHERE m.account_id = ? AND m.kind = 'message' AND r.status = 'pending'"
             )
             if state == "terminated":
-                cursor = await db.execute(
+                cursor = db.execute(
                     "UPDATE recipients SET status = 'failed', lease = NULL, lease_until = 0,"  # noqa: S608 - constant SQL
                     f" last_reply = ?, updated_at = ? WHERE id IN ({pending})",
                     (PURGED_REPLY, now, account_id),
                 )
                 return cursor.rowcount
-            async with db.execute(f"SELECT COUNT(*) FROM ({pending})", (account_id,)) as cursor:  # noqa: S608
-                row = await cursor.fetchone()
+            row = db.execute(f"SELECT COUNT(*) FROM ({pending})", (account_id,)).fetchone()  # noqa: S608
             return int(row[0]) if row else 0
 
         return await self._write(operation)
@@ -116,28 +114,25 @@ class SqliteAccounts(SqliteCore):
     ) -> tuple[bool, int]:
         """Count an event in a sliding window (BEGIN IMMEDIATE makes it atomic)."""
 
-        async def operation(db: aiosqlite.Connection) -> tuple[bool, int]:
+        def operation(db: sqlite3.Connection) -> tuple[bool, int]:
             if not distinct:
-                return await _bucket_add(
-                    db, account_id, kind, 1, now=now, window=window, limit=limit
-                )
-            await db.execute(
+                return _bucket_add(db, account_id, kind, 1, now=now, window=window, limit=limit)
+            db.execute(
                 "DELETE FROM window_events WHERE account_id = ? AND kind = ? AND at <= ?",
                 (account_id, kind, now - window),
             )
             counted = "COUNT(DISTINCT item)" if distinct else "COUNT(*)"
-            async with db.execute(
+            row = db.execute(
                 f"SELECT {counted}, SUM(item = ?) FROM window_events"  # noqa: S608 - constant
                 " WHERE account_id = ? AND kind = ?",
                 (item, account_id, kind),
-            ) as cursor:
-                row = await cursor.fetchone()
+            ).fetchone()
             count, seen = (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
             if distinct and seen:
                 return True, count
             if limit is not None and count >= limit:
                 return False, count
-            await db.execute(
+            db.execute(
                 "INSERT INTO window_events (account_id, kind, item, at) VALUES (?, ?, ?, ?)",
                 (account_id, kind, item, now),
             )
@@ -150,8 +145,8 @@ class SqliteAccounts(SqliteCore):
     ) -> int:
         """Add a campaign's recipients; return its total over the window."""
 
-        async def operation(db: aiosqlite.Connection) -> int:
-            _, total = await _bucket_add(
+        def operation(db: sqlite3.Connection) -> int:
+            _, total = _bucket_add(
                 db, account_id, f"campaign:{campaign}", recipients, now=now, window=window
             )
             return total
@@ -161,8 +156,8 @@ class SqliteAccounts(SqliteCore):
     async def set_flag(self, account_id: str, flag: str, *, reason: str, now: float) -> bool:
         """Set an account flag once."""
 
-        async def operation(db: aiosqlite.Connection) -> bool:
-            cursor = await db.execute(
+        def operation(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
                 "INSERT INTO account_flags (account_id, flag, reason, set_at) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT DO NOTHING",
                 (account_id, flag, reason, now),
@@ -181,10 +176,10 @@ class SqliteAccounts(SqliteCore):
     async def prune_windows(self, before: float) -> int:
         """Drop windowed counts and events older than `before` (keys no longer in use)."""
 
-        async def operation(db: aiosqlite.Connection) -> int:
+        def operation(db: sqlite3.Connection) -> int:
             start = db.total_changes
-            await db.execute("DELETE FROM window_counts WHERE bucket < ?", (before,))
-            await db.execute("DELETE FROM window_events WHERE at < ?", (before,))
+            db.execute("DELETE FROM window_counts WHERE bucket < ?", (before,))
+            db.execute("DELETE FROM window_events WHERE at < ?", (before,))
             return db.total_changes - start
 
         return await self._write(operation)

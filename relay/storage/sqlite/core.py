@@ -1,18 +1,21 @@
-"""SQLite backend (the embedded default): aiosqlite, WAL, synchronous=FULL.
+"""SQLite backend (the embedded default): WAL, synchronous=FULL, group commit in one thread hop.
 
-One connection writes; a second, read-only one serves reads, which WAL never makes wait.
+Reads go through aiosqlite on a read-only connection, which WAL never makes wait.
 
-Writes use group commit: concurrent writers queue their operation, and one writer task runs
-every queued operation in a single transaction (each in its own savepoint, so one failing
-operation fails alone), then answers each caller only after COMMIT has returned. One fsync then
-covers many messages. `BEGIN IMMEDIATE` also serialises writers across processes sharing a file.
+Writes go to one writer connection owned by one thread. Concurrent writers queue a plain function
+of the connection; one writer task hands every queued function to that thread at once, which
+runs them in a single transaction (each in its own savepoint, so one failing operation fails
+alone) and commits. Each caller is answered only after COMMIT has returned, so one fsync and one
+thread hand-off cover many messages, and the loop never waits for the disk. `BEGIN IMMEDIATE`
+also serialises writers across processes sharing the file.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from contextlib import asynccontextmanager, suppress
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,13 +26,18 @@ from relay.errors import StoreError
 from relay.storage.migrations import SQLITE
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+    from collections.abc import Callable, Iterable
 
 
 T = TypeVar("T")
 
-
 _GROUP_LIMIT = 256  # operations per transaction
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=10000",
+)
 
 
 @dataclass(frozen=True)
@@ -43,20 +51,84 @@ def _statements(script: str) -> list[str]:
     return [part.strip() for part in script.split(";") if part.strip()]
 
 
+def _commit_group(
+    db: sqlite3.Connection, operations: list[Callable[[sqlite3.Connection], Any]]
+) -> list[Any]:
+    """In the writer thread: `operations` in one transaction, each in a savepoint."""
+    outcomes: list[Any] = []
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        for operation in operations:
+            db.execute("SAVEPOINT operation")
+            try:
+                outcomes.append(operation(db))
+            except sqlite3.Error as exc:
+                db.execute("ROLLBACK TO operation")
+                outcomes.append(_Failed(StoreError(f"SQLite: {exc}")))
+            except Exception as exc:  # noqa: BLE001 - a bug in one operation fails it alone
+                db.execute("ROLLBACK TO operation")
+                outcomes.append(_Failed(exc))
+            db.execute("RELEASE operation")
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise StoreError(f"SQLite: {exc}") from exc
+    return outcomes
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """In the writer thread: apply every migration not yet applied, in one transaction."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations "
+                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
+            )
+            done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
+            for version, script in SQLITE:
+                if version in done:
+                    continue
+                for statement in _statements(script):
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StoreError(f"SQLite: {exc}") from exc
+
+
 class SqliteCore:
     """The `Store` on a SQLite file."""
 
     def __init__(self, path: str) -> None:
         """Use the database file at `path` (created on `open`)."""
         self.path = Path(path)
-        self._db: aiosqlite.Connection | None = None
+        self._db: sqlite3.Connection | None = None  # the writer's, used in its thread only
+        self._thread: ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
-        self._queue: list[
-            tuple[Callable[[aiosqlite.Connection], Awaitable[Any]], asyncio.Future[Any]]
-        ] = []
+        self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._nothing_due = False  # the last delivery claim found nothing (see SqliteSpool.claim)
+
+    async def _in_writer(self, function: Callable[..., T], *args: Any) -> T:  # noqa: ANN401
+        """Run `function(*args)` in the writer's thread."""
+        if self._thread is None:
+            raise StoreError("the store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None)
+        try:
+            for pragma in _PRAGMAS:
+                db.execute(pragma)
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
 
     async def open(self) -> None:
         """Open the file (creating its folder) and set durable pragmas."""
@@ -64,65 +136,46 @@ class SqliteCore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
-        pending = aiosqlite.connect(self.path, isolation_level=None)
-        db: aiosqlite.Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         try:
-            db = await pending
-            for pragma in (
-                "PRAGMA journal_mode=WAL",
-                "PRAGMA synchronous=FULL",
-                "PRAGMA foreign_keys=ON",
-                "PRAGMA busy_timeout=10000",
-            ):
-                await db.execute(pragma)
-        except (OSError, sqlite3.Error) as exc:
-            if db is not None:
-                await db.close()
-            else:
-                # aiosqlite stops its worker thread after a failed connect without waiting;
-                # wait here, so the thread never reports to an event loop that has closed.
-                await asyncio.to_thread(pending._thread.join, 5)  # noqa: SLF001
+            self._db = await self._in_writer(self._connect)
+        except sqlite3.Error as exc:
+            await self.close()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
-        self._db = db
+        pending = aiosqlite.connect(self.path, isolation_level=None)
         try:
             # Reads use a second connection: in WAL mode they never wait for a writer.
-            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            reader = await pending
+        except (OSError, sqlite3.Error) as exc:
+            # aiosqlite stops its worker thread after a failed connect without waiting;
+            # wait here, so the thread never reports to an event loop that has closed.
+            await asyncio.to_thread(pending._thread.join, 5)  # noqa: SLF001
+            await self.close()
+            raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        try:
             await reader.execute("PRAGMA busy_timeout=10000")
             await reader.execute("PRAGMA query_only=ON")
         except sqlite3.Error as exc:
+            await reader.close()
             await self.close()
             raise StoreError(f"cannot open SQLite database {self.path}: {exc}") from exc
         self._reader = reader
 
     async def close(self) -> None:
-        """Finish queued writes, then close the connection."""
+        """Finish queued writes, then close the connections."""
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
         if self._reader is not None:
             await self._reader.close()
             self._reader = None
         if self._db is not None:
-            await self._db.close()
+            await self._in_writer(self._db.close)
             self._db = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
+            self._thread = None
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        if self._db is None:
-            raise StoreError("the store is not open")
-        async with self._lock:
-            db = self._db
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield db
-                except BaseException:
-                    await db.execute("ROLLBACK")
-                    raise
-                await db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise StoreError(f"SQLite: {exc}") from exc
-
-    async def _write(self, operation: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    async def _write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         """Run `operation` in the next group transaction; return once it is committed."""
         if self._db is None:
             raise StoreError("the store is not open")
@@ -132,11 +185,16 @@ class SqliteCore:
             self._writer = asyncio.create_task(self._drain())
         return await future
 
+    async def _commit(self, operations: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+        if self._db is None:
+            raise StoreError("the store is not open")
+        return await self._in_writer(_commit_group, self._db, operations)
+
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:_GROUP_LIMIT], self._queue[_GROUP_LIMIT:]
             try:
-                outcomes = await self._commit_group([operation for operation, _ in batch])
+                outcomes = await self._commit([operation for operation, _ in batch])
             except StoreError as exc:
                 for _, future in batch:
                     if not future.done():
@@ -149,35 +207,6 @@ class SqliteCore:
                     future.set_exception(outcome.error)
                 else:
                     future.set_result(outcome)
-
-    async def _commit_group(
-        self, operations: list[Callable[[aiosqlite.Connection], Awaitable[Any]]]
-    ) -> list[Any]:
-        """Run `operations` in one transaction, each in a savepoint; raise if COMMIT fails."""
-        async with self._lock:
-            db = self._db
-            if db is None:
-                raise StoreError("the store is not open")
-            outcomes: list[Any] = []
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                for operation in operations:
-                    await db.execute("SAVEPOINT operation")
-                    try:
-                        outcomes.append(await operation(db))
-                    except sqlite3.Error as exc:
-                        await db.execute("ROLLBACK TO operation")
-                        outcomes.append(_Failed(StoreError(f"SQLite: {exc}")))
-                    except Exception as exc:  # noqa: BLE001 - a bug in one operation fails it alone
-                        await db.execute("ROLLBACK TO operation")
-                        outcomes.append(_Failed(exc))
-                    await db.execute("RELEASE operation")
-                await db.execute("COMMIT")
-            except (sqlite3.Error, ValueError) as exc:  # ValueError: aiosqlite after close
-                with suppress(sqlite3.Error, ValueError):
-                    await db.execute("ROLLBACK")
-                raise StoreError(f"SQLite: {exc}") from exc
-            return outcomes
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         if self._reader is None:
@@ -196,19 +225,9 @@ class SqliteCore:
             rows = await self._fetch("SELECT version FROM schema_migrations")
             if {row[0] for row in rows} >= {version for version, _ in SQLITE}:
                 return
-        async with self._tx() as db:
-            await db.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations "
-                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)"
-            )
-            async with db.execute("SELECT version FROM schema_migrations") as cursor:
-                done = {row[0] for row in await cursor.fetchall()}
-            for version, script in SQLITE:
-                if version in done:
-                    continue
-                for statement in _statements(script):
-                    await db.execute(statement)
-                await db.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+        if self._db is None:
+            raise StoreError("the store is not open")
+        await self._in_writer(_migrate, self._db)
 
     async def ping(self) -> None:
         """Run a trivial query."""

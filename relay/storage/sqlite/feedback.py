@@ -18,11 +18,11 @@ from relay.storage.sql import CASE_COLUMNS, SENT_SQL
 from relay.storage.sqlite.core import SqliteCore
 
 if TYPE_CHECKING:
-    import aiosqlite
+    import sqlite3
 
 
-async def _event(db: aiosqlite.Connection, event: CaseEvent) -> None:
-    await db.execute(
+def _event(db: sqlite3.Connection, event: CaseEvent) -> None:
+    db.execute(
         "INSERT INTO case_events (case_id, action, status, detail, actor, at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (event.case_id, event.action, event.status, event.detail, event.actor, event.at),
@@ -57,10 +57,10 @@ class SqliteFeedback(SqliteCore):
     async def open_case(self, case: Case) -> bool:
         """Insert the case and its first event, unless it is a duplicate."""
 
-        async def operation(db: aiosqlite.Connection) -> bool:
+        def operation(db: sqlite3.Connection) -> bool:
             values = case_row(case)
             before = db.total_changes
-            await db.execute(
+            db.execute(
                 f"INSERT INTO cases ({CASE_COLUMNS}) VALUES ({', '.join('?' * len(values))})"  # noqa: S608 - constant SQL
                 " ON CONFLICT DO NOTHING",
                 values,
@@ -68,9 +68,7 @@ class SqliteFeedback(SqliteCore):
             if db.total_changes == before:
                 return False
             detail = f"{case.feedback_type} report via {case.source}"
-            await _event(
-                db, CaseEvent(case.id, "open", case.status, detail, case.source, case.opened_at)
-            )
+            _event(db, CaseEvent(case.id, "open", case.status, detail, case.source, case.opened_at))
             return True
 
         return await self._write(operation)
@@ -111,9 +109,9 @@ class SqliteFeedback(SqliteCore):
     ) -> bool:
         """Compare-and-set the case's status, with the change's fields and an event."""
 
-        async def operation(db: aiosqlite.Connection) -> bool:
+        def operation(db: sqlite3.Connection) -> bool:
             before = db.total_changes
-            await db.execute(
+            db.execute(
                 "UPDATE cases SET status = ?, updated_at = ?,"  # noqa: S608 - constant SQL
                 " resolution = COALESCE(?, resolution), fine_cents = COALESCE(?, fine_cents),"
                 " proof = COALESCE(?, proof), evidence = COALESCE(?, evidence),"
@@ -140,7 +138,7 @@ class SqliteFeedback(SqliteCore):
             event = CaseEvent(
                 case_id, change.action, change.status, change.detail, change.actor, now
             )
-            await _event(db, event)
+            _event(db, event)
             return True
 
         return await self._write(operation)
@@ -159,8 +157,8 @@ class SqliteFeedback(SqliteCore):
         if not rows:
             return
 
-        async def operation(db: aiosqlite.Connection) -> None:
-            await db.executemany(
+        def operation(db: sqlite3.Connection) -> None:
+            db.executemany(
                 "INSERT INTO account_stats (account_id, kind, bucket, count) VALUES (?, ?, ?, ?)"
                 " ON CONFLICT (account_id, kind, bucket) DO UPDATE"
                 " SET count = count + excluded.count",

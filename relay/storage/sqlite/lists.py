@@ -16,12 +16,12 @@ from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT
 from relay.storage.sqlite.core import SqliteCore
 
 if TYPE_CHECKING:
-    import aiosqlite
+    import sqlite3
 
 
-async def _insert_suppressions(db: aiosqlite.Connection, entries: list[Suppression]) -> int:
+def _insert_suppressions(db: sqlite3.Connection, entries: list[Suppression]) -> int:
     before = db.total_changes
-    await db.executemany(
+    db.executemany(
         "INSERT INTO suppressions (address, scope, reason, source, created_at)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [
@@ -32,9 +32,9 @@ async def _insert_suppressions(db: aiosqlite.Connection, entries: list[Suppressi
     return db.total_changes - before
 
 
-async def insert_audit(db: aiosqlite.Connection, entry: AuditEntry) -> None:
+def insert_audit(db: sqlite3.Connection, entry: AuditEntry) -> None:
     """Record one change to the suppression list in its audit trail."""
-    await db.execute(
+    db.execute(
         "INSERT INTO suppression_audit (address, scope, action, reason, actor, at)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (
@@ -54,13 +54,13 @@ class SqliteLists(SqliteCore):
     async def suppress(self, entry: Suppression, *, actor: str) -> bool:
         """Add one suppression and its audit record."""
 
-        async def operation(db: aiosqlite.Connection) -> bool:
-            added = await _insert_suppressions(db, [entry])
+        def operation(db: sqlite3.Connection) -> bool:
+            added = _insert_suppressions(db, [entry])
             if added:
                 audit = AuditEntry(
                     entry.address, entry.scope, "add", entry.reason, actor, entry.created_at
                 )
-                await insert_audit(db, audit)
+                insert_audit(db, audit)
             return added == 1
 
         return await self._write(operation)
@@ -75,13 +75,13 @@ class SqliteLists(SqliteCore):
         """Remove a suppression and record who did it and why."""
         address = normalize_address(address)
 
-        async def operation(db: aiosqlite.Connection) -> bool:
-            cursor = await db.execute(
+        def operation(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
                 "DELETE FROM suppressions WHERE address = ? AND scope = ?", (address, scope)
             )
             if cursor.rowcount != 1:
                 return False
-            await insert_audit(db, AuditEntry(address, scope, "remove", reason, actor, now))
+            insert_audit(db, AuditEntry(address, scope, "remove", reason, actor, now))
             return True
 
         return await self._write(operation)
@@ -122,8 +122,8 @@ class SqliteLists(SqliteCore):
     async def record_consents(self, records: list[Consent]) -> int:
         """Upsert opt-in records."""
 
-        async def operation(db: aiosqlite.Connection) -> int:
-            await db.executemany(
+        def operation(db: sqlite3.Connection) -> int:
+            db.executemany(
                 "INSERT INTO consents (" + CONSENT_COLUMNS + ")"  # noqa: S608 - constant
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)" + CONSENT_UPSERT,
                 [consent_row(record) for record in records],

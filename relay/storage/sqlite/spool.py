@@ -14,7 +14,7 @@ from relay.storage.sql import BACKLOG_SQL
 from relay.storage.sqlite.core import SqliteCore
 
 if TYPE_CHECKING:
-    import aiosqlite
+    import sqlite3
 
 
 # Recipients due for delivery now (parameters: now, now). Mail of a suspended or terminated
@@ -27,8 +27,8 @@ _DUE = (
 )
 
 
-async def _insert_message(db: aiosqlite.Connection, message: NewMessage) -> None:
-    await db.execute(
+def _insert_message(db: sqlite3.Connection, message: NewMessage) -> None:
+    db.execute(
         "INSERT INTO messages (id, account_id, mail_from, kind, content, size, received_at,"
         " campaign) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         (
@@ -42,7 +42,7 @@ async def _insert_message(db: aiosqlite.Connection, message: NewMessage) -> None
             message.campaign,
         ),
     )
-    await db.executemany(
+    db.executemany(
         "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at) VALUES (?, ?, ?, ?)",
         [
             (message.id, rcpt, message.received_at, message.received_at)
@@ -51,10 +51,8 @@ async def _insert_message(db: aiosqlite.Connection, message: NewMessage) -> None
     )
 
 
-async def _finish(
-    db: aiosqlite.Connection, job: DeliveryJob, status: str, reply: str, now: float
-) -> bool:
-    cursor = await db.execute(
+def _finish(db: sqlite3.Connection, job: DeliveryJob, status: str, reply: str, now: float) -> bool:
+    cursor = db.execute(
         "UPDATE recipients SET status = ?, attempts = attempts + 1, lease = NULL, lease_until = 0,"
         " last_reply = ?, updated_at = ? WHERE id = ? AND lease = ? AND status = 'pending'",
         (status, reply, now, job.recipient_id, job.lease),
@@ -62,7 +60,7 @@ async def _finish(
     if cursor.rowcount != 1:
         return False
     # The content is only needed while a recipient is pending; drop it once none is.
-    await db.execute(
+    db.execute(
         "UPDATE messages SET content = NULL, completed_at = ? WHERE id = ? AND NOT EXISTS"
         " (SELECT 1 FROM recipients WHERE message_id = ? AND status = 'pending')",
         (now, job.message_id, job.message_id),
@@ -76,8 +74,8 @@ class SqliteSpool(SqliteCore):
     async def spool(self, message: NewMessage) -> None:
         """Insert the message and its recipients; return once committed (durable)."""
 
-        async def operation(db: aiosqlite.Connection) -> None:
-            await _insert_message(db, message)
+        def operation(db: sqlite3.Connection) -> None:
+            _insert_message(db, message)
 
         await self._write(operation)
 
@@ -91,20 +89,19 @@ class SqliteSpool(SqliteCore):
         if self._nothing_due and not await self._fetch(f"SELECT 1 {_DUE} LIMIT 1", (now, now)):
             return []
 
-        async def operation(db: aiosqlite.Connection) -> list[Any]:
-            await db.execute(
+        def operation(db: sqlite3.Connection) -> list[Any]:
+            db.execute(
                 "UPDATE recipients SET lease = ?, lease_until = ? WHERE id IN ("  # noqa: S608
                 f" SELECT r.id {_DUE} ORDER BY r.next_attempt LIMIT ?)",
                 (lease, lease_until, now, now, limit),
             )
-            async with db.execute(
+            return db.execute(
                 "SELECT r.id, r.message_id, r.rcpt, r.attempts, m.account_id, m.mail_from,"
                 " m.received_at, m.kind, m.campaign FROM recipients r"
                 " JOIN messages m ON m.id = r.message_id"
                 " WHERE r.lease = ? AND r.status = 'pending' ORDER BY r.id",
                 (lease,),
-            ) as cursor:
-                return list(await cursor.fetchall())
+            ).fetchall()
 
         rows = await self._write(operation)
         self._nothing_due = not rows
@@ -129,8 +126,8 @@ class SqliteSpool(SqliteCore):
     ) -> bool:
         """Count the attempt and schedule the next."""
 
-        async def operation(db: aiosqlite.Connection) -> bool:
-            cursor = await db.execute(
+        def operation(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
                 "UPDATE recipients SET attempts = attempts + 1, next_attempt = ?, lease = NULL,"
                 " lease_until = 0, last_reply = ?, updated_at = ? WHERE id = ? AND lease = ?"
                 " AND status = 'pending'",
@@ -145,11 +142,11 @@ class SqliteSpool(SqliteCore):
     ) -> bool:
         """Mark `job` failed and spool its DSN atomically."""
 
-        async def operation(db: aiosqlite.Connection) -> bool:
-            if not await _finish(db, job, "failed", reply, now):
+        def operation(db: sqlite3.Connection) -> bool:
+            if not _finish(db, job, "failed", reply, now):
                 return False
             if dsn is not None:
-                await _insert_message(db, dsn)
+                _insert_message(db, dsn)
             return True
 
         return await self._write(operation)
@@ -157,8 +154,8 @@ class SqliteSpool(SqliteCore):
     async def renew(self, lease: str, *, lease_until: float) -> int:
         """Extend a lease held by deliveries in flight."""
 
-        async def operation(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(
+        def operation(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
                 "UPDATE recipients SET lease_until = ? WHERE lease = ? AND status = 'pending'",
                 (lease_until, lease),
             )
@@ -169,8 +166,8 @@ class SqliteSpool(SqliteCore):
     async def release(self, lease_prefix: str) -> int:
         """Give back leases held by this process."""
 
-        async def operation(db: aiosqlite.Connection) -> int:
-            cursor = await db.execute(
+        def operation(db: sqlite3.Connection) -> int:
+            cursor = db.execute(
                 "UPDATE recipients SET lease = NULL, lease_until = 0"
                 " WHERE lease LIKE ? AND status = 'pending'",
                 (lease_prefix.replace("%", "") + "%",),

@@ -19,7 +19,7 @@ from relay.storage.sqlite.core import SqliteCore
 from relay.storage.sqlite.lists import insert_audit
 
 if TYPE_CHECKING:
-    import aiosqlite
+    import sqlite3
 
 _MARKS = ", ".join("?" * len(SUBSCRIPTION_COLUMNS.split(",")))
 
@@ -30,8 +30,8 @@ class SqliteSubscriptions(SqliteCore):
     async def add_subscription(self, item: Subscription) -> None:
         """Insert a pending subscription."""
 
-        async def operation(db: aiosqlite.Connection) -> None:
-            await db.execute(
+        def operation(db: sqlite3.Connection) -> None:
+            db.execute(
                 f"INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ({_MARKS})",  # noqa: S608 - constant SQL
                 subscription_row(item),
             )
@@ -62,9 +62,9 @@ class SqliteSubscriptions(SqliteCore):
         record = confirmation.consent
         address = normalize_address(record.address)
 
-        async def operation(db: aiosqlite.Connection) -> Subscription | None:
+        def operation(db: sqlite3.Connection) -> Subscription | None:
             before = db.total_changes
-            await db.execute(
+            db.execute(
                 "UPDATE subscriptions SET status = 'confirmed', confirmed_at = ?,"
                 " confirm_ip = ?, confirm_user_agent = ?"
                 " WHERE token_hash = ? AND status = 'pending' AND expires_at > ?",
@@ -78,19 +78,19 @@ class SqliteSubscriptions(SqliteCore):
             )
             if db.total_changes == before:
                 return None
-            await db.execute(
+            db.execute(
                 f"INSERT INTO consent_history ({CONSENT_COLUMNS}, archived_at)"  # noqa: S608
                 f" SELECT {CONSENT_COLUMNS}, ? FROM consents"
                 " WHERE account_id = ? AND address = ? AND list_id = ?",
                 (confirmation.now, record.account_id, address, record.list_id),
             )
-            await db.execute(
+            db.execute(
                 f"INSERT INTO consents ({CONSENT_COLUMNS})"  # noqa: S608
                 f" VALUES ({', '.join('?' * len(CONSENT_COLUMNS.split(',')))})" + CONSENT_UPSERT,
                 consent_row(record),
             )
             before = db.total_changes
-            await db.execute(
+            db.execute(
                 "DELETE FROM suppressions"
                 " WHERE address = ? AND scope = ? AND reason = 'unsubscribe'",
                 (address, record.account_id),
@@ -104,12 +104,11 @@ class SqliteSubscriptions(SqliteCore):
                     confirmation.actor,
                     confirmation.now,
                 )
-                await insert_audit(db, entry)
-            async with db.execute(
+                insert_audit(db, entry)
+            row = db.execute(
                 f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE token_hash = ?",  # noqa: S608
                 (token_hash,),
-            ) as cursor:
-                row = await cursor.fetchone()
+            ).fetchone()
             return Subscription(*row) if row else None
 
         return await self._write(operation)
@@ -119,9 +118,9 @@ class SqliteSubscriptions(SqliteCore):
     ) -> int:
         """Mark standing records withdrawn."""
 
-        async def operation(db: aiosqlite.Connection) -> int:
+        def operation(db: sqlite3.Connection) -> int:
             before = db.total_changes
-            await db.execute(
+            db.execute(
                 "UPDATE consents SET withdrawn_at = ?, withdrawn_how = ?"
                 " WHERE address = ? AND (? IS NULL OR account_id = ?) AND withdrawn_at IS NULL",
                 (at, how, normalize_address(address), account_id, account_id),
