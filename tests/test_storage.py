@@ -137,7 +137,7 @@ async def test_failed_spools_dsn_in_same_transaction(store):
 
 async def test_concurrent_claims_are_disjoint(store_url):
     """Two stores (two processes' pools) claiming at once never take the same recipient."""
-    stores = [open_store(store_url) for _ in range(2)]
+    stores = [open_store(store_url) for _ in range(32)]
     for s in stores:
         await s.open()
         await s.migrate()
@@ -163,6 +163,48 @@ async def test_concurrent_claims_are_disjoint(store_url):
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_reads_see_every_commit_under_concurrent_reads(store):
+    """Content claimed after its commit is readable at once, while spools and reads overlap.
+
+    Regression: on SQLite, cursors of concurrent readers interleaved on the one read connection
+    kept a read transaction open, so a claimed message's content was not found (its recipient
+    then waited a whole lease).
+    """
+    total, missing, done = 1500, 0, 0
+
+    async def produce() -> None:
+        for _ in range(total // 10):
+            await asyncio.gather(*(store.spool(message()) for _ in range(10)))
+            await asyncio.sleep(0)
+
+    async def deliver(job) -> None:
+        nonlocal missing, done
+        try:
+            await store.content(job.message_id)
+        except StoreError:
+            missing += 1
+        await store.delivered(job, reply="250 ok", now=NOW + 2)
+        done += 1
+
+    async def consume() -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        claims = 0
+        while done < total:
+            claims += 1
+            jobs = await store.claim(
+                lease=f"w:{claims}", now=NOW + 1, lease_until=NOW + 60, limit=16
+            )
+            for job in jobs:
+                task = asyncio.create_task(deliver(job))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if len(jobs) < 16:
+                await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(asyncio.gather(produce(), consume()), 60)
+    assert missing == 0
 
 
 async def test_store_errors_are_translated(tmp_path):
@@ -349,7 +391,7 @@ async def test_window_take_limit_and_distinct(store):
 
 async def test_window_take_is_atomic_across_stores(store_url):
     """Two stores (two processes) racing for one budget never exceed it together."""
-    stores = [open_store(store_url) for _ in range(2)]
+    stores = [open_store(store_url) for _ in range(32)]
     for s in stores:
         await s.open()
         await s.migrate()

@@ -211,9 +211,10 @@ class SqliteCore:
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         if self._reader is None:
             raise StoreError("the store is not open")
+        # One call in the reader's thread runs the statement to its end: interleaved cursors of
+        # concurrent readers would keep one read transaction open, and with it a stale snapshot.
         try:
-            async with self._reader.execute(sql, tuple(params)) as cursor:
-                return list(await cursor.fetchall())
+            return list(await self._reader.execute_fetchall(sql, tuple(params)))
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite: {exc}") from exc
 
