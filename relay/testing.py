@@ -17,14 +17,12 @@ import shutil
 import tempfile
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from email import policy as email_policy
-from email.parser import BytesHeaderParser
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relay.clock import ManualClock
 from relay.config import parse_config
-from relay.mail.campaign import campaign_key
+from relay.mail.campaign import campaign_key, parse
 from relay.policy import PolicyServices, Rendering, Submission, Transaction
 from relay.policyfiles import policy_module
 from relay.runtime import make_codec
@@ -99,8 +97,8 @@ async def memory_store() -> AsyncIterator[Store]:
 
 def submission(content: bytes) -> Submission:
     """The data stage's view of `content`, parsed as the ingress parses it."""
-    headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(content)
-    return Submission(content, headers, campaign_key(headers, content))
+    headers = parse(content)
+    return Submission(content, headers, campaign_key(headers))
 
 
 @dataclass

@@ -242,6 +242,23 @@ async def test_size_advertised_and_enforced(start_relay, sqlite_url, upstream, t
     await client.quit()
 
 
+async def test_paths_the_parser_cannot_read_are_syntax_errors(start_relay, data, log_lines):
+    """A path that crashes the email package's parser is refused as malformed.
+
+    553 5.1.3, not 451 and a traceback; the session goes on and a correct path is accepted.
+    """
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    response = await client.execute_command(b"MAIL FROM:<0@[>")
+    assert (response.code, response.message[:5]) == (553, "5.1.3")
+    await client.mail("news@acme.example")
+    response = await client.execute_command(b"RCPT TO:<0@[>")
+    assert (response.code, response.message[:5]) == (553, "5.1.3")
+    await client.rcpt("a@example.net")
+    await client.quit()
+    assert not [e for e in log_lines() if e["event"] == "smtp_exception"]
+
+
 async def test_8bitmime_and_smtputf8(start_relay, data, upstream):
     """8BITMIME and SMTPUTF8 are advertised; an internationalised address is relayed."""
     relay = await start_relay(data)

@@ -84,7 +84,6 @@ async def test_timeout_defers(tx):
     assert decision.policy == "slow"
 
 
-
 async def test_timeout_is_per_policy_not_per_stage(tx):
     """Each policy gets the whole timeout, and the one that overruns is named.
 
@@ -106,6 +105,7 @@ async def test_stage_skips_policies_without_it(tx):
     decision = await Pipeline([only_rcpt]).mail(tx)
     assert isinstance(decision.verdict, Continue)
     assert only_rcpt.calls == 0
+
 
 def test_mandatory_policies_always_run(sqlite_url, tls_files):
     """The mandatory policies run, in this order, even when the config names none; dkim last."""

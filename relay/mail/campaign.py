@@ -4,6 +4,9 @@ A `List-Id` or `X-Campaign-ID` header names the campaign. Without one, the key i
 the From address, the Subject and the body text with what personalisation changes taken out:
 links (tracking), addresses, numbers, the recipient's names (from To and Cc), and short lines
 (greetings, sign-offs).
+
+`parse` reads a submission once at DATA; its result serves the policies (header fields) and the
+fingerprint (body text) alike.
 """
 
 from __future__ import annotations
@@ -64,9 +67,18 @@ def _names(headers: Message) -> set[str]:
     return words
 
 
-def _body_text(content: bytes) -> str:
+def parse(content: bytes) -> Message:
+    """The submission parsed once: every header field, and the body up to what the key reads.
+
+    compat32 keeps raw header strings (the default policy builds a class per header read).
+    """
+    ends = [i for i in (content.find(b"\r\n\r\n"), content.find(b"\n\n")) if i != -1]
+    head = min(ends) + 4 if ends else len(content)
+    return message_from_bytes(content[: max(head, _MAX_BODY * 2)], policy=email_policy.compat32)
+
+
+def _body_text(message: Message) -> str:
     """The message's readable text: text/plain parts, else text/html without tags."""
-    message = message_from_bytes(content[: _MAX_BODY * 2], policy=email_policy.compat32)
     plain: list[str] = []
     html: list[str] = []
     for part in message.walk():
@@ -97,8 +109,8 @@ def _normalise(text: str, names: set[str]) -> list[str]:
     return lines
 
 
-def campaign_key(headers: Message, content: bytes) -> str:
-    """The campaign `content` belongs to (stable across personalised copies)."""
+def campaign_key(headers: Message) -> str:
+    """The campaign of a message read by `parse` (stable across personalised copies)."""
     for name in ("List-Id", "X-Campaign-ID"):
         value = _SPACES.sub(" ", _header_text(headers.get(name))).strip().lower()
         if value:
@@ -111,6 +123,6 @@ def campaign_key(headers: Message, content: bytes) -> str:
         for w in _WORD.findall(_DIGITS.sub("", _header_text(headers.get("Subject"))).lower())
         if w not in names
     )
-    body = _normalise(_body_text(content), names)
+    body = _normalise(_body_text(headers), names)
     digest = hashlib.sha256("\n".join([sender, subject, *body]).encode()).hexdigest()[:32]
     return f"fp:{digest}"

@@ -9,6 +9,7 @@ and the failed-AUTH throttle live here, because they are properties of the SMTP 
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -57,6 +58,15 @@ _REPLIES = {
     "503 Error: send EHLO first": "503 5.5.1 Error: send EHLO first",
 }
 
+# The path nearly every client sends: <dot-atom@domain>. It is read here at the cost of one
+# regular expression; anything else (quoted local parts, address literals, comments, source
+# routes, <>) goes to aiosmtpd's full RFC 5322 parser, which builds a class on every call.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(
+    rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*)>(?=\s|$)"
+)
+
 
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP protocol with optin-relay's connection cap and AUTH throttle."""
@@ -71,6 +81,21 @@ class RelaySMTP(SMTP):
 
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The path of MAIL FROM or RCPT TO and the rest (parameters), as aiosmtpd reads them."""
+        match = _PLAIN_PATH.match(arg)
+        if match is not None:
+            address, rest = match.group(1), arg[match.end() :].lstrip(" \t")
+            too_long = self.local_part_limit and address.rindex("@") > self.local_part_limit
+            if not too_long and not rest.startswith("("):  # a comment: the parser skips it
+                return address, rest
+        try:
+            return super()._getaddr(arg)
+        except (AttributeError, IndexError, ValueError):
+            # The email package's parser crashes on some malformed paths (`<0@[>`): that is a
+            # syntax error (501), not a server failure (451 and a traceback).
+            return None, None
 
     def relay_session(self) -> RelaySession:
         """The current session, with optin-relay's fields (a method: aiosmtpd inspects members)."""

@@ -7,14 +7,12 @@ and only then answers 250 (never lose an accepted message).
 from __future__ import annotations
 
 import asyncio
-from email import policy as email_policy
-from email.parser import BytesHeaderParser
 from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.mail import markers
-from relay.mail.campaign import campaign_key
+from relay.mail.campaign import campaign_key, parse
 from relay.metrics import MESSAGES_ACCEPTED
 from relay.policy import Continue, Submission, Transaction
 from relay.smtp.replies import REPLY_NEED_RCPT, REPLY_TEMPFAIL, recipient_rejected, rejected
@@ -95,9 +93,8 @@ class Submissions:
         if tx is None or not tx.recipients:
             return REPLY_NEED_RCPT
         runtime = self.runtime()
-        # compat32: raw header strings; the default policy builds a class per header read.
-        headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(content)
-        campaign = campaign_key(headers, content)
+        headers = parse(content)  # once, for every policy and the campaign key
+        campaign = campaign_key(headers)
         decision = await runtime.pipeline.data(tx, Submission(content, headers, campaign))
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()

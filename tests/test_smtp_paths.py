@@ -1,0 +1,85 @@
+"""The relay's fast read of MAIL FROM / RCPT TO paths agrees with aiosmtpd's full parser."""
+
+from __future__ import annotations
+
+from aiosmtpd.smtp import SMTP
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from relay.smtp.server import RelaySMTP
+
+
+class _Handler:
+    pass
+
+
+_FULL = SMTP(_Handler())
+
+
+def _full(arg: str) -> tuple[str | None, str | None]:
+    """What aiosmtpd reads, where its parser crashing means a syntax error."""
+    try:
+        return _FULL._getaddr(arg)
+    except (AttributeError, IndexError, ValueError):
+        return None, None
+
+
+def _fast(local_part_limit: int = 0) -> RelaySMTP:
+    smtp = object.__new__(RelaySMTP)  # only the parser's state is needed
+    smtp.local_part_limit = local_part_limit
+    return smtp
+
+
+EXAMPLES = [
+    "<a@b.c>",
+    "<a@b.c> SIZE=100",
+    "<a.b+c@ex-ample.co.uk>  BODY=8BITMIME",
+    "<a..b@c>",
+    "<.a@b>",
+    "<a@-b.c>",
+    '<"q"@b>',
+    "<a@[192.0.2.1]>",
+    "<>",
+    "<a@b.c>x",
+    "<a@b.c>\tSIZE=1",
+    "<a@b.c.>",
+    "<@relay.example:a@b.c>",
+    "<a(comment)@b.c>",
+    "<a@b.c> (comment) SIZE=1",
+    "<ü@b.c>",
+    "<a@b.c>>",
+    "<a b@c>",
+]
+
+
+def test_examples_read_alike():
+    """Plain paths, parameters, and every shape the fast path hands to the full parser."""
+    fast = _fast()
+    for arg in EXAMPLES:
+        assert fast._getaddr(arg) == _full(arg), arg
+
+
+def test_a_path_the_parser_crashes_on_is_a_syntax_error():
+    """`<0@[>` crashes the email package's parser; the relay reads it as no address at all."""
+    assert _fast()._getaddr("<0@[>") == (None, None)
+
+
+def test_local_part_limit_still_applies():
+    """A local part over the limit is refused exactly as aiosmtpd refuses it."""
+    arg = "<" + "x" * 65 + "@b.c>"
+    limited = SMTP(_Handler())
+    limited.local_part_limit = 64
+    assert _fast(64)._getaddr(arg) == limited._getaddr(arg) == (None, None)
+
+
+_PATH = st.from_regex(
+    r"[ ]?<[a-zA-Z0-9.+\-_\"( )@\[\]:]{0,12}@[a-zA-Z0-9.\-\[\]]{0,12}>[ \t]{0,2}[A-Z=0-9( )]{0,8}",
+    fullmatch=True,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_PATH | st.text(max_size=30))
+def test_any_argument_reads_alike(arg):
+    """Whatever a client sends after FROM: or TO:, both read the same address and rest."""
+    assert _fast()._getaddr(arg) == _full(arg)
