@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from messages import newsletter
 
+from relay.mail import campaign
 from relay.mail.campaign import campaign_key, parse
 
 
@@ -51,3 +56,35 @@ def test_parse_bounds_the_body_it_reads():
     parsed = parse(content)
     assert len(parsed.get_payload()) < len(body)
     assert campaign_key(parsed) != key(content.replace(b"newsletter", b"catalogue"))
+
+
+_WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+
+
+def _reference_normalise(text: str, names: set[str]) -> list[str]:
+    """The fingerprint's reading of text before its ASCII fast path, word by word."""
+    text = campaign._URL.sub("", text)
+    text = campaign._EMAIL.sub("", text)
+    text = re.sub(r"\d+", "", text).lower()
+    lines = []
+    for line in text.splitlines():
+        kept = " ".join(w for w in _WORD.findall(line) if w not in names)
+        if len(kept) >= campaign._MIN_LINE:
+            lines.append(kept)
+    return lines
+
+
+_WORDS = st.lists(
+    st.from_regex(r"[A-Za-z]{1,9}|[a-zé]{2,5}", fullmatch=True), min_size=2, max_size=9
+)
+_GAP = st.sampled_from([" ", ", ", "-", "_", "3", " 42 ", "\t", "\x1f", "\x00", "'"])
+_BREAK = st.sampled_from(["\n", "\r\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85"])
+_LINE = st.tuples(_WORDS, _GAP, _BREAK).map(lambda t: t[1].join(t[0]) + t[2])
+_TEXT = st.lists(_LINE, min_size=1, max_size=8).map("".join) | st.text(max_size=200)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_TEXT, st.sets(st.sampled_from(["reader", "alice", "smith", "de", "x"]), max_size=3))
+def test_normalise_reads_text_as_the_word_pattern_does(text, names):
+    """The fast reading of ASCII text keeps the same words and lines as the word pattern."""
+    assert campaign._normalise(text, names) == _reference_normalise(text, names)

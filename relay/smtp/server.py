@@ -68,6 +68,23 @@ _PLAIN_PATH = re.compile(
 )
 
 
+_HOOK_NAMES: dict[tuple[type, tuple[str, ...]], list[str]] = {}
+
+
+def _hook_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
+    """The attribute names of `cls` with one of `prefixes`, found once per class.
+
+    aiosmtpd's SMTP constructor finds the verbs, AUTH mechanisms and handler hooks through dir()
+    and inspect.getmembers(), which reads every attribute: for each connection. The protocol and
+    handler classes answer dir() with only those names, so each connection reads only those.
+    """
+    key = (cls, prefixes)
+    names = _HOOK_NAMES.get(key)
+    if names is None:
+        names = _HOOK_NAMES[key] = sorted(n for n in dir(cls) if n.startswith(prefixes))
+    return names
+
+
 class RelaySMTP(SMTP):
     """aiosmtpd's SMTP protocol with optin-relay's connection cap and AUTH throttle."""
 
@@ -78,6 +95,10 @@ class RelaySMTP(SMTP):
         self.listener = listener
         self._counted_ip: str | None = None
         self._refused = False
+
+    def __dir__(self) -> list[str]:
+        """Its SMTP verbs and AUTH mechanisms: what aiosmtpd's constructor looks up by dir()."""
+        return _hook_names(type(self), ("smtp_", "auth_"))
 
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop)
@@ -181,6 +202,10 @@ class RelaySMTP(SMTP):
 
 class IngressHandler(SmtpAuth):
     """The aiosmtpd handler: AUTH, then each command to the submission or the inbound mail."""
+
+    def __dir__(self) -> list[str]:
+        """Its hooks and AUTH mechanisms (see `_hook_names`)."""
+        return _hook_names(type(self), ("handle_", "auth_"))
 
     def __init__(
         self,
