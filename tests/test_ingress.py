@@ -259,6 +259,44 @@ async def test_paths_the_parser_cannot_read_are_syntax_errors(start_relay, data,
     assert not [e for e in log_lines() if e["event"] == "smtp_exception"]
 
 
+async def test_pipelined_submission(start_relay, data, upstream):
+    """EHLO offers PIPELINING; MAIL, RCPT and DATA sent in one write are answered in order."""
+    relay = await start_relay(data)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.smtp_ports[0])
+
+    async def reply() -> list[bytes]:
+        lines = [await reader.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(await reader.readline())
+        return lines
+
+    await reply()  # greeting
+    writer.write(b"EHLO crm.example\r\nSTARTTLS\r\n")
+    await reply()
+    assert (await reply())[0].startswith(b"220")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    await writer.start_tls(context)
+    writer.write(b"EHLO crm.example\r\n")
+    assert b"250-PIPELINING\r\n" in await reply()
+    token = base64.b64encode(f"\0{LOGIN[0]}\0{LOGIN[1]}".encode())
+    writer.write(b"AUTH PLAIN " + token + b"\r\n")
+    assert (await reply())[0].startswith(b"235")
+    message = simple_message()
+    writer.write(
+        b"MAIL FROM:<news@acme.example>\r\nRCPT TO:<a@example.net>\r\n"
+        b"RCPT TO:<b@example.net>\r\nDATA\r\n"
+    )
+    answers = [(await reply())[0][:3] for _ in range(4)]
+    assert answers == [b"250", b"250", b"250", b"354"]
+    writer.write(message + b".\r\nQUIT\r\n")
+    assert (await reply())[0].startswith(b"250 2.0.0 Ok: queued as")
+    assert (await reply())[0].startswith(b"221")
+    writer.close()
+    await eventually(lambda: len(upstream.messages) == 2)
+    assert sorted(m.rcpt for m in upstream.messages) == ["a@example.net", "b@example.net"]
+
+
 async def test_8bitmime_and_smtputf8(start_relay, data, upstream):
     """8BITMIME and SMTPUTF8 are advertised; an internationalised address is relayed."""
     relay = await start_relay(data)

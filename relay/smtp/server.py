@@ -231,6 +231,24 @@ class IngressHandler(SmtpAuth):
         )
         self.inbound = InboundMail(runtime=runtime, store=store, clock=clock, feedback=feedback)
 
+    async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook
+        self,
+        server: RelaySMTP,
+        session: RelaySession,
+        envelope: RelayEnvelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """Offer PIPELINING (RFC 2920) besides aiosmtpd's own extensions.
+
+        aiosmtpd reads commands one line at a time from its buffer and answers each in order, so
+        a client may send MAIL, RCPT and DATA in one write; data after STARTTLS is discarded.
+        """
+        del server, envelope
+        session.host_name = hostname
+        *lines, last = responses
+        return [*lines, "250-PIPELINING", last]
+
     async def handle_MAIL(  # noqa: N802
         self,
         server: RelaySMTP,
