@@ -106,7 +106,7 @@ class Relay:
             credentials=self.credentials,
         )
         self._tasks.append(asyncio.create_task(self.stats.run(), name="stats"))
-        if self.run_delivery:
+        if self.run_delivery and config.delivery.enabled:
             self._tasks.append(asyncio.create_task(self.delivery.run(), name="delivery"))
             self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
         self.servers = await start_listeners(

@@ -146,6 +146,10 @@ class DeliveryConfig(Model):
         description="how long a claim lasts unless renewed; a dead node's work returns after it",
     )
     batch: Annotated[int, Field(ge=1, le=10_000)] = 100
+    enabled: bool = Field(
+        default=True,
+        description="false: this process only accepts mail; others sharing its store deliver it",
+    )
 
 
 class InboundConfig(Model):

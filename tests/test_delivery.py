@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from email import message_from_bytes
 
@@ -239,3 +240,18 @@ async def test_outcome_after_lost_lease_is_dropped_and_logged(
     assert await relay.store.counts() == {"pending": 1}
     await relay.delivery.record(fresh, SendResult("delivered", "250 ok"), relay.config, b"")
     assert await relay.store.counts() == {"delivered": 1}
+
+
+async def test_accept_only_process_leaves_delivery_to_others(
+    start_relay, store_url, tls_files, upstream
+):
+    """`delivery.enabled: false` accepts and spools; a process sharing the store delivers."""
+    data = config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
+    accepting = await start_relay({**data, "delivery": {"enabled": False, "poll_interval": 0.05}})
+    await send(accepting, ["alice@example.net", "bob@example.net"])
+    await asyncio.sleep(0.3)  # several polls: nothing may go out from the accepting process
+    assert upstream.messages == []
+    assert await accepting.store.counts() == {"pending": 2}
+    await start_relay({**data, "delivery": {"poll_interval": 0.05}})
+    await eventually(lambda: len(upstream.messages) == 2)
+    assert sorted(m.rcpt for m in upstream.messages) == ["alice@example.net", "bob@example.net"]
