@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,16 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+FULL_POLICY_LIMITS = {
+    "messages_per_hour": 100_000_000,
+    "recipients_per_hour": 100_000_000,
+    "per_domain_per_hour": 100_000_000,
+    "recipients_per_message": 100_000,
+    "suspicious_broadcast": 100_000_000,
+    "suppression_violations": 100_000_000,
+}
+
+
 def relay_config(
     work: Path,
     *,
@@ -53,37 +65,144 @@ def relay_config(
     web_port: int,
     storage: str | None = None,
     password: str = "bench-password",  # noqa: S107 - a benchmark's throwaway account
+    full_policy: bool = False,
+    delivery: dict[str, Any] | None = None,
+    log_level: str = "warning",
+    name: str = "relay",
+    key: Path | None = None,
     **smtp: Any,
 ) -> Path:
-    """A relay configuration in `work`: account `bench` (DKIM for bench.example), sink upstream."""
+    """A relay configuration in `work`: account `bench` (DKIM for bench.example), sink upstream.
+
+    `full_policy` turns on what the stock account leaves off: consent enforced (the recipients
+    need opt-in records: see `seed_store`) and every rate limit set (high, so none refuses).
+    """
     from relay.mail.signing import generate_key, write_key  # noqa: PLC0415 - after sys.path
     from relay.passwords import hash_password  # noqa: PLC0415
 
-    key = work / "bench.example.pem"
-    write_key(key, generate_key("rsa-sha256"))
+    if key is None:
+        key = work / "bench.example.pem"
+        if not key.exists():
+            write_key(key, generate_key("rsa-sha256"))
+    account: dict[str, Any] = {
+        "id": "bench",
+        "username": "bench",
+        "password_hash": hash_password(password),
+        "from_domains": ["bench.example"],
+        "brand": {"name": "Bench", "postal_address": "1 Bench Street"},
+    }
+    if full_policy:
+        account |= {"consent": "enforce", "limits": FULL_POLICY_LIMITS}
     config = {
         "hostname": "relay.bench.example",
-        "smtp": {"listeners": [listener], "max_connections_per_ip": 1000, **smtp},
+        "smtp": {"listeners": [listener], "max_connections_per_ip": 5000, **smtp},
         "upstream": {"host": "127.0.0.1", "port": sink_port, "tls": "none", "connections": 8},
-        "delivery": {"poll_interval": 0.05, "batch": 200},
+        "delivery": {"poll_interval": 0.05, "batch": 200, **(delivery or {})},
         "storage": {"url": storage or f"sqlite:///{work}/relay.db"},
         "web": {"listen": f"127.0.0.1:{web_port}", "public_url": "https://relay.bench.example"},
         "tokens": {"keys": ["bench-token-key-0123456789abcdef0123456789"]},
         "dkim": [{"domain": "bench.example", "selector": "bench", "private_key": str(key)}],
-        "log_level": "warning",
-        "accounts": [
-            {
-                "id": "bench",
-                "username": "bench",
-                "password_hash": hash_password(password),
-                "from_domains": ["bench.example"],
-                "brand": {"name": "Bench", "postal_address": "1 Bench Street"},
-            }
-        ],
+        "log_level": log_level,
+        "accounts": [account],
     }
-    path = work / "relay.yaml"
+    path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+class Storage:
+    """A fresh store for one measurement: a SQLite file in `work`, or a new PostgreSQL schema."""
+
+    def __init__(self, work: Path, url: str) -> None:
+        """`url`: "sqlite", or a postgresql:// URL (a schema of its own is added)."""
+        self.kind = "sqlite" if url == "sqlite" else "postgresql"
+        self._base = url
+        self._work = work
+        self._made: list[str] = []
+
+    def fresh(self) -> str:
+        """The URL of a store nothing has used yet."""
+        tag = os.urandom(4).hex()
+        if self.kind == "sqlite":
+            return f"sqlite:///{self._work}/relay-{tag}.db"
+        schema = f"bench_{tag}"
+        self._made.append(schema)
+        joiner = "&" if "?" in self._base else "?"
+        return f"{self._base}{joiner}schema={schema}"
+
+    def cleanup(self) -> None:
+        """Drop the PostgreSQL schemas made (SQLite files go with the work folder)."""
+        if not self._made:
+            return
+        import asyncpg  # noqa: PLC0415 - only with PostgreSQL
+
+        async def drop() -> None:
+            con = await asyncpg.connect(self._base.split("?")[0])
+            try:
+                for schema in self._made:
+                    await con.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            finally:
+                await con.close()
+
+        asyncio.run(drop())
+
+
+async def seed_store(url: str, *, consents: list[str], suppressed: int = 0) -> None:
+    """Migrate `url` and record opt-in for `consents` and `suppressed` suppressions."""
+    from relay.storage import open_store  # noqa: PLC0415 - after sys.path
+    from relay.storage.base import Consent, Suppression  # noqa: PLC0415
+
+    store = open_store(url)
+    await store.open()
+    try:
+        await store.migrate()
+        batch = 20_000
+        for first in range(0, len(consents), batch):
+            await store.record_consents(
+                [
+                    Consent(
+                        "bench", address, "news", "imported", 0.0, None, "bench", evidence="bench"
+                    )
+                    for address in consents[first : first + batch]
+                ]
+            )
+        for first in range(0, suppressed, batch):
+            await store.suppress_many(
+                [
+                    Suppression(f"gone{n}@example.org", "bench", "import", "bench", 0.0)
+                    for n in range(first, min(first + batch, suppressed))
+                ]
+            )
+    finally:
+        await store.close()
+
+
+def delivered(web_ports: list[int]) -> float:
+    """Copies delivered so far, summed over the relays' /metrics."""
+    total = 0.0
+    for port in web_ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith('optin_relay_deliveries_total{outcome="delivered"}'):
+                    total += float(line.split()[-1])
+    return total
+
+
+def wait_delivered(web_ports: list[int], count: int, timeout: float = 600) -> None:
+    """Return once `count` copies are delivered."""
+    deadline = time.monotonic() + timeout
+    while delivered(web_ports) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"fewer than {count} copies delivered within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+def rss_kib(pid: int) -> int:
+    """The process's resident set size in KiB (from /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def start_relay(config: Path, tree: Path | None = None) -> subprocess.Popen[bytes]:
@@ -91,7 +210,7 @@ def start_relay(config: Path, tree: Path | None = None) -> subprocess.Popen[byte
     where: dict[str, Any] = {}
     if tree is not None:  # `-m` puts the working folder first on the path: run from the tree
         where = {"cwd": tree, "env": {**os.environ, "PYTHONPATH": str(tree)}}
-    log = (config.parent / "relay.log").open("w")
+    log = (config.parent / f"{config.stem}.log").open("w")
     return subprocess.Popen(
         [sys.executable, "-m", "relay", "serve", "--config", str(config)],
         stdout=log,
@@ -106,3 +225,74 @@ def stop(*processes: subprocess.Popen[bytes] | None) -> None:
         if process is not None:
             process.terminate()
             process.wait(timeout=60)
+
+
+def message(size: int, n: int = 0) -> bytes:
+    """A newsletter-like message of about `size` bytes (the n-th copy differs in its greeting)."""
+    head = (
+        f"From: Bench News <news@bench.example>\r\nTo: Reader <reader@example.net>\r\n"
+        f"Subject: The bench weekly\r\nMessage-ID: <{n}.{os.urandom(4).hex()}@bench.example>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"Hello reader {n},\r\n\r\n"
+    )
+    line = "This week in the bench: a line of a newsletter, long enough to look like one.\r\n"
+    body = line * max(1, (size - len(head)) // len(line))
+    return (head + body).encode()
+
+
+async def load(
+    port: int,
+    *,
+    connections: int,
+    messages: int,
+    size: int = 4096,
+    starttls: bool = False,
+    login: tuple[str, str] | None = None,
+    rate: float | None = None,
+    recipients: int = 1,
+) -> tuple[float, list[float]]:
+    """Send `messages` over `connections` persistent sessions (aiosmtplib, the relay's client).
+
+    Each session says EHLO (and STARTTLS and AUTH when asked) once, then sends its share. With
+    `rate`, message i starts at i/rate seconds (open loop). Returns the seconds the whole load
+    took and each transaction's latency (MAIL to the 250 after DATA).
+    """
+    import aiosmtplib  # noqa: PLC0415 - only the load generator needs it
+
+    body = message(size)
+    latencies: list[float] = []
+    next_index = 0
+    started = time.monotonic()
+
+    async def session() -> None:
+        nonlocal next_index
+        client = aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=port, start_tls=starttls, validate_certs=False, timeout=60
+        )
+        await client.connect()
+        if login is not None:
+            await client.login(*login)
+        while next_index < messages:
+            index = next_index
+            next_index += 1
+            if rate is not None:
+                await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
+            rcpts = [
+                f"reader{(index * recipients + r) % 1000}@example.net" for r in range(recipients)
+            ]
+            begun = time.monotonic()
+            await client.sendmail("news@bench.example", rcpts, body)
+            latencies.append(time.monotonic() - begun)
+        await client.quit()
+
+    await asyncio.gather(*(session() for _ in range(connections)))
+    return time.monotonic() - started, latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """The value below which `fraction` of `values` lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(fraction * len(ordered)) - 1))]
+
+
+READERS = [f"reader{n}@example.net" for n in range(1000)] + ["reader@example.net"]

@@ -1,58 +1,79 @@
-"""Relay throughput against Postfix's smtp-sink, measured in one run.
+"""Relay throughput, CPU, latency and memory against Postfix's smtp-sink, measured in one run.
 
-Runs Postfix's `smtp-source` (a) straight at `smtp-sink` and (b) at optin-relay, whose upstream
-is that same `smtp-sink`, and prints messages per second of both and their ratio. The relay
-figure counts a message once the relay has accepted it (durable spool commit, then 250); the
-end-to-end figure once the relay has also delivered every message to the sink.
+Every figure below comes from one run on one machine, so the ratios hold even when the machine
+is noisy. The relay runs the full policy: consent enforced (every recipient has an opt-in
+record), every rate limit set, suppression, broadcast detection, the unsubscribe render, the
+trace marker, DKIM RSA-2048 and the durable spool; its upstream is the same smtp-sink.
+
+- direct: Postfix's `smtp-source` into `smtp-sink`, and the Python client (aiosmtplib, the
+  relay's own client library; persistent sessions) into `smtp-sink`;
+- end to end over a trusted plain listener (smtp-source), and over STARTTLS + AUTH (the Python
+  client, which is what a CRM is): messages per second until the last copy reached the sink,
+  and the relay's CPU per message (from /proc);
+- accept, then delivery, measured apart: relays with `delivery.enabled: false` take the load,
+  then relays that only deliver drain it; each side's rate and CPU per message; with one process
+  and with two (on one port, SO_REUSEPORT, sharing the store);
+- the accept latency (MAIL to the 250 after DATA) at half the STARTTLS + AUTH peak rate;
+- the relay's RSS with 1,000 idle connections.
 
 Needs smtp-source and smtp-sink (Debian package `postfix`; no Postfix daemon has to run).
 
-    .venv/bin/python bench/smtp_throughput.py [--messages 2000] [--sessions 10] [--size 4096]
-        [--storage sqlite|postgresql://...] [--tree PATH]
+    .venv/bin/python bench/smtp_throughput.py [--messages 2000] [--storage sqlite|postgresql://...]
+        [--only NAME,...] [--tree PATH]
 
-`--tree` runs the relay from another checkout of optin-relay (same virtualenv), so that two
-revisions can be measured in one run: `git worktree add /tmp/before REV`, then alternate.
+`--tree` runs the end-to-end relays from another checkout of optin-relay (same virtualenv), so
+two revisions are measured in one run: `git worktree add /tmp/before REV`.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from benchlib import (
+    READERS,
+    Storage,
     cpu_seconds,
     free_port,
+    load,
+    percentile,
     relay_config,
+    rss_kib,
+    seed_store,
     sink_command,
     start_relay,
     stop,
+    wait_delivered,
     wait_port,
 )
 
+from relay.mail.signing import generate_key, write_key
+from relay.tlsutil import write_self_signed
 
-def source(port: int, args: argparse.Namespace) -> float:
-    """Run smtp-source; return the seconds it took."""
+PASSWORD = "bench-password"  # noqa: S105 - a benchmark's throwaway account
+LOGIN = ("bench", PASSWORD)
+CONNECTIONS = 8
+SCENARIOS = ("direct", "plain", "starttls", "phases", "latency", "idle")
+
+
+def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
+    """Postfix's smtp-source, one message per session; the seconds it took."""
     started = time.monotonic()
     subprocess.run(
         [
             "smtp-source",
-            "-s",
-            str(args.sessions),
-            "-m",
-            str(args.messages),
-            "-l",
-            str(args.size),
-            "-f",
-            "news@bench.example",
-            "-t",
-            "reader@example.net",
+            *("-s", str(sessions), "-m", str(messages), "-l", str(size)),
+            *("-f", "news@bench.example", "-t", "reader@example.net"),
             f"127.0.0.1:{port}",
         ],
         check=True,
@@ -60,82 +81,313 @@ def source(port: int, args: argparse.Namespace) -> float:
     return time.monotonic() - started
 
 
-def delivered(web_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith('optin_relay_deliveries_total{outcome="delivered"}'):
-                return float(line.split()[-1])
-    return 0.0
+@dataclass
+class Relays:
+    """Relay processes sharing one store and one SMTP port."""
+
+    processes: list[subprocess.Popen[bytes]]
+    smtp_port: int
+    web_ports: list[int]
+    idle_cpu: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def cpu(self) -> float:
+        """CPU seconds used by all of them since they went idle after start-up."""
+        return sum(cpu_seconds(p.pid) for p in self.processes) - self.idle_cpu
+
+
+class Bench:
+    """One run: the sink, the work folder, the store factory and the relay settings."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        """Prepare the work folder (key and certificate shared by every relay)."""
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="optin-relay-bench-"))
+        self.storage = Storage(self.work, args.storage)
+        self.key = self.work / "bench.example.pem"
+        write_key(self.key, generate_key("rsa-sha256"))
+        self.cert, self.cert_key = self.work / "cert.pem", self.work / "key.pem"
+        write_self_signed(self.cert, self.cert_key, ["relay.bench.example", "localhost"])
+        self.sink_port = free_port()
+        self.sink = subprocess.Popen(sink_command(self.sink_port, backlog=1024))
+        wait_port(self.sink_port)
+        self._count = 0
+
+    def close(self) -> None:
+        """Stop the sink, drop the PostgreSQL schemas made."""
+        stop(self.sink)
+        self.storage.cleanup()
+
+    def relays(
+        self,
+        *,
+        tls: bool,
+        processes: int = 1,
+        deliver: bool = True,
+        accept: bool = True,
+        url: str | None = None,
+        tree: Path | None = None,
+    ) -> Relays:
+        """Start `processes` relays on one port and one (fresh unless given) store."""
+        url = url or self.storage.fresh()
+        asyncio.run(seed_store(url, consents=READERS, suppressed=10_000))
+        port = free_port()
+        if tls:
+            listener = {"address": f"127.0.0.1:{port}", "tls": "starttls"}
+            smtp: dict[str, Any] = {
+                "tls": {"certificate": str(self.cert), "private_key": str(self.cert_key)},
+                "auth_failure_limit": 1000,
+            }
+        else:
+            listener = {
+                "address": f"127.0.0.1:{port}",
+                "tls": "none",
+                "trusted_account": "bench",
+            }
+            smtp = {}
+        if not accept:  # a delivering process whose listener nobody uses
+            listener["address"] = f"127.0.0.1:{free_port()}"
+        started, web_ports = [], []
+        for _ in range(processes):
+            self._count += 1
+            web_port = free_port()
+            path = relay_config(
+                self.work,
+                listener=listener,
+                sink_port=self.sink_port,
+                web_port=web_port,
+                storage=url,
+                password=PASSWORD,
+                full_policy=True,
+                delivery={"enabled": deliver},
+                log_level=self.args.log_level,
+                name=f"relay-{self._count}",
+                key=self.key,
+                reuse_port=processes > 1,
+                **smtp,
+            )
+            started.append(start_relay(path, tree))
+            web_ports.append(web_port)
+        try:
+            for web_port in web_ports:
+                wait_port(web_port)
+            wait_port(int(listener["address"].rsplit(":", 1)[1]))
+        except SystemExit:
+            stop(*started)
+            raise SystemExit((self.work / f"relay-{self._count}.log").read_text()[-3000:]) from None
+        time.sleep(0.3)  # start-up work (migrations, key loading) is not the load's
+        relays = Relays(started, port, web_ports, extra={"url": url})
+        relays.idle_cpu = sum(cpu_seconds(p.pid) for p in started)
+        return relays
+
+    def send(self, relays: Relays, *, tls: bool, rate: float | None = None) -> list[float]:
+        """The load: smtp-source on the plain listener, the Python client over TLS + AUTH."""
+        args = self.args
+        if not tls:
+            return [smtp_source(relays.smtp_port, args.messages, args.sessions, args.size)]
+        elapsed, latencies = asyncio.run(
+            load(
+                relays.smtp_port,
+                connections=CONNECTIONS,
+                messages=args.messages,
+                size=args.size,
+                starttls=True,
+                login=LOGIN,
+                rate=rate,
+            )
+        )
+        return [elapsed, *latencies]
+
+
+def end_to_end(bench: Bench, *, tls: bool, tree: Path | None = None) -> dict[str, float]:
+    """Messages per second until the last copy reached the sink, and CPU per message."""
+    n = bench.args.messages
+    relays = bench.relays(tls=tls, tree=tree)
+    try:
+        started = time.monotonic()
+        bench.send(relays, tls=tls)
+        wait_delivered(relays.web_ports, n)
+        elapsed = time.monotonic() - started
+        cpu = relays.cpu()
+    finally:
+        stop(*relays.processes)
+    return {"msgs_per_s": round(n / elapsed, 1), "cpu_ms_per_msg": round(1000 * cpu / n, 2)}
+
+
+def phases(bench: Bench, processes: int) -> dict[str, float]:
+    """Accept with relays that do not deliver, then drain with relays that only deliver."""
+    n = bench.args.messages
+    accepting = bench.relays(tls=False, processes=processes, deliver=False)
+    try:
+        elapsed = bench.send(accepting, tls=False)[0]
+        accept_cpu = accepting.cpu()
+    finally:
+        stop(*accepting.processes)
+    url = accepting.extra["url"]
+    delivering = bench.relays(tls=False, processes=processes, accept=False, url=url)
+    try:
+        started = time.monotonic()
+        wait_delivered(delivering.web_ports, n)
+        drained = time.monotonic() - started
+        delivery_cpu = delivering.cpu()
+    finally:
+        stop(*delivering.processes)
+    return {
+        "accept_msgs_per_s": round(n / elapsed, 1),
+        "accept_cpu_ms_per_msg": round(1000 * accept_cpu / n, 2),
+        "drain_msgs_per_s": round(n / drained, 1),
+        "delivery_cpu_ms_per_msg": round(1000 * delivery_cpu / n, 2),
+    }
+
+
+def latency(bench: Bench, peak: float) -> dict[str, float]:
+    """Accept latency over STARTTLS + AUTH at half the measured peak rate."""
+    relays = bench.relays(tls=True)
+    try:
+        _, *latencies = bench.send(relays, tls=True, rate=peak / 2)
+    finally:
+        stop(*relays.processes)
+    return {
+        "rate": round(peak / 2, 1),
+        "p50_ms": round(1000 * percentile(latencies, 0.50), 1),
+        "p99_ms": round(1000 * percentile(latencies, 0.99), 1),
+    }
+
+
+async def _idle_connections(port: int, count: int) -> list[asyncio.StreamWriter]:
+    writers = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readline()  # the greeting: the relay has set the session up
+        writers.append(writer)
+    return writers
+
+
+def idle(bench: Bench, count: int = 1000) -> dict[str, float]:
+    """The relay's RSS before and with `count` idle SMTP connections open."""
+    relays = bench.relays(tls=True)
+    pid = relays.processes[0].pid
+    try:
+        before = rss_kib(pid)
+
+        async def hold() -> int:
+            writers = await _idle_connections(relays.smtp_port, count)
+            await asyncio.sleep(1)
+            during = rss_kib(pid)
+            for writer in writers:
+                writer.close()
+            return during
+
+        during = asyncio.run(hold())
+    finally:
+        stop(*relays.processes)
+    return {
+        "connections": count,
+        "rss_mib_before": round(before / 1024, 1),
+        "rss_mib_idle": round(during / 1024, 1),
+        "kib_per_connection": round((during - before) / count, 1),
+    }
+
+
+def direct(bench: Bench) -> dict[str, float]:
+    """smtp-source and the Python client straight into smtp-sink."""
+    args = bench.args
+    n = args.messages
+    source = smtp_source(bench.sink_port, n, args.sessions, args.size)
+    client, _ = asyncio.run(
+        load(bench.sink_port, connections=CONNECTIONS, messages=n, size=args.size)
+    )
+    return {
+        "smtp_source_msgs_per_s": round(n / source, 1),
+        "client_msgs_per_s": round(n / client, 1),
+    }
+
+
+def report(result: dict[str, Any]) -> None:
+    """The figures as a table, then as one JSON line."""
+    d = result.get("direct", {})
+    rows: list[tuple[str, Any]] = [
+        ("smtp-source -> smtp-sink (msg/s)", d.get("smtp_source_msgs_per_s")),
+        ("python client -> smtp-sink (msg/s)", d.get("client_msgs_per_s")),
+    ]
+    for name, label in (("plain", "plain listener"), ("starttls", "STARTTLS + AUTH")):
+        for key, value in result.get(name, {}).items():
+            rows.append((f"relay end to end, {label}: {key}", value))
+    for name in ("phases_1", "phases_2"):
+        for key, value in result.get(name, {}).items():
+            rows.append((f"{name.replace('_', ', ')} process(es): {key}", value))
+    for name in ("ratios", "latency", "idle"):
+        for key, value in result.get(name, {}).items():
+            rows.append((f"{name}: {key}", value))
+    for label, value in rows:
+        if value is not None:
+            print(f"{label:<62} {value:>10}")
+    print(json.dumps(result))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=2000)
-    parser.add_argument("--sessions", type=int, default=10)
+    parser.add_argument("--sessions", type=int, default=10, help="smtp-source's sessions")
     parser.add_argument("--size", type=int, default=4096, help="message size in bytes")
     parser.add_argument("--storage", default="sqlite", help="sqlite, or a postgresql:// URL")
-    parser.add_argument("--tree", type=Path, default=None, help="run the relay from this checkout")
+    parser.add_argument("--log-level", default="info", help="the relay's (info in production)")
+    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument("--tree", type=Path, default=None, help="end-to-end relays from here")
     args = parser.parse_args()
     for tool in ("smtp-source", "smtp-sink"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found: apt-get install postfix (no daemon needed)")
-
-    work = Path(tempfile.mkdtemp(prefix="optin-relay-bench-"))
-    sink_port, relay_port, web_port = free_port(), free_port(), free_port()
-    sink = subprocess.Popen(sink_command(sink_port))
-    relay = None
-    try:
-        wait_port(sink_port)
-        direct = source(sink_port, args)
-
-        storage = None if args.storage == "sqlite" else args.storage
-        listener = {"address": f"127.0.0.1:{relay_port}", "tls": "none", "trusted_account": "bench"}
-        path = relay_config(
-            work, listener=listener, sink_port=sink_port, web_port=web_port, storage=storage
-        )
-        relay = start_relay(path, args.tree)
-        try:
-            wait_port(relay_port)
-        except SystemExit:
-            raise SystemExit((work / "relay.log").read_text()[-2000:]) from None
-        wait_port(web_port)
-        idle_cpu = cpu_seconds(relay.pid)
-        started = time.monotonic()
-        accept = source(relay_port, args)
-        while delivered(web_port) < args.messages:
-            if time.monotonic() - started > 600:
-                raise SystemExit("the relay did not deliver everything within 10 minutes")
-            time.sleep(0.05)
-        end_to_end = time.monotonic() - started
-        relay_cpu = cpu_seconds(relay.pid) - idle_cpu
-    finally:
-        stop(relay, sink)
-
-    n = args.messages
-    result = {
-        "messages": n,
-        "sessions": args.sessions,
+    wanted = set(args.only.split(","))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
+    bench = Bench(args)
+    result: dict[str, Any] = {
+        "messages": args.messages,
         "size": args.size,
-        "storage": args.storage.split("://")[0],
-        "direct_msgs_per_s": round(n / direct, 1),
-        "relay_accept_msgs_per_s": round(n / accept, 1),
-        "relay_end_to_end_msgs_per_s": round(n / end_to_end, 1),
+        "storage": bench.storage.kind,
+        "log_level": args.log_level,
     }
-    result["relay_cpu_ms_per_msg"] = round(1000 * relay_cpu / n, 2)
-    result["ratio_accept"] = round(
-        result["relay_accept_msgs_per_s"] / result["direct_msgs_per_s"], 4
-    )
-    result["ratio_end_to_end"] = round(
-        result["relay_end_to_end_msgs_per_s"] / result["direct_msgs_per_s"], 4
-    )
-    print(f"smtp-source -> smtp-sink            {result['direct_msgs_per_s']:>10} msg/s")
-    print(f"smtp-source -> optin-relay (250)    {result['relay_accept_msgs_per_s']:>10} msg/s")
-    print(f"smtp-source -> optin-relay -> sink  {result['relay_end_to_end_msgs_per_s']:>10} msg/s")
-    print(f"relay CPU per message (accept+out)  {result['relay_cpu_ms_per_msg']:>10} ms")
-    print(f"ratio relay/direct (accept)         {result['ratio_accept']:>10}")
-    print(f"ratio relay/direct (end to end)     {result['ratio_end_to_end']:>10}")
-    print(json.dumps(result))
+    try:
+        if "direct" in wanted:
+            result["direct"] = direct(bench)
+        if "plain" in wanted:
+            result["plain"] = end_to_end(bench, tls=False, tree=args.tree)
+        if "starttls" in wanted or "latency" in wanted:
+            result["starttls"] = end_to_end(bench, tls=True, tree=args.tree)
+        if "phases" in wanted:
+            result["phases_1"] = phases(bench, 1)
+            result["phases_2"] = phases(bench, 2)
+        if "latency" in wanted:
+            result["latency"] = latency(bench, result["starttls"]["msgs_per_s"])
+        if "idle" in wanted:
+            result["idle"] = idle(bench)
+    finally:
+        bench.close()
+    result["ratios"] = ratios(result)
+    report(result)
     return 0
+
+
+def ratios(result: dict[str, Any]) -> dict[str, float]:
+    """The relay's rates against the direct ones, and two processes against one."""
+    out: dict[str, float] = {}
+    d = result.get("direct")
+    if d:
+        if "plain" in result:
+            out["plain_vs_smtp_sink"] = result["plain"]["msgs_per_s"] / d["smtp_source_msgs_per_s"]
+        if "starttls" in result:
+            out["starttls_vs_smtp_sink"] = (
+                result["starttls"]["msgs_per_s"] / d["smtp_source_msgs_per_s"]
+            )
+            out["starttls_vs_same_client_direct"] = (
+                result["starttls"]["msgs_per_s"] / d["client_msgs_per_s"]
+            )
+    one, two = result.get("phases_1"), result.get("phases_2")
+    if one and two:
+        out["two_processes_accept"] = two["accept_msgs_per_s"] / one["accept_msgs_per_s"]
+        out["two_processes_drain"] = two["drain_msgs_per_s"] / one["drain_msgs_per_s"]
+    return {key: round(value, 4) for key, value in out.items()}
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from messages import (
     own_messages,
 )
 
+from relay.mail import render as render_module
 from relay.mail.headers import split_message
 from relay.mail.render import Footer, fill, list_unsubscribe_headers, prepare, render
 
@@ -311,3 +312,89 @@ def test_plain_rfc822_message_becomes_mime_when_needed():
     assert needs_utf8["MIME-Version"] == "1.0"
     assert needs_utf8.get_content_charset() == "utf-8"
     assert "\u00c9tat" in needs_utf8.get_payload(decode=True).decode()
+
+
+ASCII_FOOTER = Footer(
+    text=f"You get this because you subscribed. Unsubscribe: {URL}",
+    html=f'<p>You get this because you subscribed. <a href="{URL}">Unsubscribe</a></p>',
+)
+SIMPLE = {
+    "plain": b"From: news@acme.example\r\nSubject: Hi\r\n\r\nHello reader,\r\nnews.\r\n",
+    "plain-mime-8bit": (
+        b"From: news@acme.example\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+        b"X-Long: " + b"x" * 300 + b"\r\n\r\nHello reader, news.\r\n"
+    ),
+    "html": (
+        b"From: news@acme.example\r\nMIME-Version: 1.0\r\nContent-Type: text/html\r\n\r\n"
+        b"<html><body><p>Hello</p></body></html>\r\n"
+    ),
+    "no-final-newline": b"From: news@acme.example\r\n\r\nHello",
+}
+NOT_SIMPLE = {
+    "quoted-printable": (
+        b"From: a@acme.example\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\nHello=20reader\r\n"
+    ),
+    "8bit-body": "From: a@acme.example\r\n\r\nGrüße\r\n".encode(),
+    "bare-lf": b"From: a@acme.example\nSubject: x\n\nHello\n",
+    "multipart": (
+        b"From: a@acme.example\r\nMIME-Version: 1.0\r\n"
+        b'Content-Type: multipart/alternative; boundary="b"\r\n\r\n'
+        b"--b\r\nContent-Type: text/plain\r\n\r\nHi\r\n--b--\r\n"
+    ),
+    "attachment": (
+        b"From: a@acme.example\r\nMIME-Version: 1.0\r\nContent-Type: text/plain\r\n"
+        b"Content-Disposition: attachment; filename=a.txt\r\n\r\nHi\r\n"
+    ),
+    "latin-1": (
+        b"From: a@acme.example\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: text/plain; charset=iso-8859-1\r\n\r\nHi\r\n"
+    ),
+    "long-line": b"From: a@acme.example\r\n\r\n" + b"y" * 999 + b"\r\n",
+    "content-type-without-mime-version": (
+        b"From: a@acme.example\r\nContent-Type: text/plain\r\n\r\nHi\r\n"
+    ),
+}
+
+
+def _full_path(original: bytes, footer: Footer, placeholder: str) -> bytes:
+    template = render_module._prepare(original, footer, placeholder)
+    return fill(template, HEADERS, {placeholder: URL}).content
+
+
+@pytest.mark.parametrize("name", sorted(SIMPLE))
+def test_simple_text_fast_path_renders_as_the_full_path(name):
+    """A single-part ASCII text message: headers kept byte for byte.
+
+    The body is what the full path makes of it (the same decoded text), with every invariant.
+    """
+    original, placeholder = SIMPLE[name], "PLACEHOLDER-9a8b"
+    footer = Footer(
+        ASCII_FOOTER.text.replace(URL, placeholder), ASCII_FOOTER.html.replace(URL, placeholder)
+    )
+    template = render_module._prepare_simple(original, footer, placeholder)
+    assert template is not None
+    fast = fill(template, HEADERS, {placeholder: URL}).content
+    check_invariants(original, fast)
+    full = message_from_bytes(_full_path(original, footer, placeholder))
+    assert message_from_bytes(fast).get_payload(decode=True) == full.get_payload(decode=True)
+    header = split_message(original)[0]
+    assert split_message(fast)[0] == header + b"".join(HEADERS)
+
+
+@pytest.mark.parametrize("name", sorted(NOT_SIMPLE))
+def test_other_messages_take_the_full_path(name):
+    """Anything else goes through the parse-and-regenerate path.
+
+    Encodings, 8-bit text, bare LF, multipart, attachments, other charsets, long lines and MIME
+    fields without MIME-Version.
+    """
+    original = NOT_SIMPLE[name]
+    assert render_module._prepare_simple(original, ASCII_FOOTER, None) is None
+    check_invariants(original, render(original, HEADERS, ASCII_FOOTER).content)
+
+
+def test_non_ascii_footer_takes_the_full_path():
+    """A footer that needs a charset is the full path's to encode."""
+    assert render_module._prepare_simple(SIMPLE["plain"], FOOTER, None) is None

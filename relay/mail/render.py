@@ -26,6 +26,7 @@ from email import errors, message_from_bytes
 from email import policy as email_policy
 from email.generator import BytesGenerator
 from email.message import Message
+from email.parser import BytesHeaderParser
 from io import BytesIO
 
 from relay.mail.headers import drop_fields
@@ -207,9 +208,62 @@ def prepare(content: bytes, footer: Footer, *, placeholder: str | None = None) -
     never raises: MIME the email package cannot handle gets the headers only.
     """
     try:
-        return _prepare(content, footer, placeholder)
+        return _prepare_simple(content, footer, placeholder) or _prepare(
+            content, footer, placeholder
+        )
     except Exception:  # noqa: BLE001 - any parser failure means: headers only
         return Template(content, (), "malformed")
+
+
+_IDENTITY = frozenset({"7bit", "8bit"})
+
+
+def _simple_text(content: bytes) -> tuple[bytes, str, bool] | None:
+    """A CRLF single-part inline text/plain or text/html message in 7bit or 8bit, ASCII only.
+
+    Its header block (with the final CRLF), its body text, and whether it is HTML; else None.
+    """
+    end = content.find(b"\r\n\r\n")
+    header, body = content[: end + 2], content[end + 4 :]
+    if end == -1 or header.count(b"\n") != header.count(b"\r\n") or not body.isascii():
+        return None
+    fields = BytesHeaderParser(policy=_POLICY).parsebytes(header)
+    ctype = fields.get_content_type()
+    cte = str(fields.get("Content-Transfer-Encoding", "7bit")).strip().lower()
+    mime = fields.get("Content-Type") or fields.get("Content-Transfer-Encoding")
+    simple = (
+        not fields.defects
+        and fields.get_content_disposition() != "attachment"
+        and ctype in ("text/plain", "text/html")
+        and fields.get_content_charset() in (None, "us-ascii", "utf-8")
+        and cte in _IDENTITY
+        # The full path adds MIME-Version to a message with MIME fields and without it.
+        and (mime is None or fields.get("MIME-Version") is not None)
+    )
+    return (header, body.decode("ascii"), ctype == "text/html") if simple else None
+
+
+def _prepare_simple(content: bytes, footer: Footer, placeholder: str | None) -> Template | None:
+    """The common single-part text message, without parsing and regenerating all of it.
+
+    Only the header block is parsed (`_simple_text`). Where the body stays ASCII with lines short
+    enough for 7bit once the footer is in, the full path would only append the footer and keep
+    every header as it is; so does this. Anything else returns None (the full path decides).
+    """
+    simple = _simple_text(content)
+    if simple is None:
+        return None
+    header, body, html = simple
+    text = _with_footer(body, footer, html=html)
+    if not text.isascii():
+        return None  # a charset or an encoding may have to change
+    for line in text.replace("\r\n", "\n").split("\n"):  # as the full path measures
+        room = _URL_ROOM if placeholder and placeholder in line else 0
+        if len(line) + room > MAX_LINE:
+            return None
+    marker = f"optin-relay-slot-{secrets.token_hex(8)}-0".encode("ascii")
+    slot = _Slot(marker, text, "us-ascii", "7bit")
+    return Template(header + b"\r\n" + marker, (slot,), None)
 
 
 def _prepare(content: bytes, footer: Footer, placeholder: str | None) -> Template:
