@@ -159,7 +159,7 @@ class Bench:
                 storage=url,
                 password=PASSWORD,
                 full_policy=True,
-                delivery={"enabled": deliver},
+                delivery={} if deliver else {"enabled": False},
                 log_level=self.args.log_level,
                 name=f"relay-{self._count}",
                 key=self.key,
