@@ -218,10 +218,26 @@ def _section(config: Config, dotted: str) -> object:
     return value
 
 
-async def serve(config_path: Path) -> int:
+def _instance_config(config_path: Path, web_listen: str | None) -> Config:
+    """The configuration file, with this process's own `web.listen` when one is given.
+
+    Several processes may share one configuration (and SMTP port, with `smtp.reuse_port`); each
+    serves HTTP, and so its own /metrics, on its own address (`serve --web-listen`).
+    """
+    config = load_config(config_path)
+    if web_listen is None:
+        return config
+    try:
+        split_host_port(web_listen)
+    except ValueError as exc:
+        raise ConfigError([f"--web-listen: {exc}"]) from exc
+    return config.model_copy(update={"web": config.web.model_copy(update={"listen": web_listen})})
+
+
+async def serve(config_path: Path, *, web_listen: str | None = None) -> int:
     """Run until SIGTERM or SIGINT; SIGHUP re-reads `config_path`. Returns the exit status."""
     try:
-        config = load_config(config_path)
+        config = _instance_config(config_path, web_listen)
         configure_logging(level=config.log_level)
         for warning in check_runtime(config):
             log.warning("config_warning", problem=warning)
@@ -238,7 +254,7 @@ async def serve(config_path: Path) -> int:
         if not started:
             return
         try:
-            new = load_config(config_path)
+            new = _instance_config(config_path, web_listen)
         except ConfigError as exc:
             log.error("config_reload_failed", problems=exc.problems)
             return

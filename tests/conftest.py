@@ -371,8 +371,9 @@ async def scrape(web_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 class RelayProcess:
     """`python -m relay serve` as a child process, its JSON log lines collected."""
 
-    def __init__(self, config_path: Path) -> None:
+    def __init__(self, config_path: Path, *args: str) -> None:
         self.config_path = config_path
+        self.args = args  # more `serve` options
         self.lines: list[dict[str, Any]] = []
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -388,6 +389,7 @@ class RelayProcess:
             "serve",
             "--config",
             str(self.config_path),
+            *self.args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             cwd=ROOT,

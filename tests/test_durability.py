@@ -6,6 +6,7 @@ import asyncio
 import signal
 from collections import Counter
 
+import aiohttp
 import pytest
 import yaml
 from conftest import (
@@ -129,6 +130,54 @@ async def test_two_relays_share_postgres_spool_exactly_once(tmp_path, pg_url, tl
         assert set(copies.values()) == {1}
         by_node = [len(node.events("delivery_succeeded")) for node in nodes]
         assert sum(by_node) == total * 2
+    finally:
+        for node in nodes:
+            await node.terminate()
+        await upstream.stop()
+
+
+async def test_processes_share_one_port_and_one_sqlite_file(tmp_path, sqlite_url, tls_files):
+    """Two `serve` processes on one configuration share one port and one SQLite file.
+
+    One SMTP port (SO_REUSEPORT), one SQLite file, each its own HTTP address (`--web-listen`):
+    a shared load goes out exactly once.
+    """
+    upstream = TestUpstream()
+    await upstream.start()
+    smtp_port = free_port()
+    path = write_config(
+        tmp_path,
+        "relay",
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        listeners=[{"address": f"127.0.0.1:{smtp_port}", "tls": "starttls"}],
+        smtp={"reuse_port": True},
+        delivery={"poll_interval": 0.05, "batch": 20},
+    )
+    web_ports = [free_port(), free_port()]
+    nodes = [RelayProcess(path, "--web-listen", f"127.0.0.1:{port}") for port in web_ports]
+    try:
+        assert [await node.start() for node in nodes] == [smtp_port, smtp_port]
+        async with aiohttp.ClientSession() as http:
+            for port in web_ports:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    assert response.status == 200
+
+        async def submit(first: int) -> None:
+            client = await smtp_client(smtp_port, login=LOGIN)
+            for n in range(first, first + 10):
+                rcpts = [f"user{n}-{i}@example.net" for i in range(2)]
+                await client.sendmail("news@acme.example", rcpts, simple_message(body=f"#{n}"))
+            await client.quit()
+
+        await asyncio.gather(*(submit(first) for first in range(0, 100, 10)))
+        await eventually(lambda: len(upstream.messages) >= 200, timeout=60)
+        await asyncio.sleep(1.0)  # anything delivered twice would show up now
+        assert set(Counter(m.rcpt for m in upstream.messages).values()) == {1}
+        assert len(upstream.messages) == 200
+        accepted = [len(node.events("message_accepted")) for node in nodes]
+        assert sum(accepted) == 100
     finally:
         for node in nodes:
             await node.terminate()

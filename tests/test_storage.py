@@ -455,3 +455,37 @@ async def test_idle_sqlite_store_takes_no_write_lock(tmp_path):
         assert [job.recipient for job in jobs] == ["a@example.net"]
     finally:
         await store.close()
+
+
+async def test_sqlite_processes_queue_on_one_writer_lock(tmp_path):
+    """Stores sharing a file take turns on PATH.lock.
+
+    A held lock holds writes, its release lets them through at once, and concurrent writers
+    from both stores all commit.
+    """
+    import fcntl
+    import os
+
+    path = tmp_path / "relay.db"
+    first, second = open_store(f"sqlite:///{path}"), open_store(f"sqlite:///{path}")
+    await first.open()
+    await first.migrate()
+    await second.open()
+    try:
+        holder = os.open(tmp_path / "relay.db.lock", os.O_RDWR)
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        write = asyncio.ensure_future(second.spool(message()))
+        await asyncio.sleep(0.3)
+        assert not write.done()
+        released = asyncio.get_running_loop().time()
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+        await asyncio.wait_for(write, 5)
+        assert asyncio.get_running_loop().time() - released < 1
+        await asyncio.gather(
+            *(store.spool(message()) for store in (first, second) for _ in range(100))
+        )
+        assert await first.counts() == {"pending": 201}
+    finally:
+        await second.close()
+        await first.close()

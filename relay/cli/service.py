@@ -24,9 +24,14 @@ def add_parsers(
     common: argparse.ArgumentParser,
 ) -> None:
     """Register the commands that run the relay, its sink and its queue."""
-    commands.add_parser("serve", parents=[common], help="run the relay").set_defaults(
-        handler=_serve
+    serve = commands.add_parser("serve", parents=[common], help="run the relay")
+    serve.add_argument(
+        "--web-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="this process's HTTP address, instead of web.listen (several processes, one config)",
     )
+    serve.set_defaults(handler=_serve)
     commands.add_parser(
         "check-config", parents=[common], help="validate the configuration"
     ).set_defaults(handler=_check_config)
@@ -52,12 +57,11 @@ def add_parsers(
 
 
 def _serve(args: argparse.Namespace, config_path: Path) -> int:
-    del args
     import asyncio  # noqa: PLC0415
 
     from relay.app import serve  # noqa: PLC0415 - keep light commands free of the server stack
 
-    return asyncio.run(serve(config_path))
+    return asyncio.run(serve(config_path, web_listen=args.web_listen))
 
 
 def _check_config(args: argparse.Namespace, config_path: Path) -> int:

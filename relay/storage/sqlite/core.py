@@ -13,6 +13,8 @@ also serialises writers across processes sharing the file.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
@@ -112,6 +114,7 @@ class SqliteCore:
         self._reader: aiosqlite.Connection | None = None
         self._queue: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
+        self._lock_file: int | None = None  # a descriptor of PATH.lock (see _locked_commit)
         self._nothing_due = False  # the last delivery claim found nothing (see SqliteSpool.claim)
 
     async def _in_writer(self, function: Callable[..., T], *args: Any) -> T:  # noqa: ANN401
@@ -137,6 +140,12 @@ class SqliteCore:
         except OSError as exc:
             raise StoreError(f"cannot create {self.path.parent}: {exc.strerror}") from exc
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        try:
+            lock_path = self.path.with_name(self.path.name + ".lock")
+            self._lock_file = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            await self.close()
+            raise StoreError(f"cannot open {lock_path}: {exc.strerror}") from exc
         try:
             self._db = await self._in_writer(self._connect)
         except sqlite3.Error as exc:
@@ -174,6 +183,9 @@ class SqliteCore:
         if self._thread is not None:
             self._thread.shutdown(wait=False)
             self._thread = None
+        if self._lock_file is not None:
+            os.close(self._lock_file)
+            self._lock_file = None
 
     async def _write(self, operation: Callable[[sqlite3.Connection], T]) -> T:
         """Run `operation` in the next group transaction; return once it is committed."""
@@ -188,7 +200,25 @@ class SqliteCore:
     async def _commit(self, operations: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
         if self._db is None:
             raise StoreError("the store is not open")
-        return await self._in_writer(_commit_group, self._db, operations)
+        return await self._in_writer(self._locked_commit, self._db, operations)
+
+    def _locked_commit(
+        self, db: sqlite3.Connection, operations: list[Callable[[sqlite3.Connection], Any]]
+    ) -> list[Any]:
+        """In the writer thread: the group under the processes' shared writer lock.
+
+        Relay processes sharing the file queue on a blocking lock of `PATH.lock` before BEGIN
+        IMMEDIATE, so the next writer starts the moment the last one commits; SQLite's own busy
+        handler would poll with sleeps of up to 100 ms instead. Other programs that open the file
+        (the CLI) still meet SQLite's lock and wait on busy_timeout.
+        """
+        if self._lock_file is None:
+            return _commit_group(db, operations)
+        fcntl.flock(self._lock_file, fcntl.LOCK_EX)
+        try:
+            return _commit_group(db, operations)
+        finally:
+            fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     async def _drain(self) -> None:
         while self._queue:
