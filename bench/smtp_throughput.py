@@ -40,12 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 from benchlib import (
     READERS,
     Storage,
     cpu_seconds,
     free_port,
     load,
+    message,
     percentile,
     relay_config,
     rss_kib,
@@ -63,7 +65,8 @@ from relay.tlsutil import write_self_signed
 PASSWORD = "bench-password"  # noqa: S105 - a benchmark's throwaway account
 LOGIN = ("bench", PASSWORD)
 CONNECTIONS = 8
-SCENARIOS = ("direct", "plain", "starttls", "phases", "latency", "idle")
+SCENARIOS = ("direct", "plain", "starttls", "phases", "latency", "idle", "newsletter")
+NEWSLETTER = [f"subscriber{n}@example.net" for n in range(10_000)]
 
 
 def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
@@ -127,10 +130,12 @@ class Bench:
         accept: bool = True,
         url: str | None = None,
         tree: Path | None = None,
+        consents: list[str] = READERS,
     ) -> Relays:
         """Start `processes` relays on one port and one (fresh unless given) store."""
-        url = url or self.storage.fresh()
-        asyncio.run(seed_store(url, consents=READERS, suppressed=10_000))
+        if url is None:
+            url = self.storage.fresh()
+            asyncio.run(seed_store(url, consents=consents, suppressed=10_000))
         port = free_port()
         if tls:
             listener = {"address": f"127.0.0.1:{port}", "tls": "starttls"}
@@ -240,6 +245,58 @@ def phases(bench: Bench, processes: int) -> dict[str, float]:
     }
 
 
+def newsletter(bench: Bench) -> dict[str, float]:
+    """10,000 subscribers in 10 transactions of 1,000 (STARTTLS + AUTH), then their delivery.
+
+    Accepted by a relay that does not deliver, then drained by one that only delivers: each
+    copy gets its own unsubscribe token, footer and DKIM signature.
+    """
+    accepting = bench.relays(tls=True, deliver=False, consents=NEWSLETTER)
+    per = 1000
+
+    async def send() -> float:
+        client = aiosmtplib.SMTP(
+            hostname="127.0.0.1",
+            port=accepting.smtp_port,
+            start_tls=True,
+            validate_certs=False,
+            timeout=300,
+        )
+        await client.connect()
+        await client.login(*LOGIN)
+        started = time.monotonic()
+        for first in range(0, len(NEWSLETTER), per):
+            await client.sendmail(
+                "news@bench.example", NEWSLETTER[first : first + per], message(50_000)
+            )
+        elapsed = time.monotonic() - started
+        await client.quit()
+        return elapsed
+
+    try:
+        accepted_in = asyncio.run(send())
+        accept_cpu = accepting.cpu()
+    finally:
+        stop(*accepting.processes)
+    delivering = bench.relays(tls=False, accept=False, url=accepting.extra["url"])
+    try:
+        started = time.monotonic()
+        wait_delivered(delivering.web_ports, len(NEWSLETTER))
+        drained = time.monotonic() - started
+        delivery_cpu = delivering.cpu()
+    finally:
+        stop(*delivering.processes)
+    n = len(NEWSLETTER)
+    return {
+        "recipients": n,
+        "message_bytes": len(message(50_000)),
+        "accept_recipients_per_s": round(n / accepted_in, 1),
+        "accept_cpu_ms_per_recipient": round(1000 * accept_cpu / n, 3),
+        "drain_recipients_per_s": round(n / drained, 1),
+        "delivery_cpu_ms_per_recipient": round(1000 * delivery_cpu / n, 2),
+    }
+
+
 def latency(bench: Bench, peak: float) -> dict[str, float]:
     """Accept latency over STARTTLS + AUTH at half the measured peak rate."""
     relays = bench.relays(tls=True)
@@ -316,7 +373,7 @@ def report(result: dict[str, Any]) -> None:
     for name in ("phases_1", "phases_2"):
         for key, value in result.get(name, {}).items():
             rows.append((f"{name.replace('_', ', ')} process(es): {key}", value))
-    for name in ("ratios", "latency", "idle"):
+    for name in ("ratios", "latency", "idle", "newsletter"):
         for key, value in result.get(name, {}).items():
             rows.append((f"{name}: {key}", value))
     for label, value in rows:
@@ -362,6 +419,8 @@ def main() -> int:
             result["latency"] = latency(bench, result["starttls"]["msgs_per_s"])
         if "idle" in wanted:
             result["idle"] = idle(bench)
+        if "newsletter" in wanted:
+            result["newsletter"] = newsletter(bench)
     finally:
         bench.close()
     result["ratios"] = ratios(result)

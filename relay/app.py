@@ -100,7 +100,7 @@ class Relay:
             throttle=FailureThrottle(
                 config.smtp.auth_failure_limit, config.smtp.auth_failure_window, self.clock
             ),
-            on_spooled=self.delivery.wake,
+            on_spooled=self.delivery.spooled,
             feedback=self.feedback,
             stats=self.stats,
             credentials=self.credentials,

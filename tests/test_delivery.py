@@ -10,6 +10,7 @@ import pytest
 from conftest import (
     PASSWORD,
     TestUpstream,
+    assert_relayed_intact,
     config_data,
     eventually,
     free_port,
@@ -255,3 +256,26 @@ async def test_accept_only_process_leaves_delivery_to_others(
     await start_relay({**data, "delivery": {"poll_interval": 0.05}})
     await eventually(lambda: len(upstream.messages) == 2)
     assert sorted(m.rcpt for m in upstream.messages) == ["alice@example.net", "bob@example.net"]
+
+
+async def test_own_accepted_mail_is_delivered_without_reading_it_back(
+    start_relay, store_url, tls_files, upstream
+):
+    """The accepting process keeps the content it committed: delivery does not re-read it."""
+    relay = await start_relay(
+        config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
+    )
+    reads: list[str] = []
+    content = relay.store.content
+
+    async def counted(message_id: str) -> bytes:
+        reads.append(message_id)
+        return await content(message_id)
+
+    relay.store.content = counted
+    message = simple_message(body="kept in memory")
+    await send(relay, ["alice@example.net", "bob@example.net"], message)
+    await eventually(lambda: len(upstream.messages) == 2)
+    assert reads == []
+    for copy in upstream.messages:
+        assert_relayed_intact(copy.content, message)

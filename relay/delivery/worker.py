@@ -82,17 +82,30 @@ class DeliveryService:
         self._leases: dict[str, int] = {}  # lease -> deliveries in flight under it
         self._content: OrderedDict[str, bytes] = OrderedDict()
         self._cached = 0  # bytes in self._content
+        self._running = False
 
     def wake(self) -> None:
         """Look for due work now rather than at the next poll."""
         self._wake.set()
 
+    def spooled(self, message: NewMessage) -> None:
+        """A message this process has just committed: keep its content for delivery, and wake.
+
+        Its recipients are usually claimed here a moment later; the store is not asked for the
+        content again.
+        """
+        if self._running:
+            self._remember(message.id, message.content)
+        self.wake()
+
     async def run(self) -> None:
         """Claim and deliver until `stop()`; renew the leases of deliveries in flight."""
         renewer = asyncio.create_task(self._renew_leases())
+        self._running = True
         try:
             await self._claim_loop()
         finally:
+            self._running = False
             renewer.cancel()
             await asyncio.gather(renewer, return_exceptions=True)
 
@@ -182,14 +195,19 @@ class DeliveryService:
         content = self._content.get(message_id)
         if content is None:
             content = await self.store.content(message_id)
-            self._content[message_id] = content
-            self._cached += len(content)
-            while self._cached > CONTENT_CACHE_BYTES and len(self._content) > 1:
-                _, dropped = self._content.popitem(last=False)
-                self._cached -= len(dropped)
+            self._remember(message_id, content)
         else:
             self._content.move_to_end(message_id)
         return content
+
+    def _remember(self, message_id: str, content: bytes) -> None:
+        if message_id in self._content:
+            return
+        self._content[message_id] = content
+        self._cached += len(content)
+        while self._cached > CONTENT_CACHE_BYTES and len(self._content) > 1:
+            _, dropped = self._content.popitem(last=False)
+            self._cached -= len(dropped)
 
     async def deliver(self, job: DeliveryJob) -> None:
         """Render and send one recipient's copy, then record the outcome."""

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from relay.feedback.intake import Feedback
     from relay.runtime import Runtime
     from relay.smtp.throttle import ConnectionLimiter, FailureThrottle
-    from relay.storage.base import Store
+    from relay.storage.base import NewMessage, Store
 
 log = get_logger(__name__)
 
@@ -215,7 +215,7 @@ class IngressHandler(SmtpAuth):
         clock: Clock,
         limiter: ConnectionLimiter,
         throttle: FailureThrottle,
-        on_spooled: Callable[[], None],
+        on_spooled: Callable[[NewMessage], None],
         feedback: Feedback,
         stats: StatsRecorder,
         credentials: Credentials,

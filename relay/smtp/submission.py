@@ -41,7 +41,7 @@ class Submissions:
         runtime: Callable[[], Runtime],
         store: Store,
         clock: Clock,
-        on_spooled: Callable[[], None],
+        on_spooled: Callable[[NewMessage], None],
         stats: StatsRecorder,
     ) -> None:
         """Judge with the runtime's pipeline, spool into `store`, wake delivery when done."""
@@ -133,5 +133,5 @@ class Submissions:
             recipient_count=len(message.recipients),
             mail_from=message.mail_from,
         )
-        self.on_spooled()
+        self.on_spooled(message)
         return f"250 2.0.0 Ok: queued as {tx.message_id}"
