@@ -10,9 +10,10 @@ trace marker, DKIM RSA-2048 and the durable spool; its upstream is the same smtp
 - end to end over a trusted plain listener (smtp-source), and over STARTTLS + AUTH (the Python
   client, which is what a CRM is): messages per second until the last copy reached the sink,
   and the relay's CPU per message (from /proc);
-- accept, then delivery, measured apart: relays with `delivery.enabled: false` take the load,
-  then relays that only deliver drain it; each side's rate and CPU per message; with one process
-  and with two (on one port, SO_REUSEPORT, sharing the store);
+- accept, then delivery, measured apart: relays with `delivery.enabled: false` take the load
+  (smtp-source with `--phase-sessions` sessions, enough to find the capacity), then relays that
+  only deliver drain it; each side's rate and CPU per message; with one process and with two
+  (on one port, SO_REUSEPORT, sharing the store);
 - the accept latency (MAIL to the 250 after DATA) at half the STARTTLS + AUTH peak rate;
 - the relay's RSS with 1,000 idle connections.
 
@@ -185,11 +186,14 @@ class Bench:
         relays.idle_cpu = sum(cpu_seconds(p.pid) for p in started)
         return relays
 
-    def send(self, relays: Relays, *, tls: bool, rate: float | None = None) -> list[float]:
+    def send(
+        self, relays: Relays, *, tls: bool, rate: float | None = None, sessions: int | None = None
+    ) -> list[float]:
         """The load: smtp-source on the plain listener, the Python client over TLS + AUTH."""
         args = self.args
         if not tls:
-            return [smtp_source(relays.smtp_port, args.messages, args.sessions, args.size)]
+            sessions = sessions or args.sessions
+            return [smtp_source(relays.smtp_port, args.messages, sessions, args.size)]
         elapsed, latencies = asyncio.run(
             load(
                 relays.smtp_port,
@@ -224,7 +228,7 @@ def phases(bench: Bench, processes: int) -> dict[str, float]:
     n = bench.args.messages
     accepting = bench.relays(tls=False, processes=processes, deliver=False)
     try:
-        elapsed = bench.send(accepting, tls=False)[0]
+        elapsed = bench.send(accepting, tls=False, sessions=bench.args.phase_sessions)[0]
         accept_cpu = accepting.cpu()
     finally:
         stop(*accepting.processes)
@@ -387,6 +391,12 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=10, help="smtp-source's sessions")
     parser.add_argument("--size", type=int, default=4096, help="message size in bytes")
+    parser.add_argument(
+        "--phase-sessions",
+        type=int,
+        default=40,
+        help="smtp-source's sessions when measuring accept capacity (1 and 2 processes)",
+    )
     parser.add_argument("--storage", default="sqlite", help="sqlite, or a postgresql:// URL")
     parser.add_argument("--log-level", default="info", help="the relay's (info in production)")
     parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")

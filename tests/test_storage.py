@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -489,3 +490,37 @@ async def test_sqlite_processes_queue_on_one_writer_lock(tmp_path):
     finally:
         await second.close()
         await first.close()
+
+
+async def test_one_failing_write_among_concurrent_ones_fails_alone(store):
+    """Writes batched together (one transaction) still succeed or fail one by one.
+
+    A message whose id is taken fails; the ones spooled at the same moment are committed, and
+    deliveries recorded at the same moment all count.
+    """
+    first, second = message(["a@example.net"]), message(["b@example.net", "c@example.net"])
+    clash = NewMessage(
+        id=first.id,
+        account_id="acme",
+        mail_from="x@acme.example",
+        recipients=("d@example.net",),
+        content=b"Subject: clash\r\n\r\nbody\r\n",
+        received_at=NOW,
+    )
+    outcomes = await asyncio.gather(
+        store.spool(first), store.spool(clash), store.spool(second), return_exceptions=True
+    )
+    assert outcomes[0] is None
+    assert outcomes[2] is None
+    assert isinstance(outcomes[1], StoreError)
+    jobs = await store.claim(lease="w:1", now=NOW, lease_until=NOW + 60, limit=10)
+    assert sorted(j.recipient for j in jobs) == ["a@example.net", "b@example.net", "c@example.net"]
+    stale = dataclasses.replace(jobs[0], lease="w:old")  # another worker's lost lease
+    done = await asyncio.gather(
+        *(store.delivered(job, reply="250 ok", now=NOW + 1) for job in [stale, *jobs])
+    )
+    assert done == [False, True, True, True]
+    assert await store.counts() == {"delivered": 3}
+    for job in jobs:
+        with pytest.raises(StoreError):
+            await store.content(job.message_id)  # dropped once no recipient is pending

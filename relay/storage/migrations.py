@@ -377,4 +377,35 @@ POSTGRES: list[tuple[int, str]] = [
     ),
     _shared(7, "POSTGRES"),
     _shared(8, "POSTGRES"),
+    (
+        9,
+        # A windowed counter in one round trip (it was six): the advisory lock serialises the
+        # key across nodes, and each statement of a VOLATILE function sees what the ones before
+        # it (and every transaction committed before the lock) wrote.
+        """
+        CREATE FUNCTION window_add(
+            p_account TEXT, p_kind TEXT, p_amount INTEGER, p_bucket DOUBLE PRECISION,
+            p_expired DOUBLE PRECISION, p_limit INTEGER
+        ) RETURNS TABLE (allowed BOOLEAN, total BIGINT) LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            v_total BIGINT;
+        BEGIN
+            PERFORM pg_advisory_xact_lock(hashtext(p_account || '/' || p_kind));
+            DELETE FROM window_counts w WHERE w.account_id = p_account AND w.kind = p_kind
+                AND w.bucket <= p_expired;
+            SELECT COALESCE(SUM(w.count), 0) INTO v_total FROM window_counts w
+                WHERE w.account_id = p_account AND w.kind = p_kind;
+            IF p_limit IS NOT NULL AND v_total + p_amount > p_limit THEN
+                RETURN QUERY SELECT FALSE, v_total;
+                RETURN;
+            END IF;
+            INSERT INTO window_counts AS w (account_id, kind, bucket, count)
+                VALUES (p_account, p_kind, p_bucket, p_amount)
+                ON CONFLICT (account_id, kind, bucket)
+                DO UPDATE SET count = w.count + excluded.count;
+            RETURN QUERY SELECT TRUE, v_total + p_amount;
+        END
+        $$;
+        """,
+    ),
 ]

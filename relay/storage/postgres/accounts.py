@@ -27,33 +27,21 @@ async def _bucket_add(
     window: float,
     limit: int | None = None,
 ) -> tuple[bool, int]:
-    """Add to a windowed counter in one-minute buckets, under an advisory lock for the key."""
-    await con.execute("SELECT pg_advisory_xact_lock(hashtext($1))", f"{account_id}/{kind}")
-    await con.execute(
-        "DELETE FROM window_counts WHERE account_id = $1 AND kind = $2 AND bucket <= $3",
+    """Add to a windowed counter in one-minute buckets: one call of `window_add` (migration 9).
+
+    The function takes the key's advisory lock, drops the buckets wholly outside the window,
+    sums the rest and adds `amount` unless that would pass `limit`.
+    """
+    row = await con.fetchrow(
+        "SELECT allowed, total FROM window_add($1, $2, $3, $4, $5, $6)",
         account_id,
         kind,
-        now - window - BUCKET,  # only buckets wholly outside the window
-    )
-    total = int(
-        await con.fetchval(
-            "SELECT COALESCE(SUM(count), 0) FROM window_counts WHERE account_id = $1 AND kind = $2",
-            account_id,
-            kind,
-        )
-    )
-    if limit is not None and total + amount > limit:
-        return False, total
-    await con.execute(
-        "INSERT INTO window_counts (account_id, kind, bucket, count) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (account_id, kind, bucket) DO UPDATE"
-        " SET count = window_counts.count + excluded.count",
-        account_id,
-        kind,
-        now - now % BUCKET,
         amount,
+        now - now % BUCKET,
+        now - window - BUCKET,
+        limit,
     )
-    return True, total + amount
+    return bool(row[0]), int(row[1])
 
 
 class PostgresAccounts(PostgresCore):
@@ -136,11 +124,12 @@ class PostgresAccounts(PostgresCore):
         """Count an event in a sliding window; an advisory lock makes it atomic across nodes."""
         counted = "COUNT(DISTINCT item)" if distinct else "COUNT(*)"
         try:
-            async with self._acquire() as con, con.transaction():
-                if not distinct:
+            if not distinct:  # one statement: its own transaction
+                async with self._acquire() as con:
                     return await _bucket_add(
                         con, account_id, kind, 1, now=now, window=window, limit=limit
                     )
+            async with self._acquire() as con, con.transaction():
                 await con.execute(
                     "SELECT pg_advisory_xact_lock(hashtext($1))", f"{account_id}/{kind}"
                 )
@@ -179,7 +168,7 @@ class PostgresAccounts(PostgresCore):
     ) -> int:
         """Add a campaign's recipients; return its total over the window."""
         try:
-            async with self._acquire() as con, con.transaction():
+            async with self._acquire() as con:  # one statement: its own transaction
                 _, total = await _bucket_add(
                     con, account_id, f"campaign:{campaign}", recipients, now=now, window=window
                 )

@@ -2,11 +2,16 @@
 
 Claims use `FOR UPDATE SKIP LOCKED`, so concurrent workers on any node never lease the same
 recipient. A `schema` query parameter in the URL selects a schema (created if missing).
+
+The hot writes (spooling a message, recording a delivery) go through a `Batcher`: what
+concurrent sessions and deliveries submit meanwhile is written in one transaction with one
+statement per table over arrays (`unnest`), and each caller is answered once it is committed.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+import asyncio
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -15,7 +20,11 @@ from relay.errors import StoreError
 from relay.storage.migrations import POSTGRES
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from contextlib import AbstractAsyncContextManager
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 # Any failure of the driver or the connection becomes a StoreError at this boundary.
@@ -31,6 +40,70 @@ def _split_schema(url: str) -> tuple[str, str | None]:
     schema = next((value for key, value in query if key == "schema"), None)
     rest = urlencode([(key, value) for key, value in query if key != "schema"])
     return urlunsplit(parts._replace(query=rest)), schema
+
+
+class Batcher(Generic[Item, Result]):
+    """Concurrent submissions written together: `flush(items)` returns one result per item.
+
+    One flush runs at a time; what arrives meanwhile waits for the next, so a batch grows with
+    the load and costs one transaction. When a batch fails, its items are retried one by one,
+    so one item's failure (a constraint, a bad value) fails that item alone.
+    """
+
+    def __init__(
+        self, flush: Callable[[list[Item]], Awaitable[list[Result]]], *, limit: int = 256
+    ) -> None:
+        """Write with `flush`, at most `limit` items at a time."""
+        self._flush = flush
+        self._limit = limit
+        self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, item: Item) -> Result:
+        """Write `item` in the next batch; return its result once committed."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._drain())
+        return await future
+
+    async def wait(self) -> None:
+        """Wait until everything submitted is written."""
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self._limit], self._queue[self._limit :]
+            try:
+                results = await self._flush([item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every waiting caller must get an answer
+                if len(batch) == 1:
+                    _answer(batch[0][1], exc)
+                else:  # find the item that failed: the others are written one by one
+                    for item, future in batch:
+                        await self._one(item, future)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                _answer(future, result)
+
+    async def _one(self, item: Item, future: asyncio.Future[Result]) -> None:
+        try:
+            [result] = await self._flush([item])
+        except Exception as exc:  # noqa: BLE001 - as in _drain
+            _answer(future, exc)
+        else:
+            _answer(future, result)
+
+
+def _answer(future: asyncio.Future[Result], outcome: Result | Exception) -> None:
+    if future.done():  # the caller gave up waiting; the write stands (or failed) all the same
+        return
+    if isinstance(outcome, Exception):
+        error = outcome if isinstance(outcome, StoreError) else StoreError(f"PostgreSQL: {outcome}")
+        future.set_exception(error)
+    else:
+        future.set_result(outcome)
 
 
 class PostgresCore:
@@ -61,10 +134,16 @@ class PostgresCore:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
 
     async def close(self) -> None:
-        """Close the pool."""
+        """Finish batched writes, then close the pool."""
+        for batcher in self._batchers():
+            await batcher.wait()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
+
+    def _batchers(self) -> list[Batcher[Any, Any]]:
+        """The batchers of the store's parts (each part adds its own)."""
+        return []
 
     def _acquire(self) -> AbstractAsyncContextManager[Any]:
         if self._pool is None:

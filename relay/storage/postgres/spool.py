@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Any
 
 from relay.errors import StoreError
 from relay.storage.base import (
@@ -10,7 +11,7 @@ from relay.storage.base import (
     NewMessage,
     QueueEntry,
 )
-from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.postgres.core import DB_ERRORS, Batcher, PostgresCore
 from relay.storage.sql import BACKLOG_SQL
 
 if TYPE_CHECKING:
@@ -40,13 +41,50 @@ async def _insert_message(con: asyncpg.Connection, message: NewMessage) -> None:
 class PostgresSpool(PostgresCore):
     """The spool part of `PostgresStore`."""
 
+    @functools.cached_property
+    def _spools(self) -> Batcher[NewMessage, None]:
+        return Batcher(self._spool_many)
+
+    @functools.cached_property
+    def _deliveries(self) -> Batcher[tuple[DeliveryJob, str, float], bool]:
+        return Batcher(self._delivered_many)
+
+    def _batchers(self) -> list[Batcher[Any, Any]]:
+        return [*super()._batchers(), self._spools, self._deliveries]
+
     async def spool(self, message: NewMessage) -> None:
-        """Insert the message and its recipients in one transaction."""
+        """Insert the message and its recipients; return once committed (batched)."""
+        await self._spools.submit(message)
+
+    async def _spool_many(self, messages: list[NewMessage]) -> list[None]:
+        """Messages and their recipients in one transaction: one statement per table."""
+        rcpts = [(m.id, rcpt, m.received_at) for m in messages for rcpt in m.recipients]
         try:
             async with self._acquire() as con, con.transaction():
-                await _insert_message(con, message)
+                await con.execute(
+                    "INSERT INTO messages (id, account_id, mail_from, kind, content, size,"
+                    " received_at, campaign) SELECT * FROM unnest($1::text[], $2::text[],"
+                    " $3::text[], $4::text[], $5::bytea[], $6::int[], $7::float8[], $8::text[])",
+                    [m.id for m in messages],
+                    [m.account_id for m in messages],
+                    [m.mail_from for m in messages],
+                    [m.kind for m in messages],
+                    [m.content for m in messages],
+                    [len(m.content) for m in messages],
+                    [m.received_at for m in messages],
+                    [m.campaign for m in messages],
+                )
+                await con.execute(
+                    "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at)"
+                    " SELECT m, r, t, t FROM unnest($1::text[], $2::text[], $3::float8[])"
+                    " AS u(m, r, t)",
+                    [row[0] for row in rcpts],
+                    [row[1] for row in rcpts],
+                    [row[2] for row in rcpts],
+                )
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
+        return [None] * len(messages)
 
     async def claim(
         self, *, lease: str, now: float, lease_until: float, limit: int
@@ -83,8 +121,36 @@ class PostgresSpool(PostgresCore):
         return bytes(rows[0][0])
 
     async def delivered(self, job: DeliveryJob, *, reply: str, now: float) -> bool:
-        """Mark `job` delivered."""
-        return await self._finish(job, "delivered", reply, now, None)
+        """Mark `job` delivered (batched with other deliveries finishing meanwhile)."""
+        return await self._deliveries.submit((job, reply, now))
+
+    async def _delivered_many(self, done: list[tuple[DeliveryJob, str, float]]) -> list[bool]:
+        """Recipients marked delivered, and the content of messages with none left dropped."""
+        try:
+            async with self._acquire() as con, con.transaction():
+                rows = await con.fetch(
+                    "UPDATE recipients r SET status = 'delivered', attempts = r.attempts + 1,"
+                    " lease = NULL, lease_until = 0, last_reply = u.reply, updated_at = u.at"
+                    " FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[])"
+                    " AS u(id, lease, reply, at) WHERE r.id = u.id AND r.lease = u.lease"
+                    " AND r.status = 'pending' RETURNING r.id, r.message_id, u.lease",
+                    [job.recipient_id for job, _, _ in done],
+                    [job.lease for job, _, _ in done],
+                    [reply for _, reply, _ in done],
+                    [at for _, _, at in done],
+                )
+                if rows:
+                    await con.execute(
+                        "UPDATE messages m SET content = NULL, completed_at = $1"
+                        " WHERE m.id = ANY($2::text[]) AND NOT EXISTS (SELECT 1 FROM recipients"
+                        " WHERE message_id = m.id AND status = 'pending')",
+                        max(at for _, _, at in done),
+                        list({row[1] for row in rows}),
+                    )
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+        finished = {(row[0], row[2]) for row in rows}
+        return [(job.recipient_id, job.lease) in finished for job, _, _ in done]
 
     async def deferred(
         self, job: DeliveryJob, *, reply: str, now: float, next_attempt: float
