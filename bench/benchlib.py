@@ -296,3 +296,83 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 READERS = [f"reader{n}@example.net" for n in range(1000)] + ["reader@example.net"]
+
+
+class PostfixRelay:
+    """Postfix as a plain relay (no policy, no signing) into `sink_port`, from its own folder.
+
+    Needs Debian's `postfix` package and root (Postfix's master runs its daemons as the
+    `postfix` user); no system-wide Postfix runs or is changed.
+    """
+
+    def __init__(self, sink_port: int) -> None:
+        """Write main.cf and master.cf in a folder of its own (the postfix user must enter it)."""
+        import tempfile  # noqa: PLC0415
+
+        self.root = Path(tempfile.mkdtemp(prefix="optin-relay-postfix-"))
+        self.root.chmod(0o755)
+        self.etc, self.log = self.root / "etc", self.root / "maillog"
+        self.port = free_port()
+        for folder in ("etc", "queue", "data"):
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        settings = {
+            "compatibility_level": "3.6",
+            "queue_directory": self.root / "queue",
+            "data_directory": self.root / "data",
+            "mail_owner": "postfix",
+            "setgid_group": "postdrop",
+            "myhostname": "postfix.bench.example",
+            "mydestination": "",
+            "inet_interfaces": "127.0.0.1",
+            "inet_protocols": "ipv4",
+            "mynetworks": "127.0.0.0/8",
+            "relayhost": f"[127.0.0.1]:{sink_port}",
+            "smtpd_relay_restrictions": "permit_mynetworks, reject",
+            "local_transport": "error:no local delivery",
+            "maillog_file_prefixes": str(self.root),
+            "maillog_file": self.log,
+            "smtp_tls_security_level": "none",
+            "smtpd_tls_security_level": "none",
+            "default_process_limit": "100",
+        }
+        (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
+        master = Path("/etc/postfix/master.cf").read_text().splitlines()
+        lines = [
+            f"127.0.0.1:{self.port} inet n - n - - smtpd"
+            if line.startswith("smtp ") and " inet " in line
+            else line
+            for line in master
+        ]
+        (self.etc / "master.cf").write_text("\n".join(lines) + "\n")
+
+    @staticmethod
+    def available() -> str | None:
+        """Why Postfix cannot run here, or None."""
+        if os.geteuid() != 0:
+            return "needs root"
+        if not Path("/usr/sbin/postfix").exists() or not Path("/etc/postfix/master.cf").exists():
+            return "needs Debian's postfix package"
+        return None
+
+    def start(self) -> None:
+        """Start Postfix's master and wait for its SMTP port."""
+        import shutil  # noqa: PLC0415
+
+        shutil.chown(self.root / "data", user="postfix")
+        postfix = ["/usr/sbin/postfix", "-c", str(self.etc)]
+        subprocess.run([*postfix, "set-permissions"], check=False, capture_output=True)
+        subprocess.run([*postfix, "start"], check=True, capture_output=True)
+        wait_port(self.port)
+
+    def sent(self) -> int:
+        """Messages Postfix has handed to the relayhost so far."""
+        try:
+            return self.log.read_text(errors="replace").count(" status=sent ")
+        except FileNotFoundError:
+            return 0
+
+    def stop(self) -> None:
+        """Stop Postfix."""
+        subprocess.run(
+            ["/usr/sbin/postfix", "-c", str(self.etc), "stop"], check=False, capture_output=True
+        )

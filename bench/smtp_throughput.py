@@ -7,6 +7,8 @@ trace marker, DKIM RSA-2048 and the durable spool; its upstream is the same smtp
 
 - direct: Postfix's `smtp-source` into `smtp-sink`, and the Python client (aiosmtplib, the
   relay's own client library; persistent sessions) into `smtp-sink`;
+- Postfix itself as a plain relay (no policy, no signing; its own folder, root needed) into the
+  same sink, with the same smtp-source load: the yardstick for the plain listener;
 - end to end over a trusted plain listener (smtp-source), and over STARTTLS + AUTH (the Python
   client, which is what a CRM is): messages per second until the last copy reached the sink,
   and the relay's CPU per message (from /proc);
@@ -39,11 +41,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 import aiosmtplib
 from benchlib import (
     READERS,
+    PostfixRelay,
     Storage,
     cpu_seconds,
     free_port,
@@ -66,7 +72,17 @@ from relay.tlsutil import write_self_signed
 PASSWORD = "bench-password"  # noqa: S105 - a benchmark's throwaway account
 LOGIN = ("bench", PASSWORD)
 CONNECTIONS = 8
-SCENARIOS = ("direct", "plain", "starttls", "phases", "latency", "idle", "newsletter")
+SCENARIOS = (
+    "direct",
+    "postfix",
+    "plain",
+    "plain2",
+    "starttls",
+    "phases",
+    "latency",
+    "idle",
+    "newsletter",
+)
 NEWSLETTER = [f"subscriber{n}@example.net" for n in range(10_000)]
 
 
@@ -208,10 +224,33 @@ class Bench:
         return [elapsed, *latencies]
 
 
-def end_to_end(bench: Bench, *, tls: bool, tree: Path | None = None) -> dict[str, float]:
+def postfix(bench: Bench) -> dict[str, Any]:
+    """Postfix as a plain relay (no policy, no signing) into the same sink, the same load."""
+    why = PostfixRelay.available()
+    if why is not None:
+        print(f"Postfix as a relay: not measured ({why})", file=sys.stderr)
+        return {"skipped": why}
+    n = bench.args.messages
+    relay = PostfixRelay(bench.sink_port)
+    relay.start()
+    try:
+        started = time.monotonic()
+        smtp_source(relay.port, n, bench.args.sessions, bench.args.size)
+        deadline = started + 600
+        while relay.sent() < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+        elapsed = time.monotonic() - started
+    finally:
+        relay.stop()
+    return {"msgs_per_s": round(n / elapsed, 1)}
+
+
+def end_to_end(
+    bench: Bench, *, tls: bool, tree: Path | None = None, processes: int = 1
+) -> dict[str, float]:
     """Messages per second until the last copy reached the sink, and CPU per message."""
     n = bench.args.messages
-    relays = bench.relays(tls=tls, tree=tree)
+    relays = bench.relays(tls=tls, tree=tree, processes=processes)
     try:
         started = time.monotonic()
         bench.send(relays, tls=tls)
@@ -371,7 +410,13 @@ def report(result: dict[str, Any]) -> None:
         ("smtp-source -> smtp-sink (msg/s)", d.get("smtp_source_msgs_per_s")),
         ("python client -> smtp-sink (msg/s)", d.get("client_msgs_per_s")),
     ]
-    for name, label in (("plain", "plain listener"), ("starttls", "STARTTLS + AUTH")):
+    for key, value in result.get("postfix", {}).items():
+        rows.append((f"Postfix as a plain relay -> smtp-sink: {key}", value))
+    for name, label in (
+        ("plain", "plain listener"),
+        ("plain_2", "plain listener, 2 processes"),
+        ("starttls", "STARTTLS + AUTH"),
+    ):
         for key, value in result.get(name, {}).items():
             rows.append((f"relay end to end, {label}: {key}", value))
     for name in ("phases_1", "phases_2"):
@@ -416,26 +461,36 @@ def main() -> int:
         "log_level": args.log_level,
     }
     try:
-        if "direct" in wanted:
-            result["direct"] = direct(bench)
-        if "plain" in wanted:
-            result["plain"] = end_to_end(bench, tls=False, tree=args.tree)
-        if "starttls" in wanted or "latency" in wanted:
-            result["starttls"] = end_to_end(bench, tls=True, tree=args.tree)
-        if "phases" in wanted:
-            result["phases_1"] = phases(bench, 1)
-            result["phases_2"] = phases(bench, 2)
-        if "latency" in wanted:
-            result["latency"] = latency(bench, result["starttls"]["msgs_per_s"])
-        if "idle" in wanted:
-            result["idle"] = idle(bench)
-        if "newsletter" in wanted:
-            result["newsletter"] = newsletter(bench)
+        for name in SCENARIOS:
+            if name in wanted:
+                run_scenario(bench, name, result)
     finally:
         bench.close()
     result["ratios"] = ratios(result)
     report(result)
     return 0
+
+
+def run_scenario(bench: Bench, name: str, result: dict[str, Any]) -> None:
+    """Measure one scenario into `result` (latency needs the STARTTLS peak: measured first)."""
+    tree = bench.args.tree
+    if name == "latency" and "starttls" not in result:
+        result["starttls"] = end_to_end(bench, tls=True, tree=tree)
+    measures: dict[str, Callable[[], dict[str, Any]]] = {
+        "direct": lambda: direct(bench),
+        "postfix": lambda: postfix(bench),
+        "plain": lambda: end_to_end(bench, tls=False, tree=tree),
+        "plain_2": lambda: end_to_end(bench, tls=False, tree=tree, processes=2),
+        "starttls": lambda: end_to_end(bench, tls=True, tree=tree),
+        "phases_1": lambda: phases(bench, 1),
+        "phases_2": lambda: phases(bench, 2),
+        "latency": lambda: latency(bench, result["starttls"]["msgs_per_s"]),
+        "idle": lambda: idle(bench),
+        "newsletter": lambda: newsletter(bench),
+    }
+    keys = {"plain2": ["plain_2"], "phases": ["phases_1", "phases_2"]}.get(name, [name])
+    for key in keys:
+        result[key] = measures[key]()
 
 
 def ratios(result: dict[str, Any]) -> dict[str, float]:
@@ -452,6 +507,13 @@ def ratios(result: dict[str, Any]) -> dict[str, float]:
             out["starttls_vs_same_client_direct"] = (
                 result["starttls"]["msgs_per_s"] / d["client_msgs_per_s"]
             )
+    pf = result.get("postfix", {}).get("msgs_per_s")
+    if pf:
+        out["postfix_vs_smtp_sink"] = pf / d["smtp_source_msgs_per_s"] if d else 0.0
+        if "plain" in result:
+            out["plain_vs_postfix"] = result["plain"]["msgs_per_s"] / pf
+        if "plain_2" in result:
+            out["plain_2_processes_vs_postfix"] = result["plain_2"]["msgs_per_s"] / pf
     one, two = result.get("phases_1"), result.get("phases_2")
     if one and two:
         out["two_processes_accept"] = two["accept_msgs_per_s"] / one["accept_msgs_per_s"]
