@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import dkim
@@ -16,9 +19,13 @@ from conftest import (
     simple_message,
     smtp_client,
 )
+from dkim import canonicalization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from messages import FIXTURE_FILES, FOOTER, HEADERS, crlf, own_messages
 
 from relay.config import ConfigError, parse_config
+from relay.mail import signing
 from relay.mail.render import render
 from relay.mail.signing import Signer, generate_key, load_keys, make_key, signed_headers
 
@@ -364,3 +371,92 @@ def test_from_domain_reads_folded_and_quoted_from_fields():
     folded = b'From: "Acme \\"Weekly\\" <news>"\r\n <news@Acme.Example>\r\nTo: a@b.example\r\n\r\nx'
     assert from_domain(folded) == "acme.example"
     assert from_domain(b"To: a@b.example\r\n\r\nx") is None
+
+
+_BODY = st.lists(
+    st.sampled_from([b"a", b"word", b" ", b"  ", b"\t", b"\r\n", b"\r\n\r\n", b".", b"\xc3\xa9"]),
+    max_size=40,
+).map(b"".join)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_BODY)
+def test_relaxed_body_canonicalisation_is_dkimpys(body):
+    """The faster relaxed body canonicalisation gives dkimpy's own bytes for any body."""
+    assert signing._Relaxed.canonicalize_body(body) == (
+        canonicalization.Relaxed.canonicalize_body(body)
+    )
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"From: a@acme.example\r\nSubject: x\r\n folded\r\n\r\nbody\r\n\r\n",
+        b"From: a@acme.example\r\n\r\n",
+        b"From: a@acme.example\r\nSubject: no body\r\n",
+        b"From: a@acme.example\nSubject: bare LF\n\nbody\n",
+        b"From: a@acme.example\r\n\r\nmixed\nline ends\r\n",
+    ],
+)
+def test_header_split_is_dkimpys(message):
+    """The signer's split of header fields and body is dkimpy's, whatever the line ends."""
+    ours, stock = signing._FastDKIM(message, None), dkim.DKIM(message)
+    assert (ours.headers, ours.body) == (stock.headers, stock.body)
+
+
+_STOCK_VERIFIER = """
+import json, sys
+import dkim
+data = json.load(sys.stdin)
+records = {name.encode(): value.encode() for name, value in data["dns"].items()}
+results = []
+for text in data["messages"]:
+    message = text.encode("latin-1")
+    checker = dkim.DKIM(message)
+    count = message.split(b"\\r\\n\\r\\n")[0].lower().count(b"\\ndkim-signature:") + (
+        message.lower().startswith(b"dkim-signature:"))
+    results.append([bool(checker.verify(idx=i, dnsfunc=lambda n, timeout=5: records.get(n)))
+                    for i in range(count)])
+print(json.dumps(results))
+"""
+
+
+def test_signatures_verify_with_stock_dkimpy_in_another_process():
+    """Signed copies verify in a fresh interpreter that never loads the relay's signer.
+
+    The relay swaps in its own relaxed canonicalisation (the same bytes, faster); an
+    independent check must not use it.
+    """
+    keys = [
+        make_key("acme.example", "r1", "rsa-sha256", RSA_PEM),
+        make_key("acme.example", "e1", "ed25519-sha256", ED_PEM),
+    ]
+    signer = Signer(keys)
+    bodies = [
+        b"Hello reader,\r\nplain text, single spaces.\r\n\r\n\r\n",
+        b"Tabs\there and  double spaces  \r\ntrailing \r\n",
+        b"",
+    ]
+    messages = [
+        signer.sign(
+            b"From: News <news@acme.example>\r\nTo: r@example.net\r\nSubject: Test\r\n"
+            b"MIME-Version: 1.0\r\n\r\n" + body,
+            "acme.example",
+        )
+        for body in bodies
+    ]
+    messages += [
+        signer.sign(render(original, HEADERS, FOOTER).content, "acme.example")
+        for _, original in sorted(own_messages().items())
+        if b"acme.example" in original.split(b"\r\n\r\n")[0]
+    ][:5]
+    dns = {f"{k.dns_name}.": k.public_record for k in keys}
+    payload = json.dumps({"dns": dns, "messages": [m.decode("latin-1") for m in messages]})
+    result = subprocess.run(
+        [sys.executable, "-c", _STOCK_VERIFIER],
+        input=payload,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(result.stdout) == [[True, True]] * len(messages)

@@ -23,6 +23,7 @@ import dkim
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from dkim import canonicalization
 
 from relay.errors import ConfigError
 
@@ -63,6 +64,34 @@ _RSA_VIA_ED25519 = b"ed25519-sha256"
 _PLACEHOLDER_SEED = base64.b64encode(bytes(32))
 
 
+class _Relaxed(canonicalization.Relaxed):  # type: ignore[misc]
+    """dkimpy's relaxed canonicalisation, without its regular expressions where they change nothing.
+
+    dkimpy replaces every run of spaces and tabs in the body with one space, by a regular
+    expression that matches (and rewrites) every single space of the text: most of a signature's
+    cost for a newsletter. A body without tabs or double spaces has no run to compress, and at
+    most one space before each line end; for it, two byte searches and a replace give the same
+    bytes (a property test holds this against dkimpy's own). Any other body takes dkimpy's path.
+    """
+
+    @staticmethod
+    def canonicalize_body(body: bytes) -> bytes:
+        """RFC 6376 section 3.4.4, exactly as dkimpy computes it."""
+        if b"\t" in body or b"  " in body:
+            result: bytes = canonicalization.Relaxed.canonicalize_body(body)
+            return result
+        if b" \r\n" in body:
+            body = body.replace(b" \r\n", b"\r\n")
+        return bytes(
+            canonicalization.correct_empty_body(canonicalization.strip_trailing_lines(body))
+        )
+
+
+# dkimpy looks canonicalisations up by name (c=relaxed) in this table, for signing and verifying
+# alike: the entry is the same algorithm, faster (see _Relaxed).
+canonicalization.ALGORITHMS[b"relaxed"] = _Relaxed
+
+
 @dataclass(frozen=True)
 class _Signature:
     signature: bytes
@@ -88,6 +117,20 @@ class _FastDKIM(dkim.DKIM):  # type: ignore[misc]
         super().__init__(message, linesep=b"\r\n")
         self._rsa_signer = rsa_signer
         self.signature_algorithm: bytes = b"rsa-sha256"
+
+    def set_message(self, message: bytes | None) -> None:
+        """Split the header fields off as dkimpy does, without splitting the body into lines.
+
+        dkimpy splits the whole message at every line end and joins the body back with CRLF;
+        for a message whose line ends are all CRLF (the DKIM policy's output), the body is the
+        bytes after the blank line as they are. Any other message takes dkimpy's path.
+        """
+        end = message.find(b"\r\n\r\n") if message else -1
+        if message is None or end == -1 or message.count(b"\n") != message.count(b"\r\n"):
+            super().set_message(message)
+            return
+        super().set_message(message[: end + 2])
+        self.body = message[end + 4 :]
 
     def gen_header(  # noqa: PLR0917 - dkimpy's signature
         self,
