@@ -130,7 +130,12 @@ class Relay:
         server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
         if isinstance(server, asyncio.Server) and server.sockets:
             self.web_port = int(server.sockets[0].getsockname()[1])
-        log.info("relay_started", hostname=config.hostname, worker_id=self.delivery.worker_id)
+        log.info(
+            "relay_started",
+            hostname=config.hostname,
+            worker_id=self.delivery.worker_id,
+            event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
+        )
 
     async def _maintenance(self) -> None:
         """Uphold cases past their deadline; prune old counters hourly (that scans a table)."""

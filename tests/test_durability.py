@@ -184,13 +184,22 @@ async def test_processes_share_one_port_and_one_sqlite_file(tmp_path, sqlite_url
         await upstream.stop()
 
 
-async def test_sigterm_is_graceful(tmp_path, sqlite_url, tls_files, upstream):
-    """SIGTERM: the relay stops cleanly with exit 0 and logs relay_stopped."""
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+async def test_sigterm_is_graceful(tmp_path, sqlite_url, tls_files, upstream, loop):
+    """On either event loop: mail over STARTTLS + AUTH goes out; SIGTERM stops with exit 0."""
     path = write_config(
         tmp_path, "relay", store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files
     )
-    relay = RelayProcess(path)
-    await relay.start()
+    args = ("--event-loop", loop) if loop == "asyncio" else ()  # uvloop is the default
+    relay = RelayProcess(path, *args)
+    port = await relay.start()
+    assert [e["event_loop"] for e in relay.events("relay_started")] == [loop]
+    message = simple_message(body=f"through {loop}")
+    client = await smtp_client(port, login=LOGIN)
+    await client.sendmail("news@acme.example", ["alice@example.net"], message)
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+    assert_relayed_intact(upstream.messages[0].content, message)
     assert await relay.terminate() == 0
     assert relay.events("relay_stopped")
 
