@@ -43,7 +43,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,8 +56,10 @@ from benchlib import (
     cpu_seconds,
     free_port,
     load,
+    machine_cpu,
     message,
     percentile,
+    processes_cpu,
     relay_config,
     rss_kib,
     seed_store,
@@ -265,29 +267,55 @@ def end_to_end(
 
 
 def phases(bench: Bench, processes: int) -> dict[str, float]:
-    """Accept with relays that do not deliver, then drain with relays that only deliver."""
+    """Accept with relays that do not deliver, then drain with relays that only deliver.
+
+    Each side also reports how busy the whole machine was (1.0: every core) and, on
+    PostgreSQL, the database server's CPU per message: on a small machine running the database
+    too, the cores run out before the relay processes do.
+    """
     n = bench.args.messages
     accepting = bench.relays(tls=False, processes=processes, deliver=False)
     try:
-        elapsed = bench.send(accepting, tls=False, sessions=bench.args.phase_sessions)[0]
+        with Usage() as accept_usage:
+            elapsed = bench.send(accepting, tls=False, sessions=bench.args.phase_sessions)[0]
         accept_cpu = accepting.cpu()
     finally:
         stop(*accepting.processes)
     url = accepting.extra["url"]
     delivering = bench.relays(tls=False, processes=processes, accept=False, url=url)
     try:
-        started = time.monotonic()
-        wait_delivered(delivering.web_ports, n)
-        drained = time.monotonic() - started
+        with Usage() as drain_usage:
+            started = time.monotonic()
+            wait_delivered(delivering.web_ports, n)
+            drained = time.monotonic() - started
         delivery_cpu = delivering.cpu()
     finally:
         stop(*delivering.processes)
-    return {
+    result = {
         "accept_msgs_per_s": round(n / elapsed, 1),
         "accept_cpu_ms_per_msg": round(1000 * accept_cpu / n, 2),
+        "accept_machine_busy": accept_usage.busy,
         "drain_msgs_per_s": round(n / drained, 1),
         "delivery_cpu_ms_per_msg": round(1000 * delivery_cpu / n, 2),
+        "drain_machine_busy": drain_usage.busy,
     }
+    if bench.storage.kind == "postgresql":
+        result["accept_db_cpu_ms_per_msg"] = round(1000 * accept_usage.db / n, 2)
+        result["drain_db_cpu_ms_per_msg"] = round(1000 * drain_usage.db / n, 2)
+    return result
+
+
+class Usage:
+    """The machine's busy share of all cores, and the database server's CPU, over a block."""
+
+    def __enter__(self) -> Self:
+        self._machine, self._db = machine_cpu(), processes_cpu("postgres")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        busy, total = machine_cpu()
+        self.busy = round((busy - self._machine[0]) / max(total - self._machine[1], 1e-9), 2)
+        self.db = processes_cpu("postgres") - self._db
 
 
 def newsletter(bench: Bench) -> dict[str, float]:
