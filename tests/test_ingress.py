@@ -259,42 +259,129 @@ async def test_paths_the_parser_cannot_read_are_syntax_errors(start_relay, data,
     assert not [e for e in log_lines() if e["event"] == "smtp_exception"]
 
 
+class RawSession:
+    """An SMTP session byte by byte: what aiosmtplib would refuse to send, or sends one by one."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int, login: tuple[str, str] = LOGIN) -> tuple[RawSession, bytes]:
+        """Connect, STARTTLS, AUTH PLAIN; return the session and the EHLO reply after TLS."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        session = cls(reader, writer)
+        await session.reply()  # greeting
+        writer.write(b"EHLO crm.example\r\nSTARTTLS\r\n")
+        await session.reply()
+        assert (await session.reply())[0].startswith(b"220")
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        await writer.start_tls(context)
+        ehlo = await session.send(b"EHLO crm.example")
+        token = base64.b64encode(f"\0{login[0]}\0{login[1]}".encode())
+        assert (await session.send(b"AUTH PLAIN " + token))[0].startswith(b"235")
+        return session, b"".join(ehlo)
+
+    async def reply(self) -> list[bytes]:
+        lines = [await self.reader.readline()]
+        while lines[-1][3:4] == b"-":
+            lines.append(await self.reader.readline())
+        return lines
+
+    async def send(self, command: bytes) -> list[bytes]:
+        self.writer.write(command + b"\r\n")
+        return await self.reply()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 async def test_pipelined_submission(start_relay, data, upstream):
     """EHLO offers PIPELINING; MAIL, RCPT and DATA sent in one write are answered in order."""
     relay = await start_relay(data)
-    reader, writer = await asyncio.open_connection("127.0.0.1", relay.smtp_ports[0])
-
-    async def reply() -> list[bytes]:
-        lines = [await reader.readline()]
-        while lines[-1][3:4] == b"-":
-            lines.append(await reader.readline())
-        return lines
-
-    await reply()  # greeting
-    writer.write(b"EHLO crm.example\r\nSTARTTLS\r\n")
-    await reply()
-    assert (await reply())[0].startswith(b"220")
-    context = ssl.create_default_context()
-    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    await writer.start_tls(context)
-    writer.write(b"EHLO crm.example\r\n")
-    assert b"250-PIPELINING\r\n" in await reply()
-    token = base64.b64encode(f"\0{LOGIN[0]}\0{LOGIN[1]}".encode())
-    writer.write(b"AUTH PLAIN " + token + b"\r\n")
-    assert (await reply())[0].startswith(b"235")
+    session, ehlo = await RawSession.open(relay.smtp_ports[0])
+    assert b"250-PIPELINING\r\n" in ehlo
     message = simple_message()
-    writer.write(
+    session.writer.write(
         b"MAIL FROM:<news@acme.example>\r\nRCPT TO:<a@example.net>\r\n"
         b"RCPT TO:<b@example.net>\r\nDATA\r\n"
     )
-    answers = [(await reply())[0][:3] for _ in range(4)]
+    answers = [(await session.reply())[0][:3] for _ in range(4)]
     assert answers == [b"250", b"250", b"250", b"354"]
-    writer.write(message + b".\r\nQUIT\r\n")
-    assert (await reply())[0].startswith(b"250 2.0.0 Ok: queued as")
-    assert (await reply())[0].startswith(b"221")
-    writer.close()
+    session.writer.write(message + b".\r\nQUIT\r\n")
+    assert (await session.reply())[0].startswith(b"250 2.0.0 Ok: queued as")
+    assert (await session.reply())[0].startswith(b"221")
+    session.close()
     await eventually(lambda: len(upstream.messages) == 2)
     assert sorted(m.rcpt for m in upstream.messages) == ["a@example.net", "b@example.net"]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (b"<a\x00b@example.net>", b"553 5.1.3"),
+        (b"<a\x7fb@example.net>", b"553 5.1.3"),
+        (b"<>", b"553 5.1.3"),
+        ("<j\u00fcrgen@example.net>".encode(), b"553 5.6.7"),
+        (b"<" + b"x" * 250 + b"@example.net>", b"553 5.1.3"),
+    ],
+    ids=["nul", "del", "null-path", "non-ascii-without-smtputf8", "too-long"],
+)
+async def test_recipients_that_cannot_be_delivered_are_refused_at_the_door(
+    start_relay, data, upstream, log_lines, path, expected
+):
+    """What the relay could neither deliver nor bounce is refused at RCPT, never spooled."""
+    relay = await start_relay(data)
+    session, _ = await RawSession.open(relay.smtp_ports[0])
+    assert (await session.send(b"MAIL FROM:<news@acme.example>"))[0].startswith(b"250")
+    assert (await session.send(b"RCPT TO:" + path))[0].startswith(expected)
+    assert (await session.send(b"RCPT TO:<fine@example.net>"))[0].startswith(b"250")
+    session.close()
+    events = [e for e in log_lines() if e["event"] == "recipient_rejected"]
+    assert [e["rule"].startswith("address_") for e in events] == [True]
+
+
+async def test_non_ascii_paths_with_smtputf8_are_accepted(start_relay, data, upstream):
+    """With SMTPUTF8 on MAIL, a non-ASCII recipient is accepted and relayed (RFC 6531)."""
+    relay = await start_relay(data)
+    session, _ = await RawSession.open(relay.smtp_ports[0])
+    assert (await session.send(b"MAIL FROM:<news@acme.example> SMTPUTF8"))[0].startswith(b"250")
+    rcpt = "<j\u00fcrgen@example.net>".encode()
+    assert (await session.send(b"RCPT TO:" + rcpt))[0].startswith(b"250")
+    assert (await session.send(b"DATA"))[0].startswith(b"354")
+    assert (await session.send(simple_message() + b"."))[0].startswith(b"250")
+    session.close()
+    await eventually(lambda: len(upstream.messages) == 1)
+    assert upstream.messages[0].rcpt == "j\u00fcrgen@example.net"
+
+
+async def test_a_bad_recipient_never_touches_another_accounts_mail(start_relay, data, upstream):
+    """One tenant's NUL recipient never reaches another tenant's mail.
+
+    Finding 1 of the hardening review: after it, 100 messages of another account over the same
+    relay (one upstream connection) are all delivered, and none gets a DSN.
+    """
+    relay = await start_relay({**data, "upstream": {**data["upstream"], "connections": 1}})
+    session, _ = await RawSession.open(relay.smtp_ports[0])
+    assert (await session.send(b"MAIL FROM:<news@acme.example>"))[0].startswith(b"250")
+    assert (await session.send(b"RCPT TO:<victim\x00@example.net>"))[0].startswith(b"553")
+    assert (await session.send(b"RCPT TO:<fine@example.net>"))[0].startswith(b"250")
+    assert (await session.send(b"DATA"))[0].startswith(b"354")
+    assert (await session.send(simple_message() + b"."))[0].startswith(b"250")
+    session.close()
+    client = await smtp_client(relay.smtp_ports[0], login=("globex", PASSWORD))
+    for n in range(100):
+        await client.sendmail(
+            "info@globex.example",
+            [f"customer{n}@example.org"],
+            simple_message(sender="info@globex.example", to=f"customer{n}@example.org"),
+        )
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 101, timeout=60)
+    assert sorted(m.rcpt for m in upstream.messages) == sorted(
+        ["fine@example.net", *(f"customer{n}@example.org" for n in range(100))]
+    )
+    assert await relay.store.counts() == {"delivered": 101}
 
 
 async def test_8bitmime_and_smtputf8(start_relay, data, upstream):

@@ -116,3 +116,30 @@ async def test_connection_is_reused_and_replaced_when_stale(upstream):
     await client.close()
     assert result.outcome == "delivered"
     assert [m.rcpt for m in upstream.messages][-1] == "late@example.net"
+
+
+async def test_a_path_the_client_refuses_fails_alone(upstream):
+    """A recipient aiosmtplib will not put on the wire (a NUL) fails for good, alone.
+
+    The next copies on the same single pooled connection are delivered: nothing is left in the
+    middle of a transaction.
+    """
+    client = SmtpUpstream(upstream_config(upstream.port, connections=1), "relay.test")
+    try:
+        assert (
+            await client.send("a@acme.example", "ok@example.net", simple_message())
+        ).outcome == ("delivered")
+        bad = await client.send("a@acme.example", "x\x00y@example.net", simple_message())
+        assert bad.outcome == "permanent"
+        assert bad.reply.startswith("553 5.1.3")
+        for n in range(3):
+            after = await client.send("a@acme.example", f"r{n}@example.net", simple_message())
+            assert after.outcome == "delivered", after.reply
+    finally:
+        await client.close()
+    assert [m.rcpt for m in upstream.messages] == [
+        "ok@example.net",
+        "r0@example.net",
+        "r1@example.net",
+        "r2@example.net",
+    ]

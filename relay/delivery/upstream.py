@@ -135,6 +135,16 @@ class SmtpUpstream:
                     client = None
                     if not reused:
                         return SendResult("transient", f"connection lost: {exc}")
+                except ValueError as exc:
+                    # aiosmtplib refuses a path it cannot put on a command line. The copy can
+                    # never go out; the connection, whose state is not known, is not reused.
+                    client.close()
+                    client = None
+                    return SendResult("permanent", f"553 5.1.3 {exc}")
+                except BaseException:
+                    client.close()  # an unknown state: never reused (the next send reconnects)
+                    client = None
+                    raise
             return SendResult("transient", "connection lost twice")
         finally:
             self._slots.put_nowait(client)

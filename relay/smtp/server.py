@@ -16,6 +16,7 @@ import structlog
 from aiosmtpd.smtp import SMTP
 
 from relay.logging import get_logger
+from relay.smtp import addresses
 from relay.smtp.auth import SmtpAuth
 from relay.smtp.inbound import InboundMail
 from relay.smtp.replies import (
@@ -262,6 +263,10 @@ class IngressHandler(SmtpAuth):
         On `auth: optional` listeners unauthenticated clients get past MAIL too, but may then
         only address the relay's own inbound domain (never an open relay).
         """
+        refused = addresses.refusal(address, smtputf8=envelope.smtp_utf8, recipient=False)
+        if refused is not None:
+            rejected("mail", refused[0], refused[1], client_ip=session.client_ip)
+            return refused[0]
         runtime = self.runtime()
         account = runtime.config.account(session.account_id) if session.account_id else None
         message_id = new_message_id()
@@ -292,6 +297,10 @@ class IngressHandler(SmtpAuth):
     ) -> str:
         """The relay's own addresses to the inbound mail; the rest to the submission."""
         del server, session
+        refused = addresses.refusal(address, smtputf8=envelope.smtp_utf8, recipient=True)
+        if refused is not None:
+            recipient_rejected(refused[0], refused[1], address)
+            return refused[0]
         inbound = self.runtime().config.inbound
         local, _, domain = address.rpartition("@")
         if inbound is not None and domain.lower() == inbound.domain:
