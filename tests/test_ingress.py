@@ -316,6 +316,42 @@ async def test_pipelined_submission(start_relay, data, upstream):
     assert sorted(m.rcpt for m in upstream.messages) == ["a@example.net", "b@example.net"]
 
 
+async def test_starttls_inside_tls_is_refused(start_relay, data, upstream, log_lines):
+    """A second STARTTLS gets 554 5.5.1 (RFC 3207 4.2, as Postfix answers); the session goes on."""
+    relay = await start_relay(data)
+    session, ehlo = await RawSession.open(relay.smtp_ports[0])
+    assert b"STARTTLS" not in ehlo
+    assert (await session.send(b"STARTTLS"))[0].startswith(b"554 5.5.1")
+    assert (await session.send(b"MAIL FROM:<news@acme.example>"))[0].startswith(b"250")
+    assert (await session.send(b"RCPT TO:<a@example.net>"))[0].startswith(b"250")
+    assert (await session.send(b"DATA"))[0].startswith(b"354")
+    assert (await session.send(simple_message() + b"."))[0].startswith(b"250")
+    session.close()
+    await eventually(lambda: len(upstream.messages) == 1)
+    assert not [e for e in log_lines() if e["event"] == "smtp_exception"]
+
+
+async def test_client_gone_during_the_tls_handshake_is_a_warning(start_relay, data, log_lines):
+    """A client that says STARTTLS, then sends garbage and leaves: a warning, no traceback."""
+    relay = await start_relay(data)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.smtp_ports[0])
+    await reader.readline()
+    writer.write(b"EHLO crm.example\r\n")
+    while (await reader.readline())[3:4] == b"-":
+        pass
+    writer.write(b"STARTTLS\r\n")
+    assert (await reader.readline()).startswith(b"220")
+    writer.write(b"this is not a TLS record\r\n" * 4)
+    await writer.drain()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the relay closed the connection
+    writer.close()
+    await eventually(lambda: any(e["event"] == "tls_handshake_failed" for e in log_lines()))
+    events = log_lines()
+    assert not [e for e in events if e["event"] == "smtp_exception"]
+    failed = next(e for e in events if e["event"] == "tls_handshake_failed")
+    assert (failed["level"], "exception" in failed) == ("warning", False)
+
+
 @pytest.mark.parametrize(
     ("path", "expected"),
     [

@@ -13,7 +13,7 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
 from relay.logging import get_logger
 from relay.smtp import addresses
@@ -103,6 +103,14 @@ class RelaySMTP(SMTP):
 
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's verb
+        """Refuse STARTTLS inside TLS, as Postfix does (RFC 3207 section 4.2)."""
+        if self._tls_protocol is not None or self.listener.tls == "implicit":
+            await self.push("554 5.5.1 Error: TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The path of MAIL FROM or RCPT TO and the rest (parameters), as aiosmtpd reads them."""
@@ -332,7 +340,15 @@ class IngressHandler(SmtpAuth):
         return await self.submissions.data(session, envelope, content, tls=tls)
 
     async def handle_exception(self, error: Exception) -> str:
-        """Log the failure with its traceback; tell the client only to try again."""
+        """Log the failure with its traceback; tell the client only to try again.
+
+        A TLS handshake that fails (a client that goes away in the middle of it, a protocol it
+        does not speak) is the client's affair: a warning, no traceback; aiosmtpd closes it.
+        """
+        if isinstance(error, TLSSetupException):
+            cause = error.__cause__
+            log.warning("tls_handshake_failed", error=type(cause).__name__, detail=str(cause))
+            return REPLY_TEMPFAIL
         log.error("smtp_exception", error=type(error).__name__, exc_info=error)
         return REPLY_TEMPFAIL
 
