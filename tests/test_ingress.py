@@ -648,3 +648,66 @@ async def test_optional_auth_listener_is_not_an_open_relay(
     await client.sendmail("news@acme.example", ["a@example.net"], simple_message())
     await client.quit()
     await eventually(lambda: len(upstream.messages) == 1)
+
+
+async def test_simultaneous_guesses_cannot_race_the_auth_throttle(
+    start_relay, sqlite_url, upstream, tls_files, log_lines
+):
+    """45 connections from one address authenticating at the same moment (finding 3).
+
+    One verification at a time per address, each seeing the failures before it: at most
+    `auth_failure_limit` (5) passwords are verified, every other attempt (the right password
+    among them) is throttled.
+    """
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        listeners=[{"address": "127.0.0.1:0", "tls": "none", "allow_insecure_auth": True}],
+        smtp={"auth_failure_limit": 5, "auth_failure_window": 600, "max_connections_per_ip": 100},
+    )
+    relay = await start_relay(data)
+    port = relay.smtp_ports[0]
+    sessions = []
+    for _ in range(45):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readline()
+        writer.write(b"EHLO crm.example\r\n")
+        while (await reader.readline())[3:4] == b"-":
+            pass
+        sessions.append((reader, writer))
+    guesses = [f"guess-{n}" for n in range(44)] + [PASSWORD]
+
+    async def attempt(session, password: str) -> bytes:
+        reader, writer = session
+        token = base64.b64encode(f"\0acme-crm\0{password}".encode())
+        writer.write(b"AUTH PLAIN " + token + b"\r\n")
+        return (await reader.readline())[:3]
+
+    codes = await asyncio.gather(*(attempt(s, p) for s, p in zip(sessions, guesses, strict=True)))
+    for _, writer in sessions:
+        writer.close()
+    verified = [e for e in log_lines() if e["event"] in ("auth_failed", "auth_succeeded")]
+    assert len(verified) <= 5
+    assert set(codes) <= {b"535", b"421", b"235"}
+    assert codes.count(b"421") >= 40  # throttled without a password check
+
+
+async def test_simultaneous_correct_logins_all_succeed(
+    start_relay, sqlite_url, upstream, tls_files
+):
+    """A CRM opening 20 sessions at once from one address: every one authenticates."""
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        listeners=[{"address": "127.0.0.1:0", "tls": "none", "allow_insecure_auth": True}],
+        smtp={"auth_failure_limit": 5, "max_connections_per_ip": 100},
+    )
+    relay = await start_relay(data)
+    clients = await asyncio.gather(
+        *(smtp_client(relay.smtp_ports[0], starttls=False, login=LOGIN) for _ in range(20))
+    )
+    assert all(client.is_connected for client in clients)
+    for client in clients:
+        await client.quit()

@@ -232,6 +232,7 @@ class IngressHandler(SmtpAuth):
         """Serve with the runtime in force at each command."""
         self.runtime = runtime
         self.credentials = credentials
+        self._turns = {}
         self.store = store
         self.limiter = limiter
         self.throttle = throttle
