@@ -93,6 +93,11 @@ class SmtpConfig(Model):
     tls: TlsFiles | None = None
     max_message_size: Size = 25 * 1024 * 1024
     max_recipients: Annotated[int, Field(ge=100)] = 1000
+    junk_command_limit: Annotated[int, Field(ge=1)] = Field(
+        default=100,
+        description="NOOP, RSET, VRFY and HELP allowed between two accepted messages (Postfix's"
+        " smtpd_junk_command_limit); then 421 and the session is closed",
+    )
     max_connections_per_ip: Annotated[int, Field(ge=1)] = 50
     auth_failure_limit: Annotated[int, Field(ge=1)] = 5
     auth_failure_window: Duration = 300.0

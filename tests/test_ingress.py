@@ -711,3 +711,45 @@ async def test_simultaneous_correct_logins_all_succeed(
     assert all(client.is_connected for client in clients)
     for client in clients:
         await client.quit()
+
+
+async def test_junk_commands_are_limited_between_messages(
+    start_relay, sqlite_url, upstream, tls_files
+):
+    """NOOP cannot keep a session alive for ever (finding 7).
+
+    Past the limit: 421 and the session closes; an accepted message starts the count again.
+    """
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        smtp={"junk_command_limit": 5},
+    )
+    relay = await start_relay(data)
+    session, _ = await RawSession.open(relay.smtp_ports[0])
+    for _ in range(4):
+        assert (await session.send(b"NOOP"))[0].startswith(b"250")
+    assert (await session.send(b"RSET"))[0].startswith(b"250")
+    assert (await session.send(b"MAIL FROM:<news@acme.example>"))[0].startswith(b"250")
+    assert (await session.send(b"RCPT TO:<a@example.net>"))[0].startswith(b"250")
+    assert (await session.send(b"DATA"))[0].startswith(b"354")
+    assert (await session.send(simple_message() + b"."))[0].startswith(b"250")
+    for _ in range(5):  # the count started again with the accepted message
+        assert (await session.send(b"NOOP"))[0].startswith(b"250")
+    assert (await session.send(b"NOOP"))[0].startswith(b"421 4.7.0")
+    assert await asyncio.wait_for(session.reader.read(), 5) == b""
+    session.close()
+
+
+async def test_unqualified_postmaster_is_accepted(start_relay, data, upstream):
+    """RCPT TO:<postmaster> without a domain reaches the relay's postmaster (RFC 5321 4.5.1)."""
+    inbound = [{"address": "127.0.0.1:0", "tls": "starttls", "auth": "optional"}]
+    relay = await start_relay({**data, "smtp": {**data["smtp"], "listeners": inbound}})
+    client = await smtp_client(relay.smtp_ports[0])
+    await client.mail("someone@example.org")
+    response = await client.execute_command(b"RCPT TO:<postmaster>")
+    assert response.code == 250
+    response = await client.execute_command(b"RCPT TO:<Postmaster>")
+    assert response.code == 250
+    await client.quit()

@@ -96,6 +96,7 @@ class RelaySMTP(SMTP):
         self.listener = listener
         self._counted_ip: str | None = None
         self._refused = False
+        self.junk_commands = 0  # since the last accepted message (see _junk)
 
     def __dir__(self) -> list[str]:
         """Its SMTP verbs and AUTH mechanisms: what aiosmtpd's constructor looks up by dir()."""
@@ -103,6 +104,46 @@ class RelaySMTP(SMTP):
 
     def _create_session(self) -> RelaySession:
         return RelaySession(self.loop)
+
+    async def _junk(self) -> bool:
+        """Count a junk command (NOOP, RSET, VRFY, HELP); True once over the limit (then closed).
+
+        As Postfix's `smtpd_junk_command_limit`: the count starts again after each accepted
+        message, so a session may live as long as it sends mail, not as long as it says NOOP.
+        """
+        self.junk_commands += 1
+        if self.junk_commands <= self.relay_handler.runtime().config.smtp.junk_command_limit:
+            return False
+        session = self.relay_session()
+        log.warning("junk_command_limit", session_id=session.id, client_ip=session.client_ip)
+        await self.push("421 4.7.0 Error: too many commands without mail, closing the session")
+        if self.transport is not None:
+            self.transport.close()
+        return True
+
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's verb
+        """NOOP, counted as junk."""
+        if not await self._junk():
+            await super().smtp_NOOP(arg)
+
+    @syntax("RSET")
+    async def smtp_RSET(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's verb
+        """RSET, counted as junk."""
+        if not await self._junk():
+            await super().smtp_RSET(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's verb
+        """VRFY, counted as junk."""
+        if not await self._junk():
+            await super().smtp_VRFY(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's verb
+        """HELP, counted as junk."""
+        if not await self._junk():
+            await super().smtp_HELP(arg)
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's verb
@@ -311,6 +352,8 @@ class IngressHandler(SmtpAuth):
             recipient_rejected(refused[0], refused[1], address)
             return refused[0]
         inbound = self.runtime().config.inbound
+        if inbound is not None and address.lower() == "postmaster":
+            address = f"postmaster@{inbound.domain}"  # RFC 5321 4.5.1: accepted unqualified
         local, _, domain = address.rpartition("@")
         if inbound is not None and domain.lower() == inbound.domain:
             reply = await self.inbound.rcpt(envelope.inbound, address, local)
@@ -338,7 +381,10 @@ class IngressHandler(SmtpAuth):
             if tx is None or not tx.recipients or not reply.startswith("250"):
                 return reply
         tls = session.ssl is not None or server.listener.tls == "implicit"
-        return await self.submissions.data(session, envelope, content, tls=tls)
+        reply = await self.submissions.data(session, envelope, content, tls=tls)
+        if reply.startswith("250"):
+            server.junk_commands = 0
+        return reply
 
     async def handle_exception(self, error: Exception) -> str:
         """Log the failure with its traceback; tell the client only to try again.
