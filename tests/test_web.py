@@ -6,7 +6,7 @@ import asyncio
 
 import aiohttp
 from aiohttp import web
-from conftest import PASSWORD, config_data, eventually, simple_message, smtp_client
+from conftest import PASSWORD, PASSWORD_HASH, config_data, eventually, simple_message, smtp_client
 
 from relay.web.state import crash_barrier
 
@@ -90,3 +90,34 @@ async def test_malformed_http_request_is_a_400_and_a_warning(
     assert (logged["logger"], logged["level"]) == ("aiohttp.server", "warning")
     assert "LineTooLong" in logged["exception"]
     assert not [e for e in log_lines() if e["level"] == "error"]
+
+
+async def test_metrics_are_for_this_machine_or_the_admin_token(
+    start_relay, sqlite_url, tls_files, upstream
+):
+    """A client beyond the relay's proxy gets /metrics only with the admin bearer token.
+
+    Finding 7: /metrics was served to anyone who could reach `web.listen`.
+    """
+    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    data["web"] = {**data["web"], "trusted_proxies": ["127.0.0.1/32"]}
+    base_data = {**data, "web": dict(data["web"])}
+    outside = {"X-Forwarded-For": "203.0.113.7"}
+    relay = await start_relay(base_data)
+    url = f"http://127.0.0.1:{relay.web_port}/metrics"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url) as response:
+            assert response.status == 200  # this machine
+        async with http.get(url, headers=outside) as response:
+            assert response.status == 404  # no admin token configured: nothing to offer
+    data["web"]["admin_token_hash"] = PASSWORD_HASH
+    relay = await start_relay(data)
+    url = f"http://127.0.0.1:{relay.web_port}/metrics"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers=outside) as response:
+            assert response.status == 401
+            assert "optin_relay" not in await response.text()
+        token = {**outside, "Authorization": f"Bearer {PASSWORD}"}
+        async with http.get(url, headers=token) as response:
+            assert response.status == 200
+            assert "optin_relay_messages_accepted_total" in await response.text()

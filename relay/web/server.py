@@ -14,6 +14,7 @@ setting the endpoint does not exist (404). Failed tokens are throttled per clien
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -110,7 +111,18 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition; the spool backlog is read from the store at each scrape."""
+    """Prometheus text exposition; the spool backlog is read from the store at each scrape.
+
+    Served to clients on this machine (loopback, after any trusted proxy); anyone else needs the
+    admin bearer token (`web.admin_token_hash`), so a public `web.listen` does not publish the
+    relay's volumes and refusals.
+    """
+    runtime = runtime_of(request)
+    client = forms.client_ip(request, runtime.config)
+    if not _loopback(client):
+        refused = await _admin_refusal(request)
+        if refused is not None:
+            return refused
     try:
         pending, oldest = await store_of(request).backlog()
     except StoreError as exc:
@@ -131,8 +143,18 @@ async def _read_limited(request: web.Request, limit: int) -> bytes | None:
     return None if len(body) > limit else body
 
 
-async def ingest_complaint(request: web.Request) -> web.Response:  # noqa: PLR0911 - one per error
-    """Take one complaint report from the abuse desk's tools (bearer token)."""
+def _loopback(address: str | None) -> bool:
+    try:
+        return address is not None and ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+async def _admin_refusal(request: web.Request) -> web.Response | None:
+    """None when the request carries the admin bearer token, else the answer refusing it.
+
+    404 when no admin token is configured; failures count against the client's address.
+    """
     runtime = runtime_of(request)
     token_hash = runtime.config.web.admin_token_hash
     if token_hash is None:
@@ -154,6 +176,15 @@ async def ingest_complaint(request: web.Request) -> web.Response:  # noqa: PLR09
             "a valid bearer token is required",
             **{"WWW-Authenticate": 'Bearer realm="optin-relay"'},
         )
+    return None
+
+
+async def ingest_complaint(request: web.Request) -> web.Response:
+    """Take one complaint report from the abuse desk's tools (bearer token)."""
+    refused = await _admin_refusal(request)
+    if refused is not None:
+        return refused
+    runtime = runtime_of(request)
     body = await _read_limited(request, runtime.config.smtp.max_message_size)
     if body is None:
         return json_error(413, "too_large", "the report exceeds smtp.max_message_size")
