@@ -753,3 +753,21 @@ async def test_unqualified_postmaster_is_accepted(start_relay, data, upstream):
     response = await client.execute_command(b"RCPT TO:<Postmaster>")
     assert response.code == 250
     await client.quit()
+
+
+async def test_deeply_nested_mime_is_refused_for_good(start_relay, data, upstream, log_lines):
+    """MIME nested 1,000 deep: 554 5.6.0 (not 451 and a traceback), and the session goes on."""
+    head = b"From: news@acme.example\r\nTo: a@example.net\r\nSubject: deep\r\nMIME-Version: 1.0\r\n"
+    body = b"".join(
+        b'Content-Type: multipart/mixed; boundary="b%d"\r\n\r\n--b%d\r\n' % (n, n)
+        for n in range(1000)
+    )
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await client.sendmail("news@acme.example", ["a@example.net"], head + body + b"end\r\n")
+    assert (refused.value.code, refused.value.message[:5]) == (554, "5.6.0")
+    await client.sendmail("news@acme.example", ["a@example.net"], simple_message())
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+    assert not [e for e in log_lines() if e["event"] == "smtp_exception"]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 STORE_TIMEOUT = 30.0
+REPLY_TOO_DEEP = "554 5.6.0 The MIME structure is nested too deeply"
 
 
 class Submissions:
@@ -93,8 +94,15 @@ class Submissions:
         if tx is None or not tx.recipients:
             return REPLY_NEED_RCPT
         runtime = self.runtime()
-        headers = parse(content)  # once, for every policy and the campaign key
-        campaign = campaign_key(headers)
+        try:
+            headers = parse(content)  # once, for every policy and the campaign key
+            campaign = campaign_key(headers)
+        except RecursionError:
+            # MIME nested deeper than the parser can follow: a property of the message, so a
+            # permanent refusal (a 4xx would have the CRM retry it for ever).
+            rejected("data", REPLY_TOO_DEEP, "mime_nesting")
+            self.stats.count(tx.account.id, "refused", len(tx.recipients))
+            return REPLY_TOO_DEEP
         decision = await runtime.pipeline.data(tx, Submission(content, headers, campaign))
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
