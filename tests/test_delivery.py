@@ -279,3 +279,55 @@ async def test_own_accepted_mail_is_delivered_without_reading_it_back(
     assert reads == []
     for copy in upstream.messages:
         assert_relayed_intact(copy.content, message)
+
+
+class CrashingUpstream:
+    """An upstream whose client raises for one recipient: a bug, not an SMTP answer."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, bytes]] = []
+
+    async def send(self, mail_from: str, recipient: str, content: bytes) -> SendResult:
+        if recipient.startswith("boom@"):
+            msg = "a bug in the upstream client"
+            raise RuntimeError(msg)
+        self.sent.append((mail_from, recipient, content))
+        return SendResult("delivered", "250 ok")
+
+    async def close(self) -> None:
+        return None
+
+    async def accepts_8bit(self) -> bool:
+        return True
+
+
+async def test_a_delivery_that_raises_fails_that_recipient_alone(
+    start_relay, store_url, tls_files, clock, log_lines
+):
+    """An exception while delivering one copy is retried like a 4xx, then fails with a DSN.
+
+    Finding 2 of the hardening review: such a recipient crashed at every lease for ever, with
+    neither delivery nor DSN. The other recipient of the same message is delivered at once.
+    """
+    fake = CrashingUpstream()
+    relay = await start_relay(
+        config_data(store_url=store_url, upstream_port=free_port(), tls_files=tls_files),
+        upstream=fake,
+    )
+    await send(relay, ["fine@example.net", "boom@example.net"])
+    await eventually(lambda: len(events(log_lines, "delivery_deferred")) == 1)
+    assert [r for _, r, _ in fake.sent] == ["fine@example.net"]
+    deferred = events(log_lines, "delivery_deferred")[0]
+    assert deferred["upstream_reply"].startswith("451 4.3.0")
+    clock.advance(61)  # the first retry is due
+    relay.delivery.wake()
+    await eventually(lambda: len(events(log_lines, "delivery_deferred")) == 2)  # recorded
+    clock.advance(301)
+    relay.delivery.wake()
+    await eventually(lambda: len(events(log_lines, "delivery_failed")) == 1)
+    assert len(events(log_lines, "delivery_crashed")) == 3
+    failed = events(log_lines, "delivery_failed")[0]
+    assert (failed["recipient"], failed["upstream_reply"][:9]) == ("boom@example.net", "554 5.3.0")
+    await eventually(lambda: len(fake.sent) == 2)  # the DSN to the sender
+    assert fake.sent[1][1] == "news@acme.example"
+    assert b"boom@example.net" in fake.sent[1][2]

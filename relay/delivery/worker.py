@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 CONTENT_CACHE_BYTES = 64 * 1024 * 1024
+CRASH_LIMIT = 3  # attempts that raised before a recipient fails for good
 
 
 def _lease_lost(fields: Mapping[str, object]) -> None:
@@ -183,12 +184,48 @@ class DeliveryService:
         except StoreError as exc:
             # The recipient stays pending; its lease runs out and it is tried again.
             log.error("delivery_store_error", message_id=job.message_id, error=str(exc))
-        except Exception:
-            log.exception("delivery_crashed", message_id=job.message_id)
+        except Exception as exc:
+            log.exception("delivery_crashed", message_id=job.message_id, recipient=job.recipient)
+            await self._crashed(job, exc)
         finally:
             remaining = self._leases.pop(job.lease, 1) - 1
             if remaining > 0:
                 self._leases[job.lease] = remaining
+
+    async def _crashed(self, job: DeliveryJob, error: Exception) -> None:
+        """A delivery that raised is that recipient's failure, never the others'.
+
+        It is retried on the schedule like a 4xx, and after `CRASH_LIMIT` attempts fails for
+        good with a DSN. When even recording that fails (the DSN cannot be built, say), the
+        recipient is marked failed without one, and `delivery_dead_letter` says so: it is never
+        left to crash again at every lease.
+        """
+        config = self.runtime().config
+        final = job.attempts + 1 >= CRASH_LIMIT
+        reply = f"{'554 5.3.0' if final else '451 4.3.0'} The relay could not process this copy"
+        result = SendResult(
+            "permanent" if final else "transient", f"{reply} ({type(error).__name__})"
+        )
+        content = self._content.get(job.message_id, b"")
+        try:
+            await self.record(job, result, config, content)
+        except Exception as again:  # noqa: BLE001 - the last resort must not raise
+            try:
+                done = await self.store.failed(
+                    job, reply=result.reply, now=self.clock.now(), dsn=None
+                )
+            except StoreError as exc:
+                log.error("delivery_store_error", message_id=job.message_id, error=str(exc))
+                return
+            if done:
+                DELIVERIES.labels("failed").inc()
+                log.error(
+                    "delivery_dead_letter",
+                    message_id=job.message_id,
+                    recipient=job.recipient,
+                    reply=result.reply,
+                    error=type(again).__name__,
+                )
 
     async def _load(self, message_id: str) -> bytes:
         """The message's content, from a small cache: a broadcast's copies share one load."""
