@@ -6,8 +6,9 @@ Writes go to one writer connection owned by one thread. Concurrent writers queue
 of the connection; one writer task hands every queued function to that thread at once, which
 runs them in a single transaction (each in its own savepoint, so one failing operation fails
 alone) and commits. Each caller is answered only after COMMIT has returned, so one fsync and one
-thread hand-off cover many messages, and the loop never waits for the disk. `BEGIN IMMEDIATE`
-also serialises writers across processes sharing the file.
+thread hand-off cover many messages, and the loop never waits for the disk. Relay processes
+sharing the file queue on a blocking lock of `PATH.lock` before `BEGIN IMMEDIATE`, which also
+serialises them with any other program writing the file.
 """
 
 from __future__ import annotations
