@@ -32,6 +32,17 @@ def data(store_url, upstream: TestUpstream, tls_files):
     return config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
 
 
+def plain_auth_data(sqlite_url, upstream, tls_files, **smtp):
+    """A loopback listener without TLS that allows AUTH (allow_insecure_auth)."""
+    return config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        listeners=[{"address": "127.0.0.1:0", "tls": "none", "allow_insecure_auth": True}],
+        smtp=smtp,
+    )
+
+
 async def test_message_relayed_with_received_header_and_intact_body(
     start_relay, data, upstream: TestUpstream
 ):
@@ -121,12 +132,7 @@ async def test_plaintext_auth_on_loopback_listener_when_configured(
     start_relay, sqlite_url, upstream, tls_files
 ):
     """A loopback listener with allow_insecure_auth accepts AUTH without TLS."""
-    data = config_data(
-        store_url=sqlite_url,
-        upstream_port=upstream.port,
-        tls_files=tls_files,
-        listeners=[{"address": "127.0.0.1:0", "tls": "none", "allow_insecure_auth": True}],
-    )
+    data = plain_auth_data(sqlite_url, upstream, tls_files)
     relay = await start_relay(data)
     client = await smtp_client(relay.smtp_ports[0], starttls=False, login=LOGIN)
     await client.sendmail(
@@ -659,12 +665,13 @@ async def test_simultaneous_guesses_cannot_race_the_auth_throttle(
     `auth_failure_limit` (5) passwords are verified, every other attempt (the right password
     among them) is throttled.
     """
-    data = config_data(
-        store_url=sqlite_url,
-        upstream_port=upstream.port,
-        tls_files=tls_files,
-        listeners=[{"address": "127.0.0.1:0", "tls": "none", "allow_insecure_auth": True}],
-        smtp={"auth_failure_limit": 5, "auth_failure_window": 600, "max_connections_per_ip": 100},
+    data = plain_auth_data(
+        sqlite_url,
+        upstream,
+        tls_files,
+        auth_failure_limit=5,
+        auth_failure_window=600,
+        max_connections_per_ip=100,
     )
     relay = await start_relay(data)
     port = relay.smtp_ports[0]
@@ -697,12 +704,8 @@ async def test_simultaneous_correct_logins_all_succeed(
     start_relay, sqlite_url, upstream, tls_files
 ):
     """A CRM opening 20 sessions at once from one address: every one authenticates."""
-    data = config_data(
-        store_url=sqlite_url,
-        upstream_port=upstream.port,
-        tls_files=tls_files,
-        listeners=[{"address": "127.0.0.1:0", "tls": "none", "allow_insecure_auth": True}],
-        smtp={"auth_failure_limit": 5, "max_connections_per_ip": 100},
+    data = plain_auth_data(
+        sqlite_url, upstream, tls_files, auth_failure_limit=5, max_connections_per_ip=100
     )
     relay = await start_relay(data)
     clients = await asyncio.gather(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from relay.clock import ManualClock
 from relay.smtp.throttle import ConnectionLimiter, FailureThrottle
 
@@ -44,3 +46,22 @@ def test_failure_throttle_memory_stays_bounded():
         throttle.record(f"198.51.{n // 256}.{n % 256}")
         clock.advance(0.1)
     assert len(throttle._failures) <= 600 + 256
+
+
+async def test_turns_run_one_at_a_time_per_address_and_leave_nothing():
+    """Checks from one address take turns; other addresses do not wait; no state is kept."""
+    throttle = FailureThrottle(3, 60, ManualClock())
+    inside: list[str] = []
+    most = 0
+
+    async def check(ip: str) -> None:
+        nonlocal most
+        async with throttle.turn(ip):
+            inside.append(ip)
+            most = max(most, inside.count("192.0.2.1"))
+            await asyncio.sleep(0.01)
+            inside.remove(ip)
+
+    await asyncio.gather(*(check("192.0.2.1") for _ in range(5)), check("192.0.2.2"))
+    assert most == 1
+    assert throttle._turns == {}

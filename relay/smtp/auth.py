@@ -6,9 +6,7 @@ handler takes them from `SmtpAuth`.
 
 from __future__ import annotations
 
-import asyncio
 import binascii
-import contextlib
 from base64 import b64decode
 from typing import TYPE_CHECKING
 
@@ -19,7 +17,7 @@ from relay.smtp.replies import REPLY_THROTTLED
 from relay.smtp.session import relay_session
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import Callable
 
     from relay.accounts.credentials import Credentials
     from relay.runtime import Runtime
@@ -31,31 +29,13 @@ log = get_logger(__name__)
 class SmtpAuth:
     """The AUTH mechanisms, checked against the runtime's accounts.
 
-    One client address has one password verified at a time: its other attempts wait their turn
-    (a CRM opening many sessions at once is only delayed, its verified secret remembered), and
-    each turn sees the failures of the ones before, so at most `auth_failure_limit` guesses per
-    window are ever verified, however many arrive together.
+    Each check takes its client address's turn in the throttle (`FailureThrottle.turn`), so at
+    most `auth_failure_limit` guesses per window are ever verified, however many arrive at once.
     """
 
     runtime: Callable[[], Runtime]
     throttle: FailureThrottle
     credentials: Credentials
-    _turns: dict[str, tuple[asyncio.Lock, int]]
-
-    @contextlib.asynccontextmanager
-    async def _one_at_a_time(self, ip: str) -> AsyncIterator[None]:
-        turns = self._turns
-        lock, waiting = turns.get(ip, (asyncio.Lock(), 0))
-        turns[ip] = (lock, waiting + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, waiting = turns[ip]
-            if waiting <= 1:
-                del turns[ip]  # nobody else waits: no state kept per address
-            else:
-                turns[ip] = (lock, waiting - 1)
 
     async def auth_PLAIN(self, server: SMTP, args: list[str]) -> AuthResult:  # noqa: N802
         """AUTH PLAIN (RFC 4616), initial response or challenge."""
@@ -83,7 +63,7 @@ class SmtpAuth:
     ) -> AuthResult:
         session = relay_session(server)
         username = raw_user.decode("utf-8", "replace")[:128]
-        async with self._one_at_a_time(session.client_ip):
+        async with self.throttle.turn(session.client_ip):
             # The block is checked and the failure recorded around each verification in turn,
             # so simultaneous guesses from one address cannot all pass the check first.
             if self.throttle.blocked(session.client_ip):

@@ -165,7 +165,7 @@ class RelaySMTP(SMTP):
             return super()._getaddr(arg)
         except (AttributeError, IndexError, ValueError):
             # The email package's parser crashes on some malformed paths (`<0@[>`): that is a
-            # syntax error (501), not a server failure (451 and a traceback).
+            # malformed address (553 5.1.3), not a server failure (451 and a traceback).
             return None, None
 
     def relay_session(self) -> RelaySession:
@@ -273,7 +273,6 @@ class IngressHandler(SmtpAuth):
         """Serve with the runtime in force at each command."""
         self.runtime = runtime
         self.credentials = credentials
-        self._turns = {}
         self.store = store
         self.limiter = limiter
         self.throttle = throttle
@@ -373,6 +372,13 @@ class IngressHandler(SmtpAuth):
     async def handle_DATA(  # noqa: N802
         self, server: RelaySMTP, session: RelaySession, envelope: RelayEnvelope
     ) -> str:
+        """Take the message; an accepted one starts the session's junk-command count again."""
+        reply = await self._data(server, session, envelope)
+        if reply.startswith("250"):
+            server.junk_commands = 0
+        return reply
+
+    async def _data(self, server: RelaySMTP, session: RelaySession, envelope: RelayEnvelope) -> str:
         """The inbound mail's part first, then the submission's (each answers for itself)."""
         content: bytes = envelope.original_content or b""
         tx = envelope.tx
@@ -381,10 +387,7 @@ class IngressHandler(SmtpAuth):
             if tx is None or not tx.recipients or not reply.startswith("250"):
                 return reply
         tls = session.ssl is not None or server.listener.tls == "implicit"
-        reply = await self.submissions.data(session, envelope, content, tls=tls)
-        if reply.startswith("250"):
-            server.junk_commands = 0
-        return reply
+        return await self.submissions.data(session, envelope, content, tls=tls)
 
     async def handle_exception(self, error: Exception) -> str:
         """Log the failure with its traceback; tell the client only to try again.

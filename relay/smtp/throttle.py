@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections import defaultdict, deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
     from relay.clock import Clock
 
 
@@ -46,6 +50,7 @@ class FailureThrottle:
         self.window = window
         self.clock = clock
         self._failures: dict[str, deque[float]] = {}
+        self._turns: dict[str, tuple[asyncio.Lock, int]] = {}  # address -> lock, holders+waiters
         self._records = 0
 
     def _recent(self, ip: str) -> deque[float]:
@@ -74,3 +79,23 @@ class FailureThrottle:
     def blocked(self, ip: str) -> bool:
         """Say whether `ip` has failed too often recently."""
         return len(self._recent(ip)) >= self.limit
+
+    @contextlib.asynccontextmanager
+    async def turn(self, ip: str) -> AsyncIterator[None]:
+        """One secret check at a time for `ip`: check `blocked`, verify and `record` inside.
+
+        Each turn sees the failures of the turns before it, so however many attempts arrive at
+        once, at most `limit` guesses from one address are verified per window; correct ones
+        arriving together only wait. Nothing is kept for an address nobody is waiting for.
+        """
+        lock, waiting = self._turns.get(ip, (asyncio.Lock(), 0))
+        self._turns[ip] = (lock, waiting + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, waiting = self._turns[ip]
+            if waiting <= 1:
+                del self._turns[ip]
+            else:
+                self._turns[ip] = (lock, waiting - 1)

@@ -161,22 +161,23 @@ async def _admin_refusal(request: web.Request) -> web.Response | None:
         raise web.HTTPNotFound
     throttle = throttle_of(request)
     client = forms.client_ip(request, runtime.config) or "unknown"
-    if throttle.blocked(client):
-        return json_error(429, "throttled", "too many failed attempts, try again later")
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     credentials = credentials_of(request)
-    if scheme.lower() != "bearer" or not await credentials.verify(
-        "admin", token_hash, token.strip()
-    ):
+    async with throttle.turn(client):  # simultaneous guesses cannot all pass the check first
+        if throttle.blocked(client):
+            return json_error(429, "throttled", "too many failed attempts, try again later")
+        if scheme.lower() == "bearer" and await credentials.verify(
+            "admin", token_hash, token.strip()
+        ):
+            return None
         throttle.record(client)
-        log.warning("admin_auth_failed", client_ip=client, path=request.path)
-        return json_error(
-            401,
-            "unauthorized",
-            "a valid bearer token is required",
-            **{"WWW-Authenticate": 'Bearer realm="optin-relay"'},
-        )
-    return None
+    log.warning("admin_auth_failed", client_ip=client, path=request.path)
+    return json_error(
+        401,
+        "unauthorized",
+        "a valid bearer token is required",
+        **{"WWW-Authenticate": 'Bearer realm="optin-relay"'},
+    )
 
 
 async def ingest_complaint(request: web.Request) -> web.Response:
