@@ -14,11 +14,11 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import aiosmtplib
@@ -352,6 +352,19 @@ async def eventually(
             msg = "condition not reached in time"
             raise AssertionError(msg)
         await asyncio.sleep(interval)
+
+
+T = TypeVar("T")
+
+
+async def settles(read: Callable[[], Awaitable[T]], expected: T, *, timeout: float = 10.0) -> None:
+    """Wait until the awaited `read()` returns `expected` (a state written asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while (value := await read()) != expected:
+        if time.monotonic() > deadline:
+            msg = f"{value!r} never became {expected!r}"
+            raise AssertionError(msg)
+        await asyncio.sleep(0.02)
 
 
 async def scrape(web_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -16,6 +16,7 @@ from conftest import (
     assert_relayed_intact,
     config_data,
     eventually,
+    settles,
     simple_message,
     smtp_client,
 )
@@ -423,7 +424,8 @@ async def test_a_bad_recipient_never_touches_another_accounts_mail(start_relay, 
     assert sorted(m.rcpt for m in upstream.messages) == sorted(
         ["fine@example.net", *(f"customer{n}@example.org" for n in range(100))]
     )
-    assert await relay.store.counts() == {"delivered": 101}
+    # The upstream has each copy before the store records it (the outcome is batched).
+    await settles(relay.store.counts, {"delivered": 101})
 
 
 async def test_8bitmime_and_smtputf8(start_relay, data, upstream):
