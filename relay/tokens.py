@@ -1,8 +1,16 @@
-"""Unsubscribe tokens: opaque, URL-safe, HMAC-SHA256-signed claims that cannot be forged or altered.
+"""Unsubscribe tokens: opaque, URL-safe claims that cannot be read, forged or altered.
 
-A token carries the account, the recipient, a hash of the campaign key and the issue day, then
-a MAC over all of them made with the first configured key. Every configured key verifies, so keys
-rotate by putting a new one first and keeping the old ones until their tokens have expired.
+A token carries the account, the recipient, a hash of the campaign key and the issue day,
+encrypted and authenticated with AES-SIV (`cryptography`) under a key derived (HKDF-SHA256) from
+the first configured key: a link scanner, a proxy or an access log that sees the URL learns
+nothing of who it is for. Every configured key decrypts, so keys rotate by putting a new one
+first and keeping the old ones until their tokens have expired.
+
+Tokens of version 1 (before issue 13) carried the same fields in clear with an HMAC; they still
+verify for their lifetime, and are never issued any more.
+
+The short tokens (`bounce+`, `unsub+`, the trace header) name a spooled recipient by its row id
+and a MAC: no address, no account.
 """
 
 from __future__ import annotations
@@ -12,12 +20,20 @@ import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 if TYPE_CHECKING:
     from relay.clock import Clock
 
-_VERSION = b"1"
+_VERSION = b"1"  # the HMAC token in clear: verified, no longer issued
+_SEALED = b"\x02"  # the AES-SIV token (its first raw byte; a version 1 token starts with "1")
+_SEALED_INFO = b"optin-relay unsubscribe token v2"
 _SEP = b"\x1f"  # unit separator: never part of an address, an account id or a hash
 _MAC_BYTES = 16
 _DAY = 86400
@@ -66,44 +82,50 @@ class TokenCodec:
     def _mac(self, key: bytes, payload: bytes) -> bytes:
         return hmac.new(key, payload, hashlib.sha256).digest()[:_MAC_BYTES]
 
+    @cached_property
+    def _sealers(self) -> list[AESSIV]:
+        """One AES-SIV cipher per configured key (the first seals), keys derived by HKDF."""
+        return [
+            AESSIV(HKDF(hashes.SHA256(), 64, salt=None, info=_SEALED_INFO).derive(key))
+            for key in self.keys
+        ]
+
     def issue(self, account_id: str, recipient: str, campaign: str) -> str:
         """A token for `recipient` of `account_id`'s campaign `campaign` (a campaign_tag)."""
         day = int(self.clock.now() // _DAY)
-        payload = _SEP.join(
-            [
-                _VERSION,
-                account_id.encode(),
-                recipient.encode(),
-                campaign.encode(),
-                str(day).encode(),
-            ]
-        )
-        return _b64(payload + self._mac(self.keys[0], payload))
+        fields = [account_id.encode(), recipient.encode(), campaign.encode(), str(day).encode()]
+        sealed = self._sealers[0].encrypt(_SEP.join(fields), [_SEALED])
+        return _b64(_SEALED + sealed)
 
-    def _signed_payload(self, token: str) -> bytes | None:
-        """The payload of a token one of the keys signed, else None."""
+    def _opened_fields(self, token: str) -> list[bytes] | None:
+        """The fields of a token one of the keys sealed (or, version 1, signed), else None."""
         try:
             raw = _unb64(token)
         except (binascii.Error, ValueError):
+            return None
+        if raw[:1] == _SEALED:
+            for sealer in self._sealers:
+                try:
+                    return sealer.decrypt(raw[1:], [_SEALED]).split(_SEP)
+                except (InvalidTag, ValueError):
+                    continue
             return None
         payload, mac = raw[:-_MAC_BYTES], raw[-_MAC_BYTES:]
         if len(raw) <= _MAC_BYTES or not any(
             hmac.compare_digest(mac, self._mac(key, payload)) for key in self.keys
         ):
             return None
-        return payload
+        fields = payload.split(_SEP)
+        return fields[1:] if fields[0] == _VERSION else None
 
     def verify(self, token: str) -> Claim | None:
-        """The token's claim if a key signed it and it has not expired; else None."""
-        payload = self._signed_payload(token)
-        if payload is None:
-            return None
-        fields = payload.split(_SEP)
-        if len(fields) != 5 or fields[0] != _VERSION:  # noqa: PLR2004 - version + 4 fields
+        """The token's claim if a key sealed it and it has not expired; else None."""
+        fields = self._opened_fields(token)
+        if fields is None or len(fields) != 4:  # noqa: PLR2004 - account, recipient, campaign, day
             return None
         try:
-            account, recipient, campaign = (f.decode() for f in fields[1:4])
-            issued = int(fields[4]) * _DAY
+            account, recipient, campaign = (f.decode() for f in fields[:3])
+            issued = int(fields[3]) * _DAY
         except (UnicodeDecodeError, ValueError):
             return None
         # Issued on a day: counting from that day's end keeps every token valid at least max_age.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 
 import pytest
 from hypothesis import given
@@ -14,6 +16,18 @@ from relay.tokens import TokenCodec, campaign_tag
 KEY_A = b"a" * 32
 KEY_B = b"b" * 32
 YEAR = 365 * 86400
+
+
+# Issued by the version 1 codec (fields in clear, HMAC) with KEY_A on ManualClock's first day.
+V1_TOKEN = "MR9hY21lH2FsaWNlQGV4YW1wbGUubmV0H2MxHzIwODMzQng3RQ0uPdtKLbrGda-vqQ"
+
+
+def legacy_token(key: bytes, account: str, recipient: str, campaign: str, day: int) -> str:
+    """A version 1 token, as the relay issued them before issue 13 (for compatibility tests)."""
+    payload = b"\x1f".join([b"1", account.encode(), recipient.encode(), campaign.encode()])
+    payload += b"\x1f" + str(day).encode()
+    mac = hmac.new(key, payload, hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(payload + mac).decode().rstrip("=")
 
 
 def codec(keys=(KEY_A,), clock=None, max_age=YEAR):
@@ -28,6 +42,39 @@ def test_round_trip_is_url_safe():
     assert claim is not None
     assert (claim.account_id, claim.recipient) == ("acme", "Alice@Example.net")
     assert claim.campaign == campaign_tag("newsletter-42")
+
+
+def unpadded(token: str) -> bytes:
+    return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+
+
+def test_token_reveals_neither_account_nor_recipient():
+    """Finding 5 of the hardening review: decoding a token gives nothing readable."""
+    token = codec().issue("acme", "alice@example.net", campaign_tag("newsletter"))
+    raw = unpadded(token)
+    for secret in (b"acme", b"alice", b"example.net", campaign_tag("newsletter").encode()):
+        assert secret not in raw
+    # Sealed, not merely signed: the same claim under another key shares no bytes with it.
+    other = unpadded(codec(keys=(KEY_B,)).issue("acme", "alice@example.net", "x"))
+    assert raw[1:17] != other[1:17]
+
+
+def test_version_1_tokens_keep_working_for_their_lifetime():
+    """Tokens in mail rendered before the change verify until they expire; never issued now."""
+    clock = ManualClock()
+    tokens = codec(clock=clock, max_age=30 * 86400)
+    assert legacy_token(KEY_A, "acme", "alice@example.net", "c1", 20833) == V1_TOKEN
+    claim = tokens.verify(V1_TOKEN)
+    assert claim is not None
+    assert (claim.account_id, claim.recipient) == ("acme", "alice@example.net")
+    assert claim.campaign == "c1"
+    assert codec(keys=(KEY_B, KEY_A)).verify(V1_TOKEN) is not None  # an old key still verifies
+    assert codec(keys=(KEY_B,)).verify(V1_TOKEN) is None
+    assert not unpadded(tokens.issue("acme", "alice@example.net", "c1")).startswith(b"1")
+    forged = legacy_token(KEY_B, "acme", "alice@example.net", "c1", 20833)
+    assert tokens.verify(forged) is None
+    clock.advance(32 * 86400)
+    assert tokens.verify(V1_TOKEN) is None
 
 
 def test_any_change_invalidates():

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
+import hashlib
+import hmac
 import re
 from email import message_from_bytes
 
 import aiohttp
 import aiosmtplib
 import pytest
-from conftest import PASSWORD, TestUpstream, config_data, eventually, simple_message, smtp_client
+from conftest import (
+    PASSWORD,
+    TOKEN_KEY,
+    TestUpstream,
+    config_data,
+    eventually,
+    simple_message,
+    smtp_client,
+)
 
 from relay.storage.base import Suppression
 
@@ -175,6 +188,50 @@ async def test_page_button_unsubscribes_and_is_idempotent(start_relay, data, ups
             assert "You are unsubscribed" in await response.text()
     found = await relay.store.suppressed("alice@example.net", "acme")
     assert (found.reason, found.source) == ("unsubscribe", "page")
+
+
+def decodings(content: bytes) -> list[bytes]:
+    """Every token-like run of a copy, decoded as base64url and as base32 where it decodes."""
+    found = []
+    for run in re.findall(rb"[A-Za-z0-9_-]{16,}", content):
+        with contextlib.suppress(binascii.Error, ValueError):
+            found.append(base64.urlsafe_b64decode(run + b"=" * (-len(run) % 4)))
+        with contextlib.suppress(binascii.Error, ValueError):
+            found.append(base64.b32decode(run.upper() + b"=" * (-len(run) % 8)))
+    return found
+
+
+async def test_no_token_in_a_delivered_copy_reveals_recipient_or_account(
+    start_relay, data, upstream
+):
+    """Finding 5 of the hardening review: link scanners and access logs see opaque tokens.
+
+    Every token-like string of the relayed copy (the one-click URL, the body links, the mailto
+    address, the trace header, the bounce address), decoded, names neither the recipient nor the
+    account.
+    """
+    relay = await start_relay(data)
+    await send(relay, ["alice.secret@example.net"])
+    await eventually(lambda: len(upstream.messages) == 1)
+    copy = upstream.messages[0]
+    assert token_of(copy.content)  # the copy has its tokens
+    decoded = decodings(copy.content) + decodings(copy.mail_from.encode())
+    assert decoded
+    for secret in (b"alice.secret", b"acme-crm"):
+        assert not [d for d in decoded if secret in d]
+
+
+async def test_a_version_1_token_still_unsubscribes(start_relay, data, upstream, clock):
+    """A link in mail rendered before tokens were sealed keeps working for its lifetime."""
+    relay = await start_relay(data)
+    day = int(clock.now() // 86400)
+    payload = b"\x1f".join([b"1", b"acme-crm", b"old@example.net", b"tag", str(day).encode()])
+    mac = hmac.new(TOKEN_KEY.encode(), payload, hashlib.sha256).digest()[:16]
+    legacy = base64.urlsafe_b64encode(payload + mac).decode().rstrip("=")
+    async with aiohttp.ClientSession() as http:
+        response = await http.post(f"{web(relay)}/u/{legacy}", data=b"List-Unsubscribe=One-Click")
+        assert response.status == 200
+    assert await relay.store.suppressed("old@example.net", "acme-crm") is not None
 
 
 async def test_forged_token_is_refused(start_relay, data, upstream):
