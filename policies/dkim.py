@@ -1,28 +1,28 @@
 """DKIM: every message leaves signed by its From domain, as the very last step of the render.
 
-Signatures the sender added are removed when the relay's rewriting changed the message (they
-could only fail), unless `keep_broken_signatures` is set. Without a key for the From domain the
+The copy is first put in its wire form (`relay.mail.wire`: CRLF, lines of at most 998 octets,
+7-bit for an upstream without 8BITMIME), so the signature covers exactly what is sent. Signatures
+the sender added are removed when the relay's rewriting changed the message (they could only
+fail), unless `keep_broken_signatures` is set. Without a key for the From domain the
 message is deferred (`missing_key: defer`, fail closed), refused (`reject`) or relayed unsigned
 (`relay_unsigned`). DSNs from the relay itself are signed when its own domain has a key.
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from relay.logging import get_logger
 from relay.mail.headers import drop_fields, from_domain
-from relay.mail.render import to_7bit
+from relay.mail.wire import wire_form
 from relay.policy import CONTINUE, BasePolicy, Defer, PolicyServices, Reject, Verdict
 
 if TYPE_CHECKING:
     from relay.policy import Rendering
 
 log = get_logger(__name__)
-_BARE_LF = re.compile(rb"(?<!\r)\n")
 _DKIM_FIELDS = frozenset({b"dkim-signature"})
 
 
@@ -58,8 +58,9 @@ class Policy(BasePolicy):
         self.hostname = services.config.hostname
 
     async def on_render(self, rendering: Rendering) -> Verdict:
-        """Remove broken signatures, then sign (always the last render step)."""
-        content = rendering.content
+        """Put the copy in its wire form, remove broken signatures, then sign (the last step)."""
+        # Sign exactly what goes on the wire: CRLF, short lines, 7-bit where the upstream says so.
+        content = wire_form(rendering.content, seven_bit=rendering.seven_bit)
         if (
             rendering.original
             and content != rendering.original
@@ -73,9 +74,6 @@ class Policy(BasePolicy):
                     recipient=rendering.recipient,
                     count=removed,
                 )
-        if rendering.seven_bit:
-            content = to_7bit(content)
-        content = _BARE_LF.sub(b"\r\n", content)  # sign exactly what goes on the wire: CRLF
         domain = from_domain(content)
         if self.signer is None or domain is None or not self.signer.has_key(domain):
             rendering.content = content

@@ -92,6 +92,11 @@ class SmtpConfig(Model):
     listeners: Annotated[list[Listener], Field(min_length=1)]
     tls: TlsFiles | None = None
     max_message_size: Size = 25 * 1024 * 1024
+    max_line_length: Annotated[int, Field(ge=998, le=1024 * 1024)] = Field(
+        default=65536,
+        description="longest line accepted in DATA, in octets without CRLF (RFC 5321 says 998;"
+        " real mail is longer, and Postfix takes it); longer lines are re-encoded before relaying",
+    )
     max_recipients: Annotated[int, Field(ge=100)] = 1000
     junk_command_limit: Annotated[int, Field(ge=1)] = Field(
         default=100,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import aiosmtplib
 import dkim
 import pytest
 from conftest import (
@@ -351,7 +353,7 @@ async def test_8bit_converted_for_an_upstream_without_8bitmime(
 
 def test_to_7bit_leaves_clean_messages_alone():
     """ASCII-only and already-encoded messages come back unchanged; binary parts become base64."""
-    from relay.mail.render import to_7bit
+    from relay.mail.wire import to_7bit
 
     clean = simple_message()
     assert to_7bit(clean) == clean
@@ -460,3 +462,82 @@ def test_signatures_verify_with_stock_dkimpy_in_another_process():
         check=True,
     )
     assert json.loads(result.stdout) == [[True, True]] * len(messages)
+
+
+def long_lines_message(sender: str = "news@acme.example") -> tuple[bytes, dict[str, bytes]]:
+    """A multipart message with 5,000-octet lines in headers, text, HTML and a base64 attachment."""
+    words = " ".join(f"word{n:04d}" for n in range(550))  # 5,499 octets with spaces
+    token = "t" * 5000  # no whitespace at all
+    text = "Dear reader, " + "all on one line. " * 300  # 5,113 octets
+    html = "<html><body><p>" + "<b>one</b> line " * 320 + "</p></body></html>"
+    attachment = bytes(range(256)) * 15  # 3,840 octets, one base64 line of 5,120
+    parts = {
+        "subject": words.encode(),
+        "token": token.encode(),
+        "text": text.encode(),
+        "html": html.encode(),
+        "attachment": attachment,
+    }
+    message = (
+        f"From: {sender}\r\nTo: reader@example.net\r\nSubject: {words}\r\n"
+        f"X-Long-Token: {token}\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="outer"\r\n\r\n'
+        '--outer\r\nContent-Type: multipart/alternative; boundary="inner"\r\n\r\n'
+        f"--inner\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n{text}\r\n"
+        f"--inner\r\nContent-Type: text/html; charset=us-ascii\r\n\r\n{html}\r\n"
+        "--inner--\r\n"
+        "--outer\r\nContent-Type: application/octet-stream\r\n"
+        'Content-Disposition: attachment; filename="data.bin"\r\n'
+        "Content-Transfer-Encoding: base64\r\n\r\n"
+        f"{base64.b64encode(attachment).decode()}\r\n"
+        "--outer--\r\n"
+    ).encode()
+    return message, parts
+
+
+async def test_long_lines_are_accepted_and_relayed_in_lines_of_998(
+    start_relay, store_url, upstream: TestUpstream, tls_files
+):
+    """Finding 6 of the hardening review: 5,000-octet header and body lines, as real mail has.
+
+    Accepted (they got `500 Line too long` before), relayed with every line at most 998 octets,
+    every part's content unchanged, and both DKIM signatures verify.
+    """
+    data = config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
+    relay = await start_relay(data)
+    message, original = long_lines_message()
+    assert max(len(line) for line in message.split(b"\r\n")) > 5000
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    await client.sendmail("news@acme.example", ["reader@example.net"], message)
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+    copy = upstream.messages[0]
+    assert max(len(line) for line in copy.content.split(b"\r\n")) <= 998
+    assert b"\n" not in copy.content.replace(b"\r\n", b"")
+    assert verify_all(copy.content, dkim_dns(relay.config)) == [True, True]
+    parsed = copy.message
+    assert re.sub(r"\r\n", "", str(parsed["Subject"])) == original["subject"].decode()
+    assert str(parsed["X-Long-Token"]).replace("\r\n ", "") == original["token"].decode()
+    leaves = [part for part in parsed.walk() if not part.is_multipart()]
+    text, html, attachment = (part.get_payload(decode=True) for part in leaves)
+    assert text.startswith(original["text"])  # the footer follows
+    assert original["html"].split(b"</p>")[0] in html
+    assert attachment == original["attachment"]
+
+
+async def test_a_line_over_the_configured_limit_is_refused(
+    start_relay, sqlite_url, upstream: TestUpstream, tls_files
+):
+    """`smtp.max_line_length` bounds a line; longer gets 500 and the session goes on."""
+    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    relay = await start_relay({**data, "smtp": {**data["smtp"], "max_line_length": 2000}})
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    too_long = simple_message() + b"x" * 2001 + b"\r\n"
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused:
+        await client.sendmail("news@acme.example", ["a@example.net"], too_long)
+    assert (refused.value.code, refused.value.message[:19]) == (500, "5.5.2 Line too long")
+    fits = simple_message() + b"x" * 2000 + b"\r\n"
+    await client.sendmail("news@acme.example", ["a@example.net"], fits)
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+    assert max(len(line) for line in upstream.messages[0].content.split(b"\r\n")) <= 998

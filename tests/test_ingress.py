@@ -6,6 +6,7 @@ import asyncio
 import base64
 import re
 import ssl
+import tracemalloc
 
 import aiosmtplib
 import pytest
@@ -247,6 +248,47 @@ async def test_size_advertised_and_enforced(start_relay, sqlite_url, upstream, t
         await client.data(simple_message(body=("x" * 900 + "\r\n") * 20))
     assert (refused.value.code, refused.value.message[:5]) == (552, "5.3.4")
     await client.quit()
+
+
+async def test_an_oversized_message_is_discarded_while_it_is_read(
+    start_relay, sqlite_url, upstream, tls_files
+):
+    """Without SIZE on MAIL, 32 MiB against a 1 MiB limit: 552 at the end, never held in memory.
+
+    As Postfix, the relay reads to the end of DATA before it answers (RFC 5321 4.2.5), but it
+    keeps nothing past the limit: the relay's peak of traced memory stays far below the data.
+    The session goes on, and the next message is accepted.
+    """
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        smtp={"max_message_size": 1024 * 1024},
+    )
+    relay = await start_relay(data)
+    session, _ = await RawSession.open(relay.smtp_ports[0])
+    assert (await session.send(b"MAIL FROM:<news@acme.example>"))[0].startswith(b"250")
+    assert (await session.send(b"RCPT TO:<a@example.net>"))[0].startswith(b"250")
+    assert (await session.send(b"DATA"))[0].startswith(b"354")
+    line = b"x" * 998 + b"\r\n"
+    chunk = simple_message() + line * 1000  # about 1 MiB
+    tracemalloc.start()
+    try:
+        for _ in range(32):
+            session.writer.write(chunk)
+            await session.writer.drain()
+        reply = await session.send(b".")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert reply[0].startswith(b"552 5.3.4"), reply
+    assert peak < 8 * 1024 * 1024, f"peak {peak} bytes while reading 32 MiB"
+    assert (await session.send(b"MAIL FROM:<news@acme.example>"))[0].startswith(b"250")
+    assert (await session.send(b"RCPT TO:<a@example.net>"))[0].startswith(b"250")
+    assert (await session.send(b"DATA"))[0].startswith(b"354")
+    assert (await session.send(simple_message() + b"."))[0].startswith(b"250")
+    session.close()
+    await eventually(lambda: len(upstream.messages) == 1)
 
 
 async def test_paths_the_parser_cannot_read_are_syntax_errors(start_relay, data, log_lines):

@@ -30,6 +30,7 @@ from email.parser import BytesHeaderParser
 from io import BytesIO
 
 from relay.mail.headers import drop_fields
+from relay.mail.wire import MAX_LINE
 
 _REPLACED = frozenset({b"list-unsubscribe", b"list-unsubscribe-post"})
 _SEALED = {
@@ -50,7 +51,6 @@ _MALFORMED = (
 )
 _BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
 _POLICY = email_policy.compat32.clone(linesep="\r\n", max_line_length=0)
-MAX_LINE = 998
 
 
 @dataclass(frozen=True)
@@ -312,42 +312,3 @@ def fill(
 def render(content: bytes, headers: list[bytes], footer: Footer) -> Rendered:
     """The copy with the unsubscribe headers and, where the body allows, the footer."""
     return fill(prepare(content, footer), headers)
-
-
-def to_7bit(content: bytes) -> bytes:
-    """The message with every 8-bit body part re-encoded (text: quoted-printable, else base64).
-
-    For an upstream without 8BITMIME. Raw 8-bit header fields cannot be converted this way and are
-    left as they are; anything the email package cannot handle is returned unchanged.
-    """
-    try:
-        message = message_from_bytes(content, policy=_POLICY)
-        changed = False
-        for part in message.walk():
-            if part.is_multipart() or part.get_content_maintype() == "message":
-                continue
-            cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
-            if cte in ("base64", "quoted-printable"):
-                continue
-            raw = part.get_payload(decode=True)
-            if not isinstance(raw, bytes) or raw.isascii():
-                continue
-            if part.get_content_maintype() == "text":
-                encoded = binascii.b2a_qp(raw.replace(b"\r\n", b"\n"), istext=True)
-                cte = "quoted-printable"
-            else:
-                encoded = base64.encodebytes(raw)
-                cte = "base64"
-            del part["Content-Transfer-Encoding"]
-            part["Content-Transfer-Encoding"] = cte
-            part.set_payload(encoded.decode("ascii"))
-            changed = True
-        if not changed:
-            return content
-        if message.get("MIME-Version") is None:
-            message["MIME-Version"] = "1.0"
-        out = BytesIO()
-        BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(message)
-        return out.getvalue()
-    except Exception:  # noqa: BLE001 - leave what cannot be parsed as it is
-        return content

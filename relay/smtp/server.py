@@ -52,6 +52,9 @@ _REPLIES = {
         "552 5.3.4 Message size exceeds fixed maximum message size"
     ),
     "552 Error: Too much mail data": "552 5.3.4 Message size exceeds fixed maximum message size",
+    "500 Line too long (see RFC5321 4.5.3.1.6)": (
+        "500 5.5.2 Line too long: longer than this relay's smtp.max_line_length"
+    ),
     "503 Error: need MAIL command": "503 5.5.1 Error: need MAIL command",
     "503 Error: need RCPT command": REPLY_NEED_RCPT,
     "503 Error: nested MAIL command": "503 5.5.1 Error: nested MAIL command",
@@ -91,6 +94,8 @@ class RelaySMTP(SMTP):
 
     def __init__(self, handler: IngressHandler, listener: Listener, **kwargs: Any) -> None:  # noqa: ANN401 - aiosmtpd's options
         """One protocol instance per connection on `listener`."""
+        # aiosmtpd reads DATA lines (CRLF included) up to this; commands keep their own limits.
+        self.line_length_limit = handler.runtime().config.smtp.max_line_length + 2
         super().__init__(handler, **kwargs)
         self.relay_handler = handler
         self.listener = listener
