@@ -31,12 +31,14 @@ from conftest import (
     simple_message,
     smtp_client,
 )
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.clock import ManualClock
 from relay.config import Config, parse_config
 from relay.feedback import cases
 from relay.feedback.intake import Feedback
-from relay.feedback.reports import read_complaint
+from relay.feedback.reports import bounce_class, read_complaint, read_dsn
 from relay.runtime import make_codec
 from relay.storage import NewMessage, open_store
 from relay.storage.base import Consent, Suppression, new_message_id
@@ -821,3 +823,42 @@ async def test_broken_reports_never_crash_the_intake(world, content):
     [recipient_id] = await spool(store, clock, ["lee@example.net"])
     assert (await feedback.bounce(content, recipient_id)).outcome == "ignore"
     assert await store.cases() == []
+
+
+_REPORT_FIXTURES = sorted(
+    path
+    for kind in ("arf", "dsn")
+    for path in (FIXTURES / kind).iterdir()
+    if path.suffix in (".eml", ".txt")
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    index=st.integers(min_value=0, max_value=len(_REPORT_FIXTURES) - 1),
+    cut=st.integers(min_value=0, max_value=20_000),
+    junk=st.binary(max_size=200),
+)
+def test_report_readers_answer_any_damaged_report(index, cut, junk):
+    """A real report cut anywhere and spliced with junk: a documented answer, never an exception."""
+    original = _REPORT_FIXTURES[index].read_bytes()
+    damaged = original[:cut] + junk + original[cut:][len(junk) :]
+    report = read_complaint(damaged)
+    assert report.kind in {
+        "complaint",
+        "unsubscribe",
+        "not_complaint",
+        "auto_reply",
+        "no_report",
+        "malformed",
+    }
+    for entry in read_dsn(damaged) or []:
+        assert bounce_class(entry) in ("hard", "soft", "none")
+
+
+@settings(max_examples=200, deadline=None)
+@given(content=st.binary(max_size=3000))
+def test_report_readers_answer_any_bytes(content):
+    """Arbitrary bytes to fbl@ or a bounce address: an answer, never an exception."""
+    assert read_complaint(content).kind
+    read_dsn(content)

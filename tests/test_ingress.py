@@ -21,8 +21,11 @@ from conftest import (
     simple_message,
     smtp_client,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from relay.config import parse_config
+from relay.feedback.reports import read_dsn
 from relay.passwords import hash_password
 
 LOGIN = ("acme-crm", PASSWORD)
@@ -291,6 +294,37 @@ async def test_an_oversized_message_is_discarded_while_it_is_read(
     await eventually(lambda: len(upstream.messages) == 1)
 
 
+@pytest.mark.parametrize(
+    ("subject", "charset"),
+    [
+        ("hi", "iso-8882-1"),
+        ("hi", "utf-8\\x00"),
+        ("hi", "x" * 300),
+        ("=?utf-8?b?#?=", "utf-8"),
+        ("=?utf-8\x00?q?hi?=", "utf-8"),
+    ],
+)
+async def test_an_unknown_charset_is_read_as_utf8_not_a_failure(
+    start_relay, data, upstream, subject, charset, log_lines
+):
+    """A charset no codec knows, a garbled name, a broken encoded word: accepted and relayed.
+
+    Found by fuzzing the render target: the campaign key's decode raised, so the CRM got 451 for
+    a property of the message that never changes, and retried for ever.
+    """
+    relay = await start_relay(data)
+    message = (
+        f"From: news@acme.example\r\nTo: a@example.net\r\nSubject: {subject}\r\n"
+        f'MIME-Version: 1.0\r\nContent-Type: text/plain; charset="{charset}"\r\n\r\n'
+        "Gr\u00fc\u00dfe\r\n"
+    ).encode("latin-1")
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    await client.sendmail("news@acme.example", ["a@example.net"], message)
+    await client.quit()
+    await eventually(lambda: len(upstream.messages) == 1)
+    assert not [e for e in log_lines() if e["event"] == "smtp_exception"]
+
+
 async def test_paths_the_parser_cannot_read_are_syntax_errors(start_relay, data, log_lines):
     """A path that crashes the email package's parser is refused as malformed.
 
@@ -438,6 +472,32 @@ async def test_non_ascii_paths_with_smtputf8_are_accepted(start_relay, data, ups
     session.close()
     await eventually(lambda: len(upstream.messages) == 1)
     assert upstream.messages[0].rcpt == "j\u00fcrgen@example.net"
+
+
+async def test_a_refused_internationalised_recipient_gets_a_dsn(
+    start_relay, data, upstream, log_lines
+):
+    """An SMTPUTF8 recipient the upstream refuses is bounced to the sender, never dead-lettered.
+
+    The DSN names it with RFC 6533's `utf-8` address type in 7-bit form (found by the property
+    test over accepted addresses: building the DSN raised), and the relay's DSN reader reads it.
+    """
+    upstream.reject["j\u00fcrgen@example.net"] = "550 5.1.1 no such user"
+    relay = await start_relay(data)
+    session, _ = await RawSession.open(relay.smtp_ports[0])
+    assert (await session.send(b"MAIL FROM:<news@acme.example> SMTPUTF8"))[0].startswith(b"250")
+    assert (await session.send("RCPT TO:<j\u00fcrgen@example.net>".encode()))[0].startswith(b"250")
+    assert (await session.send(b"DATA"))[0].startswith(b"354")
+    assert (await session.send(simple_message() + b"."))[0].startswith(b"250")
+    session.close()
+    await eventually(lambda: len(upstream.messages) == 1)  # the DSN, to the sender
+    dsn = upstream.messages[0]
+    assert dsn.rcpt == "news@acme.example"
+    assert b"Final-Recipient: utf-8; j\\x{FC}rgen@example.net" in dsn.content
+    assert [(e.final_recipient, e.status) for e in read_dsn(dsn.content) or []] == [
+        ("j\u00fcrgen@example.net", "5.1.1")
+    ]
+    assert not [e for e in log_lines() if e["event"] == "delivery_dead_letter"]
 
 
 async def test_a_bad_recipient_never_touches_another_accounts_mail(start_relay, data, upstream):
@@ -817,4 +877,58 @@ async def test_deeply_nested_mime_is_refused_for_good(start_relay, data, upstrea
     await client.sendmail("news@acme.example", ["a@example.net"], simple_message())
     await client.quit()
     await eventually(lambda: len(upstream.messages) == 1)
+    assert not [e for e in log_lines() if e["event"] == "smtp_exception"]
+
+
+@pytest.fixture
+def across_examples() -> dict[str, object]:
+    """State a hypothesis test keeps from one example to the next (its examples share it)."""
+    return {}
+
+
+_VERBS = [b"EHLO", b"HELO", b"MAIL FROM:", b"RCPT TO:", b"DATA", b"RSET", b"NOOP", b"VRFY", b"HELP"]
+_VERBS += [b"AUTH PLAIN", b"AUTH LOGIN", b"STARTTLS", b"BDAT", b"XCLIENT", b"", b"EXPN"]
+_COMMAND = st.tuples(
+    st.sampled_from(_VERBS),
+    st.binary(max_size=300).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(commands=st.lists(_COMMAND, min_size=1, max_size=12))
+async def test_any_command_sequence_gets_replies_and_the_relay_goes_on(
+    commands, start_relay, sqlite_url, upstream, tls_files, log_lines, across_examples
+):
+    """Arbitrary command lines on a real session: each gets a well-formed reply, no traceback.
+
+    A property test over the SMTP command parser (issue 13): verbs the relay knows and does not,
+    with arbitrary bytes after them; afterwards a correct transaction on a new session succeeds.
+    """
+    if "relay" not in across_examples:  # one relay for all examples
+        across_examples["relay"] = await start_relay(
+            plain_auth_data(sqlite_url, upstream, tls_files)
+        )
+    relay = across_examples["relay"]
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.smtp_ports[0])
+    session = RawSession(reader, writer)
+    assert (await session.reply())[0].startswith(b"220")
+    for verb, argument in commands:
+        line = verb + (b" " + argument if argument and verb else argument)
+        if verb == b"DATA":
+            line = b"DATA"
+        replies = await asyncio.wait_for(session.send(line), 10)
+        last = replies[-1]
+        assert re.match(rb"^[2-5]\d\d[ -]", last) or last == b"", (line, replies)
+        if last == b"" or last.startswith(b"421"):
+            break  # the relay closed the session (a limit): a new one follows
+        if last.startswith(b"354"):
+            assert (await session.send(simple_message() + b"."))[0][:1] in b"245"
+    session.close()
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN, starttls=False)
+    await client.sendmail("news@acme.example", ["after@example.net"], simple_message())
+    await client.quit()
     assert not [e for e in log_lines() if e["event"] == "smtp_exception"]

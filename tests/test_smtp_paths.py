@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.delivery.dsn import build_dsn
+from relay.delivery.upstream import SendResult
+from relay.feedback.reports import read_dsn
+from relay.smtp.addresses import refusal
 from relay.smtp.server import RelaySMTP
 
 
@@ -85,3 +91,48 @@ _PATH = st.from_regex(
 def test_any_argument_reads_alike(arg):
     """Whatever a client sends after FROM: or TO:, both read the same address and rest."""
     assert _fast()._getaddr(arg) == _full(arg)
+
+
+# What the relay accepts at the door it can deliver, or at least bounce (issue 13, finding 2):
+# any path `refusal` lets through goes into a DSN that the relay's own DSN reader reads back.
+_LOCAL = st.text(
+    alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=70
+)
+_DOMAIN = st.from_regex(r"[a-z0-9-]{1,20}(\.[a-z0-9-]{1,20}){0,3}", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(local=_LOCAL, domain=_DOMAIN, smtputf8=st.booleans())
+def test_an_accepted_recipient_can_be_bounced(local, domain, smtputf8):
+    """An address `refusal` accepts has no control character, fits RFC 5321, and bounces."""
+    address = f"{local}@{domain}"
+    if refusal(address, smtputf8=smtputf8, recipient=True) is not None:
+        return
+    assert not re.search(r"[\x00-\x1f\x7f]", address)
+    assert smtputf8 or address.isascii()
+    assert len(address.encode()) <= 254
+    dsn = build_dsn(
+        reporting_host="relay.example",
+        original=b"From: a@acme.example\r\nSubject: s\r\n\r\nbody\r\n",
+        message_id="Q1",
+        mail_from="a@acme.example",
+        recipient=address,
+        result=SendResult("permanent", "550 5.1.1 no such user"),
+        arrival=1_800_000_000.0,
+        now=1_800_000_060.0,
+        expired=False,
+    )
+    [entry] = read_dsn(dsn) or []
+    assert entry.final_recipient == address.strip().strip("<>").lower()
+    assert (entry.action, entry.status) == ("failed", "5.1.1")
+
+
+@settings(max_examples=200, deadline=None)
+@given(address=st.text(max_size=300), smtputf8=st.booleans(), recipient=st.booleans())
+def test_refusal_answers_every_string(address, smtputf8, recipient):
+    """Whatever the path, the door answers None or a 553 reply with its rule; it never raises."""
+    answer = refusal(address, smtputf8=smtputf8, recipient=recipient)
+    if answer is not None:
+        reply, rule = answer
+        assert reply.startswith("553 5.")
+        assert rule.startswith("address_")

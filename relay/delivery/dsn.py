@@ -1,4 +1,10 @@
-"""Delivery status notifications (RFC 3464): the report sent to the envelope sender on failure."""
+r"""Delivery status notifications (RFC 3464): the report sent to the envelope sender on failure.
+
+An internationalised recipient (SMTPUTF8, RFC 6531) is named with the `utf-8` address type of
+RFC 6533 in its 7-bit form (`\x{HEX}` for each character outside printable ASCII), so the
+status part stays 7-bit; a non-ASCII envelope sender gets a report with UTF-8 header fields
+(RFC 6532), which the upstream client then sends with SMTPUTF8.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +26,17 @@ def _status_code(reply: str, *, permanent: bool) -> str:
     if len(parts) > 1 and parts[1].count(".") == 2 and parts[1][0] in "245":  # noqa: PLR2004
         return parts[1]
     return "5.0.0" if permanent else "4.0.0"
+
+
+# RFC 6533 section 3: QCHAR is printable ASCII except "+", "=" and "\\".
+_QCHAR = frozenset(chr(c) for c in range(0x21, 0x7F)) - {"+", "=", "\\"}
+
+
+def address_field(address: str) -> str:
+    """A recipient as a DSN's Final-Recipient value (RFC 3464; RFC 6533 for non-ASCII)."""
+    if address.isascii():
+        return f"rfc822; {address}"
+    return "utf-8; " + "".join(c if c in _QCHAR else f"\\x{{{ord(c):X}}}" for c in address)
 
 
 def build_dsn(
@@ -61,7 +78,7 @@ def build_dsn(
     per_message["X-Optin-Relay-Queue-ID"] = message_id
     per_message["Arrival-Date"] = format_datetime(to_datetime(arrival))
     per_recipient = Message()
-    per_recipient["Final-Recipient"] = f"rfc822; {recipient}"
+    per_recipient["Final-Recipient"] = address_field(recipient)
     per_recipient["Action"] = "failed"
     per_recipient["Status"] = _status_code(result.reply, permanent=True)
     if result.code is not None:
@@ -74,6 +91,9 @@ def build_dsn(
 
     returned = EmailMessage()
     returned["Content-Type"] = "text/rfc822-headers"
-    returned.set_payload(headers.as_string(policy=policy.SMTP).rstrip("\r\n") + "\r\n")
+    # Never folded here: the email package would fold a long address into encoded words, which
+    # no DSN reader decodes (the wire form folds what is over 998 octets before sending).
+    wire = (policy.SMTP if mail_from.isascii() else policy.SMTPUTF8).clone(max_line_length=0)
+    returned.set_payload(headers.as_string(policy=wire).rstrip("\r\n") + "\r\n")
     report.attach(returned)
-    return report.as_bytes(policy=policy.SMTP)
+    return report.as_bytes(policy=wire)

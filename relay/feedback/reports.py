@@ -19,6 +19,8 @@ from email.message import Message
 from email.parser import HeaderParser
 from typing import Literal
 
+from relay.mail.text import part_text
+
 ComplaintKind = Literal[
     "complaint",  # abuse/fraud report, or a forwarded message: opens a case
     "unsubscribe",  # opt-out report: suppresses, no case
@@ -35,6 +37,8 @@ _AUTO_SUBJECT = re.compile(
     r"^\s*(auto(matic)?[ -]?(reply|response|antwort)|out of (the )?office|abwesenheit|vacation)",
     re.IGNORECASE,
 )
+_EMBEDDED = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")  # RFC 6533 EmbeddedUnicodeChar
+_STATUS_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
 _STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
@@ -50,19 +54,6 @@ class ComplaintReport:
     enclosed: Message | None = None  # the reported message's header fields
     enclosed_text: str = ""  # the reported message (or headers) as text, for token search
     report_id: str = ""  # the report's own Message-ID
-
-
-def _text(part: Message) -> str:
-    """A leaf part's payload as text (transfer encoding undone, charset guessed)."""
-    payload = part.get_payload(decode=True)
-    if isinstance(payload, bytes):
-        charset = part.get_content_charset() or "utf-8"
-        try:
-            return payload.decode(charset, "replace")
-        except (LookupError, ValueError):  # unknown or garbled charset name
-            return payload.decode("utf-8", "replace")
-    raw = part.get_payload()
-    return raw if isinstance(raw, str) else ""
 
 
 def _nested(part: Message) -> Message | None:
@@ -113,7 +104,7 @@ def _enclosed(message: Message) -> tuple[Message | None, str]:
             if inner is not None:
                 return inner, f"{_as_text(inner)}\n{_decoded_fields(inner)}"
         if ctype in _HEADERS_TYPES:
-            text = _text(part).lstrip()
+            text = part_text(part).lstrip()
             inner = HeaderParser(policy=email_policy.compat32).parsestr(text)
             return inner, f"{text}\n{_decoded_fields(inner)}"
     return None, ""
@@ -198,7 +189,7 @@ def read_complaint(content: bytes) -> ComplaintReport:  # noqa: PLR0911 - one re
         )
     # Forwarded inline: the reported message's text is in the body.
     body = "\n".join(
-        _text(part) for part in message.walk() if part.get_content_maintype() == "text"
+        part_text(part) for part in message.walk() if part.get_content_maintype() == "text"
     )
     return ComplaintReport(
         "no_report", "no enclosed message", "abuse", {}, (), None, body, report_id
@@ -220,17 +211,23 @@ BounceClass = Literal["hard", "soft", "none"]
 
 
 def _address(value: str) -> str:
-    """`rfc822; user@example.org` -> `user@example.org`."""
-    _, _, address = value.partition(";")
-    return (address or value).strip().strip("<>").lower()
+    """`rfc822; user@example.org` -> `user@example.org`; RFC 6533's `utf-8` type decoded."""
+    kind, _, address = value.partition(";")
+    address = (address or value).strip().strip("<>")
+    if kind.strip().lower() == "utf-8":
+        address = _EMBEDDED.sub(_unembed, address)
+    return address.lower()
+
+
+def _unembed(match: re.Match[str]) -> str:
+    code = int(match.group(1), 16)
+    return chr(code) if code <= 0x10FFFF else match.group(0)  # noqa: PLR2004 - Unicode's end
 
 
 def read_dsn(content: bytes) -> list[DsnRecipient] | None:
     """The per-recipient blocks of a DSN; None when `content` is no DSN (e.g. an auto-reply)."""
     message = message_from_bytes(content, policy=email_policy.compat32)
-    part = next(
-        (p for p in message.walk() if p.get_content_type() == "message/delivery-status"), None
-    )
+    part = next((p for p in message.walk() if p.get_content_type() in _STATUS_TYPES), None)
     if part is None:
         return None
     payload = part.get_payload()
@@ -238,7 +235,7 @@ def read_dsn(content: bytes) -> list[DsnRecipient] | None:
     if isinstance(payload, list):
         blocks = [b for b in payload if isinstance(b, Message)]
     elif isinstance(payload, str):  # an encoded or oddly formed status part
-        text = _text(part)
+        text = part_text(part)
         blocks = [HeaderParser().parsestr(chunk) for chunk in re.split(r"\r?\n\s*\r?\n", text)]
     recipients: list[DsnRecipient] = []
     for block in blocks:

@@ -15,9 +15,12 @@ import hashlib
 import re
 from email import message_from_bytes
 from email import policy as email_policy
+from email.errors import MessageError
 from email.header import Header, decode_header
 from email.utils import getaddresses
 from typing import TYPE_CHECKING
+
+from relay.mail.text import decode_text
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -50,17 +53,13 @@ def _header_text(value: object) -> str:
     chunks: list[str] = []
     try:
         decoded = decode_header(value if isinstance(value, Header) else str(value))
-    except (ValueError, LookupError, UnicodeError):
+    except (MessageError, ValueError, LookupError, UnicodeError):  # a broken encoded word
         return str(value)
     for chunk, charset in decoded:
         if isinstance(chunk, str):
             chunks.append(chunk)
             continue
-        codec = charset if charset and charset != "unknown-8bit" else "utf-8"
-        try:
-            chunks.append(chunk.decode(codec, "replace"))
-        except LookupError:
-            chunks.append(chunk.decode("utf-8", "replace"))
+        chunks.append(decode_text(chunk, charset if charset != "unknown-8bit" else None))
     return "".join(chunks)
 
 
@@ -97,7 +96,7 @@ def _body_text(message: Message) -> str:
         raw = part.get_payload(decode=True)
         if not isinstance(raw, bytes):
             continue
-        text = raw.decode(part.get_content_charset() or "utf-8", errors="replace")
+        text = decode_text(raw, part.get_content_charset())
         (plain if part.get_content_subtype() == "plain" else html).append(text)
     if plain:
         return "\n".join(plain)

@@ -118,7 +118,7 @@ def _decode(part: Message) -> tuple[str, str]:
     for candidate in (charset, "utf-8", "latin-1"):
         try:
             return data.decode(candidate), candidate
-        except (LookupError, UnicodeDecodeError):
+        except (LookupError, ValueError):  # no such codec, a garbled name, undecodable bytes
             continue
     return data.decode("latin-1"), "latin-1"  # pragma: no cover - latin-1 decodes anything
 
