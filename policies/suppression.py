@@ -1,4 +1,10 @@
-"""Suppressed recipients (unsubscribed, complained, bounced, listed) are refused at RCPT."""
+"""Suppressed recipients (unsubscribed, complained, bounced, listed) are refused at RCPT.
+
+A suppression matches every spelling of the mailbox (`suppression_key`: case, `+tag`, Gmail's
+dots). Each refusal says what the CRM should do. Sending to a suppressed address counts toward
+suspension only once the suppression is older than `limits.suppression_grace` (72 h): until then
+the CRM may not have learned of it yet, and the refusal alone protects the recipient.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ _WHY = {
     "complaint": "has reported this sender's mail as spam",
     "bounce": "does not exist (an earlier message bounced)",
 }
+_DO = "remove it from your list"
 
 
 class Settings(BaseModel):
@@ -44,9 +51,12 @@ class Policy(BasePolicy):
         if found is None:
             return CONTINUE
         why = _WHY.get(found.reason, "is on this sender's suppression list")
-        # Mailing people who said stop is counted; too often and the account is suspended.
+        refusal = Reject(f"<{recipient}> {why}; {_DO}", f"suppression.{found.reason}")
         limits = tx.account.limits
         now = self.clock.now()
+        if now - found.created_at < limits.suppression_grace:
+            return refusal  # the CRM may not know yet: refused, not counted
+        # Mailing people who said stop days ago is counted; too often and the account is halted.
         _, count = await self.store.window_take(
             tx.account.id, "suppressed_send", recipient, now=now, window=limits.abuse_window
         )
@@ -59,4 +69,4 @@ class Policy(BasePolicy):
                 threshold=limits.suppression_violations,
                 now=now,
             )
-        return Reject(f"<{recipient}> {why}", f"suppression.{found.reason}")
+        return refusal

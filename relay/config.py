@@ -301,6 +301,11 @@ class Limits(Model):
     suppression_violations: Annotated[int, Field(ge=1)] = Field(
         default=10, description="sends to suppressed addresses within abuse_window tolerated"
     )
+    suppression_grace: Duration = Field(
+        default=72 * 3600.0,
+        description="a suppression younger than this is refused but not counted as a violation"
+        " (the CRM has had the events to learn of it)",
+    )
     abuse_window: Duration = 86400.0
 
 

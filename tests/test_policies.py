@@ -93,7 +93,7 @@ async def test_suppression_refuses_and_counts_violations():
     """A suppressed address is refused with its reason; past the limit the account halts."""
     config = make_config(accounts=[account_data(limits={"suppression_violations": 2})])
     async with PolicyHarness.open("suppression", config=config) as harness:
-        now = harness.clock.now()
+        now = harness.clock.now() - 4 * 86400  # older than the 72 h grace
         for n in range(3):
             entry = Suppression(f"gone{n}@example.net", "acme", "unsubscribe", "one_click", now)
             await harness.store.suppress(entry, actor="test")
@@ -106,6 +106,50 @@ async def test_suppression_refuses_and_counts_violations():
         state = await harness.store.account_state("acme")
         assert state is not None
         assert state.state == "suspended"
+
+
+async def test_suppressions_within_the_grace_are_refused_but_not_counted():
+    """A suppression younger than `suppression_grace` refuses, names what to do, halts nobody."""
+    config = make_config(accounts=[account_data(limits={"suppression_violations": 2})])
+    async with PolicyHarness.open("suppression", config=config) as harness:
+        now = harness.clock.now()
+        for n in range(5):
+            entry = Suppression(f"new{n}@example.net", "acme", "unsubscribe", "one_click", now)
+            await harness.store.suppress(entry, actor="test")
+        harness.clock.advance(71 * 3600)
+        tx = harness.transaction()
+        for n in range(5):
+            verdict = await harness.policy.on_rcpt(tx, f"new{n}@example.net")
+            assert isinstance(verdict, Reject)
+            assert "has unsubscribed from this sender; remove it from your list" in verdict.text
+        assert await harness.store.account_state("acme") is None
+        harness.clock.advance(2 * 3600)  # now past the grace: counted
+        for n in range(3):
+            await harness.policy.on_rcpt(tx, f"new{n}@example.net")
+        state = await harness.store.account_state("acme")
+        assert state is not None
+        assert state.state == "suspended"
+
+
+@pytest.mark.parametrize(
+    ("suppressed", "recipient"),
+    [
+        ("foo.bar@example.org", "Foo.Bar+x@Example.ORG"),
+        ("foo.bar+news@example.org", "foo.bar@example.org"),
+        ("foo.bar@gmail.com", "FooBar+y@googlemail.com"),
+        ("f.o.o@googlemail.com", "foo@gmail.com"),
+    ],
+)
+async def test_suppression_cannot_be_evaded_by_re_spelling(suppressed, recipient):
+    """Case, `+tag` sub-addressing, Gmail's dots and googlemail.com match the suppressed address."""
+    async with PolicyHarness.open("suppression", config=make_config()) as harness:
+        entry = Suppression(suppressed, "acme", "unsubscribe", "one_click", harness.clock.now())
+        await harness.store.suppress(entry, actor="test")
+        verdict = await harness.policy.on_rcpt(harness.transaction(), recipient)
+        assert isinstance(verdict, Reject)
+        assert verdict.rule == "suppression.unsubscribe"
+        other = await harness.policy.on_rcpt(harness.transaction(), "foo.bar@example.net")
+        assert other == Continue()
 
 
 async def test_consent_enforce_and_unsolicited_bulk():

@@ -150,7 +150,7 @@ async def test_one_click_post_both_encodings(start_relay, data, upstream, log_li
 
 
 def rcpt_reply_text(rcpt: str) -> str:
-    return f"5.7.1 <{rcpt}> has unsubscribed from this sender"
+    return f"5.7.1 <{rcpt}> has unsubscribed from this sender; remove it from your list"
 
 
 async def test_get_never_unsubscribes(start_relay, data, upstream):

@@ -60,6 +60,27 @@ def normalize_address(address: str) -> str:
     return address.strip().lower()
 
 
+# Mailbox providers that ignore dots in the local part, and their other names.
+_DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+def suppression_key(address: str) -> str:
+    """What a suppressed address matches by: re-spellings of one mailbox share it.
+
+    Lower case; the `+tag` of sub-addressing dropped (`foo+news@x` is `foo@x`); for the
+    providers that ignore dots in the local part (Gmail), no dots, and `googlemail.com` is
+    `gmail.com`. Over-matching errs on the side of the person who said stop.
+    """
+    local, at, domain = normalize_address(address).rpartition("@")
+    if not at or not local:
+        return normalize_address(address)
+    if not local.startswith('"'):
+        local = local.split("+", 1)[0] or local
+    if domain in _DOTLESS_DOMAINS:
+        local, domain = local.replace(".", ""), _DOTLESS_DOMAINS[domain]
+    return f"{local}@{domain}"
+
+
 @dataclass(frozen=True)
 class Suppression:
     """An address that must not receive mail: from one account (`scope`) or any (`*`)."""

@@ -91,6 +91,13 @@ _SHARED: dict[int, str] = {
         );
         CREATE INDEX subscriptions_address ON subscriptions (account_id, address);
         """,
+    # Suppressions match re-spellings of one mailbox (`suppression_key`). Rows from before keep
+    # their address as key: they match that spelling and everything whose key it is.
+    10: """
+        ALTER TABLE suppressions ADD COLUMN match_key TEXT;
+        UPDATE suppressions SET match_key = address;
+        CREATE INDEX suppressions_match ON suppressions (match_key, scope);
+        """,
 }
 
 
@@ -237,6 +244,7 @@ SQLITE: list[tuple[int, str]] = [
     ),
     _shared(7, "SQLITE"),
     _shared(8, "SQLITE"),
+    _shared(10, "SQLITE"),  # step 9 is PostgreSQL's window_add function
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -408,4 +416,5 @@ POSTGRES: list[tuple[int, str]] = [
         $$;
         """,
     ),
+    _shared(10, "POSTGRES"),
 ]

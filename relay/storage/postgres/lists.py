@@ -12,6 +12,7 @@ from relay.storage.base import (
     Suppression,
     consent_row,
     normalize_address,
+    suppression_key,
 )
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
 from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT
@@ -22,14 +23,15 @@ if TYPE_CHECKING:
 
 async def _insert_suppressions(con: asyncpg.Connection, entries: list[Suppression]) -> int:
     rows = await con.fetch(
-        "INSERT INTO suppressions (address, scope, reason, source, created_at)"
+        "INSERT INTO suppressions (address, scope, reason, source, created_at, match_key)"
         " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[],"
-        " $5::double precision[]) ON CONFLICT DO NOTHING RETURNING 1",
+        " $5::double precision[], $6::text[]) ON CONFLICT DO NOTHING RETURNING 1",
         [normalize_address(e.address) for e in entries],
         [e.scope for e in entries],
         [e.reason for e in entries],
         [e.source for e in entries],
         [e.created_at for e in entries],
+        [suppression_key(e.address) for e in entries],
     )
     return len(rows)
 
@@ -98,10 +100,11 @@ class PostgresLists(PostgresCore):
         """The account's own or the global suppression of `address`."""
         rows = await self._fetch(
             "SELECT address, scope, reason, source, created_at FROM suppressions"
-            " WHERE address = $1 AND scope IN ($2, $3) ORDER BY scope = $3 LIMIT 1",
-            normalize_address(address),
+            " WHERE match_key IN ($1, $4) AND scope IN ($2, $3) ORDER BY scope = $3 LIMIT 1",
+            suppression_key(address),
             account_id,
             GLOBAL_SCOPE,
+            normalize_address(address),
         )
         return Suppression(*tuple(rows[0])) if rows else None
 

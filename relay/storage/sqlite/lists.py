@@ -11,6 +11,7 @@ from relay.storage.base import (
     Suppression,
     consent_row,
     normalize_address,
+    suppression_key,
 )
 from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT
 from relay.storage.sqlite.core import SqliteCore
@@ -22,10 +23,17 @@ if TYPE_CHECKING:
 def _insert_suppressions(db: sqlite3.Connection, entries: list[Suppression]) -> int:
     before = db.total_changes
     db.executemany(
-        "INSERT INTO suppressions (address, scope, reason, source, created_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        "INSERT INTO suppressions (address, scope, reason, source, created_at, match_key)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [
-            (normalize_address(e.address), e.scope, e.reason, e.source, e.created_at)
+            (
+                normalize_address(e.address),
+                e.scope,
+                e.reason,
+                e.source,
+                e.created_at,
+                suppression_key(e.address),
+            )
             for e in entries
         ],
     )
@@ -90,8 +98,14 @@ class SqliteLists(SqliteCore):
         """The account's own or the global suppression of `address`."""
         rows = await self._fetch(
             "SELECT address, scope, reason, source, created_at FROM suppressions"
-            " WHERE address = ? AND scope IN (?, ?) ORDER BY scope = ? LIMIT 1",
-            (normalize_address(address), account_id, GLOBAL_SCOPE, GLOBAL_SCOPE),
+            " WHERE match_key IN (?, ?) AND scope IN (?, ?) ORDER BY scope = ? LIMIT 1",
+            (
+                suppression_key(address),
+                normalize_address(address),
+                account_id,
+                GLOBAL_SCOPE,
+                GLOBAL_SCOPE,
+            ),
         )
         return Suppression(*rows[0]) if rows else None
 
