@@ -49,7 +49,9 @@ class OptOut:
 async def opt_out(store: Store, out: OptOut, *, now: float) -> bool:
     """Suppress, withdraw and count; idempotent. True if the address was not suppressed yet."""
     added = await store.suppress(
-        Suppression(out.recipient, out.scope, out.reason, out.source, now), actor=out.actor
+        Suppression(out.recipient, out.scope, out.reason, out.source, now),
+        actor=out.actor,
+        account_id=out.account_id,
     )
     if out.withdraw is not None:
         account = None if out.scope == GLOBAL_SCOPE else out.account_id

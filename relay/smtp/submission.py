@@ -17,6 +17,7 @@ from relay.metrics import MESSAGES_ACCEPTED
 from relay.policy import Continue, Submission, Transaction
 from relay.smtp.replies import REPLY_NEED_RCPT, REPLY_TEMPFAIL, recipient_rejected, rejected
 from relay.storage.base import NewMessage
+from relay.storage.events import refused_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -76,15 +77,35 @@ class Submissions:
         if len(tx.recipients) >= runtime.config.smtp.max_recipients:
             reply = "452 4.5.3 Too many recipients"
             recipient_rejected(reply, "max_recipients", address)
+            await self._refused(tx, address, "max_recipients", reply)
             return reply
         decision = await runtime.pipeline.rcpt(tx, address)
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
             recipient_rejected(reply, decision.verdict.rule, address)
             self.stats.count(tx.account.id, "refused")
+            await self._refused(tx, address, decision.verdict.rule, reply)
             return reply
         tx.recipients.append(address)
         return "250 2.1.5 Recipient ok"
+
+    async def _refused(self, tx: Transaction, address: str, rule: str, reply: str) -> None:
+        """The `recipient.refused` event, so the CRM learns what the reply told its session.
+
+        The refusal stands without it: a store that cannot take the event costs the event (a
+        warning), never the answer.
+        """
+        event = refused_event(tx.account.id, address, rule=rule, reply=reply, now=self.clock.now())
+        try:
+            await asyncio.wait_for(self.store.record_events([event]), STORE_TIMEOUT)
+        except (StoreError, TimeoutError) as exc:
+            log.warning(
+                "event_not_recorded",
+                account_id=tx.account.id,
+                type=event.type,
+                recipient=address,
+                error=str(exc),
+            )
 
     async def data(
         self, session: RelaySession, envelope: RelayEnvelope, content: bytes, *, tls: bool

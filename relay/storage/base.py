@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from relay.storage.sql import CASE_COLUMNS, SUBSCRIPTION_COLUMNS
@@ -32,6 +33,54 @@ class NewMessage:
     received_at: float
     kind: MessageKind = "message"
     campaign: str | None = None
+
+
+def new_event_id() -> str:
+    """A stable, unique event id (the webhook-id of its deliveries)."""
+    return f"evt_{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to write with its fact."""
+
+    type: str
+    account_id: str
+    at: float
+    message_id: str | None = None
+    recipient: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=new_event_id)
+
+    def data_json(self) -> str:
+        """The type-specific fields as stored."""
+        return json.dumps(self.data, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A stored event, with the cursor that follows it."""
+
+    id: str
+    type: str
+    account_id: str
+    at: float
+    message_id: str | None
+    recipient: str | None
+    data: dict[str, Any]
+    cursor: str
+
+    def payload(self) -> dict[str, Any]:
+        """The event as the API and webhooks show it."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "timestamp": self.at,
+            "account": self.account_id,
+            "message_id": self.message_id,
+            "recipient": self.recipient,
+            "data": self.data,
+        }
 
 
 @dataclass(frozen=True)
@@ -380,10 +429,37 @@ class Store(Protocol):
         """Recipients pending delivery, and when the first of them in spool order was received."""
         ...
 
+    # --- events (the outbox; the write methods add the events of their facts themselves) ---
+
+    async def record_events(self, events: list[NewEvent]) -> None:
+        """Write events whose fact is stored nowhere else (a recipient refused at RCPT)."""
+        ...
+
+    async def events(
+        self,
+        account_id: str,
+        *,
+        after: str | None = None,
+        types: frozenset[str] | None = None,
+        limit: int = 100,
+    ) -> list[Event]:
+        """The account's events after cursor `after` (None: from the start), oldest first.
+
+        Paging by the last event's cursor never skips or repeats one, with several relays
+        writing to one store.
+        """
+        ...
+
     # --- suppression list ---
 
-    async def suppress(self, entry: Suppression, *, actor: str) -> bool:
-        """Add `entry` (address normalised); False if it was already there. Audited."""
+    async def suppress(
+        self, entry: Suppression, *, actor: str, account_id: str | None = None
+    ) -> bool:
+        """Add `entry` (address normalised); False if it was already there. Audited.
+
+        `account_id` is the account whose mail led to it, when that is not the scope (a global
+        unsubscribe): its events go to that account.
+        """
         ...
 
     async def suppress_many(self, entries: list[Suppression]) -> int:

@@ -245,6 +245,22 @@ SQLITE: list[tuple[int, str]] = [
     _shared(7, "SQLITE"),
     _shared(8, "SQLITE"),
     _shared(10, "SQLITE"),  # step 9 is PostgreSQL's window_add function
+    (
+        11,
+        """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            account_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            at REAL NOT NULL,
+            message_id TEXT,
+            recipient TEXT,
+            data TEXT NOT NULL
+        );
+        CREATE INDEX events_account ON events (account_id, seq);
+        """,
+    ),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -417,4 +433,23 @@ POSTGRES: list[tuple[int, str]] = [
         """,
     ),
     _shared(10, "POSTGRES"),
+    (
+        11,
+        # `txid` orders events across nodes: sequence values are taken before commit, so a
+        # reader pages by (txid, seq) and only below the oldest transaction still running.
+        """
+        CREATE TABLE events (
+            seq BIGSERIAL PRIMARY KEY,
+            txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+            id TEXT NOT NULL UNIQUE,
+            account_id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            message_id TEXT,
+            recipient TEXT,
+            data TEXT NOT NULL
+        );
+        CREATE INDEX events_account ON events (account_id, txid, seq);
+        """,
+    ),
 ]

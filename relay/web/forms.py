@@ -15,7 +15,6 @@ request, a brand or a list is escaped.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -29,7 +28,8 @@ from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.mail.branding import form_strings
 from relay.metrics import SUBSCRIPTIONS
-from relay.web.state import credentials_of, json_error, read_form, runtime_of, throttle_of
+from relay.web.api import api_account
+from relay.web.state import client_ip, json_error, read_form, runtime_of
 
 if TYPE_CHECKING:
     from relay.config import Account, Config, MailingList
@@ -59,27 +59,6 @@ class ApiSubscribe(BaseModel):
 def _flow(request: web.Request) -> Subscriptions:
     flow: Subscriptions = request.app[SUBSCRIPTIONS_KEY]  # type: ignore[assignment]
     return flow
-
-
-def client_ip(request: web.Request, config: Config) -> str | None:
-    """The client's address; behind a proxy in `web.trusted_proxies`, from X-Forwarded-For."""
-    remote = request.remote
-    trusted = config.web.trusted_proxies
-    if remote is None or not trusted or not _in(remote, trusted):
-        return remote
-    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _in(hop, trusted):
-            return hop
-    return remote
-
-
-def _in(address: str, networks: list[str]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
 def page_headers(image_origin: str = "'none'") -> dict[str, str]:
@@ -340,35 +319,9 @@ async def confirm_post(request: web.Request) -> web.Response:
 # --- the API for CRMs ---
 
 
-async def _api_account(request: web.Request) -> Account | web.Response:
-    config = runtime_of(request).config
-    throttle = throttle_of(request)
-    ip = client_ip(request, config) or "unknown"
-    if throttle.blocked(ip):
-        return json_error(429, "throttled", "too many failed attempts, try again later")
-    scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-    account_id, _, secret = credentials.strip().partition(":")
-    account = config.account(account_id) if scheme.lower() == "bearer" else None
-    if (
-        account is not None
-        and account.api_key_hash is not None
-        and secret
-        and await credentials_of(request).api_key(account, secret)
-    ):
-        return account
-    throttle.record(ip)
-    log.warning("api_auth_failed", client_ip=ip, path=request.path)
-    return json_error(
-        401,
-        "unauthorized",
-        "send Authorization: Bearer ACCOUNT_ID:API_KEY",
-        **{"WWW-Authenticate": 'Bearer realm="optin-relay"'},
-    )
-
-
 async def api_subscribe(request: web.Request) -> web.Response:  # noqa: PLR0911 - one per error
     """Start the double opt-in for a subscriber the CRM collected."""
-    account = await _api_account(request)
+    account = await api_account(request)
     if isinstance(account, web.Response):
         return account
     try:
@@ -418,7 +371,7 @@ def _record(record: Consent) -> dict[str, object]:
 
 async def api_show(request: web.Request) -> web.Response:
     """The account's opt-in records, their history and pending subscriptions for one address."""
-    account = await _api_account(request)
+    account = await api_account(request)
     if isinstance(account, web.Response):
         return account
     address = request.match_info["address"].strip().lower()

@@ -26,8 +26,9 @@ from relay.logging import get_logger
 from relay.mail.branding import page
 from relay.metrics import REGISTRY, SPOOL_OLDEST_AGE, SPOOL_PENDING
 from relay.smtp.throttle import FailureThrottle
-from relay.web import forms
+from relay.web import api, forms
 from relay.web.state import (
+    client_ip,
     clock_of,
     crash_barrier,
     credentials_of,
@@ -118,7 +119,7 @@ async def metrics(request: web.Request) -> web.Response:
     relay's volumes and refusals.
     """
     runtime = runtime_of(request)
-    client = forms.client_ip(request, runtime.config)
+    client = client_ip(request, runtime.config)
     if not _loopback(client):
         refused = await _admin_refusal(request)
         if refused is not None:
@@ -160,7 +161,7 @@ async def _admin_refusal(request: web.Request) -> web.Response | None:
     if token_hash is None:
         raise web.HTTPNotFound
     throttle = throttle_of(request)
-    client = forms.client_ip(request, runtime.config) or "unknown"
+    client = client_ip(request, runtime.config) or "unknown"
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     credentials = credentials_of(request)
     async with throttle.turn(client):  # simultaneous guesses cannot all pass the check first
@@ -225,6 +226,7 @@ def make_app(
     share(app, store, runtime, clock, throttle, credentials=credentials)
     app[FEEDBACK_KEY] = feedback
     forms.add_routes(app, subscriptions)
+    api.add_routes(app)
     app.router.add_get("/u/{token}", unsubscribe_page)
     app.router.add_post("/u/{token}", unsubscribe_post)
     app.router.add_post("/admin/v1/complaints", ingest_complaint)

@@ -6,6 +6,7 @@ and the middleware that turns a handler's crash into a plain 500 and a JSON log 
 
 from __future__ import annotations
 
+import ipaddress
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
     from relay.accounts.credentials import Credentials
     from relay.clock import Clock
+    from relay.config import Config
     from relay.runtime import Runtime
     from relay.smtp.throttle import FailureThrottle
     from relay.storage.base import Store
@@ -110,3 +112,24 @@ async def crash_barrier(
     except Exception:
         log.exception("http_handler_failed", method=request.method, path=request.path)
         return web.Response(status=500, text="Internal error, please try again later.\n")
+
+
+def client_ip(request: web.Request, config: Config) -> str | None:
+    """The client's address; behind a proxy in `web.trusted_proxies`, from X-Forwarded-For."""
+    remote = request.remote
+    trusted = config.web.trusted_proxies
+    if remote is None or not trusted or not _in(remote, trusted):
+        return remote
+    hops = [h.strip() for h in request.headers.get("X-Forwarded-For", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, trusted):
+            return hop
+    return remote
+
+
+def _in(address: str, networks: list[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)

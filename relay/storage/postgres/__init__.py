@@ -1,6 +1,7 @@
 """The PostgresStore (see relay.storage.postgres.core for how it works)."""
 
 from relay.storage.postgres.accounts import PostgresAccounts
+from relay.storage.postgres.events import PostgresEvents
 from relay.storage.postgres.feedback import PostgresFeedback
 from relay.storage.postgres.lists import PostgresLists
 from relay.storage.postgres.spool import PostgresSpool
@@ -8,7 +9,12 @@ from relay.storage.postgres.subscriptions import PostgresSubscriptions
 
 
 class PostgresStore(
-    PostgresSpool, PostgresLists, PostgresAccounts, PostgresFeedback, PostgresSubscriptions
+    PostgresSpool,
+    PostgresLists,
+    PostgresAccounts,
+    PostgresFeedback,
+    PostgresSubscriptions,
+    PostgresEvents,
 ):
     """The `Store` on PostgreSQL: one class made of its parts."""
 

@@ -11,7 +11,9 @@ from relay.storage.base import (
     AccountState,
     AccountStateName,
 )
+from relay.storage.events import account_state_events
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.postgres.events import insert_events
 
 if TYPE_CHECKING:
     import asyncpg
@@ -85,6 +87,10 @@ class PostgresAccounts(PostgresCore):
                     reason,
                     actor,
                     now,
+                )
+                await insert_events(
+                    con,
+                    account_state_events(account_id, state, reason=reason, actor=actor, now=now),
                 )
                 if state == "terminated":
                     rows = await con.fetch(

@@ -14,7 +14,9 @@ from relay.storage.base import (
     normalize_address,
     suppression_key,
 )
+from relay.storage.events import suppression_events, unsuppression_events
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.postgres.events import insert_events
 from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT
 
 if TYPE_CHECKING:
@@ -53,7 +55,9 @@ async def insert_audit(con: asyncpg.Connection, entry: AuditEntry) -> None:
 class PostgresLists(PostgresCore):
     """The lists part of `PostgresStore`."""
 
-    async def suppress(self, entry: Suppression, *, actor: str) -> bool:
+    async def suppress(
+        self, entry: Suppression, *, actor: str, account_id: str | None = None
+    ) -> bool:
         """Add one suppression and its audit record."""
         try:
             async with self._acquire() as con, con.transaction():
@@ -65,6 +69,7 @@ class PostgresLists(PostgresCore):
                             entry.address, entry.scope, "add", entry.reason, actor, entry.created_at
                         ),
                     )
+                    await insert_events(con, suppression_events(entry, actor, account_id))
                 return added == 1
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
@@ -92,6 +97,9 @@ class PostgresLists(PostgresCore):
                 if removed is None:
                     return False
                 await insert_audit(con, AuditEntry(address, scope, "remove", reason, actor, now))
+                await insert_events(
+                    con, unsuppression_events(address, scope, reason=reason, actor=actor, now=now)
+                )
                 return True
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc

@@ -11,7 +11,9 @@ from relay.storage.base import (
     NewMessage,
     QueueEntry,
 )
+from relay.storage.events import accepted_events, delivery_events
 from relay.storage.postgres.core import DB_ERRORS, Batcher, PostgresCore
+from relay.storage.postgres.events import insert_events
 from relay.storage.sql import BACKLOG_SQL
 
 if TYPE_CHECKING:
@@ -82,6 +84,7 @@ class PostgresSpool(PostgresCore):
                     [row[1] for row in rcpts],
                     [row[2] for row in rcpts],
                 )
+                await insert_events(con, [e for m in messages for e in accepted_events(m)])
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
         return [None] * len(messages)
@@ -140,6 +143,16 @@ class PostgresSpool(PostgresCore):
                     [at for _, _, at in done],
                 )
                 if rows:
+                    finished = {(row[0], row[2]) for row in rows}
+                    await insert_events(
+                        con,
+                        [
+                            event
+                            for job, reply, at in done
+                            if (job.recipient_id, job.lease) in finished
+                            for event in delivery_events("delivered", job, reply, at)
+                        ],
+                    )
                     await con.execute(
                         "UPDATE messages m SET content = NULL, completed_at = $1"
                         " WHERE m.id = ANY($2::text[]) AND NOT EXISTS (SELECT 1 FROM recipients"
@@ -156,17 +169,25 @@ class PostgresSpool(PostgresCore):
         self, job: DeliveryJob, *, reply: str, now: float, next_attempt: float
     ) -> bool:
         """Count the attempt and schedule the next."""
-        rows = await self._fetch(
-            "UPDATE recipients SET attempts = attempts + 1, next_attempt = $1, lease = NULL,"
-            " lease_until = 0, last_reply = $2, updated_at = $3 WHERE id = $4 AND lease = $5"
-            " AND status = 'pending' RETURNING id",
-            next_attempt,
-            reply,
-            now,
-            job.recipient_id,
-            job.lease,
-        )
-        return len(rows) == 1
+        try:
+            async with self._acquire() as con, con.transaction():
+                done = await con.fetchval(
+                    "UPDATE recipients SET attempts = attempts + 1, next_attempt = $1,"
+                    " lease = NULL, lease_until = 0, last_reply = $2, updated_at = $3"
+                    " WHERE id = $4 AND lease = $5 AND status = 'pending' RETURNING id",
+                    next_attempt,
+                    reply,
+                    now,
+                    job.recipient_id,
+                    job.lease,
+                )
+                if done is None:
+                    return False
+                deferral = delivery_events("deferred", job, reply, now, next_attempt=next_attempt)
+                await insert_events(con, deferral)
+                return True
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
 
     async def failed(
         self, job: DeliveryJob, *, reply: str, now: float, dsn: NewMessage | None
@@ -191,6 +212,7 @@ class PostgresSpool(PostgresCore):
                 )
                 if done is None:
                     return False
+                await insert_events(con, delivery_events(status, job, reply, now))
                 await con.execute(
                     "UPDATE messages SET content = NULL, completed_at = $1 WHERE id = $2"
                     " AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = $2"

@@ -10,7 +10,9 @@ from relay.storage.base import (
     AccountState,
     AccountStateName,
 )
+from relay.storage.events import account_state_events
 from relay.storage.sqlite.core import SqliteCore
+from relay.storage.sqlite.events import insert_events
 
 if TYPE_CHECKING:
     import sqlite3
@@ -75,6 +77,9 @@ class SqliteAccounts(SqliteCore):
                 "INSERT INTO account_events (account_id, state, reason, actor, at)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (account_id, state, reason, actor, now),
+            )
+            insert_events(
+                db, account_state_events(account_id, state, reason=reason, actor=actor, now=now)
             )
             pending = (
                 "SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id"

@@ -13,8 +13,10 @@ from relay.storage.base import (
     normalize_address,
     suppression_key,
 )
+from relay.storage.events import suppression_events, unsuppression_events
 from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT
 from relay.storage.sqlite.core import SqliteCore
+from relay.storage.sqlite.events import insert_events
 
 if TYPE_CHECKING:
     import sqlite3
@@ -59,7 +61,9 @@ def insert_audit(db: sqlite3.Connection, entry: AuditEntry) -> None:
 class SqliteLists(SqliteCore):
     """The lists part of `SqliteStore`."""
 
-    async def suppress(self, entry: Suppression, *, actor: str) -> bool:
+    async def suppress(
+        self, entry: Suppression, *, actor: str, account_id: str | None = None
+    ) -> bool:
         """Add one suppression and its audit record."""
 
         def operation(db: sqlite3.Connection) -> bool:
@@ -69,6 +73,7 @@ class SqliteLists(SqliteCore):
                     entry.address, entry.scope, "add", entry.reason, actor, entry.created_at
                 )
                 insert_audit(db, audit)
+                insert_events(db, suppression_events(entry, actor, account_id))
             return added == 1
 
         return await self._write(operation)
@@ -90,6 +95,9 @@ class SqliteLists(SqliteCore):
             if cursor.rowcount != 1:
                 return False
             insert_audit(db, AuditEntry(address, scope, "remove", reason, actor, now))
+            insert_events(
+                db, unsuppression_events(address, scope, reason=reason, actor=actor, now=now)
+            )
             return True
 
         return await self._write(operation)

@@ -10,8 +10,10 @@ from relay.storage.base import (
     NewMessage,
     QueueEntry,
 )
+from relay.storage.events import accepted_events, delivery_events
 from relay.storage.sql import BACKLOG_SQL
 from relay.storage.sqlite.core import SqliteCore
+from relay.storage.sqlite.events import insert_events
 
 if TYPE_CHECKING:
     import sqlite3
@@ -49,6 +51,7 @@ def _insert_message(db: sqlite3.Connection, message: NewMessage) -> None:
             for rcpt in message.recipients
         ],
     )
+    insert_events(db, accepted_events(message))
 
 
 def _finish(db: sqlite3.Connection, job: DeliveryJob, status: str, reply: str, now: float) -> bool:
@@ -65,6 +68,7 @@ def _finish(db: sqlite3.Connection, job: DeliveryJob, status: str, reply: str, n
         " (SELECT 1 FROM recipients WHERE message_id = ? AND status = 'pending')",
         (now, job.message_id, job.message_id),
     )
+    insert_events(db, delivery_events(status, job, reply, now))
     return True
 
 
@@ -133,7 +137,12 @@ class SqliteSpool(SqliteCore):
                 " AND status = 'pending'",
                 (next_attempt, reply, now, job.recipient_id, job.lease),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount != 1:
+                return False
+            insert_events(
+                db, delivery_events("deferred", job, reply, now, next_attempt=next_attempt)
+            )
+            return True
 
         return await self._write(operation)
 

@@ -1,0 +1,162 @@
+"""The events outbox: one record per fact about an account's mail, written with the fact.
+
+The store writes each event in the same transaction as the fact it reports (a message spooled,
+a copy delivered, an address suppressed, an account suspended), so an event exists exactly when
+its fact does; a CRM reads them back in order (`GET /api/v1/events`). The facts that are not
+themselves stored (a recipient refused at RCPT) are recorded on their own. The builders here are
+shared by both backends, so an event's shape never depends on where it is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from relay.storage.base import Event, NewEvent
+
+if TYPE_CHECKING:
+    from relay.storage.base import DeliveryJob, NewMessage, Suppression
+
+# Every type the relay emits; `docs/events.md` documents each (a test keeps them in step).
+EVENT_TYPES: tuple[str, ...] = (
+    "message.accepted",
+    "message.delivered",
+    "message.deferred",
+    "message.failed",
+    "recipient.refused",
+    "recipient.unsubscribed",
+    "recipient.complained",
+    "recipient.bounced",
+    "suppression.added",
+    "suppression.removed",
+    "account.suspended",
+    "account.reinstated",
+    "account.terminated",
+)
+# How a suppression's reason shows as a recipient event (beside `suppression.added`).
+_BY_REASON = {
+    "unsubscribe": "recipient.unsubscribed",
+    "complaint": "recipient.complained",
+    "bounce": "recipient.bounced",
+}
+_STATUS = re.compile(r"^\d{3}[ -]([245]\.\d{1,3}\.\d{1,3})\b")
+_BY_STATE = {
+    "suspended": "account.suspended",
+    "active": "account.reinstated",
+    "terminated": "account.terminated",
+}
+
+
+def stored_event(row: tuple[Any, ...], cursor: str) -> Event:
+    """An `Event` from the columns id, type, account_id, at, message_id, recipient, data."""
+    event_id, kind, account, at, message_id, recipient, data = row
+    return Event(
+        event_id, kind, account, float(at), message_id, recipient, json.loads(data), cursor
+    )
+
+
+def accepted_events(message: NewMessage) -> list[NewEvent]:
+    """`message.accepted` for an account's message (not for the relay's own DSNs and notices)."""
+    if message.kind != "message" or message.account_id is None:
+        return []
+    return [
+        NewEvent(
+            "message.accepted",
+            message.account_id,
+            message.received_at,
+            message_id=message.id,
+            data={
+                "recipients": list(message.recipients),
+                "mail_from": message.mail_from,
+                "size": len(message.content),
+            },
+        )
+    ]
+
+
+def delivery_events(
+    kind: str, job: DeliveryJob, reply: str, now: float, **data: object
+) -> list[NewEvent]:
+    """`message.delivered`, `.deferred` or `.failed` for one recipient of an account's message.
+
+    A deferral or failure carries the enhanced status code of the reply (RFC 3463; 4.0.0 or
+    5.0.0 when the reply has none) beside the reply itself, as its DSN does.
+    """
+    if job.kind != "message" or job.account_id is None:
+        return []
+    if kind != "delivered":
+        found = _STATUS.match(reply)
+        data["status"] = found.group(1) if found else ("4.0.0" if kind == "deferred" else "5.0.0")
+    return [
+        NewEvent(
+            f"message.{kind}",
+            job.account_id,
+            now,
+            message_id=job.message_id,
+            recipient=job.recipient,
+            data={"reply": reply, "attempt": job.attempts + 1, **data},
+        )
+    ]
+
+
+def suppression_events(
+    entry: Suppression, actor: str, account_id: str | None = None
+) -> list[NewEvent]:
+    """`suppression.added`, and the recipient event its reason stands for.
+
+    The events go to the suppression's account, or, for a global one, to the account whose
+    mail led to it (`account_id`); a global suppression of the operator's own has none.
+    """
+    account = account_id or (None if entry.scope == "*" else entry.scope)
+    if account is None:
+        return []
+    data = {"reason": entry.reason, "source": entry.source, "actor": actor, "scope": entry.scope}
+    events = [
+        NewEvent("suppression.added", account, entry.created_at, recipient=entry.address, data=data)
+    ]
+    recipient_event = _BY_REASON.get(entry.reason)
+    if recipient_event is not None:
+        events.append(
+            NewEvent(
+                recipient_event, entry.scope, entry.created_at, recipient=entry.address, data=data
+            )
+        )
+    return events
+
+
+def unsuppression_events(
+    address: str, scope: str, *, reason: str, actor: str, now: float
+) -> list[NewEvent]:
+    """`suppression.removed` for an account's suppression."""
+    if scope == "*":
+        return []
+    return [
+        NewEvent(
+            "suppression.removed",
+            scope,
+            now,
+            recipient=address,
+            data={"reason": reason, "actor": actor},
+        )
+    ]
+
+
+def account_state_events(
+    account_id: str, state: str, *, reason: str, actor: str, now: float
+) -> list[NewEvent]:
+    """`account.suspended`, `.reinstated` or `.terminated`."""
+    return [NewEvent(_BY_STATE[state], account_id, now, data={"reason": reason, "actor": actor})]
+
+
+def refused_event(
+    account_id: str, recipient: str, *, rule: str, reply: str, now: float
+) -> NewEvent:
+    """`recipient.refused`: a recipient refused at RCPT, with the rule and the reply."""
+    return NewEvent(
+        "recipient.refused",
+        account_id,
+        now,
+        recipient=recipient,
+        data={"rule": rule, "reply": reply},
+    )
