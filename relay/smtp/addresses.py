@@ -21,6 +21,8 @@ def refusal(address: str, *, smtputf8: bool, recipient: bool) -> tuple[str, str]
         return "553 5.1.3 The null path <> cannot be a recipient", "address_null_recipient"
     if _CONTROL.search(address):
         return "553 5.1.3 Control characters are not allowed in an address", "address_control"
+    if not _is_utf8(address):  # aiosmtpd keeps undecodable octets as lone surrogates
+        return "553 5.6.7 An address must be valid UTF-8 (RFC 6531)", "address_not_utf8"
     if not address.isascii() and not smtputf8:
         return (
             "553 5.6.7 A non-ASCII address needs SMTPUTF8 on MAIL FROM (RFC 6531)",
@@ -30,3 +32,12 @@ def refusal(address: str, *, smtputf8: bool, recipient: bool) -> tuple[str, str]
     if len(encoded) > MAX_PATH or len(encoded.rpartition(b"@")[2]) > MAX_DOMAIN:
         return "553 5.1.3 The address is longer than RFC 5321 allows", "address_too_long"
     return None
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether `text` came from valid UTF-8 (no octet kept as a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -73,6 +73,9 @@ _PLAIN_PATH = re.compile(
 )
 
 
+# What a reply line may not carry: control characters and lone surrogates (undecodable octets).
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
 _HOOK_NAMES: dict[tuple[type, tuple[str, ...]], list[str]] = {}
 
 
@@ -266,9 +269,15 @@ class RelaySMTP(SMTP):
         return result
 
     async def push(self, status: str | bytes) -> None:
-        """Send a reply, adding enhanced status codes to aiosmtpd's own replies."""
+        """Send a reply, adding enhanced status codes to aiosmtpd's own replies.
+
+        aiosmtpd echoes some of the client's text (`502 Could not VRFY ...`): octets that were
+        not UTF-8 (kept as lone surrogates) or control characters become `?`, so an echo can
+        neither fail to encode nor carry anything but printable text.
+        """
         if isinstance(status, str):
-            await super().push(_REPLIES.get(status, status))
+            reply = _REPLIES.get(status, status)
+            await super().push(_UNPRINTABLE.sub("?", reply))
         else:
             await super().push(status)
 
