@@ -18,6 +18,7 @@ from relay.config import load_config
 from relay.configtypes import split_host_port
 from relay.consent.subscriptions import Subscriptions
 from relay.delivery.upstream import SmtpUpstream
+from relay.delivery.webhooks import Webhooks
 from relay.delivery.worker import DeliveryService
 from relay.errors import ConfigError, StoreError
 from relay.feedback import cases
@@ -68,6 +69,7 @@ class Relay:
         self.store: Store | None = None
         self.upstream: Upstream | None = None
         self.delivery: DeliveryService | None = None
+        self.webhooks: Webhooks | None = None
         # Verified SMTP passwords, API keys and the admin token, shared by SMTP and HTTP.
         self.credentials = Credentials()
 
@@ -106,8 +108,10 @@ class Relay:
             credentials=self.credentials,
         )
         self._tasks.append(asyncio.create_task(self.stats.run(), name="stats"))
+        self.webhooks = Webhooks(store, self.runtime, self.clock, node=self.delivery.worker_id)
         if self.run_delivery and config.delivery.enabled:
             self._tasks.append(asyncio.create_task(self.delivery.run(), name="delivery"))
+            self._tasks.append(asyncio.create_task(self.webhooks.run(), name="webhooks"))
             self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
         self.servers = await start_listeners(
             self.handler, config.smtp.listeners, reuse_port=config.smtp.reuse_port
@@ -204,6 +208,8 @@ class Relay:
                 await asyncio.wait_for(server.wait_closed(), 5)
         if self.delivery is not None:
             await self.delivery.stop(grace)
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -6,6 +6,7 @@ is in, so the relay behaves the same whatever its working directory.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,6 +36,7 @@ from relay.configtypes import (
 )
 from relay.errors import ConfigError
 from relay.policyfiles import policy_module
+from relay.storage.events import EVENT_TYPES
 
 # libyaml's safe loader where PyYAML was built with it (about 8x faster), else the pure one.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -309,6 +311,66 @@ class Limits(Model):
     abuse_window: Duration = 86400.0
 
 
+class Webhook(Model):
+    """One endpoint of an account that receives its events (Standard Webhooks)."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+(/[^\s]*)?$", max_length=2000)]
+    secret: Annotated[list[SecretStr], Field(min_length=1)] = Field(
+        description="whsec_ + base64 of 24 to 64 random bytes; a list while rotating (each signs)"
+    )
+    events: list[str] = Field(
+        default_factory=list, description="the event types it receives (empty: every type)"
+    )
+
+    @field_validator("secret", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("secret")
+    @classmethod
+    def _well_formed(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        for secret in secrets:
+            text = secret.get_secret_value()
+            body = text.removeprefix("whsec_")
+            try:
+                raw = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+            except ValueError:
+                raw = b""
+            if not text.startswith("whsec_") or not 24 <= len(raw) <= 64:  # noqa: PLR2004
+                raise ValueError("a webhook secret is whsec_ and the base64 of 24 to 64 bytes")
+        return secrets
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, events: list[str]) -> list[str]:
+        unknown = sorted(set(events) - set(EVENT_TYPES))
+        if unknown:
+            raise ValueError(f"unknown event type: {', '.join(unknown)} (see docs/events.md)")
+        return events
+
+
+class WebhooksConfig(Model):
+    """How events are pushed to the accounts' webhooks."""
+
+    allow_private: bool = Field(
+        default=False,
+        description="allow endpoints on loopback, private, link-local and metadata addresses"
+        " (tests and private deployments only)",
+    )
+    timeout: Annotated[Duration, Field(gt=0, le=60)] = Field(
+        default=10.0, description="a 2xx within this time counts as delivered"
+    )
+    retry_for: Annotated[Duration, Field(gt=0)] = Field(
+        default=3 * 86400.0,
+        description="how long a failing endpoint is retried before it is disabled",
+    )
+    poll_interval: Annotated[Duration, Field(gt=0)] = 1.0
+    concurrency: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=8, description="endpoints served at once by one relay process"
+    )
+
+
 class Account(Model):
     """A sender (a CRM's customer) that relays through optin-relay."""
 
@@ -330,6 +392,9 @@ class Account(Model):
         default=None,
         description="hash of the subscription API key's secret (hash-password);"
         " a list while rotating",
+    )
+    webhooks: list[Webhook] = Field(
+        default_factory=list, description="endpoints that receive the account's events"
     )
 
     @field_validator("lists")
@@ -437,6 +502,7 @@ class Config(Model):
     web: WebConfig = WebConfig()
     feedback: FeedbackConfig = FeedbackConfig()
     subscriptions: SubscriptionsConfig = SubscriptionsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     tokens: TokensConfig | None = None
     accounts: list[Account] = Field(default_factory=list)
     dkim: list[DkimKeyConfig] = Field(default_factory=list)

@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from relay import __version__
-from relay.cli import accounts, cases, consent, dkim, service, suppress
+from relay.cli import accounts, cases, consent, dkim, service, suppress, webhooks
 from relay.cli.common import EXIT_CONFIG, EXIT_REFUSED, default_config
 from relay.errors import ConfigError, RelayError
 
@@ -40,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     accounts.add_parser(commands, common)
     consent.add_parser(commands, common)
     cases.add_parsers(commands, common)
+    webhooks.add_parser(commands, common)
     return parser
 
 

@@ -84,6 +84,28 @@ class Event:
 
 
 @dataclass(frozen=True)
+class WebhookState:
+    """Where one webhook endpoint is in its account's event feed, and how it is doing."""
+
+    key: str
+    account_id: str
+    url: str
+    cursor: str | None  # the last event delivered (None: none yet)
+    delivered: int
+    attempts: int  # failed attempts since the last success
+    next_attempt: float
+    failing_since: float | None
+    disabled_at: float | None
+    last_error: str | None
+
+
+WEBHOOK_COLUMNS = (
+    "key, account_id, url, cursor, delivered, attempts, next_attempt, failing_since,"
+    " disabled_at, last_error"
+)
+
+
+@dataclass(frozen=True)
 class DeliveryJob:
     """One recipient of a spooled message, leased to one delivery worker."""
 
@@ -448,6 +470,55 @@ class Store(Protocol):
         Paging by the last event's cursor never skips or repeats one, with several relays
         writing to one store.
         """
+        ...
+
+    async def events_tail(self, account_id: str) -> str | None:
+        """The cursor of the account's newest event (None: it has none)."""
+        ...
+
+    # --- webhook endpoints' progress through the events ---
+
+    async def webhook_lease(
+        self,
+        key: str,
+        account_id: str,
+        url: str,
+        *,
+        start: str | None,
+        lease: str,
+        now: float,
+        lease_until: float,
+    ) -> WebhookState | None:
+        """Lease the endpoint if it is due and enabled (created at cursor `start` if new)."""
+        ...
+
+    async def webhook_advance(self, key: str, lease: str, *, cursor: str) -> bool:
+        """Record events delivered up to `cursor`; the endpoint is healthy again."""
+        ...
+
+    async def webhook_fail(
+        self,
+        key: str,
+        lease: str,
+        *,
+        error: str,
+        now: float,
+        next_attempt: float,
+        disable: bool,
+    ) -> bool:
+        """Record a failed attempt: retry at `next_attempt`, or disable the endpoint."""
+        ...
+
+    async def webhook_release(self, key: str, lease: str) -> None:
+        """Give the lease back (nothing left to send, or the process is stopping)."""
+        ...
+
+    async def webhook_states(self) -> list[WebhookState]:
+        """Every endpoint's state."""
+        ...
+
+    async def webhook_enable(self, key: str, *, now: float) -> bool:
+        """Enable a disabled endpoint again, due at once."""
         ...
 
     # --- suppression list ---

@@ -98,6 +98,23 @@ _SHARED: dict[int, str] = {
         UPDATE suppressions SET match_key = address;
         CREATE INDEX suppressions_match ON suppressions (match_key, scope);
         """,
+    # Where each webhook endpoint is in its account's event feed, and how it is failing.
+    12: """
+        CREATE TABLE webhook_state (
+            key TEXT PRIMARY KEY,
+            account_id TEXT NOT NULL,
+            url TEXT NOT NULL,
+            cursor TEXT,
+            delivered INTEGER NOT NULL DEFAULT 0,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt {real} NOT NULL DEFAULT 0,
+            failing_since {real},
+            disabled_at {real},
+            last_error TEXT,
+            lease TEXT,
+            lease_until {real} NOT NULL DEFAULT 0
+        );
+        """,
 }
 
 
@@ -261,6 +278,7 @@ SQLITE: list[tuple[int, str]] = [
         CREATE INDEX events_account ON events (account_id, seq);
         """,
     ),
+    _shared(12, "SQLITE"),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -452,4 +470,5 @@ POSTGRES: list[tuple[int, str]] = [
         CREATE INDEX events_account ON events (account_id, txid, seq);
         """,
     ),
+    _shared(12, "POSTGRES"),
 ]

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
+from relay.storage.base import WEBHOOK_COLUMNS, WebhookState
 from relay.storage.events import stored_event
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
 
@@ -79,3 +80,109 @@ class PostgresEvents(PostgresCore):
             args.append(sorted(types))
         rows = await self._fetch(sql + " ORDER BY txid, seq LIMIT $4", *args)
         return [stored_event(tuple(row)[2:], f"{row[0]}.{row[1]}") for row in rows]
+
+    async def events_tail(self, account_id: str) -> str | None:
+        """The cursor of the account's newest event that a reader can see."""
+        rows = await self._fetch(
+            "SELECT txid::text, seq FROM events WHERE account_id = $1"
+            " AND txid < pg_snapshot_xmin(pg_current_snapshot()) ORDER BY txid DESC, seq DESC"
+            " LIMIT 1",
+            account_id,
+        )
+        return f"{rows[0][0]}.{rows[0][1]}" if rows else None
+
+    async def webhook_lease(
+        self,
+        key: str,
+        account_id: str,
+        url: str,
+        *,
+        start: str | None,
+        lease: str,
+        now: float,
+        lease_until: float,
+    ) -> WebhookState | None:
+        """Lease the endpoint if it is due and enabled (created at `start` if new)."""
+        try:
+            async with self._acquire() as con, con.transaction():
+                await con.execute(
+                    "INSERT INTO webhook_state (key, account_id, url, cursor)"
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT (key) DO NOTHING",
+                    key,
+                    account_id,
+                    url,
+                    start,
+                )
+                row = await con.fetchrow(
+                    "UPDATE webhook_state SET lease = $2, lease_until = $3 WHERE key = $1"  # noqa: S608
+                    " AND disabled_at IS NULL AND next_attempt <= $4 AND lease_until <= $4"
+                    f" RETURNING {WEBHOOK_COLUMNS}",
+                    key,
+                    lease,
+                    lease_until,
+                    now,
+                )
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+        return None if row is None else WebhookState(*tuple(row))
+
+    async def webhook_advance(self, key: str, lease: str, *, cursor: str) -> bool:
+        """Record events delivered up to `cursor`."""
+        rows = await self._fetch(
+            "UPDATE webhook_state SET cursor = $1, delivered = delivered + 1, attempts = 0,"
+            " failing_since = NULL, last_error = NULL WHERE key = $2 AND lease = $3 RETURNING 1",
+            cursor,
+            key,
+            lease,
+        )
+        return len(rows) == 1
+
+    async def webhook_fail(
+        self,
+        key: str,
+        lease: str,
+        *,
+        error: str,
+        now: float,
+        next_attempt: float,
+        disable: bool,
+    ) -> bool:
+        """Record a failed attempt."""
+        rows = await self._fetch(
+            "UPDATE webhook_state SET attempts = attempts + 1, last_error = $1,"
+            " failing_since = COALESCE(failing_since, $2), next_attempt = $3,"
+            " disabled_at = CASE WHEN $4 THEN $2 ELSE NULL END, lease = NULL, lease_until = 0"
+            " WHERE key = $5 AND lease = $6 RETURNING 1",
+            error,
+            now,
+            next_attempt,
+            disable,
+            key,
+            lease,
+        )
+        return len(rows) == 1
+
+    async def webhook_release(self, key: str, lease: str) -> None:
+        """Give the lease back."""
+        await self._fetch(
+            "UPDATE webhook_state SET lease = NULL, lease_until = 0 WHERE key = $1 AND lease = $2",
+            key,
+            lease,
+        )
+
+    async def webhook_states(self) -> list[WebhookState]:
+        """Every endpoint's state."""
+        rows = await self._fetch(
+            f"SELECT {WEBHOOK_COLUMNS} FROM webhook_state ORDER BY account_id, url"  # noqa: S608
+        )
+        return [WebhookState(*tuple(row)) for row in rows]
+
+    async def webhook_enable(self, key: str, *, now: float) -> bool:
+        """Enable a disabled endpoint again."""
+        rows = await self._fetch(
+            "UPDATE webhook_state SET disabled_at = NULL, failing_since = NULL, attempts = 0,"
+            " next_attempt = $1 WHERE key = $2 RETURNING 1",
+            now,
+            key,
+        )
+        return len(rows) == 1

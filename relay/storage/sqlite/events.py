@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from relay.storage.base import WEBHOOK_COLUMNS, WebhookState
 from relay.storage.events import stored_event
 from relay.storage.sqlite.core import SqliteCore
 
@@ -57,3 +58,109 @@ class SqliteEvents(SqliteCore):
             params += sorted(types)
         rows = await self._fetch(sql + " ORDER BY seq LIMIT ?", [*params, limit])
         return [stored_event(tuple(row[1:]), str(row[0])) for row in rows]
+
+    async def events_tail(self, account_id: str) -> str | None:
+        """The cursor of the account's newest event."""
+        rows = await self._fetch("SELECT MAX(seq) FROM events WHERE account_id = ?", (account_id,))
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
+    async def webhook_lease(
+        self,
+        key: str,
+        account_id: str,
+        url: str,
+        *,
+        start: str | None,
+        lease: str,
+        now: float,
+        lease_until: float,
+    ) -> WebhookState | None:
+        """Lease the endpoint if it is due and enabled (created at `start` if new)."""
+
+        def operation(db: sqlite3.Connection) -> WebhookState | None:
+            db.execute(
+                "INSERT INTO webhook_state (key, account_id, url, cursor) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key) DO NOTHING",
+                (key, account_id, url, start),
+            )
+            cursor = db.execute(
+                "UPDATE webhook_state SET lease = ?, lease_until = ? WHERE key = ?"
+                " AND disabled_at IS NULL AND next_attempt <= ? AND lease_until <= ?",
+                (lease, lease_until, key, now, now),
+            )
+            if cursor.rowcount != 1:
+                return None
+            row = db.execute(
+                f"SELECT {WEBHOOK_COLUMNS} FROM webhook_state WHERE key = ?",  # noqa: S608
+                (key,),
+            ).fetchone()
+            return WebhookState(*row)
+
+        return await self._write(operation)
+
+    async def webhook_advance(self, key: str, lease: str, *, cursor: str) -> bool:
+        """Record events delivered up to `cursor`."""
+
+        def operation(db: sqlite3.Connection) -> bool:
+            done = db.execute(
+                "UPDATE webhook_state SET cursor = ?, delivered = delivered + 1, attempts = 0,"
+                " failing_since = NULL, last_error = NULL WHERE key = ? AND lease = ?",
+                (cursor, key, lease),
+            )
+            return done.rowcount == 1
+
+        return await self._write(operation)
+
+    async def webhook_fail(
+        self,
+        key: str,
+        lease: str,
+        *,
+        error: str,
+        now: float,
+        next_attempt: float,
+        disable: bool,
+    ) -> bool:
+        """Record a failed attempt."""
+
+        def operation(db: sqlite3.Connection) -> bool:
+            done = db.execute(
+                "UPDATE webhook_state SET attempts = attempts + 1, last_error = ?,"
+                " failing_since = COALESCE(failing_since, ?), next_attempt = ?,"
+                " disabled_at = CASE WHEN ? THEN ? ELSE NULL END, lease = NULL, lease_until = 0"
+                " WHERE key = ? AND lease = ?",
+                (error, now, next_attempt, disable, now, key, lease),
+            )
+            return done.rowcount == 1
+
+        return await self._write(operation)
+
+    async def webhook_release(self, key: str, lease: str) -> None:
+        """Give the lease back."""
+        await self._write(
+            lambda db: db.execute(
+                "UPDATE webhook_state SET lease = NULL, lease_until = 0"
+                " WHERE key = ? AND lease = ?",
+                (key, lease),
+            )
+        )
+
+    async def webhook_states(self) -> list[WebhookState]:
+        """Every endpoint's state."""
+        rows = await self._fetch(
+            f"SELECT {WEBHOOK_COLUMNS} FROM webhook_state ORDER BY account_id, url"  # noqa: S608
+        )
+        return [WebhookState(*row) for row in rows]
+
+    async def webhook_enable(self, key: str, *, now: float) -> bool:
+        """Enable a disabled endpoint again."""
+
+        def operation(db: sqlite3.Connection) -> bool:
+            done = db.execute(
+                "UPDATE webhook_state SET disabled_at = NULL, failing_since = NULL, attempts = 0,"
+                " next_attempt = ? WHERE key = ?",
+                (now, key),
+            )
+            return done.rowcount == 1
+
+        return await self._write(operation)

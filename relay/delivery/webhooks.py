@@ -1,0 +1,322 @@
+"""Webhooks: each account's events pushed to its endpoints, signed per Standard Webhooks.
+
+Every endpoint (`accounts[].webhooks`) walks its account's event feed (docs/events.md) from the
+newest event at the time it was first configured. One relay process at a time holds an
+endpoint's lease (several relays share the work on one store), sends its events in order, one
+request each, and records its place after every 2xx: delivery is at least once, and the
+`webhook-id` header (the event's id) lets the receiver drop a repeat.
+
+- **Signed** with the `standardwebhooks` package: `webhook-id`, `webhook-timestamp` and one
+  `webhook-signature` per configured secret (a list while rotating).
+- **Untrusted URLs**: the host is resolved first, and an endpoint whose addresses include a
+  loopback, private, link-local (cloud metadata), multicast or reserved one is refused, unless
+  `webhooks.allow_private`. The request then goes to the addresses checked, not to a second
+  lookup. Redirects are not followed; at most 64 KiB of the answer is read.
+- **Retried**: anything but a 2xx within `webhooks.timeout` is a failure, retried with
+  exponential backoff and jitter (5 s doubling, at most 6 hours apart); an endpoint failing for
+  `webhooks.retry_for` (3 days) is disabled (`webhook_disabled`) until `optin-relay webhooks
+  enable`. The events wait in the store meanwhile: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import ipaddress
+import json
+import random
+import socket
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from standardwebhooks.webhooks import Webhook as Signer
+
+from relay.errors import StoreError
+from relay.logging import get_logger
+from relay.mail.compose import relay_mail
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from relay.clock import Clock
+    from relay.config import Account, Webhook
+    from relay.runtime import Runtime
+    from relay.storage.base import Event, Store
+
+log = get_logger(__name__)
+PAGE = 50
+MAX_ANSWER = 64 * 1024
+FIRST_RETRY = 5.0
+LONGEST_RETRY = 6 * 3600.0
+
+
+def endpoint_key(account_id: str, url: str) -> str:
+    """The stored name of one endpoint of one account."""
+    return hashlib.sha256(f"{account_id}\n{url}".encode()).hexdigest()[:32]
+
+
+def retry_delay(attempts: int, rng: random.Random) -> float:
+    """Seconds before the next try after `attempts` failures: doubling, capped, jittered."""
+    base = min(FIRST_RETRY * 2 ** max(attempts - 1, 0), LONGEST_RETRY)
+    return float(base * rng.uniform(0.8, 1.2))
+
+
+def forbidden(address: str) -> bool:
+    """Whether an endpoint may not be on `address` (unless `webhooks.allow_private`)."""
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A failed attempt: the lease it happened under, the count, since when, and why."""
+
+    lease: str
+    attempts: int
+    since: float | None
+    error: str
+
+
+class WebhookRefused(Exception):  # noqa: N818 - a refusal, not a crash
+    """The endpoint's URL may not be called (a private address, an unknown host)."""
+
+
+class _Pinned(AbstractResolver):
+    """A resolver that answers with the addresses already checked (no second lookup)."""
+
+    def __init__(self, answers: list[ResolveResult]) -> None:
+        self.answers = answers
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        del host, port, family
+        return self.answers
+
+    async def close(self) -> None:
+        return None
+
+
+async def _checked_addresses(host: str, port: int, *, allow_private: bool) -> list[ResolveResult]:
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise WebhookRefused(f"cannot resolve {host}: {exc}") from exc
+    answers: list[ResolveResult] = []
+    for family, _, proto, _, sockaddr in infos:
+        address = str(sockaddr[0])
+        if not allow_private and forbidden(address):
+            raise WebhookRefused(f"{host} resolves to {address}, a private or reserved address")
+        answers.append(
+            {
+                "hostname": host,
+                "host": address,
+                "port": port,
+                "family": family,
+                "proto": proto,
+                "flags": socket.AI_NUMERICHOST,
+            }
+        )
+    if not answers:
+        raise WebhookRefused(f"{host} has no address")
+    return answers
+
+
+async def post(hook: Webhook, event: Event, *, seconds: float, allow_private: bool) -> str | None:
+    """Send one event to `hook`; None when it answered 2xx, else what went wrong."""
+    parts = urlsplit(hook.url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    body = json.dumps(event.payload(), separators=(",", ":"))
+    sent_at = datetime.now(UTC)  # the receiver checks it against its own clock
+    signatures = [
+        Signer(secret.get_secret_value()).sign(event.id, sent_at, body) for secret in hook.secret
+    ]
+    headers = {
+        "content-type": "application/json",
+        "user-agent": "optin-relay",
+        "webhook-id": event.id,
+        "webhook-timestamp": str(int(sent_at.timestamp())),
+        "webhook-signature": " ".join(signatures),
+    }
+    try:
+        answers = await _checked_addresses(host, port, allow_private=allow_private)
+        connector = aiohttp.TCPConnector(resolver=_Pinned(answers), use_dns_cache=False)
+        async with (
+            aiohttp.ClientSession(
+                connector=connector, timeout=aiohttp.ClientTimeout(total=seconds)
+            ) as session,
+            session.post(hook.url, data=body, headers=headers, allow_redirects=False) as answer,
+        ):
+            await answer.content.read(MAX_ANSWER)  # capped: the body is not needed
+            if 200 <= answer.status < 300:  # noqa: PLR2004
+                return None
+            return f"HTTP {answer.status}"
+    except WebhookRefused as exc:
+        return f"refused: {exc}"
+    except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
+        return f"{type(exc).__name__}: {exc}".strip()
+
+
+class Webhooks:
+    """Pushes every account's events to its endpoints, in the background."""
+
+    def __init__(
+        self,
+        store: Store,
+        runtime: Callable[[], Runtime],
+        clock: Clock,
+        *,
+        node: str,
+        rng: random.Random | None = None,
+    ) -> None:
+        """Read events from `store`; `node` names this process in the leases it takes."""
+        self.store = store
+        self.runtime = runtime
+        self.clock = clock
+        self.node = node
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self._busy: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Look for work now (an event was written, or a test moved the clock)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Serve due endpoints until cancelled."""
+        while True:
+            config = self.runtime().config
+            self.round()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), config.webhooks.poll_interval)
+
+    def round(self) -> None:
+        """Start serving each configured endpoint not being served, up to the concurrency."""
+        config = self.runtime().config
+        for account in config.accounts:
+            for hook in account.webhooks:
+                key = endpoint_key(account.id, hook.url)
+                if key in self._busy or len(self._busy) >= config.webhooks.concurrency:
+                    continue
+                self._busy.add(key)
+                task = asyncio.create_task(self._serve(account, hook, key), name=f"webhook-{key}")
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def stop(self) -> None:
+        """Cancel what is in flight (its events stay in the store, sent again later)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, account: Account, hook: Webhook, key: str) -> None:
+        try:
+            await self._serve_leased(account, hook, key)
+        except StoreError as exc:
+            log.warning("webhook_store_error", account_id=account.id, url=hook.url, error=str(exc))
+        finally:
+            self._busy.discard(key)
+
+    async def _serve_leased(self, account: Account, hook: Webhook, key: str) -> None:
+        settings = self.runtime().config.webhooks
+        now = self.clock.now()
+        lease = f"{self.node}:{key}:{time.monotonic_ns()}"
+        state = await self.store.webhook_lease(
+            key,
+            account.id,
+            hook.url,
+            start=await self.store.events_tail(account.id),
+            lease=lease,
+            now=now,
+            lease_until=now + 4 * settings.timeout + 60,
+        )
+        if state is None:
+            return  # not due, disabled, or served by another process
+        cursor, attempts, since = state.cursor, state.attempts, state.failing_since
+        types = frozenset(hook.events) or None
+        try:
+            while page := await self.store.events(
+                account.id, after=cursor, types=types, limit=PAGE
+            ):
+                for event in page:
+                    error = await post(
+                        hook, event, seconds=settings.timeout, allow_private=settings.allow_private
+                    )
+                    if error is not None:
+                        failure = _Failure(lease, attempts + 1, since, error[:500])
+                        await self._failed(account, hook, key, failure)
+                        lease = ""  # given back by the failure record
+                        return
+                    cursor, attempts, since = event.cursor, 0, None
+                    await self.store.webhook_advance(key, lease, cursor=cursor)
+                    log.info(
+                        "webhook_delivered",
+                        account_id=account.id,
+                        url=hook.url,
+                        event_id=event.id,
+                        type=event.type,
+                    )
+        finally:
+            if lease:
+                await self.store.webhook_release(key, lease)
+
+    async def _failed(self, account: Account, hook: Webhook, key: str, failure: _Failure) -> None:
+        settings = self.runtime().config.webhooks
+        now = self.clock.now()
+        since = failure.since if failure.since is not None else now
+        disable = now - since >= settings.retry_for
+        next_attempt = now + retry_delay(failure.attempts, self.rng)
+        await self.store.webhook_fail(
+            key,
+            failure.lease,
+            error=failure.error,
+            now=now,
+            next_attempt=next_attempt,
+            disable=disable,
+        )
+        fields: dict[str, Any] = {"account_id": account.id, "url": hook.url, "error": failure.error}
+        if disable:
+            log.warning("webhook_disabled", failing_since=since, **fields)
+            await self._tell_contact(account, hook, failure.error, now=now)
+        else:
+            log.info(
+                "webhook_failed", attempt=failure.attempts, next_attempt=next_attempt, **fields
+            )
+
+    async def _tell_contact(
+        self, account: Account, hook: Webhook, error: str, *, now: float
+    ) -> None:
+        """Mail the account's contact that its endpoint is disabled, and how to enable it."""
+        if account.contact is None:
+            return
+        config = self.runtime().config
+        days = config.webhooks.retry_for / 86400
+        notice = relay_mail(
+            config,
+            account_id=account.id,
+            sender=(f"{config.hostname} webhooks", f"postmaster@{config.relay_domain}"),
+            to=account.contact,
+            subject=f"Webhook disabled: {hook.url}",
+            text=(
+                f"The webhook endpoint {hook.url} of account {account.id} has failed for"
+                f" {days:g} days and is disabled.\n\nThe last error: {error}\n\n"
+                "No event is lost: they wait in the relay. Once the endpoint works again, ask"
+                " the relay's operator to run `optin-relay webhooks enable` for it, or read the"
+                " events from GET /api/v1/events.\n"
+            ),
+            now=now,
+        )
+        await self.store.spool(notice)
+        log.info("webhook_notice_queued", account_id=account.id, url=hook.url, message_id=notice.id)

@@ -1,0 +1,276 @@
+"""Webhooks end to end: a real receiver on a loopback port gets every event, signed."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+
+import pytest
+import yaml
+from aiohttp import web
+from clirun import run_cli
+from conftest import (
+    PASSWORD,
+    config_data,
+    eventually,
+    free_port,
+    settles,
+    simple_message,
+    smtp_client,
+)
+from standardwebhooks.webhooks import Webhook as Verifier
+
+from relay.delivery.webhooks import endpoint_key, forbidden, retry_delay
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+OLD_SECRET = "whsec_" + base64.b64encode(b"o" * 32).decode()
+
+
+class Receiver:
+    """A CRM's webhook endpoint: records what it gets, answers `status`."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.received: list[tuple[dict[str, str], str]] = []
+        self.status = 200
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        body = await request.text()
+        self.received.append((dict(request.headers), body))
+        return web.Response(status=self.status, text="ok")
+
+    def events(self, secret: str = SECRET) -> list[dict]:
+        """Every request's event, each verified with `secret` (raises if one does not verify)."""
+        verifier = Verifier(secret)
+        return [verifier.verify(body, headers) for headers, body in self.received]
+
+
+@pytest.fixture
+async def receiver():
+    r = Receiver()
+    await r.start()
+    yield r
+    await r.stop()
+
+
+def webhook_data(store_url, upstream, tls_files, url, **settings):
+    data = config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
+    data["webhooks"] = {"allow_private": True, "poll_interval": 0.05, **settings}
+    data["accounts"][0]["webhooks"] = [{"url": url, "secret": [SECRET, OLD_SECRET]}]
+    return data
+
+
+async def started(start_relay, data):
+    """A relay whose endpoint has taken its place in the feed (before any mail is sent)."""
+    relay = await start_relay(data)
+    await eventually(lambda: relay.webhooks is not None)
+    for _ in range(200):
+        if await relay.store.webhook_states():
+            break
+        await asyncio.sleep(0.02)
+    return relay
+
+
+async def send(relay, recipients=("a@example.net",)):
+    client = await smtp_client(relay.smtp_ports[0], login=("acme-crm", PASSWORD))
+    await client.sendmail("news@acme.example", list(recipients), simple_message())
+    await client.quit()
+
+
+async def test_events_arrive_signed_in_order(start_relay, store_url, upstream, tls_files, receiver):
+    """Each event once, in the feed's order, verifying with either secret (rotation)."""
+    url = f"http://127.0.0.1:{receiver.port}/hook"
+    relay = await started(start_relay, webhook_data(store_url, upstream, tls_files, url))
+    await send(relay, ["a@example.net", "b@example.net"])
+    await eventually(lambda: len(receiver.received) == 3)
+    events = receiver.events()
+    assert [e["type"] for e in events] == [
+        "message.accepted",
+        "message.delivered",
+        "message.delivered",
+    ]
+    assert receiver.events(OLD_SECRET) == events  # both secrets sign each request
+    headers = receiver.received[0][0]
+    assert headers["webhook-id"] == events[0]["id"]
+    assert headers["Content-Type"] == "application/json"
+    assert events[0]["account"] == "acme"
+    assert sorted(e["recipient"] for e in events[1:]) == ["a@example.net", "b@example.net"]
+
+    async def progress():
+        (state,) = await relay.store.webhook_states()
+        return state.delivered, state.attempts, state.disabled_at
+
+    await settles(progress, (3, 0, None))  # recorded just after each 2xx
+
+
+async def test_an_endpoint_on_loopback_is_refused_unless_allowed(
+    start_relay, store_url, upstream, tls_files, receiver, log_lines
+):
+    """Account-supplied URLs are untrusted: 127.0.0.1 gets nothing without allow_private."""
+    url = f"http://127.0.0.1:{receiver.port}/hook"
+    data = webhook_data(store_url, upstream, tls_files, url, allow_private=False)
+    relay = await started(start_relay, data)
+    await send(relay)
+    await eventually(lambda: [e for e in log_lines() if e["event"] == "webhook_failed"])
+    assert receiver.received == []
+    states = await relay.store.webhook_states()
+    assert len(states) == 1, states
+    assert "private or reserved address" in states[0].last_error
+    for address in (
+        "127.0.0.1",
+        "10.1.2.3",
+        "169.254.169.254",
+        "::1",
+        "fd00:ec2::254",
+        "::ffff:10.0.0.1",
+    ):
+        assert forbidden(address), address
+    assert not forbidden("93.184.216.34")
+
+
+async def test_a_failing_endpoint_is_retried_then_gets_everything(
+    start_relay, store_url, upstream, tls_files, clock, log_lines
+):
+    """Down for an hour (nothing listening, then 500s), then back: every event, as stored."""
+    receiver = Receiver()
+    url = f"http://127.0.0.1:{receiver.port}/hook"
+    relay = await started(start_relay, webhook_data(store_url, upstream, tls_files, url))
+    await send(relay, ["a@example.net"])
+    await send(relay, ["b@example.net"])
+    await eventually(lambda: [e for e in log_lines() if e["event"] == "webhook_failed"])
+    states = await relay.store.webhook_states()
+    assert len(states) == 1, states
+    assert states[0].attempts == 1
+    for _ in range(12):  # an hour of retries on the schedule
+        clock.advance(300)
+        relay.webhooks.wake()
+        await asyncio.sleep(0.05)
+    failures = [e for e in log_lines() if e["event"] == "webhook_failed"]
+    assert len(failures) >= 3
+    assert all(b["next_attempt"] > a["next_attempt"] for a, b in itertools.pairwise(failures))
+    await receiver.start()
+    try:
+        receiver.status = 500  # up, but failing
+        clock.advance(LONG_ENOUGH)
+        relay.webhooks.wake()
+        await eventually(lambda: len(receiver.received) >= 1)
+        receiver.status = 200
+        clock.advance(LONG_ENOUGH)
+        relay.webhooks.wake()
+        stored = await relay.store.events("acme", limit=100)
+        await eventually(lambda: len({e["id"] for e in receiver.events()}) == len(stored))
+        delivered = receiver.events()
+        assert [e["id"] for e in delivered][-len(stored) :] == [e.id for e in stored]
+        assert {e["id"]: e for e in delivered} == {e.id: e.payload() for e in stored}
+    finally:
+        await receiver.stop()
+
+
+LONG_ENOUGH = 7 * 3600  # past the longest retry delay
+
+
+async def test_an_endpoint_failing_past_retry_for_is_disabled(
+    start_relay, store_url, upstream, tls_files, clock, log_lines
+):
+    """Failing for `retry_for`: disabled, logged for the operator, and the contact gets mail."""
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    data = webhook_data(store_url, upstream, tls_files, url, retry_for=3600)
+    relay = await started(start_relay, data)
+    await send(relay)
+    await eventually(lambda: [e for e in log_lines() if e["event"] == "webhook_failed"])
+    for _ in range(3):
+        clock.advance(LONG_ENOUGH)
+        relay.webhooks.wake()
+        await asyncio.sleep(0.1)
+    await eventually(lambda: [e for e in log_lines() if e["event"] == "webhook_disabled"])
+    (state,) = await relay.store.webhook_states()
+    assert state.disabled_at is not None
+    assert state.key == endpoint_key("acme", url)
+    # The account's contact is told, by mail through the relay itself.
+    relay.delivery.wake()
+    await eventually(lambda: [m for m in upstream.messages if m.rcpt == "abuse-desk@acme.example"])
+    # One notice (the test's clock jumps may have it delivered twice: at least once).
+    notices = {m.message["Message-ID"]: m for m in upstream.messages if m.rcpt.startswith("abuse")}
+    assert len(notices) == 1
+    assert f"Webhook disabled: {url}" in next(iter(notices.values())).message["Subject"]
+
+
+def test_retry_delays_double_with_jitter_and_a_cap():
+    """5 s, 10 s, 20 s ... never more than 6 hours, each within 20% of its base."""
+    import random
+
+    rng = random.Random(1)
+    delays = [retry_delay(n, rng) for n in range(1, 20)]
+    assert 4 <= delays[0] <= 6
+    assert 8 <= delays[1] <= 12
+    assert max(delays) <= 6 * 3600 * 1.2
+    assert delays[-1] >= 6 * 3600 * 0.8
+
+
+def test_webhook_secrets_and_types_are_checked(tmp_path, sqlite_url, tls_files):
+    """A secret that is not whsec_ and base64 of 24-64 bytes, or an unknown type, is refused."""
+    from relay.config import ConfigError, parse_config
+
+    for hook, problem in [
+        ({"url": "https://crm.example/h", "secret": "plain"}, "whsec_"),
+        ({"url": "https://crm.example/h", "secret": SECRET, "events": ["mail.sent"]}, "mail.sent"),
+        ({"url": "ftp://crm.example/h", "secret": SECRET}, "url"),
+    ]:
+        data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
+        data["accounts"][0]["webhooks"] = [hook]
+        with pytest.raises(ConfigError, match=problem):
+            parse_config(json.loads(json.dumps(data)), base_dir=tmp_path)
+
+
+async def test_the_cli_shows_tests_and_enables_endpoints(
+    start_relay, sqlite_url, upstream, tls_files, clock, log_lines, tmp_path
+):
+    """`webhooks status` names a disabled endpoint; `enable` resumes it; `test` sends a ping."""
+    receiver = Receiver()
+    url = f"http://127.0.0.1:{receiver.port}/hook"
+    data = webhook_data(sqlite_url, upstream, tls_files, url, retry_for=3600)
+    relay = await started(start_relay, data)
+    await send(relay)
+    for _ in range(3):
+        clock.advance(LONG_ENOUGH)
+        relay.webhooks.wake()
+        await asyncio.sleep(0.1)
+    await eventually(lambda: [e for e in log_lines() if e["event"] == "webhook_disabled"])
+    path = tmp_path / "cli.yaml"
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(data))))
+    status = await asyncio.to_thread(run_cli, "webhooks", "status", "--config", str(path))
+    assert f"acme\t{url}\tdisabled\t0" in status.stdout
+    failed = await asyncio.to_thread(
+        run_cli, "webhooks", "test", "acme", "--config", str(path), check=False
+    )
+    assert failed.returncode == 1
+    assert "failed: ClientConnectorError" in failed.stdout
+    await receiver.start()
+    try:
+        ok = await asyncio.to_thread(run_cli, "webhooks", "test", "acme", "--config", str(path))
+        assert f"{url}\tok" in ok.stdout
+        assert [e["type"] for e in receiver.events()] == ["webhook.test"]
+        await asyncio.to_thread(run_cli, "webhooks", "enable", "acme", url, "--config", str(path))
+        relay.webhooks.wake()
+        await eventually(lambda: len(receiver.received) >= 3)  # the test, then the two events
+        assert [e["type"] for e in receiver.events()[1:3]] == [
+            "message.accepted",
+            "message.delivered",
+        ]
+    finally:
+        await receiver.stop()
