@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from conftest import PASSWORD, PASSWORD_HASH, config_data, eventually, simple_message, smtp_client
 from test_unsubscribe import token_of
+from test_webhooks import SECRET, Receiver, started
 
 from relay.storage import NewMessage, open_store
 from relay.storage.base import Suppression, new_message_id
@@ -225,13 +226,31 @@ async def test_the_weekly_newsletter_suspends_nobody_who_learned_in_time(
 ):
     """Issue 14's story: 12 subscribers, 11 one-click unsubscribes, the same newsletter again.
 
-    The CRM reads the 11 unsubscribes from the events API; the second send refuses the 11 at
-    RCPT (each a `recipient.refused` with its rule) and the account stays active; past the
-    72-hour grace the same 11 are violations, and the 11th suspends the account.
+    The CRM's webhook receiver (a real server on a loopback port) gets 11 signed
+    `recipient.unsubscribed` events, and the events API shows them too; the second send refuses
+    the 11 at RCPT (each a `recipient.refused` with its rule) and the account stays active;
+    past the 72-hour grace the same 11 are violations, and the 11th suspends the account.
     """
+    receiver = Receiver()
+    await receiver.start()
     data = config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
     data["accounts"][0]["api_key_hash"] = PASSWORD_HASH
-    relay = await start_relay(data)
+    data["webhooks"] = {"allow_private": True, "poll_interval": 0.05}
+    data["accounts"][0]["webhooks"] = [
+        {
+            "url": f"http://127.0.0.1:{receiver.port}/hook",
+            "secret": SECRET,
+            "events": ["recipient.unsubscribed"],
+        }
+    ]
+    try:
+        await _weekly_newsletter(start_relay, data, upstream, clock, receiver)
+    finally:
+        await receiver.stop()
+
+
+async def _weekly_newsletter(start_relay, data, upstream, clock, receiver):
+    relay = await started(start_relay, data)
     subscribers = [f"reader{n}@example.net" for n in range(12)]
     assert set((await send_to(relay, subscribers)).values()) == {250}
     await eventually(lambda: len(upstream.messages) == 12)
@@ -244,6 +263,11 @@ async def test_the_weekly_newsletter_suspends_nobody_who_learned_in_time(
     seen = await collect(relay, "recipient.unsubscribed", 11)
     assert sorted(e["recipient"] for e in seen) == sorted(leaving)
     assert {e["data"]["source"] for e in seen} == {"one_click"}
+    await eventually(lambda: len(receiver.received) == 11)
+    pushed = receiver.events()  # each verified with the standardwebhooks verifier
+    assert [(e["type"], e["recipient"]) for e in pushed] == [
+        (e["type"], e["recipient"]) for e in seen
+    ]
 
     clock.advance(48 * 3600)  # the next send, two days later: within the grace
     codes = await send_to(relay, subscribers)
@@ -283,3 +307,72 @@ async def test_the_events_api_checks_its_input(start_relay, sqlite_url, upstream
         http.get(f"http://127.0.0.1:{relay.web_port}/api/v1/events") as response,
     ):
         assert response.status == 401
+
+
+async def test_subscriptions_and_cases_write_their_events(store):
+    """Requested, confirmed (lifting an unsubscribe), case opened, case decided."""
+    from relay.storage.base import Case, CaseChange, Confirmation, Consent, Subscription
+
+    entry = Suppression("fan@example.net", "acme", "unsubscribe", "one_click", NOW)
+    await store.suppress(entry, actor="recipient")
+    item = Subscription(
+        "hash1",
+        "acme",
+        "news",
+        "fan@example.net",
+        "pending",
+        NOW,
+        NOW + 3600,
+        "192.0.2.1",
+        "ua",
+        "https://relay.example/s/acme/news",
+        "v1",
+        "Yes, send me the news",
+    )
+    await store.add_subscription(item)
+    record = Consent(
+        "acme",
+        "fan@example.net",
+        "news",
+        "confirmed",
+        NOW,
+        NOW + 60,
+        "form",
+        "192.0.2.1",
+        consent_text_version="v1",
+    )
+    assert await store.confirm_subscription(
+        "hash1", Confirmation(NOW + 60, "192.0.2.1", "ua", record, "form:confirm")
+    )
+    case = Case(
+        "case1",
+        "acme",
+        "victim@example.net",
+        "Q1",
+        "Q1",
+        "fbl",
+        "abuse",
+        b"report",
+        "awaiting_proof",
+        NOW + 100,
+        NOW + 100 + 86400 * 7,
+        NOW + 100,
+    )
+    assert await store.open_case(case)
+    change = CaseChange(
+        "fined", "fine", "op", "no proof", resolution="no proof", fine_cents=5000, resolved=True
+    )
+    assert await store.change_case("case1", change, expect=("awaiting_proof",), now=NOW + 200)
+    found = await all_events(store, 7)
+    assert [e.type for e in found] == [
+        "suppression.added",
+        "recipient.unsubscribed",
+        "subscription.requested",
+        "subscription.confirmed",
+        "suppression.removed",
+        "case.opened",
+        "case.decided",
+    ]
+    assert found[3].data["list"] == "news"
+    assert (found[5].data["case_id"], found[5].message_id) == ("case1", "Q1")
+    assert (found[6].data["status"], found[6].data["fine_cents"]) == ("fined", 5000)

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 from relay.storage.base import Event, NewEvent
 
 if TYPE_CHECKING:
-    from relay.storage.base import DeliveryJob, NewMessage, Suppression
+    from relay.storage.base import (
+        Case,
+        CaseChange,
+        Consent,
+        DeliveryJob,
+        NewMessage,
+        Subscription,
+        Suppression,
+    )
 
 # Every type the relay emits; `docs/events.md` documents each (a test keeps them in step).
 EVENT_TYPES: tuple[str, ...] = (
@@ -33,6 +41,10 @@ EVENT_TYPES: tuple[str, ...] = (
     "account.suspended",
     "account.reinstated",
     "account.terminated",
+    "subscription.requested",
+    "subscription.confirmed",
+    "case.opened",
+    "case.decided",
 )
 # How a suppression's reason shows as a recipient event (beside `suppression.added`).
 _BY_REASON = {
@@ -160,3 +172,84 @@ def refused_event(
         recipient=recipient,
         data={"rule": rule, "reply": reply},
     )
+
+
+def subscription_events(item: Subscription) -> list[NewEvent]:
+    """`subscription.requested`: a double opt-in started (the confirmation mail is on its way)."""
+    data = {"list": item.list_id, "form_url": item.form_url, "ip": item.ip}
+    return [
+        NewEvent(
+            "subscription.requested",
+            item.account_id,
+            item.created_at,
+            recipient=item.address,
+            data=data,
+        )
+    ]
+
+
+def confirmation_events(
+    record: Consent, *, ip: str | None, lifted: bool, now: float
+) -> list[NewEvent]:
+    """`subscription.confirmed`, and `suppression.removed` when it lifted an unsubscribe."""
+    events = [
+        NewEvent(
+            "subscription.confirmed",
+            record.account_id,
+            now,
+            recipient=record.address,
+            data={
+                "list": record.list_id,
+                "ip": ip,
+                "consent_text_version": record.consent_text_version,
+            },
+        )
+    ]
+    if lifted:
+        events += unsuppression_events(
+            record.address, record.account_id, reason="resubscribed", actor="subscriber", now=now
+        )
+    return events
+
+
+def case_opened_events(case: Case) -> list[NewEvent]:
+    """`case.opened`: a complaint against the account, with its deadline for proof."""
+    return [
+        NewEvent(
+            "case.opened",
+            case.account_id,
+            case.opened_at,
+            message_id=case.message_id,
+            recipient=case.recipient,
+            data={
+                "case_id": case.id,
+                "feedback_type": case.feedback_type,
+                "source": case.source,
+                "deadline": case.deadline,
+            },
+        )
+    ]
+
+
+def case_decided_events(
+    case_id: str, row: tuple[Any, ...] | None, change: CaseChange, now: float
+) -> list[NewEvent]:
+    """`case.decided` when a change resolves the case (`row`: its account, recipient, message)."""
+    if row is None or not change.resolved:
+        return []
+    account_id, recipient, message_id = row
+    return [
+        NewEvent(
+            "case.decided",
+            account_id,
+            now,
+            message_id=message_id,
+            recipient=recipient,
+            data={
+                "case_id": case_id,
+                "status": change.status,
+                "resolution": change.resolution,
+                "fine_cents": change.fine_cents,
+            },
+        )
+    ]

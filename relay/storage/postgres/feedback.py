@@ -15,7 +15,9 @@ from relay.storage.base import (
     case_from_row,
     case_row,
 )
+from relay.storage.events import case_decided_events, case_opened_events
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.postgres.events import insert_events
 from relay.storage.sql import CASE_COLUMNS, SENT_SQL
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ class PostgresFeedback(PostgresCore):
                 detail = f"{case.feedback_type} report via {case.source}"
                 event = CaseEvent(case.id, "open", case.status, detail, case.source, case.opened_at)
                 await _event(con, event)
+                await insert_events(con, case_opened_events(case))
                 return True
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
@@ -143,6 +146,13 @@ class PostgresFeedback(PostgresCore):
                     case_id, change.action, change.status, change.detail, change.actor, now
                 )
                 await _event(con, event)
+                row = await con.fetchrow(
+                    "SELECT account_id, recipient, message_id FROM cases WHERE id = $1", case_id
+                )
+                await insert_events(
+                    con,
+                    case_decided_events(case_id, None if row is None else tuple(row), change, now),
+                )
                 return True
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc

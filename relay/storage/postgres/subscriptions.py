@@ -13,7 +13,9 @@ from relay.storage.base import (
     normalize_address,
     subscription_row,
 )
+from relay.storage.events import confirmation_events, subscription_events
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.postgres.events import insert_events
 from relay.storage.postgres.lists import insert_audit
 from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT, SUBSCRIPTION_COLUMNS
 
@@ -28,12 +30,13 @@ class PostgresSubscriptions(PostgresCore):
     async def add_subscription(self, item: Subscription) -> None:
         """Insert a pending subscription."""
         try:
-            async with self._acquire() as con:
+            async with self._acquire() as con, con.transaction():
                 await con.execute(
                     f"INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS})"  # noqa: S608 - constant SQL
                     f" VALUES ({_marks(SUBSCRIPTION_COLUMNS)})",
                     *subscription_row(item),
                 )
+                await insert_events(con, subscription_events(item))
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
 
@@ -94,6 +97,12 @@ class PostgresSubscriptions(PostgresCore):
                     " AND reason = 'unsubscribe' RETURNING 1",
                     address,
                     record.account_id,
+                )
+                await insert_events(
+                    con,
+                    confirmation_events(
+                        record, ip=confirmation.ip, lifted=lifted is not None, now=confirmation.now
+                    ),
                 )
                 if lifted is not None:
                     entry = AuditEntry(

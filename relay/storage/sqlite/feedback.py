@@ -14,8 +14,10 @@ from relay.storage.base import (
     case_from_row,
     case_row,
 )
+from relay.storage.events import case_decided_events, case_opened_events
 from relay.storage.sql import CASE_COLUMNS, SENT_SQL
 from relay.storage.sqlite.core import SqliteCore
+from relay.storage.sqlite.events import insert_events
 
 if TYPE_CHECKING:
     import sqlite3
@@ -69,6 +71,7 @@ class SqliteFeedback(SqliteCore):
                 return False
             detail = f"{case.feedback_type} report via {case.source}"
             _event(db, CaseEvent(case.id, "open", case.status, detail, case.source, case.opened_at))
+            insert_events(db, case_opened_events(case))
             return True
 
         return await self._write(operation)
@@ -139,6 +142,10 @@ class SqliteFeedback(SqliteCore):
                 case_id, change.action, change.status, change.detail, change.actor, now
             )
             _event(db, event)
+            row = db.execute(
+                "SELECT account_id, recipient, message_id FROM cases WHERE id = ?", (case_id,)
+            ).fetchone()
+            insert_events(db, case_decided_events(case_id, row, change, now))
             return True
 
         return await self._write(operation)

@@ -14,8 +14,10 @@ from relay.storage.base import (
     normalize_address,
     subscription_row,
 )
+from relay.storage.events import confirmation_events, subscription_events
 from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT, SUBSCRIPTION_COLUMNS
 from relay.storage.sqlite.core import SqliteCore
+from relay.storage.sqlite.events import insert_events
 from relay.storage.sqlite.lists import insert_audit
 
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ class SqliteSubscriptions(SqliteCore):
                 f"INSERT INTO subscriptions ({SUBSCRIPTION_COLUMNS}) VALUES ({_MARKS})",  # noqa: S608 - constant SQL
                 subscription_row(item),
             )
+            insert_events(db, subscription_events(item))
 
         await self._write(operation)
 
@@ -95,7 +98,14 @@ class SqliteSubscriptions(SqliteCore):
                 " WHERE address = ? AND scope = ? AND reason = 'unsubscribe'",
                 (address, record.account_id),
             )
-            if db.total_changes != before:
+            lifted = db.total_changes != before
+            insert_events(
+                db,
+                confirmation_events(
+                    record, ip=confirmation.ip, lifted=lifted, now=confirmation.now
+                ),
+            )
+            if lifted:
                 entry = AuditEntry(
                     address,
                     record.account_id,
