@@ -153,8 +153,12 @@ class Bench:
         url: str | None = None,
         tree: Path | None = None,
         consents: list[str] = READERS,
+        configure: Callable[[Path], None] | None = None,
     ) -> Relays:
-        """Start `processes` relays on one port and one (fresh unless given) store."""
+        """Start `processes` relays on one port and one (fresh unless given) store.
+
+        `configure` may change each relay's configuration file before the relay starts.
+        """
         if url is None:
             url = self.storage.fresh()
             asyncio.run(seed_store(url, consents=consents, suppressed=10_000))
@@ -193,6 +197,8 @@ class Bench:
                 reuse_port=processes > 1,
                 **smtp,
             )
+            if configure is not None:
+                configure(path)
             started.append(start_relay(path, tree))
             web_ports.append(web_port)
         try:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 PAGE = 50
+ROUND_PAGES = 20  # events sent under one lease, at most PAGE * ROUND_PAGES
 MAX_ANSWER = 64 * 1024
 FIRST_RETRY = 5.0
 LONGEST_RETRY = 6 * 3600.0
@@ -73,6 +74,24 @@ def forbidden(address: str) -> bool:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
     return not ip.is_global or ip.is_multicast
+
+
+@dataclass
+class _Progress:
+    """Where an endpoint is while one relay serves it."""
+
+    lease: str
+    cursor: str | None
+    attempts: int
+    since: float | None
+
+    def delivered(self, cursor: str) -> None:
+        """An event got its 2xx: the endpoint is healthy at `cursor`."""
+        self.cursor, self.attempts, self.since = cursor, 0, None
+
+    def failure(self, error: str) -> _Failure:
+        """The record of a failed attempt from here."""
+        return _Failure(self.lease, self.attempts + 1, self.since, error[:500])
 
 
 @dataclass(frozen=True)
@@ -131,11 +150,33 @@ async def _checked_addresses(host: str, port: int, *, allow_private: bool) -> li
     return answers
 
 
-async def post(hook: Webhook, event: Event, *, seconds: float, allow_private: bool) -> str | None:
-    """Send one event to `hook`; None when it answered 2xx, else what went wrong."""
+async def endpoint_session(
+    hook: Webhook, *, seconds: float, allow_private: bool
+) -> aiohttp.ClientSession:
+    """A client session to `hook`'s checked addresses only (kept open for a round of events).
+
+    Raises WebhookRefused when the host resolves to an address the endpoint may not have.
+    """
     parts = urlsplit(hook.url)
     host = parts.hostname or ""
     port = parts.port or (443 if parts.scheme == "https" else 80)
+    answers = await _checked_addresses(host, port, allow_private=allow_private)
+    connector = aiohttp.TCPConnector(resolver=_Pinned(answers), use_dns_cache=False, limit=1)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=seconds))
+
+
+async def post(
+    hook: Webhook,
+    event: Event,
+    *,
+    seconds: float,
+    allow_private: bool,
+    session: aiohttp.ClientSession | None = None,
+) -> str | None:
+    """Send one event to `hook`; None when it answered 2xx, else what went wrong.
+
+    Through `session` when given (see endpoint_session), else a session of its own.
+    """
     body = json.dumps(event.payload(), separators=(",", ":"))
     sent_at = datetime.now(UTC)  # the receiver checks it against its own clock
     signatures = [
@@ -149,14 +190,14 @@ async def post(hook: Webhook, event: Event, *, seconds: float, allow_private: bo
         "webhook-signature": " ".join(signatures),
     }
     try:
-        answers = await _checked_addresses(host, port, allow_private=allow_private)
-        connector = aiohttp.TCPConnector(resolver=_Pinned(answers), use_dns_cache=False)
-        async with (
-            aiohttp.ClientSession(
-                connector=connector, timeout=aiohttp.ClientTimeout(total=seconds)
-            ) as session,
-            session.post(hook.url, data=body, headers=headers, allow_redirects=False) as answer,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            if session is None:
+                session = await stack.enter_async_context(
+                    await endpoint_session(hook, seconds=seconds, allow_private=allow_private)
+                )
+            answer = await stack.enter_async_context(
+                session.post(hook.url, data=body, headers=headers, allow_redirects=False)
+            )
             await answer.content.read(MAX_ANSWER)  # capped: the body is not needed
             if 200 <= answer.status < 300:  # noqa: PLR2004
                 return None
@@ -186,6 +227,7 @@ class Webhooks:
         self.node = node
         self.rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         self._busy: set[str] = set()
+        self._known: set[str] = set()  # endpoints stored already
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
 
@@ -237,40 +279,80 @@ class Webhooks:
             key,
             account.id,
             hook.url,
-            start=await self.store.events_tail(account.id),
+            # Where a new endpoint starts; an endpoint already stored keeps its place.
+            start=None if key in self._known else await self.store.events_tail(account.id),
             lease=lease,
             now=now,
             lease_until=now + 4 * settings.timeout + 60,
         )
+        self._known.add(key)
         if state is None:
             return  # not due, disabled, or served by another process
-        cursor, attempts, since = state.cursor, state.attempts, state.failing_since
-        types = frozenset(hook.events) or None
+        progress = _Progress(lease, state.cursor, state.attempts, state.failing_since)
         try:
-            while page := await self.store.events(
-                account.id, after=cursor, types=types, limit=PAGE
-            ):
-                for event in page:
-                    error = await post(
-                        hook, event, seconds=settings.timeout, allow_private=settings.allow_private
+            page = await self._page(account, hook, progress.cursor)
+            if not page:
+                return
+            try:
+                session = await endpoint_session(
+                    hook, seconds=settings.timeout, allow_private=settings.allow_private
+                )
+            except WebhookRefused as exc:
+                await self._failed(account, hook, key, progress.failure(f"refused: {exc}"))
+                progress.lease = ""  # given back by the failure record
+                return
+            async with session:  # one connection for the round (keep-alive)
+                for _ in range(ROUND_PAGES):  # then the lease goes back (a lost one ends it)
+                    sent = await self._send(
+                        account, hook, key, progress, page=page, session=session
                     )
-                    if error is not None:
-                        failure = _Failure(lease, attempts + 1, since, error[:500])
-                        await self._failed(account, hook, key, failure)
-                        lease = ""  # given back by the failure record
-                        return
-                    cursor, attempts, since = event.cursor, 0, None
-                    await self.store.webhook_advance(key, lease, cursor=cursor)
-                    log.info(
-                        "webhook_delivered",
-                        account_id=account.id,
-                        url=hook.url,
-                        event_id=event.id,
-                        type=event.type,
-                    )
+                    page = await self._page(account, hook, progress.cursor) if sent else []
+                    if not page:
+                        break
         finally:
-            if lease:
-                await self.store.webhook_release(key, lease)
+            if progress.lease:
+                await self.store.webhook_release(key, progress.lease)
+
+    async def _page(self, account: Account, hook: Webhook, cursor: str | None) -> list[Event]:
+        types = frozenset(hook.events) or None
+        return await self.store.events(account.id, after=cursor, types=types, limit=PAGE)
+
+    async def _send(
+        self,
+        account: Account,
+        hook: Webhook,
+        key: str,
+        progress: _Progress,
+        *,
+        page: list[Event],
+        session: aiohttp.ClientSession,
+    ) -> bool:
+        """Send `page` in order; False once one failed (recorded, lease given back)."""
+        settings = self.runtime().config.webhooks
+        for event in page:
+            error = await post(
+                hook,
+                event,
+                seconds=settings.timeout,
+                allow_private=settings.allow_private,
+                session=session,
+            )
+            if error is not None:
+                await self._failed(account, hook, key, progress.failure(error))
+                progress.lease = ""  # given back by the failure record
+                return False
+            progress.delivered(event.cursor)
+            if not await self.store.webhook_advance(key, progress.lease, cursor=event.cursor):
+                progress.lease = ""  # the lease ran out: another relay serves it now
+                return False
+            log.info(
+                "webhook_delivered",
+                account_id=account.id,
+                url=hook.url,
+                event_id=event.id,
+                type=event.type,
+            )
+        return True
 
     async def _failed(self, account: Account, hook: Webhook, key: str, failure: _Failure) -> None:
         settings = self.runtime().config.webhooks
