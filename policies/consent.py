@@ -74,7 +74,11 @@ class Policy(BasePolicy):
                 "consent.unsolicited_bulk",
             )
         if account.consent == "enforce":
-            return Reject(f"<{recipient}> has no opt-in record with this sender", "consent.missing")
+            return Reject(
+                f"<{recipient}> has no opt-in record with this sender; send only to subscribers"
+                " whose opt-in you can show (import the records, or use a confirmed opt-in form)",
+                "consent.missing",
+            )
         log.info(
             "consent_missing", recipient=recipient, count=count, threshold=limits.unsolicited_bulk
         )

@@ -47,7 +47,10 @@ class Policy(BasePolicy):
             tx.account.id, "messages", tx.message_id, now=self.clock.now(), window=HOUR, limit=limit
         )
         if not allowed:
-            return Defer(f"Rate limit: {limit} messages per hour", "rate_limit.messages_per_hour")
+            return Defer(
+                f"Rate limit: {limit} messages per hour; try again later",
+                "rate_limit.messages_per_hour",
+            )
         return CONTINUE
 
     async def on_rcpt(self, tx: Transaction, recipient: str) -> Verdict:
@@ -58,7 +61,8 @@ class Policy(BasePolicy):
             and len(tx.recipients) >= limits.recipients_per_message
         ):
             return Defer(
-                f"Rate limit: {limits.recipients_per_message} recipients per message",
+                f"Rate limit: {limits.recipients_per_message} recipients per message;"
+                " send the rest in another message",
                 "rate_limit.recipients_per_message",
             )
         address = normalize_address(recipient)
@@ -84,6 +88,8 @@ class Policy(BasePolicy):
                     else "rate_limit.per_domain_per_hour"
                 )
                 return Defer(
-                    f"Rate limit: {limit} recipients {what.removeprefix('recipients ')}", rule
+                    f"Rate limit: {limit} recipients {what.removeprefix('recipients ')};"
+                    " try again later",
+                    rule,
                 )
         return CONTINUE

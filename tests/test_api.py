@@ -8,7 +8,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import PASSWORD, PASSWORD_HASH, config_data
+from conftest import PASSWORD, PASSWORD_HASH, config_data, smtp_client
 
 from relay.storage.base import Suppression
 
@@ -120,3 +120,20 @@ async def test_the_api_keeps_its_openapi_document(start_relay, data):
     text = output.decode(errors="replace")
     assert process.returncode == 0, text[text.find("FAILURES") :][:6000]
     assert "Tested: 7" in text
+
+
+async def test_a_suppression_cannot_be_evaded_by_re_spelling(start_relay, data):
+    """`Foo.Bar+x@Example.ORG` is refused at RCPT when `foo.bar@example.org` is suppressed."""
+    relay = await start_relay(data)
+    status, _ = await call(
+        relay, "POST", "/api/v1/suppressions", json={"address": "foo.bar@example.org"}
+    )
+    assert status == 201
+    client = await smtp_client(relay.smtp_ports[0], login=("acme-crm", PASSWORD))
+    await client.mail("news@acme.example")
+    for spelling in ("Foo.Bar+x@Example.ORG", "FOO.BAR@example.org", "foo.bar+news@EXAMPLE.org"):
+        response = await client.execute_command(f"RCPT TO:<{spelling}>".encode())
+        assert (response.code, response.message[:5]) == (550, "5.7.1"), spelling
+    response = await client.execute_command(b"RCPT TO:<foobar@example.org>")
+    assert response.code == 250  # not Gmail: the dots count
+    await client.quit()

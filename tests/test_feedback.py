@@ -649,8 +649,15 @@ async def test_complaint_rate_warns_then_suspends(world, log_lines):
     feedback, store, clock, context = world
     await store.add_stats([("acme", "delivered", clock.now(), 1000)])
     ids = await spool(store, clock, [f"r{i}@example.net" for i in range(3)])
-    await feedback.complaint(traced(context.tokens, ids[0]), source="fbl", trusted=False)
+    result = await feedback.complaint(traced(context.tokens, ids[0]), source="fbl", trusted=False)
     assert [e["rate"] for e in log_lines() if e["event"] == "account_rate_warning"] == [0.001]
+    # The CRM learns of it, with the case that asks for the opt-in record.
+    types = frozenset({"recipient.complained", "case.opened"})
+    told = await store.events("acme", types=types)
+    assert [(e.type, e.recipient, e.data["case_id"]) for e in told] == [
+        ("case.opened", "r0@example.net", result.case_id),
+        ("recipient.complained", "r0@example.net", result.case_id),
+    ]
     assert await store.account_state("acme") is None  # still active
     await feedback.complaint(traced(context.tokens, ids[1]), source="fbl", trusted=False)
     assert await store.account_state("acme") is None
@@ -694,6 +701,14 @@ async def test_bounce_rate_suspends(world):
     assert (totals["bounce"], totals["soft_bounce"]) == (2, 1)
     assert (await store.suppressed("b@example.net", "acme")).reason == "bounce"
     assert await store.suppressed("a@example.net", "acme") is None
+    bounced = await store.events("acme", types=frozenset({"recipient.bounced"}))
+    assert [(e.recipient, e.data["bounce"]) for e in bounced] == [
+        ("a@example.net", "soft"),
+        ("b@example.net", "hard"),
+        ("c@example.net", "hard"),
+    ]
+    assert bounced[0].message_id is not None
+    assert bounced[0].data["status"].startswith("4.")
 
 
 async def test_deadline_upholds_unappealed_cases_and_repeat_offenders_are_suspended(world):

@@ -240,7 +240,7 @@ def test_webhook_secrets_and_types_are_checked(tmp_path, sqlite_url, tls_files):
 async def test_the_cli_shows_tests_and_enables_endpoints(
     start_relay, sqlite_url, upstream, tls_files, clock, log_lines, tmp_path
 ):
-    """`webhooks status` names a disabled endpoint; `enable` resumes it; `test` sends a ping."""
+    """`status` names a disabled endpoint; `enable` resumes it; `test` pings; `replay` resends."""
     receiver = Receiver()
     url = f"http://127.0.0.1:{receiver.port}/hook"
     data = webhook_data(sqlite_url, upstream, tls_files, url, retry_for=3600)
@@ -272,5 +272,14 @@ async def test_the_cli_shows_tests_and_enables_endpoints(
             "message.accepted",
             "message.delivered",
         ]
+        listed = await asyncio.to_thread(run_cli, "webhooks", "list", "--config", str(path))
+        assert listed.stdout == f"acme\t{url}\tall events\n"
+        replay = ("webhooks", "replay", "acme", url, "--since", "1d", "--config", str(path))
+        replayed = await asyncio.to_thread(run_cli, *replay)
+        assert "replaying from" in replayed.stdout
+        relay.webhooks.wake()
+        await eventually(lambda: len(receiver.received) >= 5)  # the two events once more
+        ids = [e["id"] for e in receiver.events()]
+        assert ids[3:5] == ids[1:3]  # the same events again, same ids: receivers can drop them
     finally:
         await receiver.stop()

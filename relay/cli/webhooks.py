@@ -1,9 +1,10 @@
-"""`optin-relay webhooks status | test ACCOUNT | enable ACCOUNT URL`: the accounts' endpoints.
+"""`optin-relay webhooks list | status | test | enable | replay`: the accounts' endpoints.
 
-`status` lists every configured endpoint with where it is in its account's events, how many it
-got, and whether it is failing or disabled. `test` sends a signed `webhook.test` event (not part
-of the feed) to each endpoint of an account, and says what each answered. `enable` resumes a
-disabled endpoint where it stopped.
+`list` shows the configured endpoints and the events each gets; `status` shows how each is
+doing: how many events it got, whether it is failing or disabled. `test ACCOUNT` sends a signed
+`webhook.test` event (not part of the feed) to each endpoint of an account, and says what each
+answered. `enable ACCOUNT URL` resumes a disabled endpoint where it stopped. `replay ACCOUNT URL
+--since WHEN` sends the events from WHEN (`24h` ago, or an ISO 8601 time) again, in order.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import secrets
 import sys
 import time
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, on_store, when
+from relay.configtypes import parse_duration
 from relay.delivery.webhooks import endpoint_key, post
 from relay.storage.base import Event
 
@@ -31,22 +34,29 @@ def add_parser(
     webhooks = commands.add_parser("webhooks", parents=[common], help="the accounts' webhooks")
     webhooks.set_defaults(handler=on_store(run))
     actions = webhooks.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions.add_parser("list", parents=[common], help="the configured endpoints")
     actions.add_parser("status", parents=[common], help="every endpoint and how it is doing")
     test = actions.add_parser("test", parents=[common], help="send a test event to an account's")
     test.add_argument("account")
     enable = actions.add_parser("enable", parents=[common], help="resume a disabled endpoint")
     enable.add_argument("account")
     enable.add_argument("url")
+    replay = actions.add_parser("replay", parents=[common], help="send events from a time again")
+    replay.add_argument("account")
+    replay.add_argument("url")
+    replay.add_argument("--since", required=True, help="24h (ago), 3d, or an ISO 8601 time")
 
 
 def _row(*fields: object) -> None:
     print("\t".join(str(field) for field in fields))
 
 
-async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
+async def run(args: argparse.Namespace, config: Config, store: Store) -> int:  # noqa: PLR0911 - one per action
     """Carry out one `webhooks` action."""
     if args.action == "status":
         return await _status(config, store)
+    if args.action == "list":
+        return _list(config)
     account = config.account(args.account)
     if account is None:
         print(f"error: no account {args.account!r} in the configuration", file=sys.stderr)
@@ -56,11 +66,50 @@ async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
     if args.url not in [hook.url for hook in account.webhooks]:
         print(f"error: account {account.id} has no webhook {args.url}", file=sys.stderr)
         return EXIT_USAGE
-    if not await store.webhook_enable(endpoint_key(account.id, args.url), now=time.time()):
-        print(f"error: {args.url} has not been served yet", file=sys.stderr)
-        return EXIT_REFUSED
-    _row(account.id, args.url, "enabled")
+    if args.action == "replay":
+        return await _replay(store, account.id, args.url, args.since)
+    return await _enable(store, account.id, args.url)
+
+
+def _list(config: Config) -> int:
+    for account in config.accounts:
+        for hook in account.webhooks:
+            _row(account.id, hook.url, ",".join(hook.events) or "all events")
     return EXIT_OK
+
+
+async def _replay(store: Store, account_id: str, url: str, since_text: str) -> int:
+    since = _since(since_text)
+    if since is None:
+        print(f"error: --since {since_text!r}: a duration or an ISO 8601 time", file=sys.stderr)
+        return EXIT_USAGE
+    key = endpoint_key(account_id, url)
+    if not await store.webhook_rewind(key, account_id, since=since, now=time.time()):
+        print(f"error: {url} has not been served yet", file=sys.stderr)
+        return EXIT_REFUSED
+    _row(account_id, url, f"replaying from {when(since)}")
+    return EXIT_OK
+
+
+async def _enable(store: Store, account_id: str, url: str) -> int:
+    if not await store.webhook_enable(endpoint_key(account_id, url), now=time.time()):
+        print(f"error: {url} has not been served yet", file=sys.stderr)
+        return EXIT_REFUSED
+    _row(account_id, url, "enabled")
+    return EXIT_OK
+
+
+def _since(text: str) -> float | None:
+    """`24h` (that long ago) or an ISO 8601 time, as Unix time; None if it is neither."""
+    try:
+        return time.time() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
 async def _status(config: Config, store: Store) -> int:

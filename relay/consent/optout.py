@@ -44,6 +44,7 @@ class OptOut:
     withdraw: str | None  # how the opt-in records are marked withdrawn (None: kept standing)
     stat: str | None  # the account statistic counted (None: not counted)
     count_repeats: bool = False  # count even when the address was suppressed already
+    case_id: str | None = None  # the complaint's case, named in the events
 
 
 async def opt_out(store: Store, out: OptOut, *, now: float) -> bool:
@@ -52,6 +53,7 @@ async def opt_out(store: Store, out: OptOut, *, now: float) -> bool:
         Suppression(out.recipient, out.scope, out.reason, out.source, now),
         actor=out.actor,
         account_id=out.account_id,
+        details={"case_id": out.case_id} if out.case_id else None,
     )
     if out.withdraw is not None:
         account = None if out.scope == GLOBAL_SCOPE else out.account_id

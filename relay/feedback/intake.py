@@ -31,6 +31,7 @@ from relay.storage.base import (
     new_case_id,
     normalize_address,
 )
+from relay.storage.events import bounce_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -258,6 +259,7 @@ class Feedback:
             withdraw="complaint",
             stat="complaint",
             count_repeats=True,
+            case_id=case.id,
         )
         if not await self.store.open_case(case):
             # A report seen before: the suppression stands, nothing is counted twice.
@@ -358,6 +360,15 @@ class Feedback:
         if worst == "soft":
             if counted:
                 await self.store.add_stats([(str(sent.account_id), "soft_bounce", now, 1)])
+                soft = bounce_event(
+                    str(sent.account_id),
+                    sent.recipient,
+                    message_id=sent.message_id,
+                    status=entry.status,
+                    diagnostic=entry.diagnostic,
+                    now=now,
+                )
+                await self.store.record_events([soft])
             log.info("bounce_soft", **fields)
             return IntakeResult("count", "soft bounce", None, sent.account_id, sent.recipient)
         scope = sent.account_id or GLOBAL_SCOPE

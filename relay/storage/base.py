@@ -521,15 +521,25 @@ class Store(Protocol):
         """Enable a disabled endpoint again, due at once."""
         ...
 
+    async def webhook_rewind(self, key: str, account_id: str, *, since: float, now: float) -> bool:
+        """Move the endpoint back to just before the account's first event at or after `since`."""
+        ...
+
     # --- suppression list ---
 
     async def suppress(
-        self, entry: Suppression, *, actor: str, account_id: str | None = None
+        self,
+        entry: Suppression,
+        *,
+        actor: str,
+        account_id: str | None = None,
+        details: dict[str, str] | None = None,
     ) -> bool:
         """Add `entry` (address normalised); False if it was already there. Audited.
 
         `account_id` is the account whose mail led to it, when that is not the scope (a global
-        unsubscribe): its events go to that account.
+        unsubscribe): its events go to that account. `details` are added to its events' data
+        (a complaint's case id).
         """
         ...
 

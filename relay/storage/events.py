@@ -113,7 +113,10 @@ def delivery_events(
 
 
 def suppression_events(
-    entry: Suppression, actor: str, account_id: str | None = None
+    entry: Suppression,
+    actor: str,
+    account_id: str | None = None,
+    details: dict[str, str] | None = None,
 ) -> list[NewEvent]:
     """`suppression.added`, and the recipient event its reason stands for.
 
@@ -123,7 +126,15 @@ def suppression_events(
     account = account_id or (None if entry.scope == "*" else entry.scope)
     if account is None:
         return []
-    data = {"reason": entry.reason, "source": entry.source, "actor": actor, "scope": entry.scope}
+    data: dict[str, Any] = {
+        "reason": entry.reason,
+        "source": entry.source,
+        "actor": actor,
+        "scope": entry.scope,
+    }
+    if entry.reason == "bounce":
+        data["bounce"] = "hard"
+    data |= details or {}
     events = [
         NewEvent("suppression.added", account, entry.created_at, recipient=entry.address, data=data)
     ]
@@ -253,3 +264,23 @@ def case_decided_events(
             },
         )
     ]
+
+
+def bounce_event(
+    account_id: str,
+    recipient: str,
+    *,
+    message_id: str | None,
+    status: str,
+    diagnostic: str,
+    now: float,
+) -> NewEvent:
+    """`recipient.bounced` for a soft bounce (a hard one comes with its suppression)."""
+    return NewEvent(
+        "recipient.bounced",
+        account_id,
+        now,
+        message_id=message_id,
+        recipient=recipient,
+        data={"bounce": "soft", "status": status, "diagnostic": diagnostic},
+    )

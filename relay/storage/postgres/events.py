@@ -186,3 +186,20 @@ class PostgresEvents(PostgresCore):
             key,
         )
         return len(rows) == 1
+
+    async def webhook_rewind(self, key: str, account_id: str, *, since: float, now: float) -> bool:
+        """Move the endpoint back to just before the first event at or after `since`."""
+        rows = await self._fetch(
+            "SELECT txid::text, seq FROM events WHERE account_id = $1 AND at < $2"
+            " ORDER BY txid DESC, seq DESC LIMIT 1",
+            account_id,
+            since,
+        )
+        cursor = f"{rows[0][0]}.{rows[0][1]}" if rows else None
+        done = await self._fetch(
+            "UPDATE webhook_state SET cursor = $1, next_attempt = $2 WHERE key = $3 RETURNING 1",
+            cursor,
+            now,
+            key,
+        )
+        return len(done) == 1

@@ -56,7 +56,12 @@ class PostgresLists(PostgresCore):
     """The lists part of `PostgresStore`."""
 
     async def suppress(
-        self, entry: Suppression, *, actor: str, account_id: str | None = None
+        self,
+        entry: Suppression,
+        *,
+        actor: str,
+        account_id: str | None = None,
+        details: dict[str, str] | None = None,
     ) -> bool:
         """Add one suppression and its audit record."""
         try:
@@ -69,7 +74,7 @@ class PostgresLists(PostgresCore):
                             entry.address, entry.scope, "add", entry.reason, actor, entry.created_at
                         ),
                     )
-                    await insert_events(con, suppression_events(entry, actor, account_id))
+                    await insert_events(con, suppression_events(entry, actor, account_id, details))
                 return added == 1
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc

@@ -164,3 +164,19 @@ class SqliteEvents(SqliteCore):
             return done.rowcount == 1
 
         return await self._write(operation)
+
+    async def webhook_rewind(self, key: str, account_id: str, *, since: float, now: float) -> bool:
+        """Move the endpoint back to just before the first event at or after `since`."""
+
+        def operation(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "SELECT MAX(seq) FROM events WHERE account_id = ? AND at < ?", (account_id, since)
+            ).fetchone()
+            cursor = None if row is None or row[0] is None else str(row[0])
+            done = db.execute(
+                "UPDATE webhook_state SET cursor = ?, next_attempt = ? WHERE key = ?",
+                (cursor, now, key),
+            )
+            return done.rowcount == 1
+
+        return await self._write(operation)

@@ -62,7 +62,12 @@ class SqliteLists(SqliteCore):
     """The lists part of `SqliteStore`."""
 
     async def suppress(
-        self, entry: Suppression, *, actor: str, account_id: str | None = None
+        self,
+        entry: Suppression,
+        *,
+        actor: str,
+        account_id: str | None = None,
+        details: dict[str, str] | None = None,
     ) -> bool:
         """Add one suppression and its audit record."""
 
@@ -73,7 +78,7 @@ class SqliteLists(SqliteCore):
                     entry.address, entry.scope, "add", entry.reason, actor, entry.created_at
                 )
                 insert_audit(db, audit)
-                insert_events(db, suppression_events(entry, actor, account_id))
+                insert_events(db, suppression_events(entry, actor, account_id, details))
             return added == 1
 
         return await self._write(operation)
