@@ -34,6 +34,8 @@ from relay.config import Config, parse_config
 from relay.logging import configure
 from relay.passwords import hash_password
 from relay.sink import start_sink
+from relay.storage import open_store
+from relay.storage.base import Store
 from relay.tlsutil import write_self_signed
 
 PG_URL = os.environ.get("OPTIN_RELAY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -289,6 +291,16 @@ def free_port() -> int:
 def clock() -> ManualClock:
     """Test time."""
     return ManualClock()
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """An open, migrated store on each backend (the `store_url` parameter)."""
+    opened = open_store(store_url)
+    await opened.open()
+    await opened.migrate()
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture

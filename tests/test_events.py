@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import aiohttp
-import pytest
 from conftest import PASSWORD, PASSWORD_HASH, config_data, eventually, simple_message, smtp_client
 from test_unsubscribe import token_of
 from test_webhooks import SECRET, Receiver, started
@@ -29,15 +28,6 @@ def message(recipients=("a@example.net",), account="acme"):
         content=b"Subject: x\r\n\r\nbody\r\n",
         received_at=NOW,
     )
-
-
-@pytest.fixture
-async def store(store_url):
-    s = open_store(store_url)
-    await s.open()
-    await s.migrate()
-    yield s
-    await s.close()
 
 
 async def all_events(store, count, account="acme", **kwargs):

@@ -25,15 +25,6 @@ def message(recipients=("a@example.net",), *, content=b"Subject: x\r\n\r\nbody\r
     )
 
 
-@pytest.fixture
-async def store(store_url):
-    s = open_store(store_url)
-    await s.open()
-    await s.migrate()
-    yield s
-    await s.close()
-
-
 async def test_migrate_is_idempotent(store):
     """Running the migrations again changes nothing and does not fail."""
     await store.migrate()
