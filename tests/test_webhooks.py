@@ -116,6 +116,20 @@ async def test_events_arrive_signed_in_order(start_relay, store_url, upstream, t
         return state.delivered, state.attempts, state.disabled_at
 
     await settles(progress, (3, 0, None))  # recorded just after each 2xx
+    # An endpoint at the newest event costs no write: no lease is even tried.
+    leases = []
+    lease = relay.store.webhook_lease
+
+    async def counted(*args, **kwargs):
+        leases.append(args)
+        return await lease(*args, **kwargs)
+
+    relay.store.webhook_lease = counted
+    await asyncio.sleep(0.3)  # six polls
+    assert leases == []
+    await send(relay, ["c@example.net"])
+    await eventually(lambda: len(receiver.received) == 5)
+    assert len(leases) >= 1
 
 
 async def test_an_endpoint_on_loopback_is_refused_unless_allowed(
@@ -283,3 +297,30 @@ async def test_the_cli_shows_tests_and_enables_endpoints(
         assert ids[3:5] == ids[1:3]  # the same events again, same ids: receivers can drop them
     finally:
         await receiver.stop()
+
+
+async def test_a_redirect_is_not_followed(start_relay, sqlite_url, upstream, tls_files, log_lines):
+    """A 3xx is a failure: the relay never follows an endpoint elsewhere."""
+    target = Receiver()
+    await target.start()
+    redirecting = web.Application()
+
+    async def moved(request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"http://127.0.0.1:{target.port}/hook")
+
+    redirecting.router.add_post("/hook", moved)
+    runner = web.AppRunner(redirecting, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        url = f"http://127.0.0.1:{port}/hook"
+        relay = await started(start_relay, webhook_data(sqlite_url, upstream, tls_files, url))
+        await send(relay)
+        await eventually(lambda: [e for e in log_lines() if e["event"] == "webhook_failed"])
+        failed = next(e for e in log_lines() if e["event"] == "webhook_failed")
+        assert failed["error"] == "HTTP 302"
+        assert target.received == []
+    finally:
+        await runner.cleanup()
+        await target.stop()

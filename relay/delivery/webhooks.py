@@ -239,19 +239,37 @@ class Webhooks:
         """Serve due endpoints until cancelled."""
         while True:
             config = self.runtime().config
-            self.round()
+            try:
+                await self.round()
+            except StoreError as exc:
+                log.warning("webhook_store_error", account_id=None, url=None, error=str(exc))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), config.webhooks.poll_interval)
 
-    def round(self) -> None:
-        """Start serving each configured endpoint not being served, up to the concurrency."""
+    async def round(self) -> None:
+        """Start serving each endpoint with events to send, up to the concurrency.
+
+        Decided on reads alone: an endpoint that is disabled, waiting for its next try, or
+        already at its account's newest event costs no write.
+        """
         config = self.runtime().config
+        now = self.clock.now()
+        states = {state.key: state for state in await self.store.webhook_states()}
+        tails: dict[str, str | None] = {}
         for account in config.accounts:
             for hook in account.webhooks:
                 key = endpoint_key(account.id, hook.url)
                 if key in self._busy or len(self._busy) >= config.webhooks.concurrency:
                     continue
+                state = states.get(key)
+                if state is not None:
+                    if state.disabled_at is not None or state.next_attempt > now:
+                        continue
+                    if account.id not in tails:
+                        tails[account.id] = await self.store.events_tail(account.id)
+                    if state.cursor == tails[account.id]:
+                        continue  # nothing new
                 self._busy.add(key)
                 task = asyncio.create_task(self._serve(account, hook, key), name=f"webhook-{key}")
                 self._tasks.add(task)
@@ -290,7 +308,7 @@ class Webhooks:
             return  # not due, disabled, or served by another process
         progress = _Progress(lease, state.cursor, state.attempts, state.failing_since)
         try:
-            page = await self._page(account, hook, progress.cursor)
+            page = await self._page(account, progress.cursor)
             if not page:
                 return
             try:
@@ -306,16 +324,17 @@ class Webhooks:
                     sent = await self._send(
                         account, hook, key, progress, page=page, session=session
                     )
-                    page = await self._page(account, hook, progress.cursor) if sent else []
+                    page = await self._page(account, progress.cursor) if sent else []
                     if not page:
                         break
         finally:
             if progress.lease:
                 await self.store.webhook_release(key, progress.lease)
 
-    async def _page(self, account: Account, hook: Webhook, cursor: str | None) -> list[Event]:
-        types = frozenset(hook.events) or None
-        return await self.store.events(account.id, after=cursor, types=types, limit=PAGE)
+    async def _page(self, account: Account, cursor: str | None) -> list[Event]:
+        # Every event, also those the endpoint does not take: its place moves past them, so an
+        # endpoint at the newest event is known to have nothing to do.
+        return await self.store.events(account.id, after=cursor, limit=PAGE)
 
     async def _send(
         self,
@@ -329,7 +348,13 @@ class Webhooks:
     ) -> bool:
         """Send `page` in order; False once one failed (recorded, lease given back)."""
         settings = self.runtime().config.webhooks
+        types = frozenset(hook.events)
+        skipped = 0  # events since the last recorded place that the endpoint does not take
         for event in page:
+            if types and event.type not in types:
+                skipped += 1
+                progress.cursor = event.cursor  # only its place moves
+                continue
             error = await post(
                 hook,
                 event,
@@ -342,8 +367,8 @@ class Webhooks:
                 progress.lease = ""  # given back by the failure record
                 return False
             progress.delivered(event.cursor)
-            if not await self.store.webhook_advance(key, progress.lease, cursor=event.cursor):
-                progress.lease = ""  # the lease ran out: another relay serves it now
+            skipped = 0
+            if not await self._advance(key, progress, sent=1):
                 return False
             log.info(
                 "webhook_delivered",
@@ -352,7 +377,16 @@ class Webhooks:
                 event_id=event.id,
                 type=event.type,
             )
-        return True
+        # A page that ends with events the endpoint does not take: keep its place past them.
+        return not skipped or await self._advance(key, progress, sent=0)
+
+    async def _advance(self, key: str, progress: _Progress, *, sent: int) -> bool:
+        """Record the endpoint's place; False when the lease ran out (another relay serves it)."""
+        assert progress.cursor is not None  # noqa: S101 - set by the event just handled
+        if await self.store.webhook_advance(key, progress.lease, cursor=progress.cursor, sent=sent):
+            return True
+        progress.lease = ""
+        return False
 
     async def _failed(self, account: Account, hook: Webhook, key: str, failure: _Failure) -> None:
         settings = self.runtime().config.webhooks

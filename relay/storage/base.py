@@ -492,8 +492,8 @@ class Store(Protocol):
         """Lease the endpoint if it is due and enabled (created at cursor `start` if new)."""
         ...
 
-    async def webhook_advance(self, key: str, lease: str, *, cursor: str) -> bool:
-        """Record events delivered up to `cursor`; the endpoint is healthy again."""
+    async def webhook_advance(self, key: str, lease: str, *, cursor: str, sent: int = 1) -> bool:
+        """Record the endpoint's place `cursor` and `sent` more events; it is healthy again."""
         ...
 
     async def webhook_fail(

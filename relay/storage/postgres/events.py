@@ -126,14 +126,15 @@ class PostgresEvents(PostgresCore):
             raise StoreError(f"PostgreSQL: {exc}") from exc
         return None if row is None else WebhookState(*tuple(row))
 
-    async def webhook_advance(self, key: str, lease: str, *, cursor: str) -> bool:
-        """Record events delivered up to `cursor`."""
+    async def webhook_advance(self, key: str, lease: str, *, cursor: str, sent: int = 1) -> bool:
+        """Record the endpoint's place and `sent` more events."""
         rows = await self._fetch(
-            "UPDATE webhook_state SET cursor = $1, delivered = delivered + 1, attempts = 0,"
+            "UPDATE webhook_state SET cursor = $1, delivered = delivered + $4, attempts = 0,"
             " failing_since = NULL, last_error = NULL WHERE key = $2 AND lease = $3 RETURNING 1",
             cursor,
             key,
             lease,
+            sent,
         )
         return len(rows) == 1
 

@@ -98,14 +98,14 @@ class SqliteEvents(SqliteCore):
 
         return await self._write(operation)
 
-    async def webhook_advance(self, key: str, lease: str, *, cursor: str) -> bool:
-        """Record events delivered up to `cursor`."""
+    async def webhook_advance(self, key: str, lease: str, *, cursor: str, sent: int = 1) -> bool:
+        """Record the endpoint's place and `sent` more events."""
 
         def operation(db: sqlite3.Connection) -> bool:
             done = db.execute(
-                "UPDATE webhook_state SET cursor = ?, delivered = delivered + 1, attempts = 0,"
+                "UPDATE webhook_state SET cursor = ?, delivered = delivered + ?, attempts = 0,"
                 " failing_since = NULL, last_error = NULL WHERE key = ? AND lease = ?",
-                (cursor, key, lease),
+                (cursor, sent, key, lease),
             )
             return done.rowcount == 1
 
