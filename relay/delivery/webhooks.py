@@ -230,6 +230,7 @@ class Webhooks:
         self._known: set[str] = set()  # endpoints stored already
         self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def wake(self) -> None:
         """Look for work now (an event was written, or a test moved the clock)."""
@@ -256,6 +257,8 @@ class Webhooks:
         config = self.runtime().config
         now = self.clock.now()
         states = {state.key: state for state in await self.store.webhook_states()}
+        if self._stopping:
+            return
         tails: dict[str, str | None] = {}
         for account in config.accounts:
             for hook in account.webhooks:
@@ -277,6 +280,7 @@ class Webhooks:
 
     async def stop(self) -> None:
         """Cancel what is in flight (its events stay in the store, sent again later)."""
+        self._stopping = True  # no new round starts anything
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -558,18 +558,9 @@ class Store(Protocol):
         ...
 
     async def suppressions(
-        self,
-        *,
-        scope: str | None = None,
-        after: tuple[str, str] = ("", ""),
-        limit: int = 1000,
-        with_global: bool = False,
+        self, *, scope: str | None = None, after: tuple[str, str] = ("", ""), limit: int = 1000
     ) -> list[Suppression]:
-        """A page of suppressions ordered by (address, scope), starting after `after`.
-
-        `scope` limits it to one account's (or the global) list; `with_global` adds the global
-        list to an account's (what stops that account's mail).
-        """
+        """A page of suppressions ordered by (address, scope), starting after `after`."""
         ...
 
     async def audit(self, address: str) -> list[AuditEntry]:

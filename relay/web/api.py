@@ -131,7 +131,11 @@ def _page_start(cursor: str) -> tuple[str, str] | None:
 
 
 async def api_suppressions(request: web.Request) -> web.Response:
-    """`GET /api/v1/suppressions?after=CURSOR&limit=N`: what stops the account's mail."""
+    """`GET /api/v1/suppressions?after=CURSOR&limit=N`: the account's own suppressions.
+
+    Never the global list: it holds addresses that other accounts' recipients gave, which one
+    tenant must not read. A global suppression shows when the CRM asks for that address.
+    """
     account = await api_account(request)
     if isinstance(account, web.Response):
         return account
@@ -145,7 +149,7 @@ async def api_suppressions(request: web.Request) -> web.Response:
         return json_error(400, "invalid_limit", f"limit: a whole number from 1 to {MAX_PAGE}")
     try:
         page = await store_of(request).suppressions(
-            scope=account.id, after=start or ("", ""), limit=int(limit_text), with_global=True
+            scope=account.id, after=start or ("", ""), limit=int(limit_text)
         )
     except StoreError:
         return json_error(503, "unavailable", "the store is unavailable, try again later")

@@ -122,25 +122,17 @@ class PostgresLists(PostgresCore):
         return Suppression(*tuple(rows[0])) if rows else None
 
     async def suppressions(
-        self,
-        *,
-        scope: str | None = None,
-        after: tuple[str, str] = ("", ""),
-        limit: int = 1000,
-        with_global: bool = False,
+        self, *, scope: str | None = None, after: tuple[str, str] = ("", ""), limit: int = 1000
     ) -> list[Suppression]:
         """A page of suppressions (keyset pagination)."""
         rows = await self._fetch(
             "SELECT address, scope, reason, source, created_at FROM suppressions"
-            " WHERE (address, scope) > ($1, $2)"
-            " AND ($3::text IS NULL OR scope = $3 OR ($5 AND scope = $6))"
+            " WHERE (address, scope) > ($1, $2) AND ($3::text IS NULL OR scope = $3)"
             " ORDER BY address, scope LIMIT $4",
             after[0],
             after[1],
             scope,
             limit,
-            with_global,
-            GLOBAL_SCOPE,
         )
         return [Suppression(*tuple(row)) for row in rows]
 

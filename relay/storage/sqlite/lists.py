@@ -123,12 +123,7 @@ class SqliteLists(SqliteCore):
         return Suppression(*rows[0]) if rows else None
 
     async def suppressions(
-        self,
-        *,
-        scope: str | None = None,
-        after: tuple[str, str] = ("", ""),
-        limit: int = 1000,
-        with_global: bool = False,
+        self, *, scope: str | None = None, after: tuple[str, str] = ("", ""), limit: int = 1000
     ) -> list[Suppression]:
         """A page of suppressions (keyset pagination)."""
         sql = (
@@ -137,8 +132,8 @@ class SqliteLists(SqliteCore):
         )
         params: list[object] = [after[0], after[1]]
         if scope is not None:
-            sql += " AND (scope = ? OR (? AND scope = ?))"
-            params += [scope, with_global, GLOBAL_SCOPE]
+            sql += " AND scope = ?"
+            params.append(scope)
         rows = await self._fetch(sql + " ORDER BY address, scope LIMIT ?", [*params, limit])
         return [Suppression(*row) for row in rows]
 
