@@ -142,7 +142,7 @@ class Relay:
         )
 
     async def _maintenance(self) -> None:
-        """Uphold cases past their deadline; prune old counters hourly (that scans a table)."""
+        """Uphold cases past their deadline; prune old counters and events hourly."""
         store = self.store
         if store is None:
             return
@@ -154,6 +154,9 @@ class Relay:
                 await cases.sweep(store, lambda: self.runtime.current.config, now=now)
                 if now - pruned_at >= PRUNE_INTERVAL:
                     await store.prune_windows(now - counter_horizon(config))
+                    pruned = await store.prune_events(now - config.events.retention)
+                    if pruned:
+                        log.info("events_pruned", count=pruned)
                     pruned_at = now
             except StoreError as exc:
                 log.error("maintenance_failed", error=str(exc))

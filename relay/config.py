@@ -371,6 +371,15 @@ class WebhooksConfig(Model):
     )
 
 
+class EventsConfig(Model):
+    """The events outbox (docs/events.md)."""
+
+    retention: Annotated[Duration, Field(ge=86400)] = Field(
+        default=30 * 86400.0,
+        description="how long events are kept for the API and webhooks (at least a day)",
+    )
+
+
 class Account(Model):
     """A sender (a CRM's customer) that relays through optin-relay."""
 
@@ -503,6 +512,7 @@ class Config(Model):
     feedback: FeedbackConfig = FeedbackConfig()
     subscriptions: SubscriptionsConfig = SubscriptionsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    events: EventsConfig = EventsConfig()
     tokens: TokensConfig | None = None
     accounts: list[Account] = Field(default_factory=list)
     dkim: list[DkimKeyConfig] = Field(default_factory=list)

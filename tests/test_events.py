@@ -366,3 +366,21 @@ async def test_subscriptions_and_cases_write_their_events(store):
     assert found[3].data["list"] == "news"
     assert (found[5].data["case_id"], found[5].message_id) == ("case1", "Q1")
     assert (found[6].data["status"], found[6].data["fine_cents"]) == ("fined", 5000)
+
+
+async def test_old_events_are_pruned(store, monkeypatch):
+    """Events older than the retention go, in chunks; the feed goes on after the cursor."""
+    import relay.storage.postgres.events as pg_events
+    import relay.storage.sqlite.events as sqlite_events
+
+    monkeypatch.setattr(sqlite_events, "PRUNE_CHUNK", 3)
+    monkeypatch.setattr(pg_events, "PRUNE_CHUNK", 3)
+    old = [
+        refused_event("acme", f"o{n}@example.net", rule="r", reply="550", now=NOW) for n in range(7)
+    ]
+    new = refused_event("acme", "n@example.net", rule="r", reply="550", now=NOW + 86400 * 40)
+    await store.record_events([*old, new])
+    before = await all_events(store, 8)
+    assert await store.prune_events(NOW + 86400 * 30) == 7
+    assert [e.id for e in await all_events(store, 1)] == [new.id]
+    assert [e.id for e in await store.events("acme", after=before[2].cursor)] == [new.id]

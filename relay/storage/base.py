@@ -472,6 +472,10 @@ class Store(Protocol):
         """
         ...
 
+    async def prune_events(self, before: float) -> int:
+        """Delete events older than `before`, a few thousand at a time; how many went."""
+        ...
+
     async def events_tail(self, account_id: str) -> str | None:
         """The cursor of the account's newest event (None: it has none)."""
         ...

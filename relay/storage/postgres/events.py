@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from relay.storage.base import Event, NewEvent
 
+PRUNE_CHUNK = 5000  # events deleted per transaction when pruning
+
 
 async def insert_events(con: asyncpg.Connection, events: list[NewEvent]) -> None:
     """Write `events` in the caller's transaction (with the fact they report)."""
@@ -204,3 +206,17 @@ class PostgresEvents(PostgresCore):
             key,
         )
         return len(done) == 1
+
+    async def prune_events(self, before: float) -> int:
+        """Delete events older than `before` in chunks (short transactions)."""
+        total = 0
+        while True:
+            rows = await self._fetch(
+                "DELETE FROM events WHERE seq IN"
+                " (SELECT seq FROM events WHERE at < $1 ORDER BY seq LIMIT $2) RETURNING 1",
+                before,
+                PRUNE_CHUNK,
+            )
+            total += len(rows)
+            if len(rows) < PRUNE_CHUNK:
+                return total

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
     from relay.storage.base import Event, NewEvent
 
+PRUNE_CHUNK = 5000  # events deleted per transaction when pruning
+
 
 def insert_events(db: sqlite3.Connection, events: list[NewEvent]) -> None:
     """Write `events` in the caller's transaction (with the fact they report)."""
@@ -180,3 +182,18 @@ class SqliteEvents(SqliteCore):
             return done.rowcount == 1
 
         return await self._write(operation)
+
+    async def prune_events(self, before: float) -> int:
+        """Delete events older than `before` in chunks, so the writer is never held long."""
+        total = 0
+        while True:
+            cursor = await self._write(
+                lambda db: db.execute(
+                    "DELETE FROM events WHERE seq IN"
+                    " (SELECT seq FROM events WHERE at < ? ORDER BY seq LIMIT ?)",
+                    (before, PRUNE_CHUNK),
+                )
+            )
+            total += cursor.rowcount
+            if cursor.rowcount < PRUNE_CHUNK:
+                return total
