@@ -379,6 +379,26 @@ async def settles(read: Callable[[], Awaitable[T]], expected: T, *, timeout: flo
         await asyncio.sleep(0.02)
 
 
+async def read_events(store: Store, count: int, account: str = "acme", **kwargs: Any) -> list[Any]:
+    """The account's events, paged by 3, once `count` of them have shown.
+
+    On PostgreSQL an event shows once every older transaction of the whole cluster has ended,
+    so while other tests run the feed may lag a moment behind the writes; it never skips.
+    """
+    found: list[Any] = []
+    after = None
+    for _ in range(500):
+        page = await store.events(account, after=after, limit=3, **kwargs)
+        found += page
+        if page:
+            after = page[-1].cursor
+        elif len(found) >= count:
+            return found
+        else:
+            await asyncio.sleep(0.02)
+    return found
+
+
 async def scrape(web_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample the relay's /metrics shows, by name and sorted labels."""
     async with (

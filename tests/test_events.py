@@ -7,7 +7,15 @@ import re
 from pathlib import Path
 
 import aiohttp
-from conftest import PASSWORD, PASSWORD_HASH, config_data, eventually, simple_message, smtp_client
+from conftest import (
+    PASSWORD,
+    PASSWORD_HASH,
+    config_data,
+    eventually,
+    read_events,
+    simple_message,
+    smtp_client,
+)
 from test_unsubscribe import token_of
 from test_webhooks import SECRET, Receiver, started
 
@@ -28,24 +36,6 @@ def message(recipients=("a@example.net",), account="acme"):
         content=b"Subject: x\r\n\r\nbody\r\n",
         received_at=NOW,
     )
-
-
-async def all_events(store, count, account="acme", **kwargs):
-    """The account's events, paged by 3, once `count` of them have shown.
-
-    PostgreSQL may lag while other tests' transactions are open; it never skips.
-    """
-    found, after = [], None
-    for _ in range(500):
-        page = await store.events(account, after=after, limit=3, **kwargs)
-        found += page
-        if page:
-            after = page[-1].cursor
-        elif len(found) >= count:
-            return found
-        else:
-            await asyncio.sleep(0.02)
-    return found
 
 
 async def test_each_fact_writes_its_event(store):
@@ -78,7 +68,7 @@ async def test_each_fact_writes_its_event(store):
             )
         ]
     )
-    found = await all_events(store, 9)
+    found = await read_events(store, 9)
     assert [e.type for e in found] == [
         "message.accepted",
         "message.delivered",
@@ -97,8 +87,8 @@ async def test_each_fact_writes_its_event(store):
     assert (deferred.data["status"], deferred.data["next_attempt"]) == ("4.7.1", NOW + 60)
     assert (failed.data["status"], failed.data["reply"]) == ("5.1.1", "550 5.1.1 no such user")
     assert len({e.id for e in found}) == len(found)
-    assert [e.type for e in await all_events(store, 1, "globex")] == ["message.accepted"]
-    only = await all_events(store, 2, types=frozenset({"message.failed", "recipient.refused"}))
+    assert [e.type for e in await read_events(store, 1, "globex")] == ["message.accepted"]
+    only = await read_events(store, 2, types=frozenset({"message.failed", "recipient.refused"}))
     assert [e.type for e in only] == ["message.failed", "recipient.refused"]
 
 
@@ -111,7 +101,7 @@ async def test_no_event_without_its_fact(store):
     entry = Suppression("a@example.net", "acme", "bounce", "dsn", NOW)
     assert await store.suppress(entry, actor="dsn")
     assert not await store.suppress(entry, actor="dsn")
-    types = [e.type for e in await all_events(store, 3)]
+    types = [e.type for e in await read_events(store, 3)]
     assert types == ["message.accepted", "suppression.added", "recipient.bounced"]
 
 
@@ -353,7 +343,7 @@ async def test_subscriptions_and_cases_write_their_events(store):
         "fined", "fine", "op", "no proof", resolution="no proof", fine_cents=5000, resolved=True
     )
     assert await store.change_case("case1", change, expect=("awaiting_proof",), now=NOW + 200)
-    found = await all_events(store, 7)
+    found = await read_events(store, 7)
     assert [e.type for e in found] == [
         "suppression.added",
         "recipient.unsubscribed",
@@ -380,7 +370,7 @@ async def test_old_events_are_pruned(store, monkeypatch):
     ]
     new = refused_event("acme", "n@example.net", rule="r", reply="550", now=NOW + 86400 * 40)
     await store.record_events([*old, new])
-    before = await all_events(store, 8)
+    before = await read_events(store, 8)
     assert await store.prune_events(NOW + 86400 * 30) == 7
-    assert [e.id for e in await all_events(store, 1)] == [new.id]
+    assert [e.id for e in await read_events(store, 1)] == [new.id]
     assert [e.id for e in await store.events("acme", after=before[2].cursor)] == [new.id]

@@ -27,6 +27,7 @@ from conftest import (
     config_data,
     dkim_dns,
     eventually,
+    read_events,
     scrape,
     simple_message,
     smtp_client,
@@ -653,7 +654,7 @@ async def test_complaint_rate_warns_then_suspends(world, log_lines):
     assert [e["rate"] for e in log_lines() if e["event"] == "account_rate_warning"] == [0.001]
     # The CRM learns of it, with the case that asks for the opt-in record.
     types = frozenset({"recipient.complained", "case.opened"})
-    told = await store.events("acme", types=types)
+    told = await read_events(store, 2, types=types)
     assert [(e.type, e.recipient, e.data["case_id"]) for e in told] == [
         ("case.opened", "r0@example.net", result.case_id),
         ("recipient.complained", "r0@example.net", result.case_id),
@@ -701,7 +702,7 @@ async def test_bounce_rate_suspends(world):
     assert (totals["bounce"], totals["soft_bounce"]) == (2, 1)
     assert (await store.suppressed("b@example.net", "acme")).reason == "bounce"
     assert await store.suppressed("a@example.net", "acme") is None
-    bounced = await store.events("acme", types=frozenset({"recipient.bounced"}))
+    bounced = await read_events(store, 3, types=frozenset({"recipient.bounced"}))
     assert [(e.recipient, e.data["bounce"]) for e in bounced] == [
         ("a@example.net", "soft"),
         ("b@example.net", "hard"),
