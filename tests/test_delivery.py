@@ -7,6 +7,8 @@ import random
 from email import message_from_bytes
 
 import pytest
+import yaml
+from clirun import run_cli
 from conftest import (
     PASSWORD,
     TestUpstream,
@@ -334,3 +336,32 @@ async def test_a_delivery_that_raises_fails_that_recipient_alone(
     await eventually(lambda: len(fake.sent) == 2)  # the DSN to the sender
     assert fake.sent[1][1] == "news@acme.example"
     assert b"boom@example.net" in fake.sent[1][2]
+
+
+async def test_queue_retry_makes_deferred_mail_due_at_once(
+    start_relay, store_url, tls_files, log_lines, tmp_path
+):
+    """Upstream down, 20 messages deferred; back up, `queue retry --all` delivers them in 5 s.
+
+    As Postfix's `postqueue -f`: the retry schedule (60 s here) is not waited for, and the
+    running relay picks the change up from the store.
+    """
+    port = free_port()
+    data = config_data(store_url=store_url, upstream_port=port, tls_files=tls_files)
+    relay = await start_relay(data)
+    await send(relay, [f"r{n}@example.net" for n in range(20)])
+    await eventually(lambda: len(events(log_lines, "delivery_deferred")) == 20)
+    upstream = TestUpstream()
+    await upstream.start(port)
+    try:
+        path = tmp_path / "cli.yaml"
+        path.write_text(yaml.safe_dump(data))
+        usage = await asyncio.to_thread(
+            run_cli, "queue", "retry", "--config", str(path), check=False
+        )
+        assert usage.returncode == 2  # say what to retry
+        done = await asyncio.to_thread(run_cli, "queue", "retry", "--all", "--config", str(path))
+        assert done.stdout.strip() == "20 recipients due now"
+        await eventually(lambda: len(upstream.messages) == 20, timeout=5)
+    finally:
+        await upstream.stop()

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import getpass
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, load, with_store
+from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, actor, load, with_store
+from relay.logging import get_logger
 
 if TYPE_CHECKING:
     import argparse
 
     from relay.config import Config
     from relay.storage.base import Store
+
+log = get_logger(__name__)
 
 
 def add_parsers(
@@ -59,6 +63,12 @@ def add_parsers(
     queue_commands = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
     queue_list = queue_commands.add_parser("list", parents=[common], help="pending recipients")
     queue_list.add_argument("--limit", type=int, default=1000)
+    retry = queue_commands.add_parser(
+        "retry", parents=[common], help="make deferred mail due now (as postqueue -f / -i)"
+    )
+    retry.add_argument("ids", nargs="*", metavar="ID", help="queue ids (messages)")
+    retry.add_argument("--all", action="store_true", help="everything pending")
+    retry.add_argument("--account", help="everything pending of one account")
     queue.set_defaults(handler=_queue)
 
 
@@ -146,11 +156,29 @@ def _dev_init(args: argparse.Namespace, config_path: Path) -> int:
     return EXIT_OK
 
 
+async def _retry(args: argparse.Namespace, store: Store) -> int:
+    """`queue retry ID... | --all | --account A`: pending recipients due now, for every relay."""
+    chosen = [bool(args.ids), args.all, args.account is not None]
+    if sum(chosen) != 1:
+        print(
+            "error: name queue ids, or --all, or --account ACCOUNT (one of them)", file=sys.stderr
+        )
+        return EXIT_USAGE
+    count = await store.retry_now(
+        now=time.time(), message_ids=args.ids or None, account_id=args.account
+    )
+    log.info("queue_retried", count=count, actor=actor(), ids=args.ids, account=args.account)
+    print(f"{count} recipients due now")
+    return EXIT_OK
+
+
 def _queue(args: argparse.Namespace, config_path: Path) -> int:
     from relay.clock import to_datetime  # noqa: PLC0415
 
     async def work(config: Config, store: Store) -> int:
         del config
+        if args.queue_command == "retry":
+            return await _retry(args, store)
         for entry in await store.queue(args.limit):
             next_try = to_datetime(entry.next_attempt).isoformat(timespec="seconds")
             print(

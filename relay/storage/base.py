@@ -443,6 +443,12 @@ class Store(Protocol):
         """Recipients not yet delivered or failed, oldest first."""
         ...
 
+    async def retry_now(
+        self, *, now: float, message_ids: list[str] | None = None, account_id: str | None = None
+    ) -> int:
+        """Make pending recipients due at `now`: of these messages, of this account, or all."""
+        ...
+
     async def counts(self) -> dict[str, int]:
         """Number of recipients in each state."""
         ...

@@ -245,6 +245,21 @@ class PostgresSpool(PostgresCore):
         )
         return len(rows)
 
+    async def retry_now(
+        self, *, now: float, message_ids: list[str] | None = None, account_id: str | None = None
+    ) -> int:
+        """Make pending recipients due at `now` (their leases, if any, stand)."""
+        rows = await self._fetch(
+            "UPDATE recipients r SET next_attempt = $1 WHERE r.status = 'pending'"
+            " AND ($2::text[] IS NULL OR r.message_id = ANY($2::text[]))"
+            " AND ($3::text IS NULL OR r.message_id IN"
+            " (SELECT id FROM messages WHERE account_id = $3)) RETURNING 1",
+            now,
+            message_ids,
+            account_id,
+        )
+        return len(rows)
+
     async def queue(self, limit: int = 1000) -> list[QueueEntry]:
         """Recipients still pending, oldest first."""
         rows = await self._fetch(

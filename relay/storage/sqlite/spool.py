@@ -185,6 +185,21 @@ class SqliteSpool(SqliteCore):
 
         return await self._write(operation)
 
+    async def retry_now(
+        self, *, now: float, message_ids: list[str] | None = None, account_id: str | None = None
+    ) -> int:
+        """Make pending recipients due at `now` (their leases, if any, stand)."""
+        sql = "UPDATE recipients SET next_attempt = ? WHERE status = 'pending'"
+        params: list[object] = [now]
+        if message_ids is not None:
+            sql += f" AND message_id IN ({', '.join('?' * len(message_ids))})"
+            params += message_ids
+        if account_id is not None:
+            sql += " AND message_id IN (SELECT id FROM messages WHERE account_id = ?)"
+            params.append(account_id)
+        self._nothing_due = False
+        return await self._write(lambda db: db.execute(sql, params).rowcount)
+
     async def queue(self, limit: int = 1000) -> list[QueueEntry]:
         """Recipients still pending, oldest first."""
         rows = await self._fetch(
