@@ -351,17 +351,17 @@ async def test_8bit_converted_for_an_upstream_without_8bitmime(
         await seven_bit_only.stop()
 
 
-def test_to_7bit_leaves_clean_messages_alone():
+def test_seven_bit_wire_form_leaves_clean_messages_alone():
     """ASCII-only and already-encoded messages come back unchanged; binary parts become base64."""
-    from relay.mail.wire import to_7bit
+    from relay.mail.wire import wire_form
 
     clean = simple_message()
-    assert to_7bit(clean) == clean
+    assert wire_form(clean, seven_bit=True) == clean
     binary = (
         b"From: a@acme.example\r\nMIME-Version: 1.0\r\nContent-Type: application/octet-stream\r\n"
         b"Content-Transfer-Encoding: 8bit\r\n\r\n\xff\xfe\x00\x01\r\n"
     )
-    converted = to_7bit(binary)
+    converted = wire_form(binary, seven_bit=True)
     assert converted.isascii()
     assert b"Content-Transfer-Encoding: base64" in converted
 

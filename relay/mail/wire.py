@@ -75,15 +75,6 @@ def wire_form(content: bytes, *, seven_bit: bool = False) -> bytes:
     return content
 
 
-def to_7bit(content: bytes) -> bytes:
-    """The message with every 8-bit body part re-encoded (text: quoted-printable, else base64).
-
-    For an upstream without 8BITMIME. Raw 8-bit header fields cannot be converted this way and are
-    left as they are; anything the email package cannot handle is returned unchanged.
-    """
-    return _reencode_parts(content, seven_bit=True, long_lines=False)
-
-
 def _reencode_parts(content: bytes, *, seven_bit: bool, long_lines: bool) -> bytes:
     """Body parts that are 8-bit (when `seven_bit`) or have long lines, encoded again."""
     try:
