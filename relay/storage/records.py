@@ -1,0 +1,385 @@
+"""The records the store keeps and returns: what each row means, and how rows are built.
+
+`relay.storage.base` re-exports every name here with the `Store` interface.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from relay.storage.sql import CASE_COLUMNS, SUBSCRIPTION_COLUMNS
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+MessageKind = Literal["message", "dsn", "notice"]  # notice: mail the relay itself writes
+
+
+def new_message_id() -> str:
+    """A queue id: sortable by time of creation, unique across processes."""
+    return f"{time.time_ns() // 1_000_000:011X}{secrets.token_hex(5).upper()}"
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    """A message to commit to the spool, with every recipient still to be delivered."""
+
+    id: str
+    account_id: str | None
+    mail_from: str
+    recipients: tuple[str, ...]
+    content: bytes
+    received_at: float
+    kind: MessageKind = "message"
+    campaign: str | None = None
+
+
+def new_event_id() -> str:
+    """A stable, unique event id (the webhook-id of its deliveries)."""
+    return f"evt_{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """An event to write with its fact."""
+
+    type: str
+    account_id: str
+    at: float
+    message_id: str | None = None
+    recipient: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=new_event_id)
+
+    def data_json(self) -> str:
+        """The type-specific fields as stored."""
+        return json.dumps(self.data, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A stored event, with the cursor that follows it."""
+
+    id: str
+    type: str
+    account_id: str
+    at: float
+    message_id: str | None
+    recipient: str | None
+    data: dict[str, Any]
+    cursor: str
+
+    def payload(self) -> dict[str, Any]:
+        """The event as the API and webhooks show it."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "timestamp": self.at,
+            "account": self.account_id,
+            "message_id": self.message_id,
+            "recipient": self.recipient,
+            "data": self.data,
+        }
+
+
+@dataclass(frozen=True)
+class WebhookState:
+    """Where one webhook endpoint is in its account's event feed, and how it is doing."""
+
+    key: str
+    account_id: str
+    url: str
+    cursor: str | None  # the last event delivered (None: none yet)
+    delivered: int
+    attempts: int  # failed attempts since the last success
+    next_attempt: float
+    failing_since: float | None
+    disabled_at: float | None
+    last_error: str | None
+
+
+WEBHOOK_COLUMNS = (
+    "key, account_id, url, cursor, delivered, attempts, next_attempt, failing_since,"
+    " disabled_at, last_error"
+)
+
+
+@dataclass(frozen=True)
+class DeliveryJob:
+    """One recipient of a spooled message, leased to one delivery worker."""
+
+    recipient_id: int
+    message_id: str
+    recipient: str
+    attempts: int
+    account_id: str | None
+    mail_from: str
+    received_at: float
+    kind: MessageKind
+    lease: str
+    campaign: str | None = None
+
+
+GLOBAL_SCOPE = "*"
+BUCKET = 60.0  # seconds per bucket of windowed counters (rate limits, campaign sizes)
+REASONS: tuple[str, ...] = ("unsubscribe", "complaint", "bounce", "manual", "import")
+
+
+def normalize_address(address: str) -> str:
+    """Suppressions match addresses case-insensitively."""
+    return address.strip().lower()
+
+
+# Mailbox providers that ignore dots in the local part, and their other names.
+_DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
+def suppression_key(address: str) -> str:
+    """What a suppressed address matches by: re-spellings of one mailbox share it.
+
+    Lower case; the `+tag` of sub-addressing dropped (`foo+news@x` is `foo@x`); for the
+    providers that ignore dots in the local part (Gmail), no dots, and `googlemail.com` is
+    `gmail.com`. Over-matching errs on the side of the person who said stop.
+    """
+    local, at, domain = normalize_address(address).rpartition("@")
+    if not at or not local:
+        return normalize_address(address)
+    if not local.startswith('"'):
+        local = local.split("+", 1)[0] or local
+    if domain in _DOTLESS_DOMAINS:
+        local, domain = local.replace(".", ""), _DOTLESS_DOMAINS[domain]
+    return f"{local}@{domain}"
+
+
+@dataclass(frozen=True)
+class Suppression:
+    """An address that must not receive mail: from one account (`scope`) or any (`*`)."""
+
+    address: str
+    scope: str
+    reason: str
+    source: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """A change to the suppression list, who made it and why."""
+
+    address: str
+    scope: str
+    action: str
+    reason: str
+    actor: str
+    at: float
+
+
+AccountStateName = Literal["active", "suspended", "terminated"]
+PURGED_REPLY = "purged: the account was terminated"
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """An account's standing, or one change of it in the audit trail."""
+
+    account_id: str
+    state: AccountStateName
+    reason: str
+    actor: str
+    at: float
+
+
+ConsentMethod = Literal["confirmed", "single", "imported"]
+
+
+@dataclass(frozen=True)
+class Consent:
+    """An opt-in record: who, for which list, how, when, from where, told what, and proof."""
+
+    account_id: str
+    address: str
+    list_id: str
+    method: ConsentMethod
+    subscribed_at: float
+    confirmed_at: float | None
+    source: str
+    ip: str | None = None
+    user_agent: str | None = None
+    consent_text_version: str | None = None
+    evidence: str | None = None
+    withdrawn_at: float | None = None
+    withdrawn_how: str | None = None  # one_click, page, mailto, fbl, complaint, ...
+
+
+RESUBSCRIBED = "resubscribed through the confirmed opt-in form"
+
+
+def consent_row(record: Consent) -> tuple[object, ...]:
+    """A record's column values in the order of the consents table (both backends)."""
+    return (
+        record.account_id,
+        normalize_address(record.address),
+        record.list_id,
+        record.method,
+        record.subscribed_at,
+        record.confirmed_at,
+        record.source,
+        record.ip,
+        record.user_agent,
+        record.consent_text_version,
+        record.evidence,
+        record.withdrawn_at,
+        record.withdrawn_how,
+    )
+
+
+CaseStatus = Literal["open", "awaiting_proof", "upheld", "dismissed"]
+STAT_BUCKET = 3600.0  # seconds per bucket of account statistics
+STAT_KINDS: tuple[str, ...] = (
+    "delivered",
+    "refused",
+    "unsubscribe",
+    "complaint",
+    "bounce",
+    "soft_bounce",
+)
+
+
+def new_case_id() -> str:
+    """A case id: sortable by time of opening, unique across processes."""
+    return f"C{new_message_id()}"
+
+
+@dataclass(frozen=True)
+class Case:
+    """A complaint against an account: who complained about which message, and where it stands."""
+
+    id: str
+    account_id: str
+    recipient: str
+    reference: str  # what the complaint is about: the relay's queue id, else the report's id
+    message_id: str | None  # the relay's queue id, when the report was attributed to it
+    source: str  # fbl | abuse | cli | http
+    feedback_type: str
+    report: bytes
+    status: CaseStatus
+    opened_at: float
+    deadline: float
+    updated_at: float
+    resolved_at: float | None = None
+    resolution: str | None = None
+    fine_cents: int = 0
+    proof: str | None = None
+    evidence: str | None = None
+    appealed_at: float | None = None
+
+
+def case_from_row(row: Iterable[Any]) -> Case:
+    """A case from a row selected as CASE_COLUMNS (the report comes back as bytes)."""
+    values = list(row)
+    values[7] = bytes(values[7])
+    return Case(*values)
+
+
+def case_row(case: Case) -> tuple[object, ...]:
+    """A case's column values in the order of CASE_COLUMNS (both backends)."""
+    return tuple(getattr(case, name.strip()) for name in CASE_COLUMNS.split(","))
+
+
+@dataclass(frozen=True)
+class CaseEvent:
+    """One step in a case's history."""
+
+    case_id: str
+    action: str
+    status: CaseStatus
+    detail: str
+    actor: str
+    at: float
+
+
+@dataclass(frozen=True)
+class CaseChange:
+    """A move of a case to `status`, with what comes with it (None leaves a field as it is)."""
+
+    status: CaseStatus
+    action: str
+    actor: str
+    detail: str = ""
+    resolution: str | None = None
+    fine_cents: int | None = None
+    proof: str | None = None
+    evidence: str | None = None
+    appealed: bool = False
+    resolved: bool = False
+
+
+@dataclass(frozen=True)
+class SentRecipient:
+    """One recipient of a spooled message, as feedback attribution needs it."""
+
+    recipient_id: int
+    message_id: str
+    account_id: str | None
+    recipient: str
+    kind: MessageKind
+    received_at: float
+    status: str
+    campaign: str | None = None
+
+
+SubscriptionStatus = Literal["pending", "confirmed"]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A request to join a list through the confirmed opt-in flow, and its confirmation."""
+
+    token_hash: str  # SHA-256 of the confirmation token: the store never holds the token
+    account_id: str
+    list_id: str
+    address: str
+    status: SubscriptionStatus
+    created_at: float
+    expires_at: float
+    ip: str | None
+    user_agent: str | None
+    form_url: str
+    consent_text_version: str
+    consent_text: str
+    confirmed_at: float | None = None
+    confirm_ip: str | None = None
+    confirm_user_agent: str | None = None
+
+
+def subscription_row(item: Subscription) -> tuple[object, ...]:
+    """A subscription's column values in the order of SUBSCRIPTION_COLUMNS."""
+    return tuple(getattr(item, name.strip()) for name in SUBSCRIPTION_COLUMNS.split(","))
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """What confirming a subscription records: who clicked, and the opt-in record it makes."""
+
+    now: float
+    ip: str | None
+    user_agent: str | None
+    consent: Consent  # the record to write (method confirmed, both steps)
+    actor: str  # for the suppression audit trail when an unsubscribe is lifted
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A recipient still in the queue, as the `queue list` command shows it."""
+
+    message_id: str
+    recipient: str
+    account_id: str | None
+    mail_from: str
+    attempts: int
+    next_attempt: float
+    last_reply: str | None
