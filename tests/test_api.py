@@ -138,3 +138,34 @@ async def test_a_suppression_cannot_be_evaded_by_re_spelling(start_relay, data):
     response = await client.execute_command(b"RCPT TO:<foobar@example.org>")
     assert response.code == 250  # not Gmail: the dots count
     await client.quit()
+
+
+async def test_simultaneous_key_guesses_cannot_race_the_throttle(
+    start_relay, sqlite_url, upstream, tls_files, log_lines
+):
+    """30 wrong keys and the right one at the same moment: 5 checked, the rest 429.
+
+    As SMTP AUTH (hardening finding 3): one check at a time per address, each seeing the
+    failures before it.
+    """
+    data = config_data(
+        store_url=sqlite_url,
+        upstream_port=upstream.port,
+        tls_files=tls_files,
+        smtp={"auth_failure_limit": 5, "auth_failure_window": 600},
+    )
+    data["accounts"][0]["api_key_hash"] = PASSWORD_HASH
+    relay = await start_relay(data)
+    url = f"http://127.0.0.1:{relay.web_port}/api/v1/events"
+    keys = [f"guess-{n}" for n in range(30)] + [PASSWORD]
+    async with aiohttp.ClientSession() as http:
+
+        async def attempt(key: str) -> int:
+            headers = {"Authorization": f"Bearer acme:{key}"}
+            async with http.get(url, headers=headers) as response:
+                return response.status
+
+        statuses = await asyncio.gather(*(attempt(key) for key in keys))
+    assert statuses.count(401) == 5
+    assert statuses.count(429) == 26  # the right key among them: the address is blocked
+    assert len([e for e in log_lines() if e["event"] == "api_auth_failed"]) == 5

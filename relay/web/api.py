@@ -51,19 +51,20 @@ async def api_account(request: web.Request) -> Account | web.Response:
     config = runtime_of(request).config
     throttle = throttle_of(request)
     ip = client_ip(request, config) or "unknown"
-    if throttle.blocked(ip):
-        return json_error(429, "throttled", "too many failed attempts, try again later")
     scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
     account_id, _, secret = credentials.strip().partition(":")
     account = config.account(account_id) if scheme.lower() == "bearer" else None
-    if (
-        account is not None
-        and account.api_key_hash is not None
-        and secret
-        and await credentials_of(request).api_key(account, secret)
-    ):
-        return account
-    throttle.record(ip)
+    async with throttle.turn(ip):  # as SMTP AUTH: simultaneous guesses cannot all be checked
+        if throttle.blocked(ip):
+            return json_error(429, "throttled", "too many failed attempts, try again later")
+        if (
+            account is not None
+            and account.api_key_hash is not None
+            and secret
+            and await credentials_of(request).api_key(account, secret)
+        ):
+            return account
+        throttle.record(ip)
     log.warning("api_auth_failed", client_ip=ip, path=request.path)
     return json_error(
         401,
