@@ -73,4 +73,6 @@ async def test_queue_list_shows_pending(tmp_path, tls_files):
     result = subprocess.run(
         [*CLI, "queue", "list", "--config", str(path)], capture_output=True, text=True, check=True
     )
-    assert result.stdout.startswith("Q1\tacme\t<news@acme.example>\t<a@example.net>\tattempts=0")
+    assert result.stdout.startswith(
+        "Q1\tacme\tqueued\t<news@acme.example>\t<a@example.net>\tattempts=0"
+    )

@@ -18,7 +18,7 @@ from pathlib import Path
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from relay import __version__
-from relay.cli import accounts, cases, consent, dkim, service, suppress, webhooks
+from relay.cli import accounts, cases, consent, dkim, queue, service, suppress, webhooks
 from relay.cli.common import EXIT_CONFIG, EXIT_REFUSED, default_config
 from relay.errors import ConfigError, RelayError
 
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"optin-relay {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     service.add_parsers(commands, common)
+    queue.add_parser(commands, common)
     suppress.add_parser(commands, common)
     dkim.add_parser(commands, common)
     accounts.add_parser(commands, common)

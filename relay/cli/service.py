@@ -1,4 +1,4 @@
-"""`serve`, `check-config`, `hash-password`, `sink`, `dev-init` and `queue`: running the relay.
+"""`serve`, `check-config`, `hash-password`, `sink` and `dev-init`: running the relay.
 
 Like every command group, it imports what a command needs when the command runs.
 """
@@ -7,27 +7,22 @@ from __future__ import annotations
 
 import getpass
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, actor, load, with_store
-from relay.logging import get_logger
+from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, load
 
 if TYPE_CHECKING:
     import argparse
 
     from relay.config import Config
-    from relay.storage.base import Store
-
-log = get_logger(__name__)
 
 
 def add_parsers(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     common: argparse.ArgumentParser,
 ) -> None:
-    """Register the commands that run the relay, its sink and its queue."""
+    """Register the commands that run the relay and its sink."""
     serve = commands.add_parser("serve", parents=[common], help="run the relay")
     serve.add_argument(
         "--event-loop",
@@ -59,17 +54,6 @@ def add_parsers(
         parents=[common],
         help="create the development TLS certificate named by the config, if missing",
     ).set_defaults(handler=_dev_init)
-    queue = commands.add_parser("queue", parents=[common], help="inspect the delivery queue")
-    queue_commands = queue.add_subparsers(dest="queue_command", required=True, metavar="ACTION")
-    queue_list = queue_commands.add_parser("list", parents=[common], help="pending recipients")
-    queue_list.add_argument("--limit", type=int, default=1000)
-    retry = queue_commands.add_parser(
-        "retry", parents=[common], help="make deferred mail due now (as postqueue -f / -i)"
-    )
-    retry.add_argument("ids", nargs="*", metavar="ID", help="queue ids (messages)")
-    retry.add_argument("--all", action="store_true", help="everything pending")
-    retry.add_argument("--account", help="everything pending of one account")
-    queue.set_defaults(handler=_queue)
 
 
 def _serve(args: argparse.Namespace, config_path: Path) -> int:
@@ -154,38 +138,3 @@ def _dev_init(args: argparse.Namespace, config_path: Path) -> int:
             key = make_key(item.domain, item.selector, item.algorithm, pem)
             print(f"wrote a development DKIM key to {item.private_key} ({key.dns_name})")
     return EXIT_OK
-
-
-async def _retry(args: argparse.Namespace, store: Store) -> int:
-    """`queue retry ID... | --all | --account A`: pending recipients due now, for every relay."""
-    chosen = [bool(args.ids), args.all, args.account is not None]
-    if sum(chosen) != 1:
-        print(
-            "error: name queue ids, or --all, or --account ACCOUNT (one of them)", file=sys.stderr
-        )
-        return EXIT_USAGE
-    count = await store.retry_now(
-        now=time.time(), message_ids=args.ids or None, account_id=args.account
-    )
-    log.info("queue_retried", count=count, actor=actor(), ids=args.ids, account=args.account)
-    print(f"{count} recipients due now")
-    return EXIT_OK
-
-
-def _queue(args: argparse.Namespace, config_path: Path) -> int:
-    from relay.clock import to_datetime  # noqa: PLC0415
-
-    async def work(config: Config, store: Store) -> int:
-        del config
-        if args.queue_command == "retry":
-            return await _retry(args, store)
-        for entry in await store.queue(args.limit):
-            next_try = to_datetime(entry.next_attempt).isoformat(timespec="seconds")
-            print(
-                f"{entry.message_id}\t{entry.account_id or '-'}\t<{entry.mail_from}>\t"
-                f"<{entry.recipient}>\tattempts={entry.attempts}\tnext={next_try}\t"
-                f"{entry.last_reply or ''}"
-            )
-        return EXIT_OK
-
-    return with_store(config_path, work)

@@ -8,6 +8,7 @@ from relay.storage.records import (
     BUCKET,
     GLOBAL_SCOPE,
     PURGED_REPLY,
+    QUEUE_STATES,
     REASONS,
     RESUBSCRIBED,
     STAT_BUCKET,
@@ -25,10 +26,16 @@ from relay.storage.records import (
     ConsentMethod,
     DeliveryJob,
     Event,
+    JournalEntry,
+    JournalKind,
     MessageKind,
     NewEvent,
     NewMessage,
+    QueueAction,
+    QueuedMessage,
+    QueuedRecipient,
     QueueEntry,
+    QueueState,
     SentRecipient,
     Subscription,
     SubscriptionStatus,
@@ -41,6 +48,8 @@ from relay.storage.records import (
     new_event_id,
     new_message_id,
     normalize_address,
+    queue_audit,
+    render_journal,
     subscription_row,
     suppression_key,
 )
@@ -49,6 +58,7 @@ __all__ = [
     "BUCKET",
     "GLOBAL_SCOPE",
     "PURGED_REPLY",
+    "QUEUE_STATES",
     "REASONS",
     "RESUBSCRIBED",
     "STAT_BUCKET",
@@ -66,10 +76,16 @@ __all__ = [
     "ConsentMethod",
     "DeliveryJob",
     "Event",
+    "JournalEntry",
+    "JournalKind",
     "MessageKind",
     "NewEvent",
     "NewMessage",
+    "QueueAction",
     "QueueEntry",
+    "QueueState",
+    "QueuedMessage",
+    "QueuedRecipient",
     "SentRecipient",
     "Store",
     "Subscription",
@@ -83,6 +99,8 @@ __all__ = [
     "new_event_id",
     "new_message_id",
     "normalize_address",
+    "queue_audit",
+    "render_journal",
     "subscription_row",
     "suppression_key",
 ]
@@ -145,14 +163,93 @@ class Store(Protocol):
         """Give back every lease starting with `lease_prefix` (graceful shutdown)."""
         ...
 
-    async def queue(self, limit: int = 1000) -> list[QueueEntry]:
-        """Recipients not yet delivered or failed, oldest first."""
+    async def queue(
+        self,
+        limit: int = 1000,
+        *,
+        account_id: str | None = None,
+        state: QueueState | None = None,
+        now: float = 0.0,
+    ) -> list[QueueEntry]:
+        """Recipients not yet delivered or failed, oldest first, each with its state at `now`."""
+        ...
+
+    async def queued_message(self, message_id: str) -> QueuedMessage | None:
+        """One message of the spool with all its recipients (None: no such message)."""
         ...
 
     async def retry_now(
-        self, *, now: float, message_ids: list[str] | None = None, account_id: str | None = None
+        self,
+        *,
+        now: float,
+        action: QueueAction,
+        message_ids: list[str] | None = None,
+        account_id: str | None = None,
     ) -> int:
-        """Make pending recipients due at `now`: of these messages, of this account, or all."""
+        """Make pending recipients due at `now`: of these messages, of this account, or all.
+
+        Audited as `action` (one row per named message, else one for the account or queue).
+        """
+        ...
+
+    async def hold(
+        self,
+        *,
+        hold: bool,
+        action: QueueAction,
+        message_ids: list[str] | None = None,
+        account_id: str | None = None,
+    ) -> list[str]:
+        """Put messages with pending recipients on hold (or release them); the ids changed.
+
+        A held message is never claimed; a delivery already in flight finishes.
+        """
+        ...
+
+    async def delete_queued(
+        self,
+        message_ids: list[str],
+        *,
+        action: QueueAction,
+        reply: str,
+        dsns: list[NewMessage],
+    ) -> int:
+        """Take the pending recipients of `message_ids` out of the queue for good.
+
+        They end with status `deleted` and `reply` (a `message.failed` event each), `dsns`
+        are spooled in the same transaction; how many recipients were deleted.
+        """
+        ...
+
+    async def queue_actions(self, message_id: str) -> list[QueueAction]:
+        """The operators' changes to the queue that touched `message_id`, oldest first.
+
+        Changes of its whole account or of the whole queue made while it was pending count.
+        """
+        ...
+
+    # --- the journal (relay.journal: every decision about a message, for explain and replay) ---
+
+    async def record_journal(self, entries: list[JournalEntry]) -> None:
+        """Write journal entries whose decision is not stored otherwise."""
+        ...
+
+    async def journal(self, message_id: str) -> list[JournalEntry]:
+        """Every entry about `message_id`, in the order written."""
+        ...
+
+    async def journal_messages(self, recipient: str, *, since: float, limit: int) -> list[str]:
+        """Queue ids of the messages journaled for `recipient` since `since`, oldest first."""
+        ...
+
+    async def journal_window(
+        self, *, since: float, until: float, after_id: int = 0, limit: int = 10_000
+    ) -> list[JournalEntry]:
+        """Mail, rcpt and data entries in [since, until), by id after `after_id` (replay)."""
+        ...
+
+    async def prune_journal(self, before: float) -> int:
+        """Delete entries older than `before`, a few thousand at a time; how many went."""
         ...
 
     async def counts(self) -> dict[str, int]:
@@ -165,8 +262,20 @@ class Store(Protocol):
 
     # --- events (the outbox; the write methods add the events of their facts themselves) ---
 
-    async def record_events(self, events: list[NewEvent]) -> None:
-        """Write events whose fact is stored nowhere else (a recipient refused at RCPT)."""
+    async def record_events(
+        self, events: list[NewEvent], journal: list[JournalEntry] | None = None
+    ) -> None:
+        """Write events whose fact is stored nowhere else (a recipient refused at RCPT).
+
+        `journal`: the decisions behind them, in the same transaction.
+        """
+        ...
+
+    async def message_events(self, message_id: str, recipients: list[str]) -> list[Event]:
+        """Events about `message_id`, and later ones about its recipients from its account.
+
+        For `explain`: what happened to the message and the feedback about it, oldest first.
+        """
         ...
 
     async def events(

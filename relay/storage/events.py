@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from relay.storage.base import Event, NewEvent
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
     from relay.storage.base import (
         Case,
         CaseChange,
@@ -109,6 +111,28 @@ def delivery_events(
             recipient=job.recipient,
             data={"reply": reply, "attempt": job.attempts + 1, **data},
         )
+    ]
+
+
+def deleted_events(
+    rows: Iterable[tuple[str, str, int]], accounts: Mapping[str, str], *, reply: str, now: float
+) -> list[NewEvent]:
+    """`message.failed` for each recipient an operator deleted from the queue.
+
+    `rows`: (message id, recipient, attempts so far); `accounts`: the account of each message
+    that is an account's (the relay's own DSNs and notices have no events).
+    """
+    return [
+        NewEvent(
+            "message.failed",
+            accounts[message_id],
+            now,
+            message_id=message_id,
+            recipient=recipient,
+            data={"reply": reply, "attempt": attempts, "status": "5.0.0", "deleted": True},
+        )
+        for message_id, recipient, attempts in rows
+        if message_id in accounts
     ]
 
 

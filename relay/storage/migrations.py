@@ -115,6 +115,37 @@ _SHARED: dict[int, str] = {
             lease_until {real} NOT NULL DEFAULT 0
         );
         """,
+    # Operators' tools: messages on hold, the audit trail of queue changes, and the journal of
+    # every decision about a message (relay.journal), for explain and policy replay.
+    13: """
+        ALTER TABLE messages ADD COLUMN held_at {real};
+        CREATE TABLE queue_actions (
+            id {serial},
+            at {real} NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            reason TEXT,
+            message_id TEXT,
+            account_id TEXT,
+            count INTEGER NOT NULL
+        );
+        CREATE INDEX queue_actions_message ON queue_actions (message_id);
+        CREATE TABLE journal (
+            id {serial},
+            at {real} NOT NULL,
+            message_id TEXT NOT NULL,
+            account_id TEXT,
+            kind TEXT NOT NULL,
+            recipient TEXT,
+            detail TEXT NOT NULL
+        );
+        CREATE INDEX journal_message ON journal (message_id);
+        CREATE INDEX journal_at ON journal (at);
+        CREATE INDEX journal_recipient ON journal (recipient, at);
+        CREATE INDEX events_message ON events (message_id);
+        CREATE INDEX events_feedback ON events (recipient, account_id) WHERE type IN
+            ('recipient.unsubscribed', 'recipient.complained', 'recipient.bounced');
+        """,
 }
 
 
@@ -279,6 +310,7 @@ SQLITE: list[tuple[int, str]] = [
         """,
     ),
     _shared(12, "SQLITE"),
+    _shared(13, "SQLITE"),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -471,4 +503,5 @@ POSTGRES: list[tuple[int, str]] = [
         """,
     ),
     _shared(12, "POSTGRES"),
+    _shared(13, "POSTGRES"),
 ]

@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from relay.storage.sql import CASE_COLUMNS, SUBSCRIPTION_COLUMNS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
 MessageKind = Literal["message", "dsn", "notice"]  # notice: mail the relay itself writes
 
@@ -36,6 +36,7 @@ class NewMessage:
     received_at: float
     kind: MessageKind = "message"
     campaign: str | None = None
+    journal: tuple[JournalEntry, ...] = ()  # written with the message (relay.journal)
 
 
 def new_event_id() -> str:
@@ -122,6 +123,9 @@ class DeliveryJob:
     kind: MessageKind
     lease: str
     campaign: str | None = None
+    # What the render stage did to this copy (tokens, footer, signatures), journaled with the
+    # outcome of the attempt; set by the worker after the render stage.
+    render: Mapping[str, Any] | None = None
 
 
 GLOBAL_SCOPE = "*"
@@ -372,9 +376,17 @@ class Confirmation:
     actor: str  # for the suppression audit trail when an unsubscribe is lifted
 
 
+QueueState = Literal["active", "deferred", "held", "queued"]
+QUEUE_STATES: tuple[QueueState, ...] = ("active", "deferred", "held", "queued")
+
+
 @dataclass(frozen=True)
 class QueueEntry:
-    """A recipient still in the queue, as the `queue list` command shows it."""
+    """A recipient still in the queue, as the `queue list` command shows it.
+
+    Its state: `held` (its message is on hold), `active` (leased by a delivery now),
+    `deferred` (tried, waiting for its next try), `queued` (not tried yet).
+    """
 
     message_id: str
     recipient: str
@@ -383,3 +395,90 @@ class QueueEntry:
     attempts: int
     next_attempt: float
     last_reply: str | None
+    state: QueueState = "queued"
+    received_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class QueuedRecipient:
+    """One recipient of a message in the queue, whatever its status."""
+
+    recipient: str
+    status: str  # pending, delivered, failed, deleted
+    attempts: int
+    next_attempt: float
+    last_reply: str | None
+    leased_until: float
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """A message as `queue show` prints it: envelope, recipients, content while pending."""
+
+    id: str
+    account_id: str | None
+    mail_from: str
+    kind: MessageKind
+    size: int
+    received_at: float
+    completed_at: float | None
+    held_at: float | None
+    content: bytes | None
+    recipients: tuple[QueuedRecipient, ...]
+
+
+@dataclass(frozen=True)
+class QueueAction:
+    """An operator's change to the queue (hold, release, retry, delete), for the audit trail.
+
+    `message_id` names one message; a change of a whole account or of the whole queue is one
+    row with `message_id` None and `account_id` (None: every account).
+    """
+
+    at: float
+    actor: str
+    action: Literal["hold", "release", "retry", "delete", "delete_dsn"]
+    reason: str | None
+    message_id: str | None = None
+    account_id: str | None = None
+    count: int = 0
+
+
+JournalKind = Literal["mail", "rcpt", "data", "render", "replay"]
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One decision about a message, kept for `explain` and `policy replay` (relay.journal)."""
+
+    message_id: str
+    at: float
+    kind: JournalKind
+    account_id: str | None
+    detail: Mapping[str, Any]
+    recipient: str | None = None
+    id: int = 0  # assigned by the store
+
+    def detail_json(self) -> str:
+        """The detail as stored."""
+        return json.dumps(self.detail, separators=(",", ":"), sort_keys=True, default=str)
+
+
+def render_journal(job: DeliveryJob, status: str, now: float) -> list[JournalEntry]:
+    """The journal entry of one attempt's copy: what the render did, and how the attempt ended.
+
+    None when the job carries no render notes (the journal is off, or the copy was not made).
+    """
+    if job.render is None:
+        return []
+    detail = {"attempt": job.attempts + 1, "status": status, **job.render}
+    return [JournalEntry(job.message_id, now, "render", job.account_id, detail, job.recipient)]
+
+
+def queue_audit(
+    action: QueueAction, message_ids: list[str] | None, account_id: str | None, count: int
+) -> list[QueueAction]:
+    """The audit rows of a queue change: one per named message, else one for its scope."""
+    if message_ids:
+        return [replace(action, message_id=mid, account_id=None, count=0) for mid in message_ids]
+    return [replace(action, account_id=account_id, count=count)]

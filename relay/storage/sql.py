@@ -51,3 +51,21 @@ BACKLOG_SQL = (
     " WHERE r.id = (SELECT MIN(id) FROM recipients WHERE status = 'pending'))"
     " FROM recipients WHERE status = 'pending'"
 )
+
+
+def queue_state_sql(now: str) -> str:
+    """A pending recipient's queue state at `now` (a value marker), as QueueEntry names it."""
+    return (
+        "CASE WHEN m.held_at IS NOT NULL THEN 'held'"
+        f" WHEN r.lease_until > {now} THEN 'active'"
+        " WHEN r.attempts > 0 THEN 'deferred' ELSE 'queued' END"
+    )
+
+
+def queue_sql(now: str) -> str:
+    """Pending recipients in QueueEntry's field order; the caller adds filters and order."""
+    return (
+        "SELECT r.message_id, r.rcpt, m.account_id, m.mail_from, r.attempts, r.next_attempt,"  # noqa: S608 - no value in the text
+        f" r.last_reply, {queue_state_sql(now)}, m.received_at"
+        " FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.status = 'pending'"
+    )

@@ -3,6 +3,7 @@
 from relay.storage.postgres.accounts import PostgresAccounts
 from relay.storage.postgres.events import PostgresEvents
 from relay.storage.postgres.feedback import PostgresFeedback
+from relay.storage.postgres.journal import PostgresJournal
 from relay.storage.postgres.lists import PostgresLists
 from relay.storage.postgres.spool import PostgresSpool
 from relay.storage.postgres.subscriptions import PostgresSubscriptions
@@ -15,6 +16,7 @@ class PostgresStore(
     PostgresFeedback,
     PostgresSubscriptions,
     PostgresEvents,
+    PostgresJournal,
 ):
     """The `Store` on PostgreSQL: one class made of its parts."""
 

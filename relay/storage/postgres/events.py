@@ -16,11 +16,12 @@ from relay.errors import StoreError
 from relay.storage.base import WEBHOOK_COLUMNS, WebhookState
 from relay.storage.events import stored_event
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.postgres.journal import insert_journal
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from relay.storage.base import Event, NewEvent
+    from relay.storage.base import Event, JournalEntry, NewEvent
 
 PRUNE_CHUNK = 5000  # events deleted per transaction when pruning
 
@@ -53,13 +54,41 @@ def _cursor(after: str | None) -> tuple[str, int]:
 class PostgresEvents(PostgresCore):
     """The events part of `PostgresStore`."""
 
-    async def record_events(self, events: list[NewEvent]) -> None:
+    async def record_events(
+        self, events: list[NewEvent], journal: list[JournalEntry] | None = None
+    ) -> None:
         """Write events whose fact is not stored otherwise (a recipient refused at RCPT)."""
         try:
             async with self._acquire() as con, con.transaction():
                 await insert_events(con, events)
+                await insert_journal(con, journal or ())
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def message_events(self, message_id: str, recipients: list[str]) -> list[Event]:
+        """Events about `message_id`, then feedback about its recipients from its account."""
+        columns = "seq, id, type, account_id, at, message_id, recipient, data"
+        rows = await self._fetch(
+            f"SELECT {columns} FROM events WHERE message_id = $1 ORDER BY seq",  # noqa: S608
+            message_id,
+        )
+        accepted = [row for row in rows if row[2] == "message.accepted"]
+        if accepted and recipients:
+            rows += await self._fetch(
+                f"SELECT {columns} FROM events WHERE recipient = ANY($1::text[])"  # noqa: S608
+                " AND account_id = $2 AND type IN"
+                " ('recipient.unsubscribed', 'recipient.complained', 'recipient.bounced')"
+                " AND at >= $3 AND (message_id IS NULL OR message_id = $4)",
+                recipients,
+                accepted[0][3],
+                accepted[0][4],
+                message_id,
+            )
+        unique = {row[0]: tuple(row) for row in rows}
+        return [
+            stored_event(row[1:], str(row[0]))
+            for row in sorted(unique.values(), key=lambda r: (r[4], r[0]))
+        ]
 
     async def events(
         self,

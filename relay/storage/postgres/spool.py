@@ -9,15 +9,22 @@ from relay.errors import StoreError
 from relay.storage.base import (
     DeliveryJob,
     NewMessage,
+    QueuedMessage,
+    QueuedRecipient,
     QueueEntry,
+    queue_audit,
+    render_journal,
 )
-from relay.storage.events import accepted_events, delivery_events
+from relay.storage.events import accepted_events, deleted_events, delivery_events
 from relay.storage.postgres.core import DB_ERRORS, Batcher, PostgresCore
 from relay.storage.postgres.events import insert_events
-from relay.storage.sql import BACKLOG_SQL
+from relay.storage.postgres.journal import insert_actions, insert_journal
+from relay.storage.sql import BACKLOG_SQL, queue_sql, queue_state_sql
 
 if TYPE_CHECKING:
     import asyncpg
+
+    from relay.storage.base import QueueAction, QueueState
 
 
 async def _insert_message(con: asyncpg.Connection, message: NewMessage) -> None:
@@ -38,6 +45,7 @@ async def _insert_message(con: asyncpg.Connection, message: NewMessage) -> None:
         " VALUES ($1, $2, $3, $3)",
         [(message.id, rcpt, message.received_at) for rcpt in message.recipients],
     )
+    await insert_journal(con, message.journal)
 
 
 class PostgresSpool(PostgresCore):
@@ -85,6 +93,7 @@ class PostgresSpool(PostgresCore):
                     [row[2] for row in rcpts],
                 )
                 await insert_events(con, [e for m in messages for e in accepted_events(m)])
+                await insert_journal(con, [e for m in messages for e in m.journal])
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
         return [None] * len(messages)
@@ -97,8 +106,9 @@ class PostgresSpool(PostgresCore):
             # Mail of a suspended or terminated account is held: never claimed.
             "WITH picked AS (SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id"
             " WHERE r.status = 'pending' AND r.next_attempt <= $2 AND r.lease_until <= $2"
-            " AND NOT (m.kind = 'message' AND EXISTS (SELECT 1 FROM account_states s"
-            " WHERE s.account_id = m.account_id AND s.state <> 'active'))"
+            " AND m.held_at IS NULL AND NOT (m.kind = 'message' AND EXISTS"
+            " (SELECT 1 FROM account_states s WHERE s.account_id = m.account_id"
+            " AND s.state <> 'active'))"
             " ORDER BY r.next_attempt LIMIT $4 FOR UPDATE OF r SKIP LOCKED),"
             " leased AS (UPDATE recipients r SET lease = $1, lease_until = $3 FROM picked"
             " WHERE r.id = picked.id RETURNING r.id, r.message_id, r.rcpt, r.attempts)"
@@ -153,6 +163,15 @@ class PostgresSpool(PostgresCore):
                             for event in delivery_events("delivered", job, reply, at)
                         ],
                     )
+                    await insert_journal(
+                        con,
+                        [
+                            entry
+                            for job, _, at in done
+                            if (job.recipient_id, job.lease) in finished
+                            for entry in render_journal(job, "delivered", at)
+                        ],
+                    )
                     await con.execute(
                         "UPDATE messages m SET content = NULL, completed_at = $1"
                         " WHERE m.id = ANY($2::text[]) AND NOT EXISTS (SELECT 1 FROM recipients"
@@ -185,6 +204,7 @@ class PostgresSpool(PostgresCore):
                     return False
                 deferral = delivery_events("deferred", job, reply, now, next_attempt=next_attempt)
                 await insert_events(con, deferral)
+                await insert_journal(con, render_journal(job, "deferred", now))
                 return True
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
@@ -213,6 +233,7 @@ class PostgresSpool(PostgresCore):
                 if done is None:
                     return False
                 await insert_events(con, delivery_events(status, job, reply, now))
+                await insert_journal(con, render_journal(job, status, now))
                 await con.execute(
                     "UPDATE messages SET content = NULL, completed_at = $1 WHERE id = $2"
                     " AND NOT EXISTS (SELECT 1 FROM recipients WHERE message_id = $2"
@@ -246,29 +267,158 @@ class PostgresSpool(PostgresCore):
         return len(rows)
 
     async def retry_now(
-        self, *, now: float, message_ids: list[str] | None = None, account_id: str | None = None
+        self,
+        *,
+        now: float,
+        action: QueueAction,
+        message_ids: list[str] | None = None,
+        account_id: str | None = None,
     ) -> int:
         """Make pending recipients due at `now` (their leases, if any, stand)."""
-        rows = await self._fetch(
-            "UPDATE recipients r SET next_attempt = $1 WHERE r.status = 'pending'"
-            " AND ($2::text[] IS NULL OR r.message_id = ANY($2::text[]))"
-            " AND ($3::text IS NULL OR r.message_id IN"
-            " (SELECT id FROM messages WHERE account_id = $3)) RETURNING 1",
-            now,
-            message_ids,
-            account_id,
-        )
+        try:
+            async with self._acquire() as con, con.transaction():
+                rows = await con.fetch(
+                    "UPDATE recipients r SET next_attempt = $1 WHERE r.status = 'pending'"
+                    " AND ($2::text[] IS NULL OR r.message_id = ANY($2::text[]))"
+                    " AND ($3::text IS NULL OR r.message_id IN"
+                    " (SELECT id FROM messages WHERE account_id = $3)) RETURNING 1",
+                    now,
+                    message_ids,
+                    account_id,
+                )
+                await insert_actions(con, queue_audit(action, message_ids, account_id, len(rows)))
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
         return len(rows)
 
-    async def queue(self, limit: int = 1000) -> list[QueueEntry]:
-        """Recipients still pending, oldest first."""
+    async def hold(
+        self,
+        *,
+        hold: bool,
+        action: QueueAction,
+        message_ids: list[str] | None = None,
+        account_id: str | None = None,
+    ) -> list[str]:
+        """Hold (or release) messages with pending recipients; the ids changed."""
+        try:
+            async with self._acquire() as con, con.transaction():
+                rows = await con.fetch(
+                    "UPDATE messages m SET held_at = $1 WHERE m.completed_at IS NULL"
+                    " AND (m.held_at IS NULL) = $2"
+                    " AND EXISTS (SELECT 1 FROM recipients WHERE message_id = m.id"
+                    " AND status = 'pending')"
+                    " AND ($3::text[] IS NULL OR m.id = ANY($3::text[]))"
+                    " AND ($4::text IS NULL OR m.account_id = $4) RETURNING m.id",
+                    action.at if hold else None,
+                    hold,
+                    message_ids,
+                    account_id,
+                )
+                changed = [row[0] for row in rows]
+                if changed and not hold:  # released: due now, as Postfix's postsuper -H
+                    await con.execute(
+                        "UPDATE recipients SET next_attempt = LEAST(next_attempt, $1)"
+                        " WHERE status = 'pending' AND message_id = ANY($2::text[])",
+                        action.at,
+                        changed,
+                    )
+                await insert_actions(
+                    con, queue_audit(action, changed if message_ids else None, account_id, 0)
+                )
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+        return changed
+
+    async def delete_queued(
+        self,
+        message_ids: list[str],
+        *,
+        action: QueueAction,
+        reply: str,
+        dsns: list[NewMessage],
+    ) -> int:
+        """Delete the pending recipients of `message_ids`, spool `dsns`, audit it."""
+        try:
+            async with self._acquire() as con, con.transaction():
+                rows = await con.fetch(
+                    "UPDATE recipients SET status = 'deleted', lease = NULL, lease_until = 0,"
+                    " last_reply = $1, updated_at = $2 WHERE status = 'pending'"
+                    " AND message_id = ANY($3::text[]) RETURNING message_id, rcpt, attempts",
+                    reply,
+                    action.at,
+                    message_ids,
+                )
+                await con.execute(
+                    "UPDATE messages m SET content = NULL, completed_at = $1"
+                    " WHERE m.id = ANY($2::text[]) AND m.completed_at IS NULL AND NOT EXISTS"
+                    " (SELECT 1 FROM recipients WHERE message_id = m.id AND status = 'pending')",
+                    action.at,
+                    message_ids,
+                )
+                owners = await con.fetch(
+                    "SELECT id, account_id FROM messages WHERE id = ANY($1::text[])"
+                    " AND kind = 'message' AND account_id IS NOT NULL",
+                    message_ids,
+                )
+                accounts = {row[0]: row[1] for row in owners}
+                deleted = [tuple(row) for row in rows]
+                await insert_events(
+                    con, deleted_events(deleted, accounts, reply=reply, now=action.at)
+                )
+                for dsn in dsns:
+                    await _insert_message(con, dsn)
+                await insert_actions(con, queue_audit(action, message_ids, None, len(rows)))
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
+        return len(rows)
+
+    async def queue(
+        self,
+        limit: int = 1000,
+        *,
+        account_id: str | None = None,
+        state: QueueState | None = None,
+        now: float = 0.0,
+    ) -> list[QueueEntry]:
+        """Recipients still pending, oldest first, each with its state at `now`."""
         rows = await self._fetch(
-            "SELECT r.message_id, r.rcpt, m.account_id, m.mail_from, r.attempts, r.next_attempt,"
-            " r.last_reply FROM recipients r JOIN messages m ON m.id = r.message_id"
-            " WHERE r.status = 'pending' ORDER BY m.received_at, r.id LIMIT $1",
+            queue_sql("$1") + " AND ($2::text IS NULL OR m.account_id = $2)"
+            f" AND ($3::text IS NULL OR {queue_state_sql('$1')} = $3)"
+            " ORDER BY m.received_at, r.id LIMIT $4",
+            now,
+            account_id,
+            state,
             limit,
         )
         return [QueueEntry(*tuple(row)) for row in rows]
+
+    async def queued_message(self, message_id: str) -> QueuedMessage | None:
+        """One message of the spool with all its recipients."""
+        found = await self._fetch(
+            "SELECT id, account_id, mail_from, kind, size, received_at, completed_at, held_at,"
+            " content FROM messages WHERE id = $1",
+            message_id,
+        )
+        if not found:
+            return None
+        rows = await self._fetch(
+            "SELECT rcpt, status, attempts, next_attempt, last_reply, lease_until"
+            " FROM recipients WHERE message_id = $1 ORDER BY id",
+            message_id,
+        )
+        mid, account, mail_from, kind, size, received, completed, held, content = found[0]
+        return QueuedMessage(
+            mid,
+            account,
+            mail_from,
+            kind,
+            size,
+            received,
+            completed,
+            held,
+            None if content is None else bytes(content),
+            tuple(QueuedRecipient(*tuple(row)) for row in rows),
+        )
 
     async def counts(self) -> dict[str, int]:
         """Recipients per state."""

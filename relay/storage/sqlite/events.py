@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING
 from relay.storage.base import WEBHOOK_COLUMNS, WebhookState
 from relay.storage.events import stored_event
 from relay.storage.sqlite.core import SqliteCore
+from relay.storage.sqlite.journal import insert_journal
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from relay.storage.base import Event, NewEvent
+    from relay.storage.base import Event, JournalEntry, NewEvent
 
 PRUNE_CHUNK = 5000  # events deleted per transaction when pruning
 
@@ -36,9 +37,41 @@ def insert_events(db: sqlite3.Connection, events: list[NewEvent]) -> None:
 class SqliteEvents(SqliteCore):
     """The events part of `SqliteStore`."""
 
-    async def record_events(self, events: list[NewEvent]) -> None:
+    async def record_events(
+        self, events: list[NewEvent], journal: list[JournalEntry] | None = None
+    ) -> None:
         """Write events whose fact is not stored otherwise (a recipient refused at RCPT)."""
-        await self._write(lambda db: insert_events(db, events))
+
+        def operation(db: sqlite3.Connection) -> None:
+            insert_events(db, events)
+            insert_journal(db, journal or ())
+
+        await self._write(operation)
+
+    async def message_events(self, message_id: str, recipients: list[str]) -> list[Event]:
+        """Events about `message_id`, then feedback about its recipients from its account."""
+        columns = "seq, id, type, account_id, at, message_id, recipient, data"
+        rows = list(
+            await self._fetch(
+                f"SELECT {columns} FROM events WHERE message_id = ? ORDER BY seq",  # noqa: S608
+                (message_id,),
+            )
+        )
+        accepted = [row for row in rows if row[2] == "message.accepted"]
+        if accepted and recipients:
+            account, since = accepted[0][3], accepted[0][4]
+            rows += await self._fetch(
+                f"SELECT {columns} FROM events WHERE recipient IN"  # noqa: S608
+                f" ({', '.join('?' * len(recipients))}) AND account_id = ? AND type IN"
+                " ('recipient.unsubscribed', 'recipient.complained', 'recipient.bounced')"
+                " AND at >= ? AND (message_id IS NULL OR message_id = ?)",
+                (*recipients, account, since, message_id),
+            )
+        unique = {row[0]: row for row in rows}
+        return [
+            stored_event(tuple(row[1:]), str(row[0]))
+            for row in sorted(unique.values(), key=lambda r: (r[4], r[0]))
+        ]
 
     async def events(
         self,

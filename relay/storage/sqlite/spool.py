@@ -8,22 +8,30 @@ from relay.errors import StoreError
 from relay.storage.base import (
     DeliveryJob,
     NewMessage,
+    QueuedMessage,
+    QueuedRecipient,
     QueueEntry,
+    queue_audit,
+    render_journal,
 )
-from relay.storage.events import accepted_events, delivery_events
-from relay.storage.sql import BACKLOG_SQL
+from relay.storage.events import accepted_events, deleted_events, delivery_events
+from relay.storage.sql import BACKLOG_SQL, queue_sql, queue_state_sql
 from relay.storage.sqlite.core import SqliteCore
 from relay.storage.sqlite.events import insert_events
+from relay.storage.sqlite.journal import insert_actions, insert_journal
 
 if TYPE_CHECKING:
     import sqlite3
 
+    from relay.storage.base import QueueAction, QueueState
 
-# Recipients due for delivery now (parameters: now, now). Mail of a suspended or terminated
-# account is held: never due.
+
+# Recipients due for delivery now (parameters: now, now). A message on hold, and the mail of a
+# suspended or terminated account, is never due.
 _DUE = (
     "FROM recipients r JOIN messages m ON m.id = r.message_id"
     " WHERE r.status = 'pending' AND r.next_attempt <= ? AND r.lease_until <= ?"
+    " AND m.held_at IS NULL"
     " AND NOT (m.kind = 'message' AND EXISTS (SELECT 1 FROM account_states s"
     " WHERE s.account_id = m.account_id AND s.state <> 'active'))"
 )
@@ -52,6 +60,7 @@ def _insert_message(db: sqlite3.Connection, message: NewMessage) -> None:
         ],
     )
     insert_events(db, accepted_events(message))
+    insert_journal(db, message.journal)
 
 
 def _finish(db: sqlite3.Connection, job: DeliveryJob, status: str, reply: str, now: float) -> bool:
@@ -69,6 +78,7 @@ def _finish(db: sqlite3.Connection, job: DeliveryJob, status: str, reply: str, n
         (now, job.message_id, job.message_id),
     )
     insert_events(db, delivery_events(status, job, reply, now))
+    insert_journal(db, render_journal(job, status, now))
     return True
 
 
@@ -142,6 +152,7 @@ class SqliteSpool(SqliteCore):
             insert_events(
                 db, delivery_events("deferred", job, reply, now, next_attempt=next_attempt)
             )
+            insert_journal(db, render_journal(job, "deferred", now))
             return True
 
         return await self._write(operation)
@@ -186,7 +197,12 @@ class SqliteSpool(SqliteCore):
         return await self._write(operation)
 
     async def retry_now(
-        self, *, now: float, message_ids: list[str] | None = None, account_id: str | None = None
+        self,
+        *,
+        now: float,
+        action: QueueAction,
+        message_ids: list[str] | None = None,
+        account_id: str | None = None,
     ) -> int:
         """Make pending recipients due at `now` (their leases, if any, stand)."""
         sql = "UPDATE recipients SET next_attempt = ? WHERE status = 'pending'"
@@ -197,18 +213,139 @@ class SqliteSpool(SqliteCore):
         if account_id is not None:
             sql += " AND message_id IN (SELECT id FROM messages WHERE account_id = ?)"
             params.append(account_id)
-        self._nothing_due = False
-        return await self._write(lambda db: db.execute(sql, params).rowcount)
 
-    async def queue(self, limit: int = 1000) -> list[QueueEntry]:
-        """Recipients still pending, oldest first."""
-        rows = await self._fetch(
-            "SELECT r.message_id, r.rcpt, m.account_id, m.mail_from, r.attempts, r.next_attempt,"
-            " r.last_reply FROM recipients r JOIN messages m ON m.id = r.message_id"
-            " WHERE r.status = 'pending' ORDER BY m.received_at, r.id LIMIT ?",
-            (limit,),
+        def operation(db: sqlite3.Connection) -> int:
+            count = db.execute(sql, params).rowcount
+            insert_actions(db, queue_audit(action, message_ids, account_id, count))
+            return count
+
+        self._nothing_due = False
+        return await self._write(operation)
+
+    async def hold(
+        self,
+        *,
+        hold: bool,
+        action: QueueAction,
+        message_ids: list[str] | None = None,
+        account_id: str | None = None,
+    ) -> list[str]:
+        """Hold (or release) messages with pending recipients; the ids changed."""
+        sql = (
+            "UPDATE messages SET held_at = ? WHERE completed_at IS NULL"  # noqa: S608
+            f" AND held_at IS {'' if hold else 'NOT '}NULL"
+            " AND EXISTS (SELECT 1 FROM recipients WHERE message_id = messages.id"
+            " AND status = 'pending')"
         )
+        params: list[object] = [action.at if hold else None]
+        if message_ids is not None:
+            sql += f" AND id IN ({', '.join('?' * len(message_ids))})"
+            params += message_ids
+        if account_id is not None:
+            sql += " AND account_id = ?"
+            params.append(account_id)
+
+        def operation(db: sqlite3.Connection) -> list[str]:
+            changed = [row[0] for row in db.execute(sql + " RETURNING id", params)]
+            if changed and not hold:  # released: due now, as Postfix's postsuper -H
+                marks = ", ".join("?" * len(changed))
+                db.execute(
+                    "UPDATE recipients SET next_attempt = MIN(next_attempt, ?)"  # noqa: S608
+                    f" WHERE status = 'pending' AND message_id IN ({marks})",
+                    (action.at, *changed),
+                )
+            insert_actions(db, queue_audit(action, changed if message_ids else None, account_id, 0))
+            return changed
+
+        self._nothing_due = False
+        return await self._write(operation)
+
+    async def delete_queued(
+        self,
+        message_ids: list[str],
+        *,
+        action: QueueAction,
+        reply: str,
+        dsns: list[NewMessage],
+    ) -> int:
+        """Delete the pending recipients of `message_ids`, spool `dsns`, audit it."""
+        marks = ", ".join("?" * len(message_ids))
+
+        def operation(db: sqlite3.Connection) -> int:
+            rows = db.execute(
+                "UPDATE recipients SET status = 'deleted', lease = NULL, lease_until = 0,"  # noqa: S608
+                f" last_reply = ?, updated_at = ? WHERE status = 'pending' AND message_id IN"
+                f" ({marks}) RETURNING message_id, rcpt, attempts",
+                (reply, action.at, *message_ids),
+            ).fetchall()
+            db.execute(
+                "UPDATE messages SET content = NULL, completed_at = ? WHERE id IN"  # noqa: S608
+                f" ({marks}) AND completed_at IS NULL AND NOT EXISTS (SELECT 1 FROM recipients"
+                " WHERE message_id = messages.id AND status = 'pending')",
+                (action.at, *message_ids),
+            )
+            accounts = dict(
+                db.execute(
+                    f"SELECT id, account_id FROM messages WHERE id IN ({marks})"  # noqa: S608
+                    " AND kind = 'message' AND account_id IS NOT NULL",
+                    message_ids,
+                ).fetchall()
+            )
+            insert_events(db, deleted_events(rows, accounts, reply=reply, now=action.at))
+            for dsn in dsns:
+                _insert_message(db, dsn)
+            insert_actions(db, queue_audit(action, message_ids, None, len(rows)))
+            return len(rows)
+
+        return await self._write(operation)
+
+    async def queue(
+        self,
+        limit: int = 1000,
+        *,
+        account_id: str | None = None,
+        state: QueueState | None = None,
+        now: float = 0.0,
+    ) -> list[QueueEntry]:
+        """Recipients still pending, oldest first, each with its state at `now`."""
+        sql = queue_sql("?")
+        params: list[object] = [now]
+        if account_id is not None:
+            sql += " AND m.account_id = ?"
+            params.append(account_id)
+        if state is not None:
+            sql += f" AND {queue_state_sql('?')} = ?"
+            params += [now, state]
+        rows = await self._fetch(sql + " ORDER BY m.received_at, r.id LIMIT ?", [*params, limit])
         return [QueueEntry(*row) for row in rows]
+
+    async def queued_message(self, message_id: str) -> QueuedMessage | None:
+        """One message of the spool with all its recipients."""
+        found = await self._fetch(
+            "SELECT id, account_id, mail_from, kind, size, received_at, completed_at, held_at,"
+            " content FROM messages WHERE id = ?",
+            (message_id,),
+        )
+        if not found:
+            return None
+        rows = await self._fetch(
+            "SELECT rcpt, status, attempts, next_attempt, last_reply, lease_until"
+            " FROM recipients WHERE message_id = ? ORDER BY id",
+            (message_id,),
+        )
+        mid, account, mail_from, kind, size, received, completed, held, content = found[0]
+        return QueuedMessage(
+            mid,
+            account,
+            mail_from,
+            kind,
+            size,
+            received,
+            completed,
+            held,
+            None if content is None else bytes(content),
+            tuple(QueuedRecipient(*row) for row in rows),
+        )
 
     async def counts(self) -> dict[str, int]:
         """Recipients per state."""
