@@ -10,19 +10,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
-
-from relay.accounts.abuse import halt
-from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
+from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, RuleSettings, Verdict
 
 if TYPE_CHECKING:
     from relay.policy import Submission, Transaction
 
 
-class Settings(BaseModel):
+class Settings(RuleSettings):
     """`policies.broadcast` (thresholds are per account, in `limits`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Policy(BasePolicy):
@@ -51,7 +46,7 @@ class Policy(BasePolicy):
         )
         tx.campaign_recipients = total
         if total > limits.suspicious_broadcast:
-            await halt(
+            await self.halt(
                 self.store,
                 tx.account.id,
                 "broadcast_halted",
@@ -62,5 +57,10 @@ class Policy(BasePolicy):
             return Reject(
                 f"Broadcast halted: {total} recipients of one campaign; the account is suspended",
                 "broadcast.halted",
+                facts={
+                    "campaign": submission.campaign,
+                    "recipients": total,
+                    "threshold": limits.suspicious_broadcast,
+                },
             )
         return CONTINUE

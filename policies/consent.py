@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
-
-from relay.accounts.abuse import halt
 from relay.logging import get_logger
-from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
+from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, RuleSettings, Verdict
 from relay.storage.base import normalize_address
 
 if TYPE_CHECKING:
@@ -23,10 +20,8 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
-class Settings(BaseModel):
+class Settings(RuleSettings):
     """`policies.consent` (per-account settings live in `accounts[].consent` and `limits`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Policy(BasePolicy):
@@ -61,7 +56,7 @@ class Policy(BasePolicy):
             distinct=True,
         )
         if not allowed or count > limits.unsolicited_bulk:
-            await halt(
+            await self.halt(
                 self.store,
                 account.id,
                 "unsolicited_bulk",
@@ -72,12 +67,14 @@ class Policy(BasePolicy):
             return Reject(
                 f"Unsolicited bulk: {count} recipients without opt-in; the account is suspended",
                 "consent.unsolicited_bulk",
+                facts={"count": count, "threshold": limits.unsolicited_bulk},
             )
         if account.consent == "enforce":
             return Reject(
                 f"<{recipient}> has no opt-in record with this sender; send only to subscribers"
                 " whose opt-in you can show (import the records, or use a confirmed opt-in form)",
                 "consent.missing",
+                facts={"count": count, "threshold": limits.unsolicited_bulk},
             )
         log.info(
             "consent_missing", recipient=recipient, count=count, threshold=limits.unsolicited_bulk

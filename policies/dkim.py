@@ -61,6 +61,7 @@ class Policy(BasePolicy):
         """Put the copy in its wire form, remove broken signatures, then sign (the last step)."""
         # Sign exactly what goes on the wire: CRLF, short lines, 7-bit where the upstream says so.
         content = wire_form(rendering.content, seven_bit=rendering.seven_bit)
+        removed = 0
         if (
             rendering.original
             and content != rendering.original
@@ -75,6 +76,7 @@ class Policy(BasePolicy):
                     count=removed,
                 )
         domain = from_domain(content)
+        rendering.notes["dkim"] = {"removed": removed, "signed": None}
         if self.signer is None or domain is None or not self.signer.has_key(domain):
             rendering.content = content
             if rendering.kind == "dsn" or self.settings.missing_key == "relay_unsigned":
@@ -84,4 +86,5 @@ class Policy(BasePolicy):
                 return Reject(text, "dkim.missing_key", 550, "5.7.1")
             return Defer(text, "dkim.missing_key", 451, "4.7.5")
         rendering.content = self.signer.sign(content, domain)
+        rendering.notes["dkim"] = {"removed": removed, "signed": domain}
         return CONTINUE

@@ -5,19 +5,15 @@ from __future__ import annotations
 from email.utils import getaddresses
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
-
-from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
+from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, RuleSettings, Verdict
 
 if TYPE_CHECKING:
     from relay.config import Account
     from relay.policy import Submission, Transaction
 
 
-class Settings(BaseModel):
+class Settings(RuleSettings):
     """`policies.from_domain`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     allow_subdomains: bool = False
 

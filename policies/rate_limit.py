@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
-
-from relay.policy import CONTINUE, BasePolicy, Defer, PolicyServices, Verdict
+from relay.policy import CONTINUE, BasePolicy, Defer, PolicyServices, RuleSettings, Verdict
 from relay.storage.base import normalize_address
 
 if TYPE_CHECKING:
@@ -19,10 +17,8 @@ if TYPE_CHECKING:
 HOUR = 3600.0
 
 
-class Settings(BaseModel):
+class Settings(RuleSettings):
     """`policies.rate_limit` (the limits themselves are per account, in `limits`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Policy(BasePolicy):
@@ -50,6 +46,7 @@ class Policy(BasePolicy):
             return Defer(
                 f"Rate limit: {limit} messages per hour; try again later",
                 "rate_limit.messages_per_hour",
+                facts={"limit": limit},
             )
         return CONTINUE
 
@@ -64,6 +61,7 @@ class Policy(BasePolicy):
                 f"Rate limit: {limits.recipients_per_message} recipients per message;"
                 " send the rest in another message",
                 "rate_limit.recipients_per_message",
+                facts={"limit": limits.recipients_per_message, "recipients": len(tx.recipients)},
             )
         address = normalize_address(recipient)
         now = self.clock.now()
@@ -91,5 +89,6 @@ class Policy(BasePolicy):
                     f"Rate limit: {limit} recipients {what.removeprefix('recipients ')};"
                     " try again later",
                     rule,
+                    facts={"limit": limit},
                 )
         return CONTINUE

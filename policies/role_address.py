@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
+from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, RuleSettings, Verdict
 
 if TYPE_CHECKING:
     from relay.policy import Transaction
@@ -36,10 +36,8 @@ ROLES = (
 )
 
 
-class Settings(BaseModel):
+class Settings(RuleSettings):
     """`policies.role_address`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     local_parts: frozenset[str] = Field(
         default=frozenset(ROLES), description="local parts refused (compared in lower case)"
@@ -75,4 +73,5 @@ class Policy(BasePolicy):
             f"<{recipient}> is a role address ({local}@); send marketing mail only to people "
             "who subscribed themselves",
             "role_address.refused",
+            facts={"local_part": local},
         )

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import BaseModel, ConfigDict
-
-from relay.accounts.abuse import halt
-from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, Verdict
+from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, RuleSettings, Verdict
 
 if TYPE_CHECKING:
     from relay.policy import Transaction
@@ -26,10 +23,8 @@ _WHY = {
 _DO = "remove it from your list"
 
 
-class Settings(BaseModel):
+class Settings(RuleSettings):
     """`policies.suppression` (nothing to set: suppression cannot be turned off)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class Policy(BasePolicy):
@@ -51,7 +46,11 @@ class Policy(BasePolicy):
         if found is None:
             return CONTINUE
         why = _WHY.get(found.reason, "is on this sender's suppression list")
-        refusal = Reject(f"<{recipient}> {why}; {_DO}", f"suppression.{found.reason}")
+        refusal = Reject(
+            f"<{recipient}> {why}; {_DO}",
+            f"suppression.{found.reason}",
+            facts={"scope": found.scope, "suppressed_at": found.created_at},
+        )
         limits = tx.account.limits
         now = self.clock.now()
         if now - found.created_at < limits.suppression_grace:
@@ -61,7 +60,7 @@ class Policy(BasePolicy):
             tx.account.id, "suppressed_send", recipient, now=now, window=limits.abuse_window
         )
         if count > limits.suppression_violations:
-            await halt(
+            await self.halt(
                 self.store,
                 tx.account.id,
                 "suppression_violations",

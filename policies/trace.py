@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from relay.mail import markers
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Verdict
+from relay.tokens import token_id
 
 if TYPE_CHECKING:
     from relay.policy import Rendering
@@ -60,4 +61,5 @@ class Policy(BasePolicy):
             rendering.original = rendering.content
         if self.settings.bounce_address and self.inbound and rendering.mail_from:
             rendering.mail_from = markers.bounce_address(token, self.inbound)
+        rendering.notes["trace"] = {"token_id": token_id(token), "mail_from": rendering.mail_from}
         return CONTINUE

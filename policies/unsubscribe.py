@@ -18,7 +18,7 @@ from relay.mail import markers
 from relay.mail.branding import footer
 from relay.mail.render import Template, fill, list_unsubscribe_headers, prepare
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Verdict
-from relay.tokens import campaign_tag
+from relay.tokens import campaign_tag, token_id
 
 if TYPE_CHECKING:
     from relay.config import Account
@@ -132,4 +132,9 @@ class Policy(BasePolicy):
                 reason=result.body_skipped,
             )
         rendering.content = result.content
+        rendering.notes["unsubscribe"] = {
+            "token_id": token_id(token),
+            "mailto": mailto is not None,
+            "footer": result.body_skipped or "added",
+        }
         return CONTINUE

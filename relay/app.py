@@ -157,6 +157,9 @@ class Relay:
                     pruned = await store.prune_events(now - config.events.retention)
                     if pruned:
                         log.info("events_pruned", count=pruned)
+                    pruned = await store.prune_journal(now - config.journal.retention)
+                    if pruned:
+                        log.info("journal_pruned", count=pruned)
                     pruned_at = now
             except StoreError as exc:
                 log.error("maintenance_failed", error=str(exc))

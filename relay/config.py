@@ -380,6 +380,18 @@ class EventsConfig(Model):
     )
 
 
+class JournalConfig(Model):
+    """The journal of decisions behind `explain` and `policy replay` (docs/operations.md)."""
+
+    enabled: bool = Field(
+        default=True, description="journal every decision (off: explain shows only events)"
+    )
+    retention: Annotated[Duration, Field(ge=86400)] = Field(
+        default=30 * 86400.0,
+        description="how long journal entries are kept (at least a day); pruned hourly",
+    )
+
+
 class Account(Model):
     """A sender (a CRM's customer) that relays through optin-relay."""
 
@@ -513,6 +525,7 @@ class Config(Model):
     subscriptions: SubscriptionsConfig = SubscriptionsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
     events: EventsConfig = EventsConfig()
+    journal: JournalConfig = JournalConfig()
     tokens: TokensConfig | None = None
     accounts: list[Account] = Field(default_factory=list)
     dkim: list[DkimKeyConfig] = Field(default_factory=list)

@@ -15,6 +15,12 @@ REJECTIONS = Counter(
     ["stage", "rule"],
     registry=REGISTRY,
 )
+POLICY_WOULD_REFUSE = Counter(
+    "optin_relay_policy_would_refuse_total",
+    "Refusals a policy in monitor mode would have given, by rule",
+    ["rule"],
+    registry=REGISTRY,
+)
 DELIVERIES = Counter(
     "optin_relay_deliveries",
     "Delivery attempts by outcome (delivered, deferred, failed)",

@@ -9,28 +9,34 @@ defers the mail (fail closed), never lets it through. docs/policies.md is the gu
 
 Stages: `mail` (MAIL FROM), `rcpt` (each RCPT TO), `data` (the whole message, before the spool
 commit), `render` (each recipient's copy at delivery; a policy may rewrite `Rendering.content`).
+
+Monitor mode: a policy whose settings derive from `RuleSettings` takes `mode: monitor`; its
+refusals then let the mail through, logged (`policy_would_refuse`), counted and journaled as
+`Decision.monitored`, and its account halts are logged (`account_would_halt`), not done.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from relay.accounts.abuse import halt
 from relay.errors import ConfigError
 from relay.logging import get_logger
+from relay.metrics import POLICY_WOULD_REFUSE
 from relay.policyfiles import running_policies
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
     from email.message import Message
-
-    from pydantic import BaseModel
 
     from relay.clock import Clock
     from relay.config import Account, Config
     from relay.mail.signing import Signer
-    from relay.storage.base import MessageKind, Store
+    from relay.storage.base import JournalEntry, MessageKind, Store
     from relay.tokens import TokenCodec
 
 log = get_logger(__name__)
@@ -43,12 +49,13 @@ class Continue:
 
 @dataclass(frozen=True)
 class Reject:
-    """Refuse permanently (5xx)."""
+    """Refuse permanently (5xx); `facts`: the numbers the rule compared, for the journal."""
 
     text: str
     rule: str
     code: int = 550
     status: str = "5.7.1"
+    facts: Mapping[str, object] = field(default_factory=dict)
 
     def reply(self) -> str:
         """The SMTP reply line."""
@@ -57,12 +64,13 @@ class Reject:
 
 @dataclass(frozen=True)
 class Defer:
-    """Refuse for now (4xx); a retry may succeed."""
+    """Refuse for now (4xx); a retry may succeed. `facts` as for Reject."""
 
     text: str
     rule: str
     code: int = 451
     status: str = "4.7.0"
+    facts: Mapping[str, object] = field(default_factory=dict)
 
     def reply(self) -> str:
         """The SMTP reply line."""
@@ -85,6 +93,9 @@ class Transaction:
     # What one policy tells a later one, as typed fields (a policy names the one it reads in
     # its `after`): the broadcast policy's count of this campaign's recipients in its window.
     campaign_recipients: int = 0
+    # The journal (relay.journal): entries not yet written, and RCPT commands seen so far.
+    journal: list[JournalEntry] = field(default_factory=list)
+    rcpt_seen: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +121,8 @@ class Rendering:
     original: bytes = b""  # the spooled content, before any render policy
     seven_bit: bool = False  # the upstream takes no 8-bit content: convert before signing
     recipient_id: int = 0  # the spooled recipient (what bounce and trace tokens name)
+    # What the render policies did to the copy (token ids, footer, signatures), for the journal.
+    notes: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -121,6 +134,17 @@ class PolicyServices:
     clock: Clock
     tokens: TokenCodec
     signer: Signer | None = None
+
+
+class RuleSettings(BaseModel):
+    """Settings of a policy that can refuse: `mode` lets operators try a rule before enforcing."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["enforce", "monitor"] = Field(
+        default="enforce",
+        description="monitor: refusals and halts are logged, counted and journaled, not done",
+    )
 
 
 class BasePolicy:
@@ -136,6 +160,30 @@ class BasePolicy:
     required: ClassVar[bool] = False
     after: ClassVar[tuple[str, ...]] = ()
     before: ClassVar[tuple[str, ...]] = ()
+    mode: Literal["enforce", "monitor"] = "enforce"  # from RuleSettings, set by build_pipeline
+
+    async def halt(
+        self,
+        store: Store,
+        account_id: str,
+        rule: str,
+        *,
+        count: float,
+        threshold: float,
+        now: float,
+    ) -> None:
+        """Suspend the account for `rule` (relay.accounts.abuse); in monitor mode, only log it."""
+        if self.mode == "monitor":
+            log.warning(
+                "account_would_halt",
+                account_id=account_id,
+                policy=self.name,
+                rule=rule,
+                count=count,
+                threshold=threshold,
+            )
+            return
+        await halt(store, account_id, rule, count=count, threshold=threshold, now=now)
 
     async def on_mail(self, tx: Transaction) -> Verdict:
         """Judge the envelope sender."""
@@ -159,11 +207,23 @@ class BasePolicy:
 
 
 @dataclass(frozen=True)
+class Monitored:
+    """A refusal a policy in monitor mode would have given."""
+
+    policy: str
+    verdict: Reject | Defer
+
+
+@dataclass(frozen=True)
 class Decision:
-    """A stage's outcome and the policy that gave it (None when every policy continued)."""
+    """A stage's outcome and the policy that gave it (None when every policy continued).
+
+    `monitored`: the refusals of policies in monitor mode met on the way.
+    """
 
     verdict: Verdict
     policy: str | None
+    monitored: tuple[Monitored, ...] = ()
 
 
 _HOOKS = {"mail": "on_mail", "rcpt": "on_rcpt", "data": "on_data", "render": "on_render"}
@@ -213,13 +273,18 @@ class Pipeline:
             return Decision(CONTINUE, None)
         loop = asyncio.get_running_loop()
         current = policies[0]
+        monitored: tuple[Monitored, ...] = ()
         try:
             async with asyncio.timeout(None) as deadline:
                 for current in policies:
                     deadline.reschedule(loop.time() + self.timeout)
                     verdict = await call(current)
-                    if not isinstance(verdict, Continue):
-                        return Decision(verdict, current.name)
+                    if isinstance(verdict, Continue):
+                        continue
+                    if current.mode == "monitor":
+                        monitored += (_would_refuse(stage, current.name, verdict),)
+                        continue
+                    return Decision(verdict, current.name, monitored)
         except Exception as exc:  # noqa: BLE001 - any failure of a policy must fail closed
             log.error(
                 "policy_error",
@@ -231,8 +296,23 @@ class Pipeline:
             return Decision(
                 Defer("Temporary policy failure, try again later", current.name, 451, "4.3.0"),
                 current.name,
+                monitored,
             )
-        return Decision(CONTINUE, None)
+        return Decision(CONTINUE, None, monitored)
+
+
+def _would_refuse(stage: str, policy: str, verdict: Reject | Defer) -> Monitored:
+    """Log and count what a policy in monitor mode would have refused."""
+    POLICY_WOULD_REFUSE.labels(verdict.rule).inc()
+    log.info(
+        "policy_would_refuse",
+        stage=stage,
+        policy=policy,
+        rule=verdict.rule,
+        reply=verdict.reply(),
+        **{f"fact_{key}": value for key, value in verdict.facts.items()},
+    )
+    return Monitored(policy, verdict)
 
 
 def build_pipeline(services: PolicyServices) -> Pipeline:
@@ -250,5 +330,8 @@ def build_pipeline(services: PolicyServices) -> Pipeline:
     for module in modules:
         name = module.Policy.name
         settings: BaseModel = config.policies.get(name) or module.Settings()
-        policies.append(module.Policy(settings, services))
+        policy: BasePolicy = module.Policy(settings, services)
+        if isinstance(settings, RuleSettings):
+            policy.mode = settings.mode
+        policies.append(policy)
     return Pipeline(policies, timeout=config.policy_timeout)

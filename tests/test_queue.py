@@ -44,10 +44,8 @@ def delivered_to(upstream: TestUpstream) -> list[str]:
     return [m.rcpt for m in upstream.messages]
 
 
-async def test_hold_release_delete_and_dsn(
-    start_relay, store_url, tls_files, log_lines, tmp_path
-):
-    """hold survives a retry; release lets it go; delete --dsn tells the sender, delete doesn't."""
+async def test_hold_release_delete_and_dsn(start_relay, store_url, tls_files, log_lines, tmp_path):
+    """A hold survives a retry; release lets it go; delete --dsn tells the sender, delete not."""
     port = free_port()
     data = config_data(store_url=store_url, upstream_port=port, tls_files=tls_files)
     relay = await start_relay(data, clock=SystemClock())  # the command line's clock too
@@ -105,13 +103,17 @@ async def test_hold_release_delete_and_dsn(
     gone = await asyncio.to_thread(cli, "show", ids["gone"])
     assert "<gone@example.net>  deleted  attempts 1" in gone.stdout
     assert "Deleted from the queue" in gone.stdout
-    missing = await asyncio.to_thread(cli, "show", "NOSUCHID", check=False)
-    assert missing.returncode == 1
+    missing, usage = [
+        await asyncio.to_thread(cli, *a, check=False) for a in (("show", "NOSUCHID"), ("hold",))
+    ]
+    assert (missing.returncode, usage.returncode) == (1, 2)
     assert "no message NOSUCHID" in missing.stderr
-    usage = await asyncio.to_thread(cli, "hold", check=False)
-    assert usage.returncode == 2
 
-    # the CRM learns of both deletions; the audit trail says who, when and why
+    await check_records(relay, ids, [held, released, told])
+
+
+async def check_records(relay, ids, results) -> None:
+    """The CRM learns of both deletions; the audit trail and the log say who, when and why."""
     feed = await read_events(relay.store, 2, types=frozenset({"message.failed"}))
     assert {(e.recipient, e.data["deleted"], e.data["status"]) for e in feed} == {
         ("gone@example.net", True, "5.0.0"),
@@ -127,7 +129,7 @@ async def test_hold_release_delete_and_dsn(
     assert [(a.action, a.reason) for a in await relay.store.queue_actions(ids["told"])] == [
         ("delete_dsn", "spam")
     ]
-    logged = [json.loads(line) for r in (held, released, told) for line in r.stderr.splitlines()]
+    logged = [json.loads(line) for r in results for line in r.stderr.splitlines()]
     assert [(e["event"], e["count"], e["reason"]) for e in logged] == [
         ("queue_held", 1, "customer asked"),
         ("queue_released", 1, None),
@@ -168,9 +170,7 @@ async def test_two_processes_on_postgresql_honour_hold_and_release(tmp_path, pg_
         assert sorted(delivered_to(upstream)) == sorted(
             ["news@acme.example", *(f"r{n}@example.net" for n in range(1, 6))]
         )
-        await eventually(
-            lambda: sum(len(node.events("delivery_succeeded")) for node in nodes) == 6
-        )
+        await eventually(lambda: sum(len(node.events("delivery_succeeded")) for node in nodes) == 6)
     finally:
         for node in nodes:
             await node.terminate()

@@ -18,7 +18,17 @@ from pathlib import Path
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 
 from relay import __version__
-from relay.cli import accounts, cases, consent, dkim, queue, service, suppress, webhooks
+from relay.cli import (
+    accounts,
+    cases,
+    consent,
+    dkim,
+    explain,
+    queue,
+    service,
+    suppress,
+    webhooks,
+)
 from relay.cli.common import EXIT_CONFIG, EXIT_REFUSED, default_config
 from relay.errors import ConfigError, RelayError
 
@@ -36,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     service.add_parsers(commands, common)
     queue.add_parser(commands, common)
+    explain.add_parser(commands, common)
     suppress.add_parser(commands, common)
     dkim.add_parser(commands, common)
     accounts.add_parser(commands, common)

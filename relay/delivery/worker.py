@@ -15,8 +15,10 @@ import contextlib
 import random
 import secrets
 from collections import OrderedDict
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from relay import journal
 from relay.delivery.dsn import build_dsn
 from relay.delivery.upstream import SendResult
 from relay.errors import StoreError
@@ -265,6 +267,8 @@ class DeliveryService:
             recipient_id=job.recipient_id,
         )
         decision = await pipeline.render(rendering)
+        if config.journal.enabled:
+            job = replace(job, render=journal.render_notes(rendering.notes, decision))
         verdict = decision.verdict
         if isinstance(verdict, Continue):
             # The render may have pointed the envelope sender at the relay (bounce+TOKEN@).

@@ -373,8 +373,15 @@ class IngressHandler(SmtpAuth):
                 rejected("mail", REPLY_AUTH_REQUIRED, "auth_required", client_ip=session.client_ip)
                 return REPLY_AUTH_REQUIRED
         else:
+            listener = server.listener
+            origin = {
+                "listener": listener.address,
+                "tls": session.ssl is not None or listener.tls == "implicit",
+                "auth": account.username if session.authenticated else "trusted listener",
+                "helo": session.host_name,
+            }
             refusal = await self.submissions.mail(
-                envelope, account, message_id, session.client_ip, address
+                envelope, account, message_id, session.client_ip, address, origin=origin
             )
             if refusal is not None:
                 return refusal

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from relay import journal
 from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.mail import markers
@@ -20,14 +21,14 @@ from relay.storage.base import NewMessage
 from relay.storage.events import refused_event
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Mapping
 
     from relay.accounts.stats import StatsRecorder
     from relay.clock import Clock
     from relay.config import Account
     from relay.runtime import Runtime
     from relay.smtp.session import RelayEnvelope, RelaySession
-    from relay.storage.base import Store
+    from relay.storage.base import JournalEntry, NewEvent, Store
 
 log = get_logger(__name__)
 STORE_TIMEOUT = 30.0
@@ -60,13 +61,23 @@ class Submissions:
         message_id: str,
         client_ip: str,
         address: str,
+        *,
+        origin: Mapping[str, object],
     ) -> str | None:
-        """The mail stage; None when the sender may go on, else the refusal's reply."""
+        """The mail stage; None when the sender may go on, else the refusal's reply.
+
+        `origin`: how the message came (listener, TLS, AUTH user, HELO), for the journal.
+        """
         tx = Transaction(message_id, account, address, client_ip)
-        decision = await self.runtime().pipeline.mail(tx)
+        runtime = self.runtime()
+        decision = await runtime.pipeline.mail(tx)
+        if runtime.config.journal.enabled:
+            now = self.clock.now()
+            tx.journal.append(journal.mail_entry(tx, origin, journal.verdict(decision), now))
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
             rejected("mail", reply, decision.verdict.rule, mail_from=address)
+            await self._record(tx, [])
             return reply
         envelope.tx = tx
         return None
@@ -74,12 +85,18 @@ class Submissions:
     async def rcpt(self, tx: Transaction, address: str) -> str:
         """The recipient limit, then the rcpt stage."""
         runtime = self.runtime()
+        tx.rcpt_seen += 1
+        journaling = runtime.config.journal.enabled
         if len(tx.recipients) >= runtime.config.smtp.max_recipients:
             reply = "452 4.5.3 Too many recipients"
             recipient_rejected(reply, "max_recipients", address)
+            if journaling:
+                self._journal_rcpt(tx, address, journal.refused("max_recipients", reply))
             await self._refused(tx, address, "max_recipients", reply)
             return reply
         decision = await runtime.pipeline.rcpt(tx, address)
+        if journaling:
+            self._journal_rcpt(tx, address, journal.verdict(decision))
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
             recipient_rejected(reply, decision.verdict.rule, address)
@@ -89,21 +106,31 @@ class Submissions:
         tx.recipients.append(address)
         return "250 2.1.5 Recipient ok"
 
-    async def _refused(self, tx: Transaction, address: str, rule: str, reply: str) -> None:
-        """The `recipient.refused` event, so the CRM learns what the reply told its session.
+    def _journal_rcpt(self, tx: Transaction, address: str, decision: dict[str, object]) -> None:
+        tx.journal.append(journal.rcpt_entry(tx, address, tx.rcpt_seen, decision, self.clock.now()))
 
-        The refusal stands without it: a store that cannot take the event costs the event (a
+    async def _refused(self, tx: Transaction, address: str, rule: str, reply: str) -> None:
+        """The `recipient.refused` event, so the CRM learns what the reply told its session."""
+        event = refused_event(tx.account.id, address, rule=rule, reply=reply, now=self.clock.now())
+        await self._record(tx, [event])
+
+    async def _record(self, tx: Transaction, events: list[NewEvent]) -> None:
+        """Write `events` and the journal entries the transaction has not written yet.
+
+        The refusal stands without them: a store that cannot take them costs the record (a
         warning), never the answer.
         """
-        event = refused_event(tx.account.id, address, rule=rule, reply=reply, now=self.clock.now())
+        entries: list[JournalEntry] = tx.journal[:]
+        if not events and not entries:
+            return
+        tx.journal.clear()
         try:
-            await asyncio.wait_for(self.store.record_events([event]), STORE_TIMEOUT)
+            await asyncio.wait_for(self.store.record_events(events, entries), STORE_TIMEOUT)
         except (StoreError, TimeoutError) as exc:
             log.warning(
                 "event_not_recorded",
                 account_id=tx.account.id,
-                type=event.type,
-                recipient=address,
+                types=[event.type for event in events] or ["journal"],
                 error=str(exc),
             )
 
@@ -123,14 +150,22 @@ class Submissions:
             # permanent refusal (a 4xx would have the CRM retry it for ever).
             rejected("data", REPLY_TOO_DEEP, "mime_nesting")
             self.stats.count(tx.account.id, "refused", len(tx.recipients))
+            await self._data_refused(
+                tx, content, None, journal.refused("mime_nesting", REPLY_TOO_DEEP)
+            )
             return REPLY_TOO_DEEP
         decision = await runtime.pipeline.data(tx, Submission(content, headers, campaign))
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
             rejected("data", reply, decision.verdict.rule)
             self.stats.count(tx.account.id, "refused", len(tx.recipients))
+            await self._data_refused(tx, content, campaign, journal.verdict(decision))
             return reply
         now = self.clock.now()
+        if runtime.config.journal.enabled:
+            tx.journal.append(
+                journal.data_entry(tx, content, campaign, journal.verdict(decision), now)
+            )
         protocol = "ESMTP" + ("S" if tls else "") + ("A" if session.authenticated else "")
         trace = markers.received_header(
             helo=session.host_name,
@@ -148,7 +183,9 @@ class Submissions:
             content=trace + content,
             received_at=now,
             campaign=campaign,
+            journal=tuple(tx.journal),
         )
+        tx.journal.clear()
         try:
             await asyncio.wait_for(self.store.spool(message), STORE_TIMEOUT)
         except (StoreError, TimeoutError) as exc:
@@ -164,3 +201,12 @@ class Submissions:
         )
         self.on_spooled(message)
         return f"250 2.0.0 Ok: queued as {tx.message_id}"
+
+    async def _data_refused(
+        self, tx: Transaction, content: bytes, campaign: str | None, decision: dict[str, object]
+    ) -> None:
+        """Journal a message refused at DATA, with the transaction's entries before it."""
+        if self.runtime().config.journal.enabled:
+            now = self.clock.now()
+            tx.journal.append(journal.data_entry(tx, content, campaign, dict(decision), now))
+            await self._record(tx, [])
