@@ -38,6 +38,10 @@ class ManualClock:
         """Move the clock forward by `seconds`."""
         self._now += seconds
 
+    def set(self, now: float) -> None:
+        """Put the clock at `now` (a replay of recorded times)."""
+        self._now = now
+
 
 def to_datetime(timestamp: float) -> datetime:
     """Turn epoch seconds into an aware UTC datetime."""

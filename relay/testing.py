@@ -13,11 +13,8 @@ See docs/policies.md for a worked example.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relay.clock import ManualClock
@@ -26,7 +23,7 @@ from relay.mail.campaign import campaign_key, parse
 from relay.policy import PolicyServices, Rendering, Submission, Transaction
 from relay.policyfiles import policy_module
 from relay.runtime import make_codec
-from relay.storage import open_store
+from relay.storage import scratch_store
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -40,8 +37,6 @@ PASSWORD_HASH = (
     "$argon2id$v=19$m=65536,t=3,p=4$0FdSBVqkwirHYJUFBxIFUA"
     "$h9tM9VVNzTWZ6mCLBoIEfwgvQ8YHKQIMig1iree2Swk"
 )
-# A memory file system for scratch stores where the machine has one (private folders inside).
-_SCRATCH = "/dev/shm" if Path("/dev/shm").is_dir() else None  # noqa: S108
 TOKEN_KEY = "relay-testing-token-key-0123456789abcdef"
 
 
@@ -81,18 +76,8 @@ def make_config(
     return parse_config(data)
 
 
-@asynccontextmanager
-async def memory_store() -> AsyncIterator[Store]:
-    """A migrated SQLite store in a scratch folder, in memory where /dev/shm exists."""
-    folder = Path(tempfile.mkdtemp(prefix="optin-relay-", dir=_SCRATCH))
-    store = open_store(f"sqlite:///{folder}/relay.db")
-    try:
-        await store.open()
-        await store.migrate()
-        yield store
-    finally:
-        await store.close()
-        shutil.rmtree(folder, ignore_errors=True)
+# A migrated SQLite store in a scratch folder, in memory where /dev/shm exists.
+memory_store = scratch_store
 
 
 def submission(content: bytes) -> Submission:

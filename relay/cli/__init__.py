@@ -24,6 +24,7 @@ from relay.cli import (
     consent,
     dkim,
     explain,
+    policy,
     queue,
     service,
     suppress,
@@ -47,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     service.add_parsers(commands, common)
     queue.add_parser(commands, common)
     explain.add_parser(commands, common)
+    policy.add_parser(commands, common)
     suppress.add_parser(commands, common)
     dkim.add_parser(commands, common)
     accounts.add_parser(commands, common)
