@@ -25,7 +25,7 @@ from relay.feedback import cases
 from relay.feedback.intake import Feedback
 from relay.logging import configure as configure_logging
 from relay.logging import get_logger
-from relay.runtime import Runtime, RuntimeRef
+from relay.runtime import Runtime, RuntimeRef, unsigned_own_mail
 from relay.smtp.server import IngressHandler, start_listeners
 from relay.smtp.throttle import ConnectionLimiter, FailureThrottle
 from relay.storage import open_store
@@ -256,7 +256,7 @@ async def serve(config_path: Path, *, web_listen: str | None = None) -> int:
     try:
         config = _instance_config(config_path, web_listen)
         configure_logging(level=config.log_level)
-        for warning in check_runtime(config):
+        for warning in [*check_runtime(config), *unsigned_own_mail(config)]:
             log.warning("config_warning", problem=warning)
     except ConfigError as exc:
         for problem in exc.problems:

@@ -66,6 +66,49 @@ class Runtime:
         return cls(config, pipeline, tls, tokens, tuple(warnings))
 
 
+def unsigned_own_mail(config: Config) -> list[str]:
+    """The relay's own mail that no DKIM key would sign: the DKIM policy would hold it back.
+
+    Case notices, confirmation emails and webhook notices are signed for their From domain
+    like any mail; without a key for it they are deferred ("No DKIM key") and never arrive.
+    (DSNs go out unsigned, as RFC 3464 reports may.)
+    """
+    dkim = config.policies.get("dkim")
+    if getattr(dkim, "missing_key", "defer") == "relay_unsigned":
+        return []
+    signed = {key.domain for key in config.dkim}
+    senders = []
+    contacts = any(account.contact for account in config.accounts)
+    if config.inbound is not None and contacts:
+        senders.append(
+            (
+                "feedback.notice_from",
+                "case notices",
+                config.feedback.notice_from or f"abuse@{config.relay_domain}",
+            )
+        )
+    if any(account.lists for account in config.accounts):
+        senders.append(
+            (
+                "subscriptions.from_address",
+                "confirmation emails",
+                config.subscriptions.from_address or f"confirm@{config.relay_domain}",
+            )
+        )
+    if contacts and any(account.webhooks for account in config.accounts):
+        senders.append(("inbound.domain", "webhook notices", f"postmaster@{config.relay_domain}"))
+    problems = []
+    for key, what, sender in senders:
+        domain = sender.rpartition("@")[2].lower()
+        if domain not in signed:
+            problems.append(
+                f"{key}: {what} are sent from {sender}, but no dkim[] key has domain {domain}:"
+                f' they would be deferred ("No DKIM key") and never arrive; add a key for'
+                f" {domain} (optin-relay dkim keygen) or send them from a signed domain"
+            )
+    return problems
+
+
 def make_codec(config: Config, clock: Clock) -> TokenCodec:
     """The token codec of `config` (its validation guarantees the keys are there)."""
     if config.tokens is None:

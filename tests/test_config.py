@@ -226,3 +226,88 @@ def test_credential_hashes_take_a_list_while_rotating(valid):
         ),
         "web.admin_token_hash: expected a hash made by `optin-relay hash-password`",
     ]
+
+
+def split_accounts(tmp_path: Path, valid: dict) -> tuple[Path, Path]:
+    """The main file with `include: accounts.d/*.yaml`, one file per account."""
+    folder = tmp_path / "accounts.d"
+    folder.mkdir()
+    for account in valid.pop("accounts"):
+        (folder / f"{account['id']}.yaml").write_text(yaml.safe_dump(account, sort_keys=False))
+    valid["include"] = ["accounts.d/*.yaml"]
+    return write(tmp_path, valid), folder
+
+
+def test_include_reads_one_file_per_account(tmp_path, valid):
+    """`include:` adds each matching file's account, in name order."""
+    path, folder = split_accounts(tmp_path, valid)
+    config = load_config(path)
+    assert [a.id for a in config.accounts] == ["acme", "globex"]
+    result = subprocess.run(
+        [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(2 accounts, 1 listeners)" in result.stdout
+    (folder / "globex.yaml").unlink()
+    absolute = write(tmp_path, {**valid, "include": [str(folder / "*.yaml")]})
+    assert [a.id for a in load_config(absolute).accounts] == ["acme"]
+
+
+def test_include_errors_name_the_file_and_line(tmp_path, valid):
+    """A broken account file: check-config exits 78 naming that file and the line."""
+    path, folder = split_accounts(tmp_path, valid)
+    broken = folder / "globex.yaml"
+    lines = broken.read_text().splitlines()
+    at = next(n for n, line in enumerate(lines, 1) if line.startswith("from_domains:"))
+    broken.write_text(
+        "\n".join(
+            "from_domains: []" if line.startswith("from_domains:") else line
+            for line in lines
+            if not line.startswith("- ")
+        )
+        + "\n"
+    )
+    result = subprocess.run(
+        [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 78
+    assert f"{broken}:{at}: accounts[1].from_domains: List should have at least 1 item" in (
+        result.stderr
+    )
+    (folder / "syntax.yaml").write_text("id: x\nfrom_domains: [unclosed\n")
+    result = subprocess.run(
+        [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 78
+    assert f"{folder / 'syntax.yaml'}:3:1: not valid YAML" in result.stderr
+
+
+def test_errors_in_the_main_file_name_its_line(tmp_path, valid):
+    """Each problem is prefixed with FILE:LINE of the key it is about."""
+    valid["delivery"] = {"batch": -1}
+    path = write(tmp_path, valid)
+    text = path.read_text().splitlines()
+    at = next(n for n, line in enumerate(text, 1) if line.strip().startswith("batch:"))
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert any(p.startswith(f"{path}:{at}: delivery.batch:") for p in caught.value.problems)
+
+
+def test_check_config_fails_when_the_relays_own_mail_cannot_be_signed(tmp_path, valid):
+    """Case notices from abuse@ the inbound domain need a DKIM key for that domain."""
+    valid["dkim"] = [k for k in valid["dkim"] if k["domain"] != "relay.test.example"]
+    path = write(tmp_path, valid)
+    result = subprocess.run(
+        [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 78
+    assert (
+        "feedback.notice_from: case notices are sent from abuse@relay.test.example, but no"
+        " dkim[] key has domain relay.test.example"
+    ) in result.stderr
+    valid["policies"] = {"dkim": {"missing_key": "relay_unsigned"}}
+    path = write(tmp_path, valid)
+    result = subprocess.run(
+        [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -233,6 +233,43 @@ async def test_sighup_reloads_and_bad_file_keeps_old(tmp_path, sqlite_url, tls_f
         await relay.terminate()
 
 
+async def test_sighup_with_included_account_files_is_atomic(
+    tmp_path, sqlite_url, tls_files, upstream
+):
+    """accounts.d/*.yaml re-read on SIGHUP: one broken file keeps the whole old configuration."""
+    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    folder = tmp_path / "accounts.d"
+    folder.mkdir()
+    for account in data.pop("accounts"):
+        (folder / f"{account['id']}.yaml").write_text(yaml.safe_dump(account))
+    data["include"] = ["accounts.d/*.yaml"]
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    relay = RelayProcess(path)
+    port = await relay.start()
+    try:
+        acme = yaml.safe_load((folder / "acme.yaml").read_text())
+        acme["username"] = "acme-v2"
+        (folder / "acme.yaml").write_text(yaml.safe_dump(acme))
+        (folder / "globex.yaml").write_text("id: globex\nusername: [broken\n")
+        relay.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: bool(relay.events("config_reload_failed")))
+        (failed,) = relay.events("config_reload_failed")
+        assert any(str(folder / "globex.yaml") in problem for problem in failed["problems"])
+        client = await smtp_client(port, login=("acme-crm", PASSWORD))  # the old acme still
+        await client.sendmail("news@acme.example", ["a@example.net"], simple_message())
+        await client.quit()
+        await eventually(lambda: len(upstream.messages) == 1)
+
+        (folder / "globex.yaml").unlink()
+        relay.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: bool(relay.events("config_reloaded")))
+        client = await smtp_client(port, login=("acme-v2", PASSWORD))
+        await client.quit()
+    finally:
+        await relay.terminate()
+
+
 class EventReader:
     """A CRM paging through `GET /api/v1/events?limit=7` on one relay."""
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, load
+from relay.errors import ConfigError
 
 if TYPE_CHECKING:
     import argparse
@@ -72,10 +73,14 @@ def _serve(args: argparse.Namespace, config_path: Path) -> int:
 def _check_config(args: argparse.Namespace, config_path: Path) -> int:
     del args
     from relay.app import check_runtime  # noqa: PLC0415
+    from relay.runtime import unsigned_own_mail  # noqa: PLC0415
 
     config = load(config_path)
     for warning in check_runtime(config):
         print(f"warning: {warning}", file=sys.stderr)
+    problems = unsigned_own_mail(config)
+    if problems:
+        raise ConfigError(problems)
     listeners = len(config.smtp.listeners)
     print(f"{config_path}: OK ({len(config.accounts)} accounts, {listeners} listeners)")
     return EXIT_OK
