@@ -46,6 +46,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/smtp_throughput.py
 	$(BIN)/python bench/smtp_throughput.py --storage $(BENCH_PG) --only direct,plain,starttls,phases
 	$(BIN)/python bench/suppression_scale.py
+	$(BIN)/python bench/explain_scale.py
 	$(BIN)/python bench/auth_sessions.py
 	$(BIN)/python bench/cli_startup.py
 

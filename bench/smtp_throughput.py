@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 import aiosmtplib
+import yaml
 from benchlib import (
     READERS,
     PostfixRelay,
@@ -87,6 +88,7 @@ SCENARIOS = (
     "latency",
     "idle",
     "newsletter",
+    "journal",
 )
 NEWSLETTER = [f"subscriber{n}@example.net" for n in range(10_000)]
 
@@ -257,11 +259,16 @@ def postfix(bench: Bench) -> dict[str, Any]:
 
 
 def end_to_end(
-    bench: Bench, *, tls: bool, tree: Path | None = None, processes: int = 1
+    bench: Bench,
+    *,
+    tls: bool,
+    tree: Path | None = None,
+    processes: int = 1,
+    configure: Callable[[Path], None] | None = None,
 ) -> dict[str, float]:
     """Messages per second until the last copy reached the sink, and CPU per message."""
     n = bench.args.messages
-    relays = bench.relays(tls=tls, tree=tree, processes=processes)
+    relays = bench.relays(tls=tls, tree=tree, processes=processes, configure=configure)
     try:
         started = time.monotonic()
         bench.send(relays, tls=tls)
@@ -271,6 +278,28 @@ def end_to_end(
     finally:
         stop(*relays.processes)
     return {"msgs_per_s": round(n / elapsed, 1), "cpu_ms_per_msg": round(1000 * cpu / n, 2)}
+
+
+def journal_off(path: Path) -> None:
+    """Turn the journal off in a relay's configuration file."""
+    config = yaml.safe_load(path.read_text())
+    config["journal"] = {"enabled": False}
+    path.write_text(yaml.safe_dump(config))
+
+
+def journal_cost(bench: Bench) -> dict[str, Any]:
+    """End to end over the plain listener with the journal on and off, runs alternating."""
+    runs: dict[str, list[dict[str, float]]] = {"on": [], "off": []}
+    for _ in range(bench.args.repeat):
+        runs["on"].append(end_to_end(bench, tls=False))
+        runs["off"].append(end_to_end(bench, tls=False, configure=journal_off))
+    on, off = median_of(runs["on"]), median_of(runs["off"])
+    return {
+        "on": on,
+        "off": off,
+        "rate_on_vs_off": round(on["msgs_per_s"] / off["msgs_per_s"], 4),
+        "cpu_ms_added": round(on["cpu_ms_per_msg"] - off["cpu_ms_per_msg"], 3),
+    }
 
 
 def phases(bench: Bench, processes: int) -> dict[str, float]:
@@ -456,6 +485,17 @@ def direct(bench: Bench) -> dict[str, float]:
     }
 
 
+def journal_rows(journal: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The journal's cost as table rows."""
+    rows = [
+        (f"journal {side}, plain listener: {key}", value)
+        for side in ("on", "off")
+        for key, value in journal.get(side, {}).items()
+    ]
+    totals = ("rate_on_vs_off", "cpu_ms_added")
+    return rows + [(f"journal: {key}", journal.get(key)) for key in totals]
+
+
 def report(result: dict[str, Any]) -> None:
     """The figures as a table, then as one JSON line."""
     d = result.get("direct", {})
@@ -478,6 +518,7 @@ def report(result: dict[str, Any]) -> None:
     for name in ("ratios", "latency", "idle", "newsletter"):
         for key, value in result.get(name, {}).items():
             rows.append((f"{name}: {key}", value))
+    rows += journal_rows(result.get("journal", {}))
     for label, value in rows:
         if value is not None and not label.endswith("_runs"):
             print(f"{label:<62} {value:>10}")
@@ -543,9 +584,11 @@ def run_scenario(bench: Bench, name: str, result: dict[str, Any]) -> None:
         "latency": lambda: latency(bench, result["starttls"]["msgs_per_s"]),
         "idle": lambda: idle(bench),
         "newsletter": lambda: newsletter(bench),
+        "journal": lambda: journal_cost(bench),
     }
     keys = {"plain2": ["plain_2"], "phases": ["phases_1", "phases_2"]}.get(name, [name])
-    runs = 1 if name == "newsletter" else bench.args.repeat  # the newsletter takes a minute
+    # The newsletter takes a minute; the journal's cost alternates its own repeats.
+    runs = 1 if name in ("newsletter", "journal") else bench.args.repeat
     for key in keys:
         result[key] = median_of([measures[key]() for _ in range(runs)])
 

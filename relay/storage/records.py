@@ -482,3 +482,30 @@ def queue_audit(
     if message_ids:
         return [replace(action, message_id=mid, account_id=None, count=0) for mid in message_ids]
     return [replace(action, account_id=account_id, count=count)]
+
+
+def journal_from_row(row: Iterable[Any]) -> JournalEntry:
+    """A `JournalEntry` from the columns of sql.JOURNAL_COLUMNS."""
+    entry_id, message_id, at, kind, account_id, detail, recipient = row
+    return JournalEntry(
+        message_id, float(at), kind, account_id, json.loads(detail), recipient, int(entry_id)
+    )
+
+
+def queued_message_from_rows(
+    head: Iterable[Any], recipients: Iterable[Iterable[Any]]
+) -> QueuedMessage:
+    """A `QueuedMessage` from its message row (sql.QUEUED_MESSAGE_COLUMNS) and recipient rows."""
+    mid, account, mail_from, kind, size, received, completed, held, content = head
+    return QueuedMessage(
+        mid,
+        account,
+        mail_from,
+        kind,
+        size,
+        received,
+        completed,
+        held,
+        None if content is None else bytes(content),
+        tuple(QueuedRecipient(*tuple(row)) for row in recipients),
+    )

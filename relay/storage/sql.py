@@ -69,3 +69,12 @@ def queue_sql(now: str) -> str:
         f" r.last_reply, {queue_state_sql(now)}, m.received_at"
         " FROM recipients r JOIN messages m ON m.id = r.message_id WHERE r.status = 'pending'"
     )
+
+
+# The journal's columns, in the order records.journal_from_row reads them.
+JOURNAL_COLUMNS = "id, message_id, at, kind, account_id, detail, recipient"
+# A message of the spool and its recipients, as records.queued_message_from_rows reads them.
+QUEUED_MESSAGE_COLUMNS = (
+    "id, account_id, mail_from, kind, size, received_at, completed_at, held_at, content"
+)
+QUEUED_RECIPIENT_COLUMNS = "rcpt, status, attempts, next_attempt, last_reply, lease_until"

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
-from relay.storage.base import JournalEntry, QueueAction
+from relay.storage.base import JournalEntry, QueueAction, journal_from_row
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.sql import JOURNAL_COLUMNS
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     import asyncpg
 
 PRUNE_CHUNK = 5000  # entries deleted per transaction when pruning
-JOURNAL_COLUMNS = "id, message_id, at, kind, account_id, detail, recipient"
 
 
 async def insert_journal(con: asyncpg.Connection, entries: Iterable[JournalEntry]) -> None:
@@ -45,14 +44,6 @@ async def insert_actions(con: asyncpg.Connection, actions: Iterable[QueueAction]
     )
 
 
-def journal_entry(row: Iterable[Any]) -> JournalEntry:
-    """A `JournalEntry` from the columns of JOURNAL_COLUMNS."""
-    entry_id, message_id, at, kind, account_id, detail, recipient = row
-    return JournalEntry(
-        message_id, float(at), kind, account_id, json.loads(detail), recipient, int(entry_id)
-    )
-
-
 class PostgresJournal(PostgresCore):
     """The journal part of `PostgresStore`."""
 
@@ -70,7 +61,7 @@ class PostgresJournal(PostgresCore):
             f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE message_id = $1 ORDER BY id",  # noqa: S608
             message_id,
         )
-        return [journal_entry(row) for row in rows]
+        return [journal_from_row(row) for row in rows]
 
     async def journal_messages(self, recipient: str, *, since: float, limit: int) -> list[str]:
         """Queue ids journaled for `recipient` since `since`, oldest first."""
@@ -95,7 +86,7 @@ class PostgresJournal(PostgresCore):
             after_id,
             limit,
         )
-        return [journal_entry(row) for row in rows]
+        return [journal_from_row(row) for row in rows]
 
     async def prune_journal(self, before: float) -> int:
         """Delete entries older than `before` in chunks, so no transaction runs long."""

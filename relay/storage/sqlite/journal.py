@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from relay.storage.base import JournalEntry, QueueAction
+from relay.storage.base import JournalEntry, QueueAction, journal_from_row
+from relay.storage.sql import JOURNAL_COLUMNS
 from relay.storage.sqlite.core import SqliteCore
 
 if TYPE_CHECKING:
@@ -13,7 +13,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 PRUNE_CHUNK = 5000  # entries deleted per transaction when pruning
-JOURNAL_COLUMNS = "id, message_id, at, kind, account_id, detail, recipient"
 
 
 def insert_journal(db: sqlite3.Connection, entries: Iterable[JournalEntry]) -> None:
@@ -38,14 +37,6 @@ def insert_actions(db: sqlite3.Connection, actions: Iterable[QueueAction]) -> No
     )
 
 
-def journal_entry(row: Iterable[Any]) -> JournalEntry:
-    """A `JournalEntry` from the columns of JOURNAL_COLUMNS."""
-    entry_id, message_id, at, kind, account_id, detail, recipient = row
-    return JournalEntry(
-        message_id, float(at), kind, account_id, json.loads(detail), recipient, int(entry_id)
-    )
-
-
 class SqliteJournal(SqliteCore):
     """The journal part of `SqliteStore`."""
 
@@ -59,7 +50,7 @@ class SqliteJournal(SqliteCore):
             f"SELECT {JOURNAL_COLUMNS} FROM journal WHERE message_id = ? ORDER BY id",  # noqa: S608
             (message_id,),
         )
-        return [journal_entry(row) for row in rows]
+        return [journal_from_row(row) for row in rows]
 
     async def journal_messages(self, recipient: str, *, since: float, limit: int) -> list[str]:
         """Queue ids journaled for `recipient` since `since`, oldest first."""
@@ -79,7 +70,7 @@ class SqliteJournal(SqliteCore):
             " AND kind IN ('mail', 'rcpt', 'data') ORDER BY id LIMIT ?",
             (since, until, after_id, limit),
         )
-        return [journal_entry(row) for row in rows]
+        return [journal_from_row(row) for row in rows]
 
     async def prune_journal(self, before: float) -> int:
         """Delete entries older than `before` in chunks, so the writer is never held long."""

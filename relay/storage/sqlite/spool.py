@@ -9,13 +9,19 @@ from relay.storage.base import (
     DeliveryJob,
     NewMessage,
     QueuedMessage,
-    QueuedRecipient,
     QueueEntry,
     queue_audit,
+    queued_message_from_rows,
     render_journal,
 )
 from relay.storage.events import accepted_events, deleted_events, delivery_events
-from relay.storage.sql import BACKLOG_SQL, queue_sql, queue_state_sql
+from relay.storage.sql import (
+    BACKLOG_SQL,
+    QUEUED_MESSAGE_COLUMNS,
+    QUEUED_RECIPIENT_COLUMNS,
+    queue_sql,
+    queue_state_sql,
+)
 from relay.storage.sqlite.core import SqliteCore
 from relay.storage.sqlite.events import insert_events
 from relay.storage.sqlite.journal import insert_actions, insert_journal
@@ -322,30 +328,17 @@ class SqliteSpool(SqliteCore):
     async def queued_message(self, message_id: str) -> QueuedMessage | None:
         """One message of the spool with all its recipients."""
         found = await self._fetch(
-            "SELECT id, account_id, mail_from, kind, size, received_at, completed_at, held_at,"
-            " content FROM messages WHERE id = ?",
+            f"SELECT {QUEUED_MESSAGE_COLUMNS} FROM messages WHERE id = ?",  # noqa: S608
             (message_id,),
         )
         if not found:
             return None
         rows = await self._fetch(
-            "SELECT rcpt, status, attempts, next_attempt, last_reply, lease_until"
-            " FROM recipients WHERE message_id = ? ORDER BY id",
+            f"SELECT {QUEUED_RECIPIENT_COLUMNS} FROM recipients"  # noqa: S608
+            " WHERE message_id = ? ORDER BY id",
             (message_id,),
         )
-        mid, account, mail_from, kind, size, received, completed, held, content = found[0]
-        return QueuedMessage(
-            mid,
-            account,
-            mail_from,
-            kind,
-            size,
-            received,
-            completed,
-            held,
-            None if content is None else bytes(content),
-            tuple(QueuedRecipient(*row) for row in rows),
-        )
+        return queued_message_from_rows(found[0], rows)
 
     async def counts(self) -> dict[str, int]:
         """Recipients per state."""
