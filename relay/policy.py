@@ -18,6 +18,7 @@ refusals then let the mail through, logged (`policy_would_refuse`), counted and 
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
@@ -250,6 +251,11 @@ class Pipeline:
     def names(self) -> list[str]:
         """The policies' names in order."""
         return [policy.name for policy in self.policies]
+
+    @functools.cached_property
+    def stage_names(self) -> dict[str, list[str]]:
+        """The policies each stage asks, in order (journaled: each continued but a refuser)."""
+        return {stage: [p.name for p in policies] for stage, policies in self._stages.items()}
 
     async def mail(self, tx: Transaction) -> Decision:
         """Run the mail stage."""

@@ -63,6 +63,10 @@ async def test_explain_tells_the_whole_story_after_a_restart(
             r" TLS, AUTH acme-crm: accepted"
         ),
         (
+            r"policies asked in order \(mail: account_state, from_domain, rate_limit; rcpt:"
+            r" suppression, consent, rate_limit; data: from_domain, broadcast, unsubscribe\)"
+        ),
+        (
             r"RCPT TO #1 <gone@example\.net> refused by suppression\.unsubscribe \(scope=acme,"
             r" suppressed_at=.*\): 550 5\.7\.1 <gone@example\.net> has unsubscribed"
         ),
@@ -113,3 +117,31 @@ async def test_explain_tells_the_whole_story_after_a_restart(
     unknown = await asyncio.to_thread(explain, "no-such-thing", check=False)
     assert unknown.returncode == 1
     assert "nothing known about no-such-thing" in unknown.stderr
+
+
+async def test_explain_names_the_dsn_of_a_failed_copy(
+    start_relay, sqlite_url, tls_files, upstream: TestUpstream, tmp_path
+):
+    """A copy refused for good: its attempt, the upstream's reply and the DSN sent."""
+    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    upstream.reject["nobody@example.net"] = "550 5.1.1 No such user"
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=ACME)
+    _, reply = await client.sendmail("news@acme.example", ["nobody@example.net"], simple_message())
+    await client.quit()
+    queue_id = reply.rsplit(" ", 1)[1]
+    await eventually(lambda: any(m.rcpt == "news@acme.example" for m in upstream.messages))
+    shown = await asyncio.to_thread(run_cli, "explain", queue_id, "--config", str(path))
+    copy = next(line for line in shown.stdout.splitlines() if "copy for <nobody" in line)
+    dsn_id = re.search(r"DSN to the sender queued as (\S+)", copy)
+    assert dsn_id, copy
+    assert "attempt 1 (failed)" in copy
+    dsn = await relay.store.queued_message(dsn_id.group(1))
+    assert dsn is not None
+    assert (dsn.kind, dsn.mail_from) == ("dsn", "")
+    assert [r.recipient for r in dsn.recipients] == ["news@acme.example"]
+    assert "message.failed <nobody@example.net> attempt=1, reply=550 5.1.1 No such user" in (
+        shown.stdout
+    )

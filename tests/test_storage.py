@@ -515,3 +515,27 @@ async def test_one_failing_write_among_concurrent_ones_fails_alone(store):
     for job in jobs:
         with pytest.raises(StoreError):
             await store.content(job.message_id)  # dropped once no recipient is pending
+
+
+async def test_old_journal_entries_are_pruned_in_chunks(store, monkeypatch):
+    """Entries older than the retention go, a few at a time; newer ones and their order stay."""
+    import relay.storage.postgres.journal as pg_journal
+    import relay.storage.sqlite.journal as sqlite_journal
+    from relay.storage.base import JournalEntry
+
+    monkeypatch.setattr(sqlite_journal, "PRUNE_CHUNK", 3)
+    monkeypatch.setattr(pg_journal, "PRUNE_CHUNK", 3)
+    old = [
+        JournalEntry(f"OLD{n}", 1_000.0 + n, "rcpt", "acme", {"n": 1}, f"o{n}@example.net")
+        for n in range(7)
+    ]
+    new = [
+        JournalEntry("NEW", 5_000.0, "mail", "acme", {"verdict": "accept"}),
+        JournalEntry("NEW", 5_000.0, "rcpt", "acme", {"n": 1, "verdict": "accept"}, "a@x.example"),
+    ]
+    await store.record_journal([*old, *new])
+    assert await store.prune_journal(4_000.0) == 7
+    kept = await store.journal("NEW")
+    assert [(e.kind, e.detail) for e in kept] == [(e.kind, dict(e.detail)) for e in new]
+    assert await store.journal("OLD0") == []
+    assert await store.journal_messages("a@x.example", since=0, limit=5) == ["NEW"]

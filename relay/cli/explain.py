@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 _LONG_AGO = 100 * 365 * 86400.0  # explain reads old tokens too: their age is not the question
 _KIND_ORDER = {"mail": 0, "rcpt": 1, "data": 2, "render": 4}
 _Key = tuple[float, int, str, int, int]  # time, stage, recipient, journal before event, order
+_STAGES = ("mail", "rcpt", "data")
 _MAX_MESSAGES = 20  # messages explained for one recipient
 
 
@@ -192,36 +193,53 @@ def _verdict(item: dict[str, Any]) -> str:
     return text
 
 
+def _mail(item: dict[str, Any]) -> str:
+    how = "TLS" if item.get("tls") else "no TLS"
+    line = (
+        f"MAIL FROM <{item.get('mail_from')}> from {item.get('client_ip')}"
+        f" (HELO {item.get('helo')}) on {item.get('listener')}, {how},"
+        f" AUTH {item.get('auth')}: {_verdict(item)}"
+    )
+    stages = item.get("policies")
+    if isinstance(stages, dict):  # each continued unless a line below names it refusing
+        asked = "; ".join(
+            f"{stage}: {', '.join(stages[stage]) or '-'}" for stage in _STAGES if stage in stages
+        )
+        line += f"\n{'':27}policies asked in order ({asked})"
+    return line
+
+
+def _copy(item: dict[str, Any], rcpt: str) -> str:
+    parts = [f"attempt {item.get('attempt')} ({item.get('status')})"]
+    if isinstance(unsub := item.get("unsubscribe"), dict):
+        parts.append(f"unsubscribe token {unsub['token_id']}, footer {unsub['footer']}")
+    if isinstance(trace := item.get("trace"), dict):
+        parts.append(f"trace token {trace['token_id']}, envelope <{trace['mail_from']}>")
+    if isinstance(dkim := item.get("dkim"), dict):
+        signed = f"signed d={dkim['signed']}" if dkim["signed"] else "not signed"
+        parts.append(f"DKIM {signed}, {dkim['removed']} broken signatures removed")
+    if isinstance(stopped := item.get("render_verdict"), dict):
+        parts.append(_verdict(stopped))
+    if item.get("dsn"):
+        parts.append(f"DSN to the sender queued as {item['dsn']}")
+    return f"copy for {rcpt}" + "; ".join(parts)
+
+
 def describe(item: dict[str, Any]) -> str:
     """One line (or a few) of the human-readable timeline."""
     kind, source = item["kind"], item["source"]
     rcpt = f"<{item['recipient']}> " if item.get("recipient") else ""
-    if source == "journal" and kind == "mail":
-        how = "TLS" if item.get("tls") else "no TLS"
-        return (
-            f"MAIL FROM <{item.get('mail_from')}> from {item.get('client_ip')}"
-            f" (HELO {item.get('helo')}) on {item.get('listener')}, {how},"
-            f" AUTH {item.get('auth')}: {_verdict(item)}"
-        )
-    if source == "journal" and kind == "rcpt":
-        return f"RCPT TO #{item.get('n')} {rcpt}{_verdict(item)}"
-    if source == "journal" and kind == "data":
-        return (
-            f"DATA {item.get('size')} bytes, {item.get('recipients')} recipients,"
-            f" campaign {item.get('campaign')}: {_verdict(item)}"
-        )
-    if source == "journal" and kind == "render":
-        parts = [f"attempt {item.get('attempt')} ({item.get('status')})"]
-        if isinstance(unsub := item.get("unsubscribe"), dict):
-            parts.append(f"unsubscribe token {unsub['token_id']}, footer {unsub['footer']}")
-        if isinstance(trace := item.get("trace"), dict):
-            parts.append(f"trace token {trace['token_id']}, envelope <{trace['mail_from']}>")
-        if isinstance(dkim := item.get("dkim"), dict):
-            signed = f"signed d={dkim['signed']}" if dkim["signed"] else "not signed"
-            parts.append(f"DKIM {signed}, {dkim['removed']} broken signatures removed")
-        if isinstance(stopped := item.get("render_verdict"), dict):
-            parts.append(_verdict(stopped))
-        return f"copy for {rcpt}" + "; ".join(parts)
+    if source == "journal":
+        if kind == "mail":
+            return _mail(item)
+        if kind == "rcpt":
+            return f"RCPT TO #{item.get('n')} {rcpt}{_verdict(item)}"
+        if kind == "data":
+            return (
+                f"DATA {item.get('size')} bytes, {item.get('recipients')} recipients,"
+                f" campaign {item.get('campaign')}: {_verdict(item)}"
+            )
+        return _copy(item, rcpt)
     if source == "queue":
         reason = f" ({item['reason']})" if item.get("reason") else ""
         return f"queue {kind} of {item['scope']} by {item['actor']}{reason}"

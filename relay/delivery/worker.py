@@ -319,6 +319,8 @@ class DeliveryService:
                 _lease_lost(fields)
             return
         dsn = self._dsn(job, result, config, content, now=now, expired=expired)
+        if dsn is not None and job.render is not None:  # explain names the DSN it sent
+            job = replace(job, render={**job.render, "dsn": dsn.id})
         if not await self.store.failed(job, reply=result.reply, now=now, dsn=dsn):
             _lease_lost(fields)
             return

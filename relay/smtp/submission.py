@@ -73,7 +73,9 @@ class Submissions:
         decision = await runtime.pipeline.mail(tx)
         if runtime.config.journal.enabled:
             now = self.clock.now()
-            tx.journal.append(journal.mail_entry(tx, origin, journal.verdict(decision), now))
+            stages = runtime.pipeline.stage_names
+            how = {**origin, "policies": {s: stages[s] for s in ("mail", "rcpt", "data")}}
+            tx.journal.append(journal.mail_entry(tx, how, journal.verdict(decision), now))
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
             rejected("mail", reply, decision.verdict.rule, mail_from=address)
