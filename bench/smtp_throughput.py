@@ -294,11 +294,15 @@ def journal_cost(bench: Bench) -> dict[str, Any]:
         runs["on"].append(end_to_end(bench, tls=False))
         runs["off"].append(end_to_end(bench, tls=False, configure=journal_off))
     on, off = median_of(runs["on"]), median_of(runs["off"])
+    # The newsletter journals a RCPT entry per recipient and a render entry per copy.
+    letter_on, letter_off = newsletter(bench), newsletter(bench, configure=journal_off)
     return {
         "on": on,
         "off": off,
         "rate_on_vs_off": round(on["msgs_per_s"] / off["msgs_per_s"], 4),
         "cpu_ms_added": round(on["cpu_ms_per_msg"] - off["cpu_ms_per_msg"], 3),
+        "newsletter_on": letter_on,
+        "newsletter_off": letter_off,
     }
 
 
@@ -354,13 +358,13 @@ class Usage:
         self.db = processes_cpu("postgres") - self._db
 
 
-def newsletter(bench: Bench) -> dict[str, float]:
+def newsletter(bench: Bench, configure: Callable[[Path], None] | None = None) -> dict[str, float]:
     """10,000 subscribers in 10 transactions of 1,000 (STARTTLS + AUTH), then their delivery.
 
     Accepted by a relay that does not deliver, then drained by one that only delivers: each
     copy gets its own unsubscribe token, footer and DKIM signature.
     """
-    accepting = bench.relays(tls=True, deliver=False, consents=NEWSLETTER)
+    accepting = bench.relays(tls=True, deliver=False, consents=NEWSLETTER, configure=configure)
     per = 1000
 
     async def send() -> float:
@@ -387,7 +391,9 @@ def newsletter(bench: Bench) -> dict[str, float]:
         accept_cpu = accepting.cpu()
     finally:
         stop(*accepting.processes)
-    delivering = bench.relays(tls=False, accept=False, url=accepting.extra["url"])
+    delivering = bench.relays(
+        tls=False, accept=False, url=accepting.extra["url"], configure=configure
+    )
     try:
         started = time.monotonic()
         wait_delivered(delivering.web_ports, len(NEWSLETTER))
@@ -490,6 +496,10 @@ def journal_rows(journal: dict[str, Any]) -> list[tuple[str, Any]]:
     rows = [
         (f"journal {side}, plain listener: {key}", value)
         for side in ("on", "off")
+        for key, value in journal.get(side, {}).items()
+    ] + [
+        (f"journal {side.removeprefix('newsletter_')}, newsletter: {key}", value)
+        for side in ("newsletter_on", "newsletter_off")
         for key, value in journal.get(side, {}).items()
     ]
     totals = ("rate_on_vs_off", "cpu_ms_added")
