@@ -452,6 +452,12 @@ class RateThreshold(Model):
         return self
 
 
+# Fines by complaint type: phishing (fraud) and plain spam (abuse) are what the anti-spam
+# policy exists to stop; mail carrying malware (virus) is usually a compromised sender rather
+# than a spammer; "other" is a report that names no abuse.
+DEFAULT_FINES = {"abuse": 100.0, "fraud": 100.0, "virus": 50.0, "other": 25.0}
+
+
 class FeedbackConfig(Model):
     """Complaints, cases and bounces."""
 
@@ -467,7 +473,14 @@ class FeedbackConfig(Model):
         default=None, description="From of case notices (default abuse@ the inbound domain)"
     )
     proof_deadline: Annotated[Duration, Field(gt=0)] = 7 * 86400.0
-    fine: Annotated[float, Field(ge=0)] = Field(default=100.0, description="USD per upheld case")
+    fine: Annotated[float, Field(ge=0)] = Field(
+        default=100.0, description="USD per upheld case of a complaint type `fines` does not name"
+    )
+    fines: dict[str, Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: dict(DEFAULT_FINES),
+        description="USD per upheld case by complaint type (ARF Feedback-Type), each capped by"
+        " max_fine",
+    )
     max_fine: Annotated[float, Field(ge=0)] = 100.0
     after_suppression: Literal["terminate", "suspend"] = Field(
         default="terminate",

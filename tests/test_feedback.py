@@ -35,6 +35,7 @@ from conftest import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from relay.cli.cases import fines_by_account
 from relay.clock import ManualClock
 from relay.config import Config, parse_config
 from relay.feedback import cases
@@ -878,3 +879,40 @@ def test_report_readers_answer_any_bytes(content):
     """Arbitrary bytes to fbl@ or a bounce address: an answer, never an exception."""
     assert read_complaint(content).kind
     read_dsn(content)
+
+
+async def test_fines_follow_the_complaint_type_and_the_cap(world):
+    """feedback.fines by ARF Feedback-Type, each capped by max_fine; the case says how."""
+    _, store, clock, context = world
+    fines = {"abuse": 100.0, "fraud": 300.0, "virus": 50.0}  # "other" pays `fine`
+    feedback_config = context.config.feedback.model_copy(
+        update={"fines": fines, "fine": 80.0, "upheld_cases": 100}
+    )
+    config = context.config.model_copy(update={"feedback": feedback_config})
+    context = Context(config, context.tokens)
+    feedback = Feedback(store, lambda: context, clock)
+    kinds = ["abuse", "fraud", "virus", "other"]
+    ids = await spool(store, clock, [f"{kind}@example.net" for kind in kinds])
+    opened = {}
+    for kind, recipient_id in zip(kinds, ids, strict=True):
+        enclosed = f"X-Optin-Trace: {context.tokens.trace(recipient_id)}\r\n".encode()
+        report = arf(enclosed + simple_message(to="redacted@isp.example"), feedback_type=kind)
+        result = await feedback.complaint(report, source="fbl", trusted=False)
+        opened[kind] = result.case_id
+    clock.advance(8 * 86400)
+    await cases.sweep(store, lambda: config, now=clock.now())
+    fines = {kind: (await store.case(case_id)).fine_cents for kind, case_id in opened.items()}
+    assert fines == {
+        "abuse": 10000,
+        "fraud": 10000,  # 300 capped at max_fine 100
+        "virus": 5000,
+        "other": 8000,  # a type feedback.fines does not name: feedback.fine
+    }
+    how = [e.detail for e in await store.case_events(opened["fraud"]) if e.action == "uphold"]
+    assert how == [
+        (
+            "no proof of permission by the deadline; fine 100.00 USD for a fraud complaint:"
+            " feedback.fines.fraud 300.00 USD, capped at feedback.max_fine 100.00 USD"
+        )
+    ]
+    assert await fines_by_account(store, since=0) == {"acme": 10000 + 10000 + 5000 + 8000}

@@ -172,6 +172,18 @@ async def _show(store: Store, case_id: str) -> int:
     return EXIT_OK
 
 
+async def fines_by_account(
+    store: Store, *, since: float, account_id: str | None = None
+) -> dict[str, int]:
+    """The fines of upheld cases opened since `since`, in cents, per account."""
+    totals: dict[str, int] = {}
+    for case in await store.cases(
+        account_id=account_id, status="upheld", since=since, limit=100_000
+    ):
+        totals[case.account_id] = totals.get(case.account_id, 0) + case.fine_cents
+    return totals
+
+
 def _rate(events: int, delivered: int) -> float | None:
     return round(events / delivered, 6) if delivered else None
 
@@ -181,19 +193,28 @@ async def run_stats(args: argparse.Namespace, config: Config, store: Store) -> i
     from relay.configtypes import parse_duration  # noqa: PLC0415
 
     window = parse_duration(args.window)
-    totals = await store.stats(since=time.time() - window, account_id=args.account)
+    since = time.time() - window
+    totals = await store.stats(since=since, account_id=args.account)
+    fines = await fines_by_account(store, since=since, account_id=args.account)
     ids = [args.account] if args.account else sorted({a.id for a in config.accounts} | set(totals))
     if not args.json:
-        print("account\t" + "\t".join(STAT_KINDS) + "\tcomplaint_rate\tbounce_rate")
+        print("account\t" + "\t".join(STAT_KINDS) + "\tcomplaint_rate\tbounce_rate\tfines_usd")
     for account_id in ids:
         counts = {kind: totals.get(account_id, {}).get(kind, 0) for kind in STAT_KINDS}
         rates = {
             "complaint_rate": _rate(counts["complaint"], counts["delivered"]),
             "bounce_rate": _rate(counts["bounce"], counts["delivered"]),
         }
+        fined = fines.get(account_id, 0) / 100
         if args.json:
-            print(json.dumps({"account": account_id, "window": window, **counts, **rates}))
+            print(
+                json.dumps(
+                    {"account": account_id, "window": window, **counts, **rates, "fines_usd": fined}
+                )
+            )
             continue
         shown = ["-" if rate is None else f"{rate:.4%}" for rate in rates.values()]
-        print("\t".join([account_id, *(str(counts[k]) for k in STAT_KINDS), *shown]))
+        print(
+            "\t".join([account_id, *(str(counts[k]) for k in STAT_KINDS), *shown, f"{fined:.2f}"])
+        )
     return EXIT_OK

@@ -64,9 +64,19 @@ async def find_proof(
     return None
 
 
-def fine_cents(config: Config) -> int:
-    """The fine for an upheld case, in cents."""
-    return round(config.feedback.fine * 100)
+def assess_fine(config: Config, feedback_type: str) -> tuple[int, str]:
+    """The fine for an upheld case of `feedback_type`, in cents, and how it was found."""
+    feedback = config.feedback
+    if feedback_type in feedback.fines:
+        base = feedback.fines[feedback_type]
+        how = f"feedback.fines.{feedback_type} {base:.2f} USD"
+    else:
+        base = feedback.fine
+        how = f"feedback.fine {base:.2f} USD (feedback.fines names no {feedback_type!r})"
+    amount = min(base, feedback.max_fine)
+    if amount < base:
+        how += f", capped at feedback.max_fine {feedback.max_fine:.2f} USD"
+    return round(amount * 100), f"fine {amount:.2f} USD for a {feedback_type} complaint: {how}"
 
 
 def _notice_text(config: Config, case: Case, kind: NoticeKind) -> tuple[str, str]:
@@ -89,19 +99,21 @@ def _notice_text(config: Config, case: Case, kind: NoticeKind) -> tuple[str, str
         "The recipient has been suppressed: mail to them is refused from now on.",
         "",
     ]
+    fine, how = assess_fine(config, case.feedback_type)
     if kind == "opened":
         lines += [
             "Please send the opt-in record for this recipient (when, how and from where they",
             f"subscribed, and what they were told) by {_when(case.deadline)}, replying to this",
             "mail or through your abuse desk contact. Without proof by then the complaint is",
-            f"upheld and a fine of {config.feedback.fine:.2f} USD is assessed.",
+            f"upheld and a fine of {fine / 100:.2f} USD is assessed.",
         ]
     elif kind == "dismissed":
         lines += ["The complaint was dismissed:", f"  {case.proof or case.resolution or ''}"]
     else:
         lines += [
             f"The complaint was upheld ({case.resolution or 'no proof of permission'}).",
-            f"A fine of {case.fine_cents / 100:.2f} USD has been assessed.",
+            f"A fine of {case.fine_cents / 100:.2f} USD has been assessed",
+            f"({how.partition(': ')[2]}).",
             "Repeated upheld complaints lead to suspension of the account.",
         ]
     return subject, "\n".join(lines) + "\n"
@@ -189,13 +201,14 @@ async def resolve(
     if decision == "dismiss":
         change = CaseChange("dismissed", "dismiss", actor, reason, resolution=reason, resolved=True)
     else:
+        cents, how = assess_fine(config, case.feedback_type)
         change = CaseChange(
             "upheld",
             "uphold",
             actor,
-            reason,
+            f"{reason}; {how}",
             resolution=reason,
-            fine_cents=fine_cents(config),
+            fine_cents=cents,
             resolved=True,
         )
     case = await _move(store, case, change, ("open", "awaiting_proof"), now)

@@ -24,12 +24,14 @@ from relay.mail.text import part_text
 ComplaintKind = Literal[
     "complaint",  # abuse/fraud report, or a forwarded message: opens a case
     "unsubscribe",  # opt-out report: suppresses, no case
-    "not_complaint",  # auth-failure, not-spam, other and unknown types; delivery reports
+    "not_complaint",  # auth-failure, not-spam and unknown types; delivery reports
     "auto_reply",  # out-of-office and other automatic answers
     "no_report",  # nothing enclosed to act on
     "malformed",  # a feedback report that breaks RFC 5965
 ]
-COMPLAINT_TYPES = frozenset({"abuse", "fraud"})
+# Reports that are complaints about the mail (RFC 5965 section 7.3): each opens a case, its
+# fine by type (feedback.fines). auth-failure and not-spam are not complaints.
+COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus", "other"})
 UNSUBSCRIBE_TYPES = frozenset({"opt-out", "unsubscribe"})
 REQUIRED_FIELDS = ("Feedback-Type", "User-Agent", "Version")
 _HEADERS_TYPES = frozenset({"text/rfc822-headers", "text/rfc822-header"})
