@@ -310,7 +310,8 @@ def counter_horizon(config: Config) -> float:
     """How far back any windowed counter looks (rate limits, abuse windows, form limits)."""
     windows = [86400.0]  # the hourly rate limits and the daily confirmation-email cap
     for account in config.accounts:
-        windows += [account.limits.abuse_window, account.limits.broadcast_window]
+        limits = account.limits
+        windows += [limits.abuse_window, limits.broadcast_window, limits.repeat_window]
     return max(windows) + 3600.0  # and a margin past the one-minute buckets
 
 

@@ -312,6 +312,17 @@ class Limits(Model):
         " (the CRM has had the events to learn of it)",
     )
     abuse_window: Duration = 86400.0
+    repeat_per_recipient: Annotated[int, Field(ge=1)] = Field(
+        default=3,
+        description="copies of one campaign one recipient may get within repeat_window; more"
+        " are refused",
+    )
+    repeat_window: Annotated[Duration, Field(gt=0)] = 86400.0
+    repeat_loop: Annotated[int, Field(ge=1)] = Field(
+        default=100,
+        description="distinct recipients refused for repeats within abuse_window that halt the"
+        " account (a sender looping)",
+    )
 
 
 class Webhook(Model):

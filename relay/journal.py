@@ -91,13 +91,19 @@ def data_entry(
 ) -> JournalEntry:
     """DATA: the message as the data stage saw it, and the verdict."""
     head = content.split(b"\r\n\r\n", 1)[0][:MAX_HEADER_BYTES]
-    detail = {
+    detail: dict[str, Any] = {
         "size": len(content),
         "recipients": len(tx.recipients),
         "campaign": campaign,
         "headers": head.decode("utf-8", "replace"),
         **decision,
     }
+    if tx.refused:  # recipients refused one by one at DATA (BasePolicy.refuse_recipient)
+        detail["refused"] = {r: _refusal(p, v) for r, (p, v) in tx.refused.items()}
+    if tx.would_refuse:
+        detail["would_refuse"] = {
+            r: {**_refusal(p, v), "mode": "monitor"} for r, (p, v) in tx.would_refuse.items()
+        }
     return JournalEntry(tx.message_id, now, "data", tx.account.id, detail)
 
 

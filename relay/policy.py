@@ -97,6 +97,10 @@ class Transaction:
     # The journal (relay.journal): entries not yet written, and RCPT commands seen so far.
     journal: list[JournalEntry] = field(default_factory=list)
     rcpt_seen: int = 0
+    # Recipients a data-stage policy refused one by one (BasePolicy.refuse_recipient), taken
+    # out of `recipients`: (policy, verdict) each; and those a policy in monitor mode would have.
+    refused: dict[str, tuple[str, Reject]] = field(default_factory=dict)
+    would_refuse: dict[str, tuple[str, Reject]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -162,6 +166,22 @@ class BasePolicy:
     after: ClassVar[tuple[str, ...]] = ()
     before: ClassVar[tuple[str, ...]] = ()
     mode: Literal["enforce", "monitor"] = "enforce"  # from RuleSettings, set by build_pipeline
+
+    def refuse_recipient(
+        self, tx: Transaction, recipient: str, verdict: Reject, *, stage: str = "data"
+    ) -> None:
+        """Refuse one recipient at the data stage, where SMTP has one reply for all of them.
+
+        The others are spooled; the CRM learns of this one from its `recipient.refused` event
+        (and a refusal of every recipient is the message's reply). In monitor mode: logged,
+        counted and journaled only.
+        """
+        if self.mode == "monitor":
+            _would_refuse(stage, self.name, verdict)
+            tx.would_refuse[recipient] = (self.name, verdict)
+            return
+        tx.refused[recipient] = (self.name, verdict)
+        tx.recipients = [r for r in tx.recipients if r != recipient]
 
     async def halt(
         self,

@@ -118,7 +118,14 @@ class ReplayStore:
 
     def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - whatever the Store method is
         """Counters, flags and standing go to the scratch store; nothing else may write."""
-        if name in ("window_take", "record_campaign", "set_flag", "has_flag", "account_state"):
+        if name in (
+            "window_take",
+            "count_repeats",
+            "record_campaign",
+            "set_flag",
+            "has_flag",
+            "account_state",
+        ):
             return getattr(self.scratch, name)
         if name in ("consent", "consents"):
             return getattr(self.real, name)
@@ -150,6 +157,13 @@ def _outcome(decision: Decision) -> Outcome:
     if isinstance(verdict, Continue):
         return ("accept", None)
     return ("reject" if verdict.code >= 500 else "defer", verdict.rule)  # noqa: PLR2004
+
+
+def _at_data(message: Outcome, one_by_one: Mapping[str, Any] | None) -> Outcome:
+    """A recipient's outcome at DATA: the message's, or its own refusal of an accepted one."""
+    if message[0] == "accept" and one_by_one is not None:
+        return _journaled(one_by_one)
+    return message
 
 
 def _journaled(detail: Mapping[str, Any]) -> Outcome:
@@ -207,10 +221,20 @@ class Replayer:
             before = {n: o for n, o in before.items() if o[0] != "accept"}
         else:
             before_data = _journaled(data.detail)
-            before = {n: before_data if o[0] == "accept" else o for n, o in before.items()}
+            one_by_one = data.detail.get("refused") or {}
+            recipient = {e.detail["n"]: str(e.recipient) for e in rcpts}
+            before = {
+                n: _at_data(before_data, one_by_one.get(recipient[n])) if o[0] == "accept" else o
+                for n, o in before.items()
+            }
             if accepted and tx is not None:
                 after_data = await self._data(tx, data)
-                after |= dict.fromkeys(accepted, after_data)
+                for n in accepted:
+                    refusal = tx.refused.get(recipient[n])
+                    after[n] = _at_data(
+                        after_data,
+                        None if refusal is None else {"verdict": "reject", "rule": refusal[1].rule},
+                    )
         report.changes += [
             Change(message_id, mail.account_id, e.recipient, e.at, before[n], after[n])
             for e in rcpts

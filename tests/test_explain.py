@@ -64,7 +64,8 @@ async def test_explain_tells_the_whole_story_after_a_restart(
         ),
         (
             r"policies asked in order \(mail: account_state, from_domain, rate_limit; rcpt:"
-            r" suppression, consent, rate_limit; data: from_domain, broadcast, unsubscribe\)"
+            r" suppression, consent, rate_limit; data: from_domain, repeat,"
+            r" broadcast, unsubscribe\)"
         ),
         (
             r"RCPT TO #1 <gone@example\.net> refused by suppression\.unsubscribe \(scope=acme,"

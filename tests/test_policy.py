@@ -118,6 +118,7 @@ def test_mandatory_policies_always_run(sqlite_url, tls_files):
         "suppression",
         "consent",
         "rate_limit",
+        "repeat",
         "broadcast",
         "unsubscribe",
         "trace",

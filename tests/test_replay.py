@@ -75,6 +75,8 @@ def outcomes(entries) -> dict[tuple[int, str | None], tuple[str, str | None]]:
             result[n, None] = (mail["verdict"], mail.get("rule"))
         for e in rcpts:
             decision = data if e.detail["verdict"] == "accept" and data else e.detail
+            if decision is data and data["verdict"] == "accept":  # refused one by one at DATA
+                decision = data.get("refused", {}).get(e.recipient, data)
             result[n, e.recipient] = (decision["verdict"], decision.get("rule"))
     return result
 

@@ -168,6 +168,7 @@ class Submissions:
             tx.journal.append(
                 journal.data_entry(tx, content, campaign, journal.verdict(decision), now)
             )
+        refused = self._refused_at_data(tx, now)
         protocol = "ESMTP" + ("S" if tls else "") + ("A" if session.authenticated else "")
         trace = markers.received_header(
             helo=session.host_name,
@@ -194,6 +195,8 @@ class Submissions:
             log.error("spool_failed", error=str(exc) or type(exc).__name__)
             rejected("data", REPLY_TEMPFAIL, "spool")
             return REPLY_TEMPFAIL
+        if refused:  # the recipients a data policy refused one by one
+            await self._record(tx, refused)
         MESSAGES_ACCEPTED.inc()
         log.info(
             "message_accepted",
@@ -203,6 +206,18 @@ class Submissions:
         )
         self.on_spooled(message)
         return f"250 2.0.0 Ok: queued as {tx.message_id}"
+
+    def _refused_at_data(self, tx: Transaction, now: float) -> list[NewEvent]:
+        """Log and count the recipients a data policy refused one by one; their events."""
+        events = []
+        for address, (_, verdict) in tx.refused.items():
+            reply = verdict.reply()
+            recipient_rejected(reply, verdict.rule, address)
+            self.stats.count(tx.account.id, "refused")
+            events.append(
+                refused_event(tx.account.id, address, rule=verdict.rule, reply=reply, now=now)
+            )
+        return events
 
     async def _data_refused(
         self, tx: Transaction, content: bytes, campaign: str | None, decision: dict[str, object]

@@ -460,6 +460,23 @@ class Store(Protocol):
         """
         ...
 
+    async def count_repeats(
+        self,
+        account_id: str,
+        campaign: str,
+        recipients: list[str],
+        *,
+        now: float,
+        window: float,
+        limit: int,
+    ) -> dict[str, int]:
+        """Number this copy of `campaign` for each recipient within `window`: 1 for the first.
+
+        A copy numbered above `limit` is refused and not counted (so a refused sender does not
+        push the window on). Recipients are compared in lower case. Atomic across processes.
+        """
+        ...
+
     async def prune_windows(self, before: float) -> int:
         """Drop windowed counts and events older than `before`; return how many went.
 

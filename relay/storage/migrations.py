@@ -146,6 +146,17 @@ _SHARED: dict[int, str] = {
         CREATE INDEX events_feedback ON events (recipient, account_id) WHERE type IN
             ('recipient.unsubscribed', 'recipient.complained', 'recipient.bounced');
         """,
+    # Each copy of a campaign sent to a recipient, for the repeated-sends policy.
+    14: """
+        CREATE TABLE repeat_sends (
+            account_id TEXT NOT NULL,
+            campaign TEXT NOT NULL,
+            recipient TEXT NOT NULL,
+            at {real} NOT NULL
+        );
+        CREATE INDEX repeat_sends_key ON repeat_sends (account_id, campaign, recipient, at);
+        CREATE INDEX repeat_sends_at ON repeat_sends (at);
+        """,
 }
 
 
@@ -311,6 +322,7 @@ SQLITE: list[tuple[int, str]] = [
     ),
     _shared(12, "SQLITE"),
     _shared(13, "SQLITE"),
+    _shared(14, "SQLITE"),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -504,4 +516,5 @@ POSTGRES: list[tuple[int, str]] = [
     ),
     _shared(12, "POSTGRES"),
     _shared(13, "POSTGRES"),
+    _shared(14, "POSTGRES"),
 ]

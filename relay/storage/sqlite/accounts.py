@@ -178,6 +178,43 @@ class SqliteAccounts(SqliteCore):
         )
         return bool(rows)
 
+    async def count_repeats(
+        self,
+        account_id: str,
+        campaign: str,
+        recipients: list[str],
+        *,
+        now: float,
+        window: float,
+        limit: int,
+    ) -> dict[str, int]:
+        """Number this copy of the campaign per recipient; count those within `limit`."""
+        keys = {recipient: recipient.lower() for recipient in recipients}
+        wanted = sorted(set(keys.values()))
+
+        def operation(db: sqlite3.Connection) -> dict[str, int]:
+            seen: dict[str, int] = {}
+            for first in range(0, len(wanted), 500):
+                chunk = wanted[first : first + 500]
+                seen |= dict(
+                    db.execute(
+                        "SELECT recipient, COUNT(*) FROM repeat_sends WHERE account_id = ?"  # noqa: S608
+                        " AND campaign = ? AND at > ? AND recipient IN"
+                        f" ({', '.join('?' * len(chunk))}) GROUP BY recipient",
+                        (account_id, campaign, now - window, *chunk),
+                    ).fetchall()
+                )
+            numbers = {key: seen.get(key, 0) + 1 for key in wanted}
+            db.executemany(
+                "INSERT INTO repeat_sends (account_id, campaign, recipient, at)"
+                " VALUES (?, ?, ?, ?)",
+                [(account_id, campaign, key, now) for key, n in numbers.items() if n <= limit],
+            )
+            return numbers
+
+        numbers = await self._write(operation)
+        return {recipient: numbers[key] for recipient, key in keys.items()}
+
     async def prune_windows(self, before: float) -> int:
         """Drop windowed counts and events older than `before` (keys no longer in use)."""
 
@@ -185,6 +222,7 @@ class SqliteAccounts(SqliteCore):
             start = db.total_changes
             db.execute("DELETE FROM window_counts WHERE bucket < ?", (before,))
             db.execute("DELETE FROM window_events WHERE at < ?", (before,))
+            db.execute("DELETE FROM repeat_sends WHERE at < ?", (before,))
             return db.total_changes - start
 
         return await self._write(operation)
