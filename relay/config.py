@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+from datetime import datetime  # noqa: TC003 - pydantic reads the annotation at run time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -394,6 +395,33 @@ class EventsConfig(Model):
     )
 
 
+BULK_CLAUSE = (
+    "You will send mail only to people who asked for it, and never unsolicited bulk email:"
+    " mail sent to more than a few people who did not give their permission."
+)
+
+
+class TermsConfig(Model):
+    """The terms of use every account must accept (docs/enforcement.md)."""
+
+    version: Annotated[str, Field(min_length=1, max_length=64)]
+    url: Annotated[str, Field(pattern=r"^https?://\S+$")] = Field(
+        description="where the terms are published (named in refusals and reminders)"
+    )
+    grace: Duration = Field(
+        default=14 * 86400.0,
+        description="after a version is published, mail of accounts that have not accepted it"
+        " still flows this long (their contact is reminded)",
+    )
+    published: datetime | None = Field(
+        default=None,
+        description="when the version took effect (default: when a relay first saw it)",
+    )
+    bulk_clause: str = Field(
+        default=BULK_CLAUSE, description="the clause on unsolicited bulk mail case notices quote"
+    )
+
+
 class JournalConfig(Model):
     """The journal of decisions behind `explain` and `policy replay` (docs/operations.md)."""
 
@@ -553,6 +581,7 @@ class Config(Model):
     webhooks: WebhooksConfig = WebhooksConfig()
     events: EventsConfig = EventsConfig()
     journal: JournalConfig = JournalConfig()
+    terms: TermsConfig | None = None
     tokens: TokensConfig | None = None
     accounts: list[Account] = Field(default_factory=list)
     dkim: list[DkimKeyConfig] = Field(default_factory=list)

@@ -42,6 +42,7 @@ _TRACE_MAC_BYTES = 10
 _TRACE_ID_BYTES = 8
 _UNSUB = b"unsub"  # domain separation for the short mailto unsubscribe token
 _FORM = b"form"  # domain separation for the subscription form's CSRF tokens
+_TERMS = b"terms"  # and for the links that accept the terms of use
 
 
 @dataclass(frozen=True)
@@ -186,12 +187,26 @@ class TokenCodec:
 
     def form_token(self, account_id: str, list_id: str) -> str:
         """A CSRF token for one served subscription form: its issue time and a MAC."""
-        issued = str(int(self.clock.now()))
-        payload = _SEP.join([_FORM, account_id.encode(), list_id.encode(), issued.encode()])
-        return f"{issued}.{_b64(self._mac(self.keys[0], payload))}"
+        return self._timed(_FORM, account_id, list_id)
 
     def verify_form_token(self, token: str, account_id: str, list_id: str, max_age: float) -> bool:
         """Whether `token` was issued for this form within `max_age` seconds by one of the keys."""
+        return self._verify_timed(token, max_age, _FORM, account_id, list_id)
+
+    def terms_token(self, account_id: str, version: str) -> str:
+        """The token of a link that accepts `version` of the terms of use for `account_id`."""
+        return self._timed(_TERMS, account_id, version)
+
+    def verify_terms_token(self, token: str, account_id: str, version: str) -> bool:
+        """Whether `token` accepts `version` for `account_id` (within `max_age`)."""
+        return self._verify_timed(token, self.max_age, _TERMS, account_id, version)
+
+    def _timed(self, purpose: bytes, *fields: str) -> str:
+        issued = str(int(self.clock.now()))
+        payload = _SEP.join([purpose, *(f.encode() for f in fields), issued.encode()])
+        return f"{issued}.{_b64(self._mac(self.keys[0], payload))}"
+
+    def _verify_timed(self, token: str, max_age: float, purpose: bytes, *fields: str) -> bool:
         issued, _, mac_text = token.partition(".")
         if not issued.isdigit() or not mac_text:
             return False
@@ -201,5 +216,5 @@ class TokenCodec:
             mac = _unb64(mac_text)
         except (binascii.Error, ValueError):
             return False
-        payload = _SEP.join([_FORM, account_id.encode(), list_id.encode(), issued.encode()])
+        payload = _SEP.join([purpose, *(f.encode() for f in fields), issued.encode()])
         return any(hmac.compare_digest(mac, self._mac(key, payload)) for key in self.keys)

@@ -63,7 +63,7 @@ async def test_explain_tells_the_whole_story_after_a_restart(
             r" TLS, AUTH acme-crm: accepted"
         ),
         (
-            r"policies asked in order \(mail: account_state, from_domain, rate_limit; rcpt:"
+            r"policies asked in order \(mail: account_state, terms, from_domain, rate_limit; rcpt:"
             r" suppression, consent, rate_limit; data: from_domain, repeat,"
             r" broadcast, unsubscribe\)"
         ),

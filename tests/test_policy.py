@@ -114,6 +114,7 @@ def test_mandatory_policies_always_run(sqlite_url, tls_files):
     pipeline = build_pipeline(PolicyServices(config, None, ManualClock(), None))  # type: ignore[arg-type]
     assert pipeline.names == [
         "account_state",
+        "terms",
         "from_domain",
         "suppression",
         "consent",

@@ -1,4 +1,4 @@
-"""`optin-relay accounts list | show | suspend | reinstate | terminate`: account standing.
+"""`optin-relay accounts list | show | suspend | reinstate | terminate | accept-terms`.
 
 Every change is kept in the store with its reason, actor and time. Suspending holds the
 account's mail in the spool; reinstating releases it; terminating purges it (no DSNs).
@@ -36,6 +36,12 @@ def add_parser(
     actions.add_parser("list", parents=[common], help="every configured account and its state")
     show = actions.add_parser("show", parents=[common], help="one account and its history")
     show.add_argument("account")
+    accept = actions.add_parser(
+        "accept-terms", parents=[common], help="record an acceptance of the terms of use"
+    )
+    accept.add_argument("account")
+    accept.add_argument("--version", required=True, help="the version accepted")
+    accept.add_argument("--by", required=True, help="who accepted, for the record")
     for action in _TARGET:
         change = actions.add_parser(action, parents=[common], help=f"{action} an account")
         change.add_argument("account")
@@ -62,7 +68,14 @@ async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
         print(f"state\t{state.state if state else 'active'}")
         for change in await store.account_history(chosen.id):
             print(f"# {when(change.at)} {change.state} by {change.actor}: {change.reason}")
+        for done in await store.terms_accepted(chosen.id):
+            print(
+                f"terms\t{done.version} accepted {when(done.accepted_at)} by {done.accepted_by}"
+                f" ip={done.ip or '-'} user_agent={done.user_agent or '-'}"
+            )
         return EXIT_OK
+    if args.action == "accept-terms":
+        return await _accept_terms(args, config, store)
     current = await store.account_state(args.account)
     if current is not None and current.state == "terminated" and args.action != "terminate":
         print("error: the account is terminated; that cannot be undone", file=sys.stderr)
@@ -75,4 +88,21 @@ async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
     )
     what = {"active": "released", "suspended": "held"}.get(target, "purged")
     print(f"{args.account}\t{target}\t{pending} queued recipients {what}")
+    return EXIT_OK
+
+
+async def _accept_terms(args: argparse.Namespace, config: Config, store: Store) -> int:
+    """Record an acceptance given otherwise (signed paper, an email): who and when."""
+    from relay.storage.base import TermsAcceptance  # noqa: PLC0415
+
+    if config.terms is not None and args.version != config.terms.version:
+        print(
+            f"warning: version {args.version} is not the one in force ({config.terms.version})",
+            file=sys.stderr,
+        )
+    done = TermsAcceptance(args.account, args.version, time.time(), f"{args.by} ({actor()})")
+    if not await store.accept_terms(done):
+        print(f"{args.account} had accepted version {args.version} already")
+        return EXIT_OK
+    print(f"{args.account}\taccepted terms {args.version}\tby {done.accepted_by}")
     return EXIT_OK

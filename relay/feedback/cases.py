@@ -12,6 +12,7 @@ from __future__ import annotations
 from email.utils import format_datetime
 from typing import TYPE_CHECKING, Literal
 
+from relay.accounts import terms
 from relay.accounts.abuse import halt
 from relay.clock import to_datetime
 from relay.logging import get_logger
@@ -129,6 +130,9 @@ async def send_notice(
         return None
     sender = config.feedback.notice_from or f"abuse@{config.relay_domain}"
     subject, body = _notice_text(config, case, kind)
+    if kind == "opened" and config.terms is not None:
+        quoted = terms.quote(config, await store.terms_accepted(case.account_id))
+        body += "\n" + "\n".join(quoted) + "\n"
     message = relay_mail(
         config,
         account_id=case.account_id,

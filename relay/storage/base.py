@@ -40,6 +40,7 @@ from relay.storage.records import (
     Subscription,
     SubscriptionStatus,
     Suppression,
+    TermsAcceptance,
     WebhookState,
     case_from_row,
     case_row,
@@ -93,6 +94,7 @@ __all__ = [
     "Subscription",
     "SubscriptionStatus",
     "Suppression",
+    "TermsAcceptance",
     "WebhookState",
     "case_from_row",
     "case_row",
@@ -414,6 +416,18 @@ class Store(Protocol):
 
     async def account_history(self, account_id: str) -> list[AccountState]:
         """Every state change of the account, oldest first."""
+        ...
+
+    async def accept_terms(self, acceptance: TermsAcceptance) -> bool:
+        """Record an acceptance; False if the account had accepted that version already."""
+        ...
+
+    async def terms_accepted(self, account_id: str) -> list[TermsAcceptance]:
+        """The versions the account accepted, oldest first."""
+        ...
+
+    async def terms_published(self, version: str, *, now: float) -> float:
+        """When `version` took effect: the first time any relay asked (`now` if this is it)."""
         ...
 
     # --- consent (opt-in records) ---

@@ -157,6 +157,22 @@ _SHARED: dict[int, str] = {
         CREATE INDEX repeat_sends_key ON repeat_sends (account_id, campaign, recipient, at);
         CREATE INDEX repeat_sends_at ON repeat_sends (at);
         """,
+    # Terms of use: which versions each account accepted, when, by whom; when each took effect.
+    15: """
+        CREATE TABLE terms_acceptances (
+            account_id TEXT NOT NULL,
+            version TEXT NOT NULL,
+            accepted_at {real} NOT NULL,
+            accepted_by TEXT NOT NULL,
+            ip TEXT,
+            user_agent TEXT,
+            PRIMARY KEY (account_id, version)
+        );
+        CREATE TABLE terms_versions (
+            version TEXT PRIMARY KEY,
+            published_at {real} NOT NULL
+        );
+        """,
 }
 
 
@@ -323,6 +339,7 @@ SQLITE: list[tuple[int, str]] = [
     _shared(12, "SQLITE"),
     _shared(13, "SQLITE"),
     _shared(14, "SQLITE"),
+    _shared(15, "SQLITE"),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -517,4 +534,5 @@ POSTGRES: list[tuple[int, str]] = [
     _shared(12, "POSTGRES"),
     _shared(13, "POSTGRES"),
     _shared(14, "POSTGRES"),
+    _shared(15, "POSTGRES"),
 ]

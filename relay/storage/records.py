@@ -376,6 +376,18 @@ class Confirmation:
     actor: str  # for the suppression audit trail when an unsubscribe is lifted
 
 
+@dataclass(frozen=True)
+class TermsAcceptance:
+    """An account's acceptance of one version of the terms of use."""
+
+    account_id: str
+    version: str
+    accepted_at: float
+    accepted_by: str  # who: a CLI user, or `web:` and the account contact
+    ip: str | None = None
+    user_agent: str | None = None
+
+
 QueueState = Literal["active", "deferred", "held", "queued"]
 QUEUE_STATES: tuple[QueueState, ...] = ("active", "deferred", "held", "queued")
 

@@ -74,7 +74,7 @@ async def api_account(request: web.Request) -> Account | web.Response:
     )
 
 
-async def api_events(request: web.Request) -> web.Response:
+async def api_events(request: web.Request) -> web.Response:  # noqa: PLR0911 - one per error
     """`GET /api/v1/events?after=CURSOR&types=A,B&limit=N`: the account's next events."""
     account = await api_account(request)
     if isinstance(account, web.Response):
@@ -86,8 +86,10 @@ async def api_events(request: web.Request) -> web.Response:
     if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
         return json_error(400, "invalid_limit", f"limit: a whole number from 1 to {MAX_PAGE}")
     types = None
-    if request.query.get("types"):
+    if "types" in request.query:
         types = frozenset(t.strip() for t in request.query["types"].split(",") if t.strip())
+        if not types:
+            return json_error(400, "unknown_type", "types: name one event type or more")
         unknown = sorted(types - set(EVENT_TYPES))
         if unknown:
             return json_error(400, "unknown_type", f"types: unknown {', '.join(unknown)}")

@@ -26,7 +26,7 @@ from relay.logging import get_logger
 from relay.mail.branding import page
 from relay.metrics import REGISTRY, SPOOL_OLDEST_AGE, SPOOL_PENDING
 from relay.smtp.throttle import FailureThrottle
-from relay.web import api, forms
+from relay.web import api, forms, terms
 from relay.web.state import (
     client_ip,
     clock_of,
@@ -227,6 +227,7 @@ def make_app(
     app[FEEDBACK_KEY] = feedback
     forms.add_routes(app, subscriptions)
     api.add_routes(app)
+    terms.add_routes(app)
     app.router.add_get("/u/{token}", unsubscribe_page)
     app.router.add_post("/u/{token}", unsubscribe_post)
     app.router.add_post("/admin/v1/complaints", ingest_complaint)

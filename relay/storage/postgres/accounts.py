@@ -10,6 +10,7 @@ from relay.storage.base import (
     PURGED_REPLY,
     AccountState,
     AccountStateName,
+    TermsAcceptance,
 )
 from relay.storage.events import account_state_events
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
@@ -245,6 +246,43 @@ class PostgresAccounts(PostgresCore):
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
         return {recipient: numbers[key] for recipient, key in keys.items()}
+
+    async def accept_terms(self, acceptance: TermsAcceptance) -> bool:
+        """Record an acceptance once per account and version."""
+        a = acceptance
+        rows = await self._fetch(
+            "INSERT INTO terms_acceptances (account_id, version, accepted_at, accepted_by, ip,"
+            " user_agent) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING RETURNING 1",
+            a.account_id,
+            a.version,
+            a.accepted_at,
+            a.accepted_by,
+            a.ip,
+            a.user_agent,
+        )
+        return bool(rows)
+
+    async def terms_accepted(self, account_id: str) -> list[TermsAcceptance]:
+        """The versions the account accepted, oldest first."""
+        rows = await self._fetch(
+            "SELECT account_id, version, accepted_at, accepted_by, ip, user_agent"
+            " FROM terms_acceptances WHERE account_id = $1 ORDER BY accepted_at",
+            account_id,
+        )
+        return [TermsAcceptance(*tuple(row)) for row in rows]
+
+    async def terms_published(self, version: str, *, now: float) -> float:
+        """When the version took effect (recorded the first time it is asked)."""
+        await self._fetch(
+            "INSERT INTO terms_versions (version, published_at) VALUES ($1, $2)"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            version,
+            now,
+        )
+        rows = await self._fetch(
+            "SELECT published_at FROM terms_versions WHERE version = $1", version
+        )
+        return float(rows[0][0])
 
     async def prune_windows(self, before: float) -> int:
         """Drop windowed counts and events older than `before` (keys no longer in use)."""

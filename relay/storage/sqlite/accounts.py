@@ -9,6 +9,7 @@ from relay.storage.base import (
     PURGED_REPLY,
     AccountState,
     AccountStateName,
+    TermsAcceptance,
 )
 from relay.storage.events import account_state_events
 from relay.storage.sqlite.core import SqliteCore
@@ -214,6 +215,48 @@ class SqliteAccounts(SqliteCore):
 
         numbers = await self._write(operation)
         return {recipient: numbers[key] for recipient, key in keys.items()}
+
+    async def accept_terms(self, acceptance: TermsAcceptance) -> bool:
+        """Record an acceptance once per account and version."""
+        a = acceptance
+        cursor = await self._write(
+            lambda db: db.execute(
+                "INSERT INTO terms_acceptances (account_id, version, accepted_at, accepted_by,"
+                " ip, user_agent) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (a.account_id, a.version, a.accepted_at, a.accepted_by, a.ip, a.user_agent),
+            )
+        )
+        return bool(cursor.rowcount == 1)
+
+    async def terms_accepted(self, account_id: str) -> list[TermsAcceptance]:
+        """The versions the account accepted, oldest first."""
+        rows = await self._fetch(
+            "SELECT account_id, version, accepted_at, accepted_by, ip, user_agent"
+            " FROM terms_acceptances WHERE account_id = ? ORDER BY accepted_at",
+            (account_id,),
+        )
+        return [TermsAcceptance(*row) for row in rows]
+
+    async def terms_published(self, version: str, *, now: float) -> float:
+        """When the version took effect (recorded the first time it is asked)."""
+        rows = await self._fetch(
+            "SELECT published_at FROM terms_versions WHERE version = ?", (version,)
+        )
+        if rows:
+            return float(rows[0][0])
+
+        def operation(db: sqlite3.Connection) -> float:
+            db.execute(
+                "INSERT INTO terms_versions (version, published_at) VALUES (?, ?)"
+                " ON CONFLICT DO NOTHING",
+                (version, now),
+            )
+            row = db.execute(
+                "SELECT published_at FROM terms_versions WHERE version = ?", (version,)
+            ).fetchone()
+            return float(row[0])
+
+        return await self._write(operation)
 
     async def prune_windows(self, before: float) -> int:
         """Drop windowed counts and events older than `before` (keys no longer in use)."""
