@@ -35,7 +35,6 @@ from conftest import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.cli.cases import fines_by_account
 from relay.clock import ManualClock
 from relay.config import Config, parse_config
 from relay.feedback import cases
@@ -915,4 +914,4 @@ async def test_fines_follow_the_complaint_type_and_the_cap(world):
             " feedback.fines.fraud 300.00 USD, capped at feedback.max_fine 100.00 USD"
         )
     ]
-    assert await fines_by_account(store, since=0) == {"acme": 10000 + 10000 + 5000 + 8000}
+    assert await cases.fines_by_account(store, since=0) == {"acme": 10000 + 10000 + 5000 + 8000}

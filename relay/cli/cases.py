@@ -172,18 +172,6 @@ async def _show(store: Store, case_id: str) -> int:
     return EXIT_OK
 
 
-async def fines_by_account(
-    store: Store, *, since: float, account_id: str | None = None
-) -> dict[str, int]:
-    """The fines of upheld cases opened since `since`, in cents, per account."""
-    totals: dict[str, int] = {}
-    for case in await store.cases(
-        account_id=account_id, status="upheld", since=since, limit=100_000
-    ):
-        totals[case.account_id] = totals.get(case.account_id, 0) + case.fine_cents
-    return totals
-
-
 def _rate(events: int, delivered: int) -> float | None:
     return round(events / delivered, 6) if delivered else None
 
@@ -195,6 +183,8 @@ async def run_stats(args: argparse.Namespace, config: Config, store: Store) -> i
     window = parse_duration(args.window)
     since = time.time() - window
     totals = await store.stats(since=since, account_id=args.account)
+    from relay.feedback.cases import fines_by_account  # noqa: PLC0415
+
     fines = await fines_by_account(store, since=since, account_id=args.account)
     ids = [args.account] if args.account else sorted({a.id for a in config.accounts} | set(totals))
     if not args.json:

@@ -120,6 +120,18 @@ def _notice_text(config: Config, case: Case, kind: NoticeKind) -> tuple[str, str
     return subject, "\n".join(lines) + "\n"
 
 
+async def fines_by_account(
+    store: Store, *, since: float, account_id: str | None = None
+) -> dict[str, int]:
+    """The fines of upheld cases opened since `since`, in cents, per account."""
+    totals: dict[str, int] = {}
+    for case in await store.cases(
+        account_id=account_id, status="upheld", since=since, limit=100_000
+    ):
+        totals[case.account_id] = totals.get(case.account_id, 0) + case.fine_cents
+    return totals
+
+
 async def send_notice(
     store: Store, config: Config, case: Case, kind: NoticeKind, *, now: float
 ) -> str | None:

@@ -42,6 +42,7 @@ from relay.storage.records import (
     Suppression,
     TermsAcceptance,
     WebhookState,
+    by_day,
     case_from_row,
     case_row,
     consent_row,
@@ -96,6 +97,7 @@ __all__ = [
     "Suppression",
     "TermsAcceptance",
     "WebhookState",
+    "by_day",
     "case_from_row",
     "case_row",
     "consent_row",
@@ -560,6 +562,12 @@ class Store(Protocol):
 
     async def add_stats(self, rows: list[tuple[str, str, float, int]]) -> None:
         """Add `(account_id, kind, at, count)` rows to the hourly account statistics."""
+        ...
+
+    async def stats_by_day(
+        self, *, since: float, account_id: str | None = None
+    ) -> dict[str, dict[float, dict[str, int]]]:
+        """Sums per account, UTC day (its start) and kind since `since` (the dashboard's charts)."""
         ...
 
     async def stats(

@@ -521,3 +521,11 @@ def queued_message_from_rows(
         None if content is None else bytes(content),
         tuple(QueuedRecipient(*tuple(row)) for row in recipients),
     )
+
+
+def by_day(rows: Iterable[Iterable[Any]]) -> dict[str, dict[float, dict[str, int]]]:
+    """Rows of (account, day, kind, sum) as account -> day -> kind -> sum."""
+    result: dict[str, dict[float, dict[str, int]]] = {}
+    for account, day, kind, total in rows:
+        result.setdefault(account, {}).setdefault(float(day), {})[kind] = int(total)
+    return result

@@ -26,18 +26,17 @@ from relay.logging import get_logger
 from relay.mail.branding import page
 from relay.metrics import REGISTRY, SPOOL_OLDEST_AGE, SPOOL_PENDING
 from relay.smtp.throttle import FailureThrottle
-from relay.web import api, forms, terms
+from relay.web import api, dashboard, forms, terms
 from relay.web.state import (
+    admin_refusal,
     client_ip,
     clock_of,
     crash_barrier,
-    credentials_of,
     json_error,
     read_form,
     runtime_of,
     share,
     store_of,
-    throttle_of,
 )
 
 if TYPE_CHECKING:
@@ -121,7 +120,7 @@ async def metrics(request: web.Request) -> web.Response:
     runtime = runtime_of(request)
     client = client_ip(request, runtime.config)
     if not _loopback(client):
-        refused = await _admin_refusal(request)
+        refused = await admin_refusal(request)
         if refused is not None:
             return refused
     try:
@@ -151,39 +150,9 @@ def _loopback(address: str | None) -> bool:
         return False
 
 
-async def _admin_refusal(request: web.Request) -> web.Response | None:
-    """None when the request carries the admin bearer token, else the answer refusing it.
-
-    404 when no admin token is configured; failures count against the client's address.
-    """
-    runtime = runtime_of(request)
-    token_hash = runtime.config.web.admin_token_hash
-    if token_hash is None:
-        raise web.HTTPNotFound
-    throttle = throttle_of(request)
-    client = client_ip(request, runtime.config) or "unknown"
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    credentials = credentials_of(request)
-    async with throttle.turn(client):  # simultaneous guesses cannot all pass the check first
-        if throttle.blocked(client):
-            return json_error(429, "throttled", "too many failed attempts, try again later")
-        if scheme.lower() == "bearer" and await credentials.verify(
-            "admin", token_hash, token.strip()
-        ):
-            return None
-        throttle.record(client)
-    log.warning("admin_auth_failed", client_ip=client, path=request.path)
-    return json_error(
-        401,
-        "unauthorized",
-        "a valid bearer token is required",
-        **{"WWW-Authenticate": 'Bearer realm="optin-relay"'},
-    )
-
-
 async def ingest_complaint(request: web.Request) -> web.Response:
     """Take one complaint report from the abuse desk's tools (bearer token)."""
-    refused = await _admin_refusal(request)
+    refused = await admin_refusal(request)
     if refused is not None:
         return refused
     runtime = runtime_of(request)
@@ -228,6 +197,7 @@ def make_app(
     forms.add_routes(app, subscriptions)
     api.add_routes(app)
     terms.add_routes(app)
+    dashboard.add_routes(app)
     app.router.add_get("/u/{token}", unsubscribe_page)
     app.router.add_post("/u/{token}", unsubscribe_post)
     app.router.add_post("/admin/v1/complaints", ingest_complaint)

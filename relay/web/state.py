@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from typing import TYPE_CHECKING
 
-from aiohttp import web
+from aiohttp import BasicAuth, web
 
 from relay.logging import get_logger
 
@@ -133,3 +133,48 @@ def _in(address: str, networks: list[str]) -> bool:
     except ValueError:
         return False
     return any(ip in ipaddress.ip_network(net, strict=False) for net in networks)
+
+
+async def admin_refusal(request: web.Request, *, browser: bool = False) -> web.Response | None:
+    """None when the request carries the admin token, else the answer refusing it.
+
+    The token comes as `Authorization: Bearer TOKEN`, or (for a browser) as the password of
+    HTTP Basic authentication, any user name. 404 when no admin token is configured; failures
+    count against the client's address. `browser`: the refusal asks for Basic authentication
+    and says nothing else.
+    """
+    runtime = runtime_of(request)
+    token_hash = runtime.config.web.admin_token_hash
+    if token_hash is None:
+        raise web.HTTPNotFound
+    throttle = throttle_of(request)
+    client = client_ip(request, runtime.config) or "unknown"
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            token = BasicAuth.decode(header).password
+        except ValueError:
+            token = ""
+    elif scheme.lower() != "bearer":
+        token = ""
+    credentials = credentials_of(request)
+    async with throttle.turn(client):  # simultaneous guesses cannot all pass the check first
+        if throttle.blocked(client):
+            return json_error(429, "throttled", "too many failed attempts, try again later")
+        if token.strip() and await credentials.verify("admin", token_hash, token.strip()):
+            return None
+        throttle.record(client)
+    log.warning("admin_auth_failed", client_ip=client, path=request.path)
+    if browser:
+        return web.Response(
+            status=401,
+            text="401 Unauthorized\n",
+            headers={"WWW-Authenticate": 'Basic realm="optin-relay admin", charset="UTF-8"'},
+        )
+    return json_error(
+        401,
+        "unauthorized",
+        "a valid bearer token is required",
+        **{"WWW-Authenticate": 'Bearer realm="optin-relay"'},
+    )

@@ -12,6 +12,7 @@ from relay.storage.base import (
     CaseEvent,
     CaseStatus,
     SentRecipient,
+    by_day,
     case_from_row,
     case_row,
 )
@@ -180,6 +181,18 @@ class PostgresFeedback(PostgresCore):
                 )
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def stats_by_day(
+        self, *, since: float, account_id: str | None = None
+    ) -> dict[str, dict[float, dict[str, int]]]:
+        """Sums per account, day and kind since `since`."""
+        where, params = _conditions(account_id=account_id, bucket=since - since % STAT_BUCKET)
+        rows = await self._fetch(
+            "SELECT account_id, floor(bucket / 86400) * 86400 AS day, kind,"  # noqa: S608
+            f" SUM(count) FROM account_stats{where} GROUP BY account_id, day, kind",
+            *params,
+        )
+        return by_day(rows)
 
     async def stats(
         self, *, since: float, account_id: str | None = None

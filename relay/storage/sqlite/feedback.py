@@ -11,6 +11,7 @@ from relay.storage.base import (
     CaseEvent,
     CaseStatus,
     SentRecipient,
+    by_day,
     case_from_row,
     case_row,
 )
@@ -173,6 +174,18 @@ class SqliteFeedback(SqliteCore):
             )
 
         await self._write(operation)
+
+    async def stats_by_day(
+        self, *, since: float, account_id: str | None = None
+    ) -> dict[str, dict[float, dict[str, int]]]:
+        """Sums per account, day and kind since `since`."""
+        where, params = _conditions(account_id=account_id, bucket=since - since % STAT_BUCKET)
+        rows = await self._fetch(
+            "SELECT account_id, CAST(bucket / 86400 AS INTEGER) * 86400 AS day, kind,"  # noqa: S608
+            f" SUM(count) FROM account_stats{where} GROUP BY account_id, day, kind",
+            params,
+        )
+        return by_day(rows)
 
     async def stats(
         self, *, since: float, account_id: str | None = None
