@@ -42,8 +42,13 @@ async def seed(relay, now: float) -> str:
         new_case_id(), "acme", "bob@example.net", "Q2", "Q2", "fbl", "virus", b"",
         "open", now - 86400, now + 6 * 86400, now - 86400,
     )  # fmt: skip
+    upheld = Case(
+        new_case_id(), "acme", "cy@example.net", "Q3", "Q3", "fbl", "virus", b"",
+        "upheld", now - 20 * 86400, now - 13 * 86400, now - 13 * 86400, fine_cents=5000,
+    )  # fmt: skip
     assert await store.open_case(overdue)
     assert await store.open_case(pending)
+    assert await store.open_case(upheld)
     return overdue.id
 
 
@@ -112,6 +117,7 @@ async def test_dashboard_in_headless_chromium(
         assert "0.200%" in await complaint_cell.inner_text()
         assert "warn" in await complaint_cell.inner_text()
         assert await complaint_cell.get_attribute("class") == "warn"
+        assert "50.00 USD" in await acme.inner_text()  # the upheld virus case's fine
         chart_loaded = await acme.locator("img").evaluate("img => img.naturalWidth > 0")
         assert chart_loaded
         globex = page.locator("#account-globex")
