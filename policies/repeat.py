@@ -1,6 +1,8 @@
 """The same message to the same person again and again is spam: repeats are refused, loops halt.
 
-Copies are counted per (account, campaign key, recipient) over `limits.repeat_window` (24 h):
+Copies are counted per (account, campaign key, recipient) over `limits.repeat_window` (24 h),
+as the spool commits them (the check reads; it writes nothing itself, so two messages racing
+may let one copy past the limit):
 the campaign key survives personalisation (relay.mail.campaign), so changing a name or a token
 does not make a message new. The copy past `limits.repeat_per_recipient` (3) is refused for that
 recipient (550 5.7.1, rule `repeat.per_recipient`); the message's other recipients are spooled,
@@ -46,14 +48,13 @@ class Policy(BasePolicy):
         """Refuse each recipient past the limit; halt past the loop threshold."""
         limits = tx.account.limits
         now = self.clock.now()
-        numbers = await self.store.count_repeats(
+        earlier = await self.store.repeat_counts(
             tx.account.id,
             submission.campaign,
             list(tx.recipients),
-            now=now,
-            window=limits.repeat_window,
-            limit=limits.repeat_per_recipient,
+            since=now - limits.repeat_window,
         )
+        numbers = {recipient: count + 1 for recipient, count in earlier.items()}
         repeated = [r for r in tx.recipients if numbers[r] > limits.repeat_per_recipient]
         if not repeated:
             return CONTINUE

@@ -115,12 +115,26 @@ class ReplayStore:
         self.scratch = scratch
         self.clock = clock
         self.halts: list[dict[str, Any]] = []
+        self.copies: dict[tuple[str, str, str], list[float]] = {}  # what the replay spooled
+
+    def spooled(self, account_id: str, campaign: str, recipients: list[str], at: float) -> None:
+        """Count the copies of a message the replay accepted (the spool would have)."""
+        for recipient in dict.fromkeys(r.lower() for r in recipients):
+            self.copies.setdefault((account_id, campaign, recipient), []).append(at)
+
+    async def repeat_counts(
+        self, account_id: str, campaign: str, recipients: list[str], *, since: float
+    ) -> dict[str, int]:
+        """Copies the replay accepted, as the spool's repeat counts."""
+        return {
+            r: sum(at > since for at in self.copies.get((account_id, campaign, r.lower()), []))
+            for r in recipients
+        }
 
     def __getattr__(self, name: str) -> Any:  # noqa: ANN401 - whatever the Store method is
         """Counters, flags and standing go to the scratch store; nothing else may write."""
         if name in (
             "window_take",
-            "count_repeats",
             "record_campaign",
             "set_flag",
             "has_flag",
@@ -192,6 +206,7 @@ class Replayer:
         """Judge with `config`'s policies."""
         self.config = config
         self.clock = clock
+        self.store = store
         services = PolicyServices(
             config=config, store=cast("Store", store), clock=clock, tokens=cast("TokenCodec", None)
         )
@@ -275,7 +290,10 @@ class Replayer:
         headers = BytesHeaderParser(policy=compat32).parsebytes(head)
         campaign = str(data.detail.get("campaign") or "")
         self.clock.set(data.at)
-        return _outcome(await self.pipeline.data(tx, Submission(head, headers, campaign)))
+        outcome = _outcome(await self.pipeline.data(tx, Submission(head, headers, campaign)))
+        if outcome[0] == "accept" and tx.recipients:
+            self.store.spooled(tx.account.id, campaign, tx.recipients, data.at)
+        return outcome
 
 
 async def replay(

@@ -54,6 +54,7 @@ from relay.storage.records import (
     queue_audit,
     queued_message_from_rows,
     render_journal,
+    repeat_rows,
     subscription_row,
     suppression_key,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "queue_audit",
     "queued_message_from_rows",
     "render_journal",
+    "repeat_rows",
     "subscription_row",
     "suppression_key",
 ]
@@ -476,20 +478,13 @@ class Store(Protocol):
         """
         ...
 
-    async def count_repeats(
-        self,
-        account_id: str,
-        campaign: str,
-        recipients: list[str],
-        *,
-        now: float,
-        window: float,
-        limit: int,
+    async def repeat_counts(
+        self, account_id: str, campaign: str, recipients: list[str], *, since: float
     ) -> dict[str, int]:
-        """Number this copy of `campaign` for each recipient within `window`: 1 for the first.
+        """Copies of `campaign` spooled for each recipient since `since` (lower-case match).
 
-        A copy numbered above `limit` is refused and not counted (so a refused sender does not
-        push the window on). Recipients are compared in lower case. Atomic across processes.
+        The spool records a copy per recipient of every account message it commits; reading
+        them takes no write (a race between two messages may let one copy past the limit).
         """
         ...
 

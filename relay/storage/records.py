@@ -529,3 +529,13 @@ def by_day(rows: Iterable[Iterable[Any]]) -> dict[str, dict[float, dict[str, int
     for account, day, kind, total in rows:
         result.setdefault(account, {}).setdefault(float(day), {})[kind] = int(total)
     return result
+
+
+def repeat_rows(message: NewMessage) -> list[tuple[str, str, str, float]]:
+    """The copies an account's message adds to the repeat counts (account, campaign, rcpt, at)."""
+    if message.kind != "message" or message.account_id is None or message.campaign is None:
+        return []
+    return [
+        (message.account_id, message.campaign, rcpt.lower(), message.received_at)
+        for rcpt in dict.fromkeys(message.recipients)
+    ]

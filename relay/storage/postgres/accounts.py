@@ -202,50 +202,21 @@ class PostgresAccounts(PostgresCore):
         )
         return bool(rows)
 
-    async def count_repeats(
-        self,
-        account_id: str,
-        campaign: str,
-        recipients: list[str],
-        *,
-        now: float,
-        window: float,
-        limit: int,
+    async def repeat_counts(
+        self, account_id: str, campaign: str, recipients: list[str], *, since: float
     ) -> dict[str, int]:
-        """Number this copy of the campaign per recipient; count those within `limit`.
-
-        The advisory lock serialises one campaign of one account across nodes.
-        """
+        """Copies of the campaign spooled per recipient since `since`."""
         keys = {recipient: recipient.lower() for recipient in recipients}
-        wanted = sorted(set(keys.values()))
-        try:
-            async with self._acquire() as con, con.transaction():
-                await con.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext($1))", f"{account_id}/repeat/{campaign}"
-                )
-                rows = await con.fetch(
-                    "SELECT recipient, COUNT(*) FROM repeat_sends WHERE account_id = $1"
-                    " AND campaign = $2 AND at > $3 AND recipient = ANY($4::text[])"
-                    " GROUP BY recipient",
-                    account_id,
-                    campaign,
-                    now - window,
-                    wanted,
-                )
-                seen = {row[0]: int(row[1]) for row in rows}
-                numbers = {key: seen.get(key, 0) + 1 for key in wanted}
-                counted = [key for key, n in numbers.items() if n <= limit]
-                await con.execute(
-                    "INSERT INTO repeat_sends (account_id, campaign, recipient, at)"
-                    " SELECT $1, $2, r, $3 FROM unnest($4::text[]) AS r",
-                    account_id,
-                    campaign,
-                    now,
-                    counted,
-                )
-        except DB_ERRORS as exc:
-            raise StoreError(f"PostgreSQL: {exc}") from exc
-        return {recipient: numbers[key] for recipient, key in keys.items()}
+        rows = await self._fetch(
+            "SELECT recipient, COUNT(*) FROM repeat_sends WHERE account_id = $1"
+            " AND campaign = $2 AND at > $3 AND recipient = ANY($4::text[]) GROUP BY recipient",
+            account_id,
+            campaign,
+            since,
+            sorted(set(keys.values())),
+        )
+        seen = {row[0]: int(row[1]) for row in rows}
+        return {recipient: seen.get(key, 0) for recipient, key in keys.items()}
 
     async def accept_terms(self, acceptance: TermsAcceptance) -> bool:
         """Record an acceptance once per account and version."""

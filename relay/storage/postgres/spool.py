@@ -14,6 +14,7 @@ from relay.storage.base import (
     queue_audit,
     queued_message_from_rows,
     render_journal,
+    repeat_rows,
 )
 from relay.storage.events import accepted_events, deleted_events, delivery_events
 from relay.storage.postgres.core import DB_ERRORS, Batcher, PostgresCore
@@ -52,6 +53,20 @@ async def _insert_message(con: asyncpg.Connection, message: NewMessage) -> None:
         [(message.id, rcpt, message.received_at) for rcpt in message.recipients],
     )
     await insert_journal(con, message.journal)
+    await _insert_repeats(con, repeat_rows(message))
+
+
+async def _insert_repeats(con: asyncpg.Connection, rows: list[tuple[str, str, str, float]]) -> None:
+    """The copies of account messages, for the repeated-sends policy: one statement."""
+    if rows:
+        await con.execute(
+            "INSERT INTO repeat_sends (account_id, campaign, recipient, at)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[])",
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+            [r[3] for r in rows],
+        )
 
 
 class PostgresSpool(PostgresCore):
@@ -100,6 +115,7 @@ class PostgresSpool(PostgresCore):
                 )
                 await insert_events(con, [e for m in messages for e in accepted_events(m)])
                 await insert_journal(con, [e for m in messages for e in m.journal])
+                await _insert_repeats(con, [row for m in messages for row in repeat_rows(m)])
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
         return [None] * len(messages)

@@ -179,42 +179,23 @@ class SqliteAccounts(SqliteCore):
         )
         return bool(rows)
 
-    async def count_repeats(
-        self,
-        account_id: str,
-        campaign: str,
-        recipients: list[str],
-        *,
-        now: float,
-        window: float,
-        limit: int,
+    async def repeat_counts(
+        self, account_id: str, campaign: str, recipients: list[str], *, since: float
     ) -> dict[str, int]:
-        """Number this copy of the campaign per recipient; count those within `limit`."""
+        """Copies of the campaign spooled per recipient since `since` (on the reader)."""
         keys = {recipient: recipient.lower() for recipient in recipients}
         wanted = sorted(set(keys.values()))
-
-        def operation(db: sqlite3.Connection) -> dict[str, int]:
-            seen: dict[str, int] = {}
-            for first in range(0, len(wanted), 500):
-                chunk = wanted[first : first + 500]
-                seen |= dict(
-                    db.execute(
-                        "SELECT recipient, COUNT(*) FROM repeat_sends WHERE account_id = ?"  # noqa: S608
-                        " AND campaign = ? AND at > ? AND recipient IN"
-                        f" ({', '.join('?' * len(chunk))}) GROUP BY recipient",
-                        (account_id, campaign, now - window, *chunk),
-                    ).fetchall()
-                )
-            numbers = {key: seen.get(key, 0) + 1 for key in wanted}
-            db.executemany(
-                "INSERT INTO repeat_sends (account_id, campaign, recipient, at)"
-                " VALUES (?, ?, ?, ?)",
-                [(account_id, campaign, key, now) for key, n in numbers.items() if n <= limit],
+        seen: dict[str, int] = {}
+        for first in range(0, len(wanted), 500):
+            chunk = wanted[first : first + 500]
+            rows = await self._fetch(
+                "SELECT recipient, COUNT(*) FROM repeat_sends WHERE account_id = ?"  # noqa: S608
+                " AND campaign = ? AND at > ? AND recipient IN"
+                f" ({', '.join('?' * len(chunk))}) GROUP BY recipient",
+                (account_id, campaign, since, *chunk),
             )
-            return numbers
-
-        numbers = await self._write(operation)
-        return {recipient: numbers[key] for recipient, key in keys.items()}
+            seen |= {row[0]: int(row[1]) for row in rows}
+        return {recipient: seen.get(key, 0) for recipient, key in keys.items()}
 
     async def accept_terms(self, acceptance: TermsAcceptance) -> bool:
         """Record an acceptance once per account and version."""

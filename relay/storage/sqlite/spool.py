@@ -13,6 +13,7 @@ from relay.storage.base import (
     queue_audit,
     queued_message_from_rows,
     render_journal,
+    repeat_rows,
 )
 from relay.storage.events import accepted_events, deleted_events, delivery_events
 from relay.storage.sql import (
@@ -67,6 +68,10 @@ def _insert_message(db: sqlite3.Connection, message: NewMessage) -> None:
     )
     insert_events(db, accepted_events(message))
     insert_journal(db, message.journal)
+    db.executemany(
+        "INSERT INTO repeat_sends (account_id, campaign, recipient, at) VALUES (?, ?, ?, ?)",
+        repeat_rows(message),
+    )
 
 
 def _finish(db: sqlite3.Connection, job: DeliveryJob, status: str, reply: str, now: float) -> bool:
