@@ -37,7 +37,10 @@ class Policy(BasePolicy):
         self.store = services.store
         self.clock = services.clock
         self.tokens = services.tokens
-        self._accepted: set[tuple[str, str]] = set()  # acceptances are never withdrawn
+        # What never changes once known: acceptances, reminders sent, publication times.
+        self._accepted: set[tuple[str, str]] = set()
+        self._reminded: set[tuple[str, str]] = set()
+        self._published: dict[str, float] = {}
 
     async def on_mail(self, tx: Transaction) -> Verdict:
         """The account's standing with the terms in force."""
@@ -45,13 +48,19 @@ class Policy(BasePolicy):
         if config is None or (tx.account.id, config.version) in self._accepted:
             return CONTINUE
         now = self.clock.now()
-        found = await terms.standing(self.store, config, tx.account.id, now)
+        key = (tx.account.id, config.version)
+        if config.version not in self._published:
+            self._published[config.version] = await terms.published_at(self.store, config, now)
+        published = self._published[config.version]
+        found = await terms.standing(self.store, config, tx.account.id, now, published=published)
         if found.standing == "accepted":
-            self._accepted.add((tx.account.id, config.version))
+            self._accepted.add(key)
             return CONTINUE
-        await terms.remind(
-            self.store, self.config, self.tokens, tx.account, now=now, until=found.grace_until
-        )
+        if key not in self._reminded:
+            await terms.remind(
+                self.store, self.config, self.tokens, tx.account, now=now, until=found.grace_until
+            )
+            self._reminded.add(key)
         if found.standing == "grace":
             return CONTINUE
         return Reject(

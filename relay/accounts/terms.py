@@ -43,9 +43,11 @@ async def published_at(store: Store, terms: TermsConfig, now: float) -> float:
     return await store.terms_published(terms.version, now=now)
 
 
-async def standing(store: Store, terms: TermsConfig, account_id: str, now: float) -> TermsStanding:
+async def standing(
+    store: Store, terms: TermsConfig, account_id: str, now: float, *, published: float
+) -> TermsStanding:
     """Whether the account accepted the terms in force, or is within their grace."""
-    grace_until = await published_at(store, terms, now) + terms.grace
+    grace_until = published + terms.grace
     accepted = {a.version for a in await store.terms_accepted(account_id)}
     if terms.version in accepted:
         return TermsStanding("accepted", terms.version, grace_until)
