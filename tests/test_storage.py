@@ -539,3 +539,18 @@ async def test_old_journal_entries_are_pruned_in_chunks(store, monkeypatch):
     assert [(e.kind, e.detail) for e in kept] == [(e.kind, dict(e.detail)) for e in new]
     assert await store.journal("OLD0") == []
     assert await store.journal_messages("a@x.example", since=0, limit=5) == ["NEW"]
+
+
+async def test_holding_unknown_messages_leaves_no_audit_row_for_the_whole_queue(store):
+    """A hold that names only unknown ids changes nothing and audits nothing (not 'all')."""
+    from relay.storage.base import QueueAction
+
+    message = NewMessage(new_message_id(), "acme", "a@acme.example", ("b@x.example",), b"x", 1.0)
+    await store.spool(message)
+    action = QueueAction(at=2.0, actor="cli:test", action="hold", reason=None)
+    assert await store.hold(hold=True, action=action, message_ids=["NOSUCHID"]) == []
+    assert await store.queue_actions(message.id) == []
+    assert await store.hold(hold=True, action=action, account_id="acme") == [message.id]
+    assert [(a.action, a.account_id) for a in await store.queue_actions(message.id)] == [
+        ("hold", "acme")
+    ]

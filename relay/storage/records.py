@@ -490,8 +490,11 @@ def render_journal(job: DeliveryJob, status: str, now: float) -> list[JournalEnt
 def queue_audit(
     action: QueueAction, message_ids: list[str] | None, account_id: str | None, count: int
 ) -> list[QueueAction]:
-    """The audit rows of a queue change: one per named message, else one for its scope."""
-    if message_ids:
+    """The audit rows of a queue change: one per named message, else one for its scope.
+
+    Named messages of which none changed give no row; the scope is an account or the queue.
+    """
+    if message_ids is not None:
         return [replace(action, message_id=mid, account_id=None, count=0) for mid in message_ids]
     return [replace(action, account_id=account_id, count=count)]
 

@@ -337,6 +337,7 @@ class PostgresSpool(PostgresCore):
                     account_id,
                 )
                 changed = [row[0] for row in rows]
+                named = changed if message_ids is not None else None
                 if changed and not hold:  # released: due now, as Postfix's postsuper -H
                     await con.execute(
                         "UPDATE recipients SET next_attempt = LEAST(next_attempt, $1)"
@@ -345,7 +346,8 @@ class PostgresSpool(PostgresCore):
                         changed,
                     )
                 await insert_actions(
-                    con, queue_audit(action, changed if message_ids else None, account_id, 0)
+                    con,
+                    queue_audit(action, named, account_id, 0),
                 )
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc

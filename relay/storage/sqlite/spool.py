@@ -258,6 +258,7 @@ class SqliteSpool(SqliteCore):
 
         def operation(db: sqlite3.Connection) -> list[str]:
             changed = [row[0] for row in db.execute(sql + " RETURNING id", params)]
+            named = changed if message_ids is not None else None
             if changed and not hold:  # released: due now, as Postfix's postsuper -H
                 marks = ", ".join("?" * len(changed))
                 db.execute(
@@ -265,7 +266,7 @@ class SqliteSpool(SqliteCore):
                     f" WHERE status = 'pending' AND message_id IN ({marks})",
                     (action.at, *changed),
                 )
-            insert_actions(db, queue_audit(action, changed if message_ids else None, account_id, 0))
+            insert_actions(db, queue_audit(action, named, account_id, 0))
             return changed
 
         self._nothing_due = False
