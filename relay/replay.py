@@ -22,14 +22,20 @@ from typing import TYPE_CHECKING, Any, cast
 
 from relay.clock import ManualClock
 from relay.policy import Continue, PolicyServices, Submission, Transaction, build_pipeline
+from relay.runtime import make_codec
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from relay.config import Config
     from relay.policy import Decision, Pipeline
-    from relay.storage.base import JournalEntry, Store, Suppression
-    from relay.tokens import TokenCodec
+    from relay.storage.base import (
+        JournalEntry,
+        NewMessage,
+        Store,
+        Suppression,
+        TermsAcceptance,
+    )
 
 Outcome = tuple[str, str | None]  # ("accept" | "reject" | "defer", rule)
 PAGE = 5000  # journal entries read at a time
@@ -116,6 +122,7 @@ class ReplayStore:
         self.clock = clock
         self.halts: list[dict[str, Any]] = []
         self.copies: dict[tuple[str, str, str], list[float]] = {}  # what the replay spooled
+        self.start: float | None = None  # the window's start: a new terms version's publication
 
     def spooled(self, account_id: str, campaign: str, recipients: list[str], at: float) -> None:
         """Count the copies of a message the replay accepted (the spool would have)."""
@@ -151,6 +158,20 @@ class ReplayStore:
         if found is None or found.created_at > self.clock.now():
             return None
         return found
+
+    async def terms_accepted(self, account_id: str) -> list[TermsAcceptance]:
+        """The acceptances the account had made at the replayed time."""
+        accepted = await self.real.terms_accepted(account_id)
+        return [a for a in accepted if a.accepted_at <= self.clock.now()]
+
+    async def terms_published(self, version: str, *, now: float) -> float:
+        """When the version took effect, without recording it (`terms.published` wins)."""
+        del version
+        return self.start if self.start is not None else now
+
+    async def spool(self, message: NewMessage) -> None:
+        """Mail the policies would send (a terms reminder) is not sent by a replay."""
+        del message
 
     async def set_account_state(
         self, account_id: str, state: str, *, reason: str, actor: str, now: float
@@ -208,7 +229,7 @@ class Replayer:
         self.clock = clock
         self.store = store
         services = PolicyServices(
-            config=config, store=cast("Store", store), clock=clock, tokens=cast("TokenCodec", None)
+            config=config, store=cast("Store", store), clock=clock, tokens=make_codec(config, clock)
         )
         self.pipeline: Pipeline = build_pipeline(services)
 
@@ -302,6 +323,7 @@ async def replay(
     """Replay [since, until) of `store`'s journal under `config`; `scratch`: an empty store."""
     clock = ManualClock(since)
     replay_store = ReplayStore(store, scratch, clock)
+    replay_store.start = since
     report = Report(since, until)
     for account in config.accounts:
         history = await store.account_history(account.id)

@@ -81,6 +81,28 @@ def outcomes(entries) -> dict[tuple[int, str | None], tuple[str, str | None]]:
     return result
 
 
+async def replay_with_terms(tmp_path, terms, window) -> None:
+    """Terms introduced long ago and never accepted: every transaction refused at MAIL.
+
+    As a policy decision, not a store method the replay lacks; and no reminder is sent.
+    """
+    terms["terms"] = {
+        "version": "v1",
+        "url": "https://x.example/t",
+        "published": "2020-01-01T00:00:00Z",
+    }
+    with_terms = tmp_path / "A-with-terms.yaml"
+    with_terms.write_text(yaml.safe_dump(terms))
+    result = await asyncio.to_thread(
+        run_cli, "policy", "replay", *window, "--config", str(with_terms), "--json"
+    )
+    report = json.loads(result.stdout)
+    refused = {c["after"]["rule"] for c in report["changes"]}
+    assert refused == {"terms.not_accepted"}
+    assert "no change" not in result.stdout
+    assert "policy_error" not in result.stderr
+
+
 async def test_replay_reports_what_a_real_run_of_the_new_config_does(
     start_relay, tls_files, upstream, tmp_path
 ):
@@ -164,6 +186,7 @@ async def test_replay_reports_what_a_real_run_of_the_new_config_does(
     same.write_text(yaml.safe_dump(config("A", "A")))
     unchanged = await asyncio.to_thread(run_cli, "policy", "replay", *window, "--config", str(same))
     assert "no change" in unchanged.stdout
+    await replay_with_terms(tmp_path, config("A", "A"), window)
     backwards = await asyncio.to_thread(
         run_cli,
         "policy",
