@@ -13,6 +13,8 @@ from conftest import (
     smtp_client,
 )
 
+from relay.cli.explain import render, story
+
 LOGIN = ("acme-crm", PASSWORD)
 
 
@@ -52,8 +54,10 @@ async def test_fourth_copy_is_refused_other_campaigns_pass(
     )
     assert (await send(client, ["ann@example.net"], body=SALE))[0] == 250
     # one of two recipients refused: the other is spooled, the CRM learns of the refused one
-    code, _ = await send(client, ["ann@example.net", "bob@example.net"])
+    code, reply = await send(client, ["ann@example.net", "bob@example.net"])
     assert code == 250
+    told = render(await story(reply.rsplit(" ", 1)[1], relay.store))
+    assert "refused <ann@example.net> by repeat.per_recipient: 550 5.7.1" in told
     await client.quit()
     await eventually(lambda: len(upstream.messages) == 5)
     assert sorted(m.rcpt for m in upstream.messages).count("ann@example.net") == 4

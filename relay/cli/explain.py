@@ -235,10 +235,18 @@ def describe(item: dict[str, Any]) -> str:
         if kind == "rcpt":
             return f"RCPT TO #{item.get('n')} {rcpt}{_verdict(item)}"
         if kind == "data":
-            return (
+            line = (
                 f"DATA {item.get('size')} bytes, {item.get('recipients')} recipients,"
                 f" campaign {item.get('campaign')}: {_verdict(item)}"
             )
+            for key, label in (
+                ("refused", "refused"),
+                ("would_refuse", "monitor mode: would refuse"),
+            ):
+                for address, refusal in (item.get(key) or {}).items():
+                    why = f"by {refusal.get('rule')}: {refusal.get('reply')}"
+                    line += f"\n{'':27}{label} <{address}> {why}"
+            return line
         return _copy(item, rcpt)
     if source == "queue":
         reason = f" ({item['reason']})" if item.get("reason") else ""
