@@ -199,7 +199,7 @@ def account_state_events(
 def refused_event(
     account_id: str, recipient: str, *, rule: str, reply: str, now: float
 ) -> NewEvent:
-    """`recipient.refused`: a recipient refused at RCPT, with the rule and the reply."""
+    """`recipient.refused`: a recipient refused at RCPT (or alone at DATA), rule and reply."""
     return NewEvent(
         "recipient.refused",
         account_id,
