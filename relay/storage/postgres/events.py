@@ -44,9 +44,16 @@ async def insert_events(con: asyncpg.Connection, events: list[NewEvent]) -> None
     )
 
 
-def _cursor(after: str | None) -> tuple[str, int]:
+MAX_SEQ = 2**63 - 1  # bigint; a transaction id (xid8) fits in 64 bits unsigned
+MAX_TXID = 2**64 - 1
+
+
+def _cursor(after: str | None) -> tuple[str, int] | None:
+    """The cursor's (txid, seq); None when it lies past any event there can be."""
     txid, _, seq = (after or "").partition(".")
     if txid.isdigit() and seq.isdigit():
+        if int(txid) > MAX_TXID or int(seq) > MAX_SEQ:
+            return None
         return txid, int(seq)
     return "0", 0
 
@@ -99,7 +106,10 @@ class PostgresEvents(PostgresCore):
         limit: int = 100,
     ) -> list[Event]:
         """The account's events after the cursor `after` (`TXID.SEQ`), oldest first."""
-        txid, seq = _cursor(after)
+        cursor = _cursor(after)
+        if cursor is None:
+            return []
+        txid, seq = cursor
         sql = (
             "SELECT txid::text, seq, id, type, account_id, at, message_id, recipient, data"
             " FROM events WHERE account_id = $1 AND (txid, seq) > ($2::text::xid8, $3)"

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from relay.storage.base import Event, JournalEntry, NewEvent
 
 PRUNE_CHUNK = 5000  # events deleted per transaction when pruning
+MAX_SEQ = 2**63 - 1  # the largest sequence number either backend can hold
 
 
 def insert_events(db: sqlite3.Connection, events: list[NewEvent]) -> None:
@@ -83,6 +84,8 @@ class SqliteEvents(SqliteCore):
     ) -> list[Event]:
         """The account's events after the cursor `after`, oldest first."""
         start = int(after) if after and after.isdigit() else 0
+        if start > MAX_SEQ:  # past any event there can be (and past SQLite's integers)
+            return []
         sql = (
             "SELECT seq, id, type, account_id, at, message_id, recipient, data FROM events"
             " WHERE account_id = ? AND seq > ?"
