@@ -208,7 +208,7 @@ class TokenCodec:
 
     def _verify_timed(self, token: str, max_age: float, purpose: bytes, *fields: str) -> bool:
         issued, _, mac_text = token.partition(".")
-        if not issued.isdigit() or not mac_text:
+        if not (issued.isascii() and issued.isdigit()) or not mac_text:
             return False
         if not 0 <= self.clock.now() - int(issued) <= max_age:
             return False

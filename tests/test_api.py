@@ -169,3 +169,21 @@ async def test_simultaneous_key_guesses_cannot_race_the_throttle(
     assert statuses.count(401) == 5
     assert statuses.count(429) == 26  # the right key among them: the address is blocked
     assert len([e for e in log_lines() if e["event"] == "api_auth_failed"]) == 5
+
+
+async def test_non_ascii_digits_are_refused_not_a_crash(start_relay, data):
+    """'²' is a digit to str.isdigit but not to int(): a 400, never a 500."""
+    relay = await start_relay(data)
+    for path in (
+        "/api/v1/events?limit=%C2%B2",
+        "/api/v1/suppressions?limit=%C2%B2",
+        "/api/v1/events?after=%C2%B2",
+    ):
+        status, body = await call(relay, "GET", path)
+        assert status in (200, 400), (path, status, body)
+        assert status == 400 or body["events"] == []
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"http://127.0.0.1:{relay.web_port}/s/acme/newsletter", data={"token": "²"}) as r,
+    ):
+        assert r.status < 500

@@ -33,7 +33,7 @@ class SendResult:
     def code(self) -> int | None:
         """The reply's 3-digit code, if the upstream gave one."""
         head = self.reply[:3]
-        return int(head) if head.isdigit() else None
+        return int(head) if head.isascii() and head.isdigit() else None
 
 
 class Upstream(Protocol):

@@ -83,7 +83,7 @@ async def api_events(request: web.Request) -> web.Response:  # noqa: PLR0911 - o
     if after is not None and (len(after) > MAX_CURSOR or not set(after) <= _CURSOR_CHARS):
         return json_error(400, "invalid_cursor", "after: a cursor from an earlier page's next")
     limit_text = request.query.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_PAGE:
         return json_error(400, "invalid_limit", f"limit: a whole number from 1 to {MAX_PAGE}")
     types = None
     if "types" in request.query:
@@ -148,7 +148,7 @@ async def api_suppressions(request: web.Request) -> web.Response:
         if start is None:
             return json_error(400, "invalid_cursor", "after: a cursor from an earlier page's next")
     limit_text = request.query.get("limit", "100")
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+    if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_PAGE:
         return json_error(400, "invalid_limit", f"limit: a whole number from 1 to {MAX_PAGE}")
     try:
         page = await store_of(request).suppressions(

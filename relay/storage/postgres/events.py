@@ -51,7 +51,7 @@ MAX_TXID = 2**64 - 1
 def _cursor(after: str | None) -> tuple[str, int] | None:
     """The cursor's (txid, seq); None when it lies past any event there can be."""
     txid, _, seq = (after or "").partition(".")
-    if txid.isdigit() and seq.isdigit():
+    if txid.isascii() and seq.isascii() and txid.isdigit() and seq.isdigit():
         if int(txid) > MAX_TXID or int(seq) > MAX_SEQ:
             return None
         return txid, int(seq)

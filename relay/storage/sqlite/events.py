@@ -83,7 +83,7 @@ class SqliteEvents(SqliteCore):
         limit: int = 100,
     ) -> list[Event]:
         """The account's events after the cursor `after`, oldest first."""
-        start = int(after) if after and after.isdigit() else 0
+        start = int(after) if after and after.isascii() and after.isdigit() else 0
         if start > MAX_SEQ:  # past any event there can be (and past SQLite's integers)
             return []
         sql = (
