@@ -265,5 +265,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/events", api_events)
     app.router.add_get("/api/v1/suppressions", api_suppressions)
     app.router.add_post("/api/v1/suppressions", api_suppress)
-    app.router.add_get("/api/v1/suppressions/{address:.+}", api_suppression)
-    app.router.add_delete("/api/v1/suppressions/{address:.+}", api_unsuppress)
+    app.router.add_get("/api/v1/suppressions/{address:[\\s\\S]+}", api_suppression)
+    app.router.add_delete("/api/v1/suppressions/{address:[\\s\\S]+}", api_unsuppress)
