@@ -59,11 +59,12 @@ def test_parse_bounds_the_body_it_reads():
 
 
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
+_URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 
 
 def _reference_normalise(text: str, names: set[str]) -> list[str]:
-    """The fingerprint's reading of text before its ASCII fast path, word by word."""
-    text = campaign._URL.sub("", text)
+    """The fingerprint's reading of text before its fast paths, word by word."""
+    text = _URL.sub("", text)
     text = campaign._EMAIL.sub("", text)
     text = re.sub(r"\d+", "", text).lower()
     lines = []
@@ -77,7 +78,12 @@ def _reference_normalise(text: str, names: set[str]) -> list[str]:
 _WORDS = st.lists(
     st.from_regex(r"[A-Za-z]{1,9}|[a-zé]{2,5}", fullmatch=True), min_size=2, max_size=9
 )
-_GAP = st.sampled_from([" ", ", ", "-", "_", "3", " 42 ", "\t", "\x1f", "\x00", "'"])
+_GAP = st.sampled_from(
+    [
+        *(" ", ", ", "-", "_", "3", " 42 ", "\t", "\x1f", "\x00", "'", " HTTPS://X.example/A?b=1 "),
+        *(" www.Shop.example ", " Www.x ", " http://a ", " Ann@Example.COM "),
+    ]
+)
 _BREAK = st.sampled_from(["\n", "\r\n", "\r", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85"])
 _LINE = st.tuples(_WORDS, _GAP, _BREAK).map(lambda t: t[1].join(t[0]) + t[2])
 _TEXT = st.lists(_LINE, min_size=1, max_size=8).map("".join) | st.text(max_size=200)
@@ -88,3 +94,13 @@ _TEXT = st.lists(_LINE, min_size=1, max_size=8).map("".join) | st.text(max_size=
 def test_normalise_reads_text_as_the_word_pattern_does(text, names):
     """The fast reading of ASCII text keeps the same words and lines as the word pattern."""
     assert campaign._normalise(text, names) == _reference_normalise(text, names)
+
+
+def test_links_are_personalisation_whatever_their_case():
+    """A tracking link in capitals is taken out like one in lower case."""
+    line = "Read the whole story at {} today, friend\n"
+    readings = [
+        campaign._normalise(line.format(link), set())
+        for link in ("https://t.example/a1", "HTTPS://T.EXAMPLE/B2", "WWW.T.Example/c3")
+    ]
+    assert readings == [["read the whole story at today friend"]] * 3

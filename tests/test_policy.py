@@ -82,6 +82,10 @@ async def test_timeout_defers(tx):
     decision = await Pipeline([Probe("slow", delay=5)], timeout=0.05).rcpt(tx, "x@example.net")
     assert isinstance(decision.verdict, Defer)
     assert decision.policy == "slow"
+    # A call is bounded by 1.25 timeouts at most (the deadline moves in steps, not every call).
+    slow = [Probe("quick"), Probe("a bit slow", delay=0.4)]
+    decision = await Pipeline(slow, timeout=0.3).rcpt(tx, "x@example.net")
+    assert (type(decision.verdict), decision.policy) == (Defer, "a bit slow")
 
 
 async def test_timeout_is_per_policy_not_per_stage(tx):

@@ -554,3 +554,45 @@ async def test_holding_unknown_messages_leaves_no_audit_row_for_the_whole_queue(
     assert [(a.action, a.account_id) for a in await store.queue_actions(message.id)] == [
         ("hold", "acme")
     ]
+
+
+async def test_sqlite_lookup_that_would_wait_is_asked_in_the_reader_thread(tmp_path):
+    """The loop's lookups never wait on a lock: a busy one is answered from the reader's thread.
+
+    The loop's connection is pointed at a file another connection holds exclusively (a real
+    SQLITE_BUSY); the lookup still answers from the store, and the loop runs on meanwhile.
+    Any other SQLite error is a StoreError.
+    """
+    import sqlite3
+
+    store = open_store(f"sqlite:///{tmp_path}/relay.db")
+    await store.open()
+    await store.migrate()
+    locker = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    try:
+        await store.suppress(entry("ann@example.net"), actor="test")
+        locker.execute("CREATE TABLE t (x)")
+        locker.execute("BEGIN EXCLUSIVE")
+        store._looker.close()
+        store._looker = sqlite3.connect(tmp_path / "locked.db", check_same_thread=False)
+        store._looker.execute("PRAGMA busy_timeout=0")
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.create_task(tick())
+        found = await store.suppressed("ann@example.net", "acme")
+        ticker.cancel()
+        assert found is not None
+        assert found.address == "ann@example.net"
+        assert ticks > 0
+        locker.execute("ROLLBACK")
+        with pytest.raises(StoreError, match="no such table"):
+            await store.suppressed("ann@example.net", "acme")  # the locked file has no such table
+    finally:
+        locker.close()
+        await store.close()

@@ -54,7 +54,7 @@ class SqliteAccounts(SqliteCore):
 
     async def account_state(self, account_id: str) -> AccountState | None:
         """The account's current state."""
-        rows = await self._fetch(
+        rows = await self._lookup(
             "SELECT account_id, state, reason, actor, changed_at FROM account_states"
             " WHERE account_id = ?",
             (account_id,),
@@ -174,7 +174,7 @@ class SqliteAccounts(SqliteCore):
 
     async def has_flag(self, account_id: str, flag: str) -> bool:
         """Whether the flag is set."""
-        rows = await self._fetch(
+        rows = await self._lookup(
             "SELECT 1 FROM account_flags WHERE account_id = ? AND flag = ?", (account_id, flag)
         )
         return bool(rows)
@@ -188,7 +188,7 @@ class SqliteAccounts(SqliteCore):
         seen: dict[str, int] = {}
         for first in range(0, len(wanted), 500):
             chunk = wanted[first : first + 500]
-            rows = await self._fetch(
+            rows = await self._lookup(
                 "SELECT recipient, COUNT(*) FROM repeat_sends WHERE account_id = ?"  # noqa: S608
                 " AND campaign = ? AND at > ? AND recipient IN"
                 f" ({', '.join('?' * len(chunk))}) GROUP BY recipient",

@@ -109,7 +109,7 @@ class SqliteLists(SqliteCore):
 
     async def suppressed(self, address: str, account_id: str) -> Suppression | None:
         """The account's own or the global suppression of `address`."""
-        rows = await self._fetch(
+        rows = await self._lookup(
             "SELECT address, scope, reason, source, created_at FROM suppressions"
             " WHERE match_key IN (?, ?) AND scope IN (?, ?) ORDER BY scope = ? LIMIT 1",
             (
@@ -161,7 +161,7 @@ class SqliteLists(SqliteCore):
 
     async def consent(self, account_id: str, address: str) -> Consent | None:
         """A standing opt-in record."""
-        rows = await self._fetch(
+        rows = await self._lookup(
             "SELECT " + CONSENT_COLUMNS + " FROM consents WHERE"  # noqa: S608 - constant
             " account_id = ? AND address = ?"
             " AND withdrawn_at IS NULL ORDER BY subscribed_at DESC LIMIT 1",
