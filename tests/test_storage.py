@@ -596,3 +596,42 @@ async def test_sqlite_lookup_that_would_wait_is_asked_in_the_reader_thread(tmp_p
     finally:
         locker.close()
         await store.close()
+
+
+async def test_sqlite_write_alone_that_fails_leaves_nothing(tmp_path):
+    """A write committed on its own (no savepoint) that fails half-way is rolled back whole.
+
+    The next write, alone or in a group, goes through.
+    """
+    import sqlite3
+
+    store = open_store(f"sqlite:///{tmp_path}/relay.db")
+    await store.open()
+    await store.migrate()
+    try:
+
+        def half_then_fail(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO account_flags (account_id, flag, reason, set_at)"
+                " VALUES ('acme', 'half', 'test', 0)"
+            )
+            db.execute("INSERT INTO no_such_table VALUES (1)")
+
+        with pytest.raises(StoreError, match="no such table"):
+            await store._write(half_then_fail)
+        assert not await store.has_flag("acme", "half")
+
+        def bug(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO account_flags (account_id, flag, reason, set_at)"
+                " VALUES ('acme', 'bug', 'test', 0)"
+            )
+            raise KeyError("a bug in the operation")
+
+        with pytest.raises(KeyError):
+            await store._write(bug)
+        assert not await store.has_flag("acme", "bug")
+        assert await store.set_flag("acme", "after", reason="test", now=NOW)
+        assert await store.has_flag("acme", "after")
+    finally:
+        await store.close()

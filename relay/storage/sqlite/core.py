@@ -76,7 +76,12 @@ def _statements(script: str) -> list[str]:
 def _commit_group(
     db: sqlite3.Connection, operations: list[Callable[[sqlite3.Connection], Any]]
 ) -> list[Any]:
-    """In the writer thread: `operations` in one transaction, each in a savepoint."""
+    """In the writer thread: `operations` in one transaction, each in a savepoint.
+
+    A group of one needs no savepoint: the transaction is its own, rolled back when it fails.
+    """
+    if len(operations) == 1:
+        return [_commit_alone(db, operations[0])]
     outcomes: list[Any] = []
     try:
         db.execute("BEGIN IMMEDIATE")
@@ -97,6 +102,30 @@ def _commit_group(
             db.execute("ROLLBACK")
         raise StoreError(f"SQLite: {exc}") from exc
     return outcomes
+
+
+def _commit_alone(db: sqlite3.Connection, operation: Callable[[sqlite3.Connection], Any]) -> Any:  # noqa: ANN401 - the operation's own result
+    """In the writer thread: one operation in its own transaction (see _commit_group)."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise StoreError(f"SQLite: {exc}") from exc
+    try:
+        outcome = operation(db)
+    except Exception as exc:  # noqa: BLE001 - as in a group: the operation fails, not the writer
+        try:
+            db.execute("ROLLBACK")
+        except sqlite3.Error as rollback:
+            raise StoreError(f"SQLite: {rollback}") from rollback
+        error = StoreError(f"SQLite: {exc}") if isinstance(exc, sqlite3.Error) else exc
+        return _Failed(error)
+    try:
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        with suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        raise StoreError(f"SQLite: {exc}") from exc
+    return outcome
 
 
 def _migrate(db: sqlite3.Connection) -> None:
