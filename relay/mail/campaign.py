@@ -11,6 +11,7 @@ fingerprint (body text) alike.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from email import message_from_bytes
@@ -23,7 +24,6 @@ from typing import TYPE_CHECKING
 from relay.mail.text import decode_text
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
     from email.message import Message
 
 _URL = re.compile(r"(?:https?://|www\.)\S+")  # on lowercased text: IGNORECASE costs 4x
@@ -33,6 +33,7 @@ _ENTITY = re.compile(r"&[#\w]+;")
 _DIGITS = re.compile(r"\d+")
 _WORD = re.compile(r"[^\W\d_]+", re.UNICODE)
 _SPACES = re.compile(r"\s+")
+_RUNS = re.compile(r" {2,}")
 # ASCII text: digits deleted, every other byte that is not a letter or a line break (as
 # str.splitlines knows them) made a space; then str.split finds exactly the words _WORD finds.
 # bytes.translate is a table lookup in C (str.translate with a dict is a lookup per character).
@@ -112,18 +113,36 @@ def _normalise(text: str, names: set[str]) -> list[str]:
         text = _URL.sub("", text)
     if "@" in text:
         text = _EMAIL.sub("", text)
-    lines: Iterable[list[str]]
-    if text.isascii():  # the usual case: bytes.translate does what the word pattern does, in C
-        ascii_text = text.encode("ascii").translate(_ASCII_WORDS, _ASCII_DIGITS).decode("ascii")
-        lines = (line.split() for line in ascii_text.splitlines())
-    else:
+    if not text.isascii():
         lines = (_WORD.findall(line) for line in _DIGITS.sub("", text).splitlines())
-    kept_lines = []
-    for words in lines:
-        kept = " ".join([w for w in words if w not in names] if names else words)
-        if len(kept) >= _MIN_LINE:
-            kept_lines.append(kept)
-    return kept_lines
+        return _kept([" ".join(_without(words, names)) for words in lines])
+    # The usual case, in C over the whole text: bytes.translate leaves letters, spaces and line
+    # breaks; runs of spaces become one. A line is then its words joined by single spaces, and
+    # only a line holding a name (as a substring) is split into words to take the name out.
+    ascii_text = text.encode("ascii").translate(_ASCII_WORDS, _ASCII_DIGITS).decode("ascii")
+    kept = []
+    for line in _RUNS.sub(" ", ascii_text).splitlines():
+        if len(line) < _MIN_LINE:  # taking names or edge spaces out only makes it shorter
+            continue
+        if names and any(name in line for name in names):
+            kept.append(" ".join(_without(line.split(), names)))
+        else:
+            kept.append(line.strip(" "))
+    return _kept(kept)
+
+
+def _without(words: list[str], names: set[str]) -> list[str]:
+    return [w for w in words if w not in names] if names else words
+
+
+def _kept(lines: list[str]) -> list[str]:
+    return [line for line in lines if len(line) >= _MIN_LINE]
+
+
+@functools.lru_cache(maxsize=1024)
+def _senders(fields: tuple[str, ...]) -> str:
+    """The From addresses, lower-case (one campaign's copies share their From: cached)."""
+    return " ".join(addr.lower() for _, addr in getaddresses(list(fields)))
 
 
 def campaign_key(headers: Message) -> str:
@@ -133,8 +152,7 @@ def campaign_key(headers: Message) -> str:
         if value:
             return f"id:{value}"
     names = _names(headers)
-    senders = [_header_text(v) for v in headers.get_all("From") or []]
-    sender = " ".join(addr.lower() for _, addr in getaddresses(senders))
+    sender = _senders(tuple(_header_text(v) for v in headers.get_all("From") or []))
     subject = " ".join(
         w
         for w in _WORD.findall(_DIGITS.sub("", _header_text(headers.get("Subject"))).lower())
