@@ -76,10 +76,6 @@ def make_config(
     return parse_config(data)
 
 
-# A migrated SQLite store in a scratch folder, in memory where /dev/shm exists.
-memory_store = scratch_store
-
-
 def submission(content: bytes) -> Submission:
     """The data stage's view of `content`, parsed as the ingress parses it."""
     headers = parse(content)
@@ -110,7 +106,7 @@ class PolicyHarness:
         clock = ManualClock()
         tokens = make_codec(config, clock)
         module = policy_module(name)
-        async with memory_store() as store:
+        async with scratch_store() as store:
             services = PolicyServices(config, store, clock, tokens)
             section = config.policies.get(name) or module.Settings()
             yield cls(module.Policy(section, services), config, store, clock, services)

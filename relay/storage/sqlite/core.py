@@ -309,8 +309,8 @@ class SqliteCore:
     async def _lookup(self, sql: str, params: tuple[Any, ...]) -> list[sqlite3.Row]:
         """A point lookup by an index, on the event loop; in the reader's thread if it would wait.
 
-        Only for statements that read a handful of rows by an index: the loop runs nothing else
-        meanwhile.
+        Only for statements that find their rows by an index (one row, or one per recipient of
+        a transaction, 500 at most): the loop runs nothing else meanwhile.
         """
         if self._looker is None:
             raise StoreError("the store is not open")
