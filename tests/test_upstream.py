@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from conftest import TestUpstream, simple_message
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.config import UpstreamConfig
 from relay.delivery.upstream import SmtpUpstream
@@ -143,3 +145,42 @@ async def test_a_path_the_client_refuses_fails_alone(upstream):
         "r1@example.net",
         "r2@example.net",
     ]
+
+
+_WIRE_PIECES = st.sampled_from([b"\r\n", b"\r", b"\n", b".", b"..", b"a", b" ", b"\r\n.\r\n"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_WIRE_PIECES, max_size=24).map(b"".join))
+def test_data_preparation_gives_the_library_s_bytes(message):
+    """The faster line-end and dot-stuffing steps give what aiosmtplib's own give, byte for byte."""
+    import aiosmtplib.protocol
+
+    from relay.delivery import upstream as module
+
+    assert aiosmtplib.protocol.PERIOD_REGEX is module.PERIOD_AT_LINE_START  # in place
+    assert module.LIBRARY_LINE_ENDINGS is not None
+    assert module.LIBRARY_PERIOD is not None
+    ours = aiosmtplib.protocol.normalize_message_line_endings(message)
+    theirs = module.LIBRARY_LINE_ENDINGS(message)
+    assert ours == theirs
+    assert module.PERIOD_AT_LINE_START.sub(b"..", theirs) == module.LIBRARY_PERIOD.sub(
+        b"..", theirs
+    )
+
+
+async def test_dots_and_bare_line_ends_reach_the_upstream_as_sent(upstream):
+    """Lines starting with dots arrive unchanged; a bare CR or LF arrives as CRLF."""
+    body = (
+        b".first line starts with a dot\r\n..two dots\r\n.\r\nbare LF\nbare CR\rend\r\n"
+        b"middle . and .. dots\r\n."
+    )
+    content = simple_message(body=body.decode())
+    client = SmtpUpstream(upstream_config(upstream.port), "relay.test")
+    try:
+        result = await client.send("a@example.com", "b@example.net", content)
+    finally:
+        await client.close()
+    assert result.outcome == "delivered"
+    wanted = content.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    assert upstream.messages[0].content.rstrip(b"\r\n") == wanted.rstrip(b"\r\n")

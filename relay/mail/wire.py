@@ -65,11 +65,12 @@ def wire_form(content: bytes, *, seven_bit: bool = False) -> bytes:
     only the last resort (breaking long lines) applies to it.
     """
     long_lines = has_long_lines(content)
-    if (seven_bit and not content.isascii()) or long_lines:
+    reencode = (seven_bit and not content.isascii()) or long_lines
+    if reencode:
         content = _reencode_parts(content, seven_bit=seven_bit, long_lines=long_lines)
     if content.count(b"\n") != content.count(b"\r\n"):
-        content = _BARE_LF.sub(b"\r\n", content)
-    if has_long_lines(content):
+        content = _BARE_LF.sub(b"\r\n", content)  # a CR before LF makes no line longer
+    if reencode and has_long_lines(content):
         header, body = split_message(content)
         content = _fold_header(header) + b"\r\n" + _break_lines(body)
     return content
