@@ -96,7 +96,7 @@ def _commit_group(
                 db.execute("ROLLBACK TO operation")
                 outcomes.append(_Failed(exc))
             db.execute("RELEASE operation")
-        db.execute("COMMIT")
+        _commit(db)
     except sqlite3.Error as exc:
         with suppress(sqlite3.Error):
             db.execute("ROLLBACK")
@@ -119,13 +119,18 @@ def _commit_alone(db: sqlite3.Connection, operation: Callable[[sqlite3.Connectio
             raise StoreError(f"SQLite: {rollback}") from rollback
         error = StoreError(f"SQLite: {exc}") if isinstance(exc, sqlite3.Error) else exc
         return _Failed(error)
+    _commit(db)
+    return outcome
+
+
+def _commit(db: sqlite3.Connection) -> None:
+    """COMMIT; if it fails, roll back and raise StoreError."""
     try:
         db.execute("COMMIT")
     except sqlite3.Error as exc:
         with suppress(sqlite3.Error):
             db.execute("ROLLBACK")
         raise StoreError(f"SQLite: {exc}") from exc
-    return outcome
 
 
 def _migrate(db: sqlite3.Connection) -> None:
