@@ -104,3 +104,14 @@ def test_links_are_personalisation_whatever_their_case():
         for link in ("https://t.example/a1", "HTTPS://T.EXAMPLE/B2", "WWW.T.Example/c3")
     ]
     assert readings == [["read the whole story at today friend"]] * 3
+
+
+def test_from_addresses_are_cached_only_for_ordinary_fields():
+    """Copies of one campaign share their parsed From; an oversized From is not kept."""
+    campaign._senders.cache_clear()
+    assert key(newsletter(1)) == key(newsletter(2))
+    assert campaign._senders.cache_info().hits >= 1
+    huge = newsletter(1).replace(b"From: ", b"From: " + b"x" * 3000 + b" ", 1)
+    size = campaign._senders.cache_info().currsize
+    assert key(huge) == key(huge)
+    assert campaign._senders.cache_info().currsize == size

@@ -46,6 +46,7 @@ _ASCII_WORDS = bytes(range(256)).translate(
 )
 _MIN_LINE = 30  # shorter lines are greetings, names, sign-offs
 _MAX_BODY = 256 * 1024  # enough text to tell campaigns apart
+_MAX_CACHED_FROM = 998  # characters of From fields whose addresses are kept in the cache
 
 
 def _header_text(value: object) -> str:
@@ -139,10 +140,12 @@ def _kept(lines: list[str]) -> list[str]:
     return [line for line in lines if len(line) >= _MIN_LINE]
 
 
-@functools.lru_cache(maxsize=1024)
-def _senders(fields: tuple[str, ...]) -> str:
-    """The From addresses, lower-case (one campaign's copies share their From: cached)."""
+def _from(fields: tuple[str, ...]) -> str:
+    """The From addresses, lower-case."""
     return " ".join(addr.lower() for _, addr in getaddresses(list(fields)))
+
+
+_senders = functools.lru_cache(maxsize=1024)(_from)  # one campaign's copies share their From
 
 
 def campaign_key(headers: Message) -> str:
@@ -152,7 +155,9 @@ def campaign_key(headers: Message) -> str:
         if value:
             return f"id:{value}"
     names = _names(headers)
-    sender = _senders(tuple(_header_text(v) for v in headers.get_all("From") or []))
+    fields = tuple(_header_text(v) for v in headers.get_all("From") or [])
+    # Only From fields of an ordinary size are cached: the cache stays small whatever comes in.
+    sender = _senders(fields) if sum(map(len, fields)) <= _MAX_CACHED_FROM else _from(fields)
     subject = " ".join(
         w
         for w in _WORD.findall(_DIGITS.sub("", _header_text(headers.get("Subject"))).lower())
