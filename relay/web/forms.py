@@ -82,7 +82,7 @@ def _headers(account: Account | None) -> dict[str, str]:
     return page_headers(f"{parts.scheme}://{parts.netloc}") if parts else page_headers()
 
 
-def _page(
+def page(
     template: str,
     account: Account | None,
     status: int,
@@ -90,6 +90,7 @@ def _page(
     title: str,
     **values: Any,  # noqa: ANN401 - template values
 ) -> web.Response:
+    """An HTML page from `template` (pages/), in the account's brand or the relay's own."""
     brand = account.brand if account else None
     language = brand.language if brand else "en"
     body = _ENV.get_template(template).render(
@@ -113,7 +114,7 @@ def _page(
 
 def _message(account: Account | None, status: int, kind: str, **values: str) -> web.Response:
     words = form_strings(account.brand.language if account else "en")
-    return _page(
+    return page(
         "base.html",
         account,
         status,
@@ -152,7 +153,7 @@ def _form(
     runtime = runtime_of(request)
     words = form_strings(account.brand.language)
     values = {"list": mailing_list.name, "name": account.brand.name}
-    return _page(
+    return page(
         "subscribe.html",
         account,
         status,
@@ -283,7 +284,7 @@ async def confirm_page(request: web.Request) -> web.Response:
     if item.status == "confirmed":
         return _message(account, 200, "confirmed", **values)
     words = form_strings(account.brand.language)
-    return _page(
+    return page(
         "confirm.html",
         account,
         200,
