@@ -18,7 +18,7 @@ from email.message import EmailMessage
 from io import BytesIO
 
 from relay.clock import SystemClock
-from relay.config import Brand
+from relay.configaccounts import Brand
 from relay.mail.branding import footer
 from relay.mail.render import fill, list_unsubscribe_headers, prepare, render
 from relay.tokens import TokenCodec, campaign_tag

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, RuleSettings, Verdict
 
 if TYPE_CHECKING:
-    from relay.config import Account
+    from relay.configaccounts import Account
     from relay.policy import Submission, Transaction
 
 

@@ -21,7 +21,7 @@ from relay.policy import CONTINUE, BasePolicy, PolicyServices, Verdict
 from relay.tokens import campaign_tag, token_id
 
 if TYPE_CHECKING:
-    from relay.config import Account
+    from relay.configaccounts import Account
     from relay.policy import Rendering, Submission, Transaction
 
 log = get_logger(__name__)

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from email.message import Message
 
     from relay.clock import Clock
-    from relay.config import Account, Config
+    from relay.config import Config
+    from relay.configaccounts import Account
     from relay.mail.signing import Signer
     from relay.storage.base import JournalEntry, MessageKind, Store
     from relay.tokens import TokenCodec

@@ -28,7 +28,8 @@ from relay.storage import scratch_store
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
-    from relay.config import Account, Config
+    from relay.config import Config
+    from relay.configaccounts import Account
     from relay.policy import BasePolicy
     from relay.storage.base import Store
 

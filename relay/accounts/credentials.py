@@ -21,7 +21,8 @@ from relay.passwords import verify_password_async
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from relay.config import Account, Config
+    from relay.config import Config
+    from relay.configaccounts import Account
 
 MAX_REMEMBERED = 10_000  # a bound on memory; when full, the whole set is forgotten
 

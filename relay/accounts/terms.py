@@ -19,7 +19,8 @@ from relay.logging import get_logger
 from relay.mail.compose import relay_mail
 
 if TYPE_CHECKING:
-    from relay.config import Account, Config, TermsConfig
+    from relay.config import Config, TermsConfig
+    from relay.configaccounts import Account
     from relay.storage.base import Store, TermsAcceptance
     from relay.tokens import TokenCodec
 

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from relay.clock import Clock
-    from relay.config import Account, Config, MailingList
+    from relay.config import Config
+    from relay.configaccounts import Account, MailingList
     from relay.runtime import Context
     from relay.storage.base import Store
 

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from relay.clock import Clock
-    from relay.config import Account, Webhook
+    from relay.configaccounts import Account, Webhook
     from relay.runtime import Runtime
     from relay.storage.base import Event, Store
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from relay.mail.render import Footer
 
 if TYPE_CHECKING:
-    from relay.config import Brand
+    from relay.configaccounts import Brand
 
 _STRINGS: dict[str, dict[str, str]] = {
     "en": {

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from relay.accounts.stats import StatsRecorder
     from relay.clock import Clock
-    from relay.config import Account
+    from relay.configaccounts import Account
     from relay.runtime import Runtime
     from relay.smtp.session import RelayEnvelope, RelaySession
     from relay.storage.base import JournalEntry, NewEvent, Store

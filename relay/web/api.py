@@ -35,7 +35,7 @@ from relay.web.state import (
 )
 
 if TYPE_CHECKING:
-    from relay.config import Account
+    from relay.configaccounts import Account
 
 log = get_logger(__name__)
 MAX_PAGE = 1000

@@ -32,7 +32,8 @@ from relay.web.api import api_account
 from relay.web.state import client_ip, json_error, read_form, runtime_of
 
 if TYPE_CHECKING:
-    from relay.config import Account, Config, MailingList
+    from relay.config import Config
+    from relay.configaccounts import Account, MailingList
     from relay.storage.base import Consent, Subscription
 
 log = get_logger(__name__)

@@ -18,7 +18,8 @@ from relay.web.state import client_ip, clock_of, runtime_of, store_of
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from relay.config import Account, TermsConfig
+    from relay.config import TermsConfig
+    from relay.configaccounts import Account
 
 log = get_logger(__name__)
 MAX_USER_AGENT = 512
