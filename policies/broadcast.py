@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, RuleSettings, Verdict
+from relay.policy import CONTINUE, Reject, RuleSettings, StorePolicy, Verdict
 
 if TYPE_CHECKING:
     from relay.policy import Submission, Transaction
@@ -20,18 +20,12 @@ class Settings(RuleSettings):
     """`policies.broadcast` (thresholds are per account, in `limits`)."""
 
 
-class Policy(BasePolicy):
+class Policy(StorePolicy):
     """Counts each campaign's recipients; halts one that grows past the threshold."""
 
     name = "broadcast"
     required = True
     after = ("rate_limit",)  # only recipients that got past the limits count
-
-    def __init__(self, settings: Settings, services: PolicyServices) -> None:
-        """Count in the store."""
-        del settings
-        self.store = services.store
-        self.clock = services.clock
 
     async def on_data(self, tx: Transaction, submission: Submission) -> Verdict:
         """Add this message's recipients to its campaign; halt past the threshold."""

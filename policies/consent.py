@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.logging import get_logger
-from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, RuleSettings, Verdict
+from relay.policy import CONTINUE, Reject, RuleSettings, StorePolicy, Verdict
 from relay.storage.base import normalize_address
 
 if TYPE_CHECKING:
@@ -24,18 +24,12 @@ class Settings(RuleSettings):
     """`policies.consent` (per-account settings live in `accounts[].consent` and `limits`)."""
 
 
-class Policy(BasePolicy):
+class Policy(StorePolicy):
     """Checks each recipient against the opt-in records."""
 
     name = "consent"
     required = True
     after = ("suppression",)  # a suppressed address is refused as such, not counted as bulk
-
-    def __init__(self, settings: Settings, services: PolicyServices) -> None:
-        """Use the store and the clock."""
-        del settings
-        self.store = services.store
-        self.clock = services.clock
 
     async def on_rcpt(self, tx: Transaction, recipient: str) -> Verdict:
         """Refuse (enforce) or log (monitor) a recipient without opt-in; halt unsolicited bulk."""

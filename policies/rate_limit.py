@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.policy import CONTINUE, BasePolicy, Defer, PolicyServices, RuleSettings, Verdict
+from relay.policy import CONTINUE, Defer, RuleSettings, StorePolicy, Verdict
 from relay.storage.base import normalize_address
 
 if TYPE_CHECKING:
@@ -21,18 +21,12 @@ class Settings(RuleSettings):
     """`policies.rate_limit` (the limits themselves are per account, in `limits`)."""
 
 
-class Policy(BasePolicy):
+class Policy(StorePolicy):
     """451 4.7.0 past an account's limits."""
 
     name = "rate_limit"
     required = True
     after = ("consent",)  # refused recipients spend none of the budget
-
-    def __init__(self, settings: Settings, services: PolicyServices) -> None:
-        """Count in the store."""
-        del settings
-        self.store = services.store
-        self.clock = services.clock
 
     async def on_mail(self, tx: Transaction) -> Verdict:
         """Messages per hour."""

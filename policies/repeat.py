@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, RuleSettings, Verdict
+from relay.policy import CONTINUE, Reject, RuleSettings, StorePolicy, Verdict
 
 if TYPE_CHECKING:
     from relay.policy import Submission, Transaction
@@ -30,19 +30,13 @@ class Settings(RuleSettings):
     """`policies.repeat` (its thresholds are per account, in `limits`)."""
 
 
-class Policy(BasePolicy):
+class Policy(StorePolicy):
     """Numbers each copy of a campaign per recipient; refuses repeats, halts loops."""
 
     name = "repeat"
     required = True
     after = ("rate_limit",)  # refused recipients spent no budget
     before = ("broadcast",)  # a repeat refused here is not counted in the campaign's size
-
-    def __init__(self, settings: Settings, services: PolicyServices) -> None:
-        """Count in the store."""
-        del settings
-        self.store = services.store
-        self.clock = services.clock
 
     async def on_data(self, tx: Transaction, submission: Submission) -> Verdict:
         """Refuse each recipient past the limit; halt past the loop threshold."""

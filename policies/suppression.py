@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.policy import CONTINUE, BasePolicy, PolicyServices, Reject, RuleSettings, Verdict
+from relay.policy import CONTINUE, Reject, RuleSettings, StorePolicy, Verdict
 
 if TYPE_CHECKING:
     from relay.policy import Transaction
@@ -27,18 +27,12 @@ class Settings(RuleSettings):
     """`policies.suppression` (nothing to set: suppression cannot be turned off)."""
 
 
-class Policy(BasePolicy):
+class Policy(StorePolicy):
     """550 5.7.1 for a recipient on the account's or the global suppression list."""
 
     name = "suppression"
     required = True
     after = ("from_domain",)  # nothing is said about recipients to a sender not allowed
-
-    def __init__(self, settings: Settings, services: PolicyServices) -> None:
-        """Look suppressions up in the store."""
-        del settings
-        self.store = services.store
-        self.clock = services.clock
 
     async def on_rcpt(self, tx: Transaction, recipient: str) -> Verdict:
         """Refuse a suppressed recipient (a store failure raises: the pipeline defers)."""

@@ -228,6 +228,16 @@ class BasePolicy:
         return CONTINUE
 
 
+class StorePolicy(BasePolicy):
+    """A policy that needs only the store and the clock (its numbers are per account)."""
+
+    def __init__(self, settings: RuleSettings, services: PolicyServices) -> None:
+        """Count and look up in the store, by the services' clock."""
+        del settings
+        self.store = services.store
+        self.clock = services.clock
+
+
 @dataclass(frozen=True)
 class Monitored:
     """A refusal a policy in monitor mode would have given."""
