@@ -635,3 +635,46 @@ async def test_sqlite_write_alone_that_fails_leaves_nothing(tmp_path):
         assert await store.has_flag("acme", "after")
     finally:
         await store.close()
+
+
+async def test_postgres_connection_back_in_the_pool_costs_no_reset_round_trip(pg_url):
+    """Releasing a connection sends nothing when no transaction is open; one left open is ended.
+
+    asyncpg's default release sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`
+    after each query: the last statement the server saw would be that, not the store's own.
+    A transaction a caller leaves open is still rolled back (its write is gone, the connection
+    is idle, not idle in a transaction).
+    """
+    import asyncpg
+
+    store = open_store(pg_url)
+    await store.open()
+    await store.migrate()
+    watcher = await asyncpg.connect(store.url)
+    try:
+        [(pid,)] = await store._fetch("SELECT pg_backend_pid()")
+        row = await watcher.fetchrow(
+            "SELECT query, state FROM pg_stat_activity WHERE pid = $1", pid
+        )
+        assert (row["query"], row["state"]) == ("SELECT pg_backend_pid()", "idle")
+
+        loop = asyncio.get_running_loop()
+        complaints: list[str] = []
+        loop.set_exception_handler(lambda _, context: complaints.append(context["message"]))
+        async with store._acquire() as con:
+            pid = await con.fetchval("SELECT pg_backend_pid()")
+            await con.execute("BEGIN")
+            await con.execute(
+                "INSERT INTO account_flags (account_id, flag, reason, set_at)"
+                " VALUES ('acme', 'left-open', 'test', 0)"
+            )
+        loop.set_exception_handler(None)
+        row = await watcher.fetchrow(
+            "SELECT query, state FROM pg_stat_activity WHERE pid = $1", pid
+        )
+        assert (row["query"], row["state"]) == ("ROLLBACK", "idle")
+        assert any("active transaction" in message for message in complaints)
+        assert not await store.has_flag("acme", "left-open")
+    finally:
+        await watcher.close()
+        await store.close()
