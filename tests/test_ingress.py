@@ -399,6 +399,28 @@ async def test_pipelined_submission(start_relay, data, upstream):
     assert sorted(m.rcpt for m in upstream.messages) == ["a@example.net", "b@example.net"]
 
 
+async def test_a_connection_does_not_work_out_the_ehlo_hooks_signature_again(
+    start_relay, data, monkeypatch
+):
+    """The EHLO hook keeps its signature, which aiosmtpd reads for each connection.
+
+    With inspect unable to work a function's signature out, a connection is still served, and
+    EHLO goes through the 5-argument hook (which offers PIPELINING).
+    """
+    import inspect
+
+    relay = await start_relay(data)
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a signature worked out while serving a connection")
+
+    monkeypatch.setattr(inspect, "_signature_from_function", refuse)
+    for _ in range(2):
+        session, ehlo = await RawSession.open(relay.smtp_ports[0])
+        assert b"250-PIPELINING\r\n" in ehlo
+        session.close()
+
+
 async def test_starttls_inside_tls_is_refused(start_relay, data, upstream, log_lines):
     """A second STARTTLS gets 554 5.5.1 (RFC 3207 4.2, as Postfix answers); the session goes on."""
     relay = await start_relay(data)

@@ -9,6 +9,7 @@ and the failed-AUTH throttle live here, because they are properties of the SMTP 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import re
 from asyncio import sslproto
 from typing import TYPE_CHECKING, Any
@@ -454,6 +455,19 @@ class IngressHandler(SmtpAuth):
             return REPLY_TEMPFAIL
         log.error("smtp_exception", error=type(error).__name__, exc_info=error)
         return REPLY_TEMPFAIL
+
+
+def _signature_once(function: Callable[..., object]) -> None:
+    """Keep `function`'s signature on it, where `inspect.signature` looks first.
+
+    aiosmtpd's constructor reads the EHLO hook's signature (its 4- or 5-argument form) for each
+    connection: working it out again each time was a third of the cost of a connection's
+    protocol object (28 of 80 us).
+    """
+    function.__signature__ = inspect.signature(function)  # type: ignore[attr-defined]
+
+
+_signature_once(IngressHandler.handle_EHLO)
 
 
 async def start_listeners(
