@@ -57,32 +57,33 @@ class Policy(StorePolicy):
                 "rate_limit.recipients_per_message",
                 facts={"limit": limits.recipients_per_message, "recipients": len(tx.recipients)},
             )
-        address = normalize_address(recipient)
-        now = self.clock.now()
-        checks = [
-            ("recipients", limits.recipients_per_hour, "recipients per hour"),
-            (
-                f"domain:{address.rpartition('@')[2]}",
-                limits.per_domain_per_hour,
-                "per domain per hour",
-            ),
-        ]
-        for kind, limit, what in checks:
-            if limit is None:
-                continue
-            allowed, _ = await self.store.window_take(
-                tx.account.id, kind, f"{tx.message_id}/{address}", now=now, window=HOUR, limit=limit
+        domain = normalize_address(recipient).rpartition("@")[2]
+        counters = [
+            (kind, limit)
+            for kind, limit in (
+                ("recipients", limits.recipients_per_hour),
+                (f"domain:{domain}", limits.per_domain_per_hour),
             )
-            if not allowed:
-                rule = (
-                    "rate_limit.recipients_per_hour"
-                    if kind == "recipients"
-                    else "rate_limit.per_domain_per_hour"
-                )
-                return Defer(
-                    f"Rate limit: {limit} recipients {what.removeprefix('recipients ')};"
-                    " try again later",
-                    rule,
-                    facts={"limit": limit},
-                )
+            if limit is not None
+        ]
+        if not counters:
+            return CONTINUE
+        # Both counters in one write, all or none: a deferred recipient spends no budget.
+        refused = await self.store.window_take_all(
+            tx.account.id, counters, now=self.clock.now(), window=HOUR
+        )
+        if refused == "recipients":
+            limit = limits.recipients_per_hour
+            return Defer(
+                f"Rate limit: {limit} recipients per hour; try again later",
+                "rate_limit.recipients_per_hour",
+                facts={"limit": limit},
+            )
+        if refused is not None:
+            limit = limits.per_domain_per_hour
+            return Defer(
+                f"Rate limit: {limit} recipients per domain per hour; try again later",
+                "rate_limit.per_domain_per_hour",
+                facts={"limit": limit},
+            )
         return CONTINUE

@@ -142,6 +142,7 @@ class ReplayStore:
         """Counters, flags and standing go to the scratch store; nothing else may write."""
         if name in (
             "window_take",
+            "window_take_all",
             "record_campaign",
             "set_flag",
             "has_flag",

@@ -230,6 +230,33 @@ async def test_rate_limits_within_one_relay(start_relay, sqlite_url, tls_files, 
     await client.quit()
 
 
+async def test_recipient_deferred_for_its_domain_spends_no_hourly_budget(
+    start_relay, sqlite_url, tls_files, upstream
+):
+    """A recipient over the per-domain limit is deferred without counting against the hour."""
+    data = acme(
+        config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files),
+        limits={"recipients_per_hour": 3, "per_domain_per_hour": 1},
+    )
+    relay = await start_relay(data)
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    await client.mail("news@acme.example")
+    answers = [
+        await rcpt(client, address)
+        for address in (
+            "a@example.net",
+            "b@example.net",
+            "c@example.org",
+            "d@example.com",
+            "e@example.io",
+        )
+    ]
+    assert [code for code, _ in answers] == [250, 451, 250, 250, 451]
+    assert answers[1][1] == "4.7.0 Rate limit: 1 recipients per domain per hour; try again later"
+    assert answers[4][1] == "4.7.0 Rate limit: 3 recipients per hour; try again later"
+    await client.quit()
+
+
 async def test_rate_limits_hold_across_two_processes(tmp_path, pg_url, tls_files, upstream):
     """Two relay processes sharing one PostgreSQL store share one budget of messages per hour."""
     data = acme(

@@ -400,6 +400,54 @@ async def test_window_take_is_atomic_across_stores(store_url):
             await s.close()
 
 
+async def test_window_take_all_counts_every_counter_or_none(store):
+    """Several counters of one event: all take it, or none does and the first full one is named.
+
+    The counts are those `window_take` keeps (one-minute buckets, a minute leaves once wholly
+    outside the window), and a counter without a limit is counted but never full.
+    """
+    counters = [("recipients", 5), ("domain:example.net", 2), ("uncapped", None)]
+    for n in range(2):
+        assert await store.window_take_all("acme", counters, now=NOW + n, window=60) is None
+    # The domain is full: nothing is counted, the hourly budget included.
+    for n in range(3):
+        refused = await store.window_take_all("acme", counters, now=NOW + 2 + n, window=60)
+        assert refused == "domain:example.net"
+    assert await store.window_take("acme", "recipients", "x", now=NOW + 5, window=60) == (True, 3)
+    assert await store.window_take("acme", "uncapped", "x", now=NOW + 5, window=60) == (True, 3)
+    # Another domain's counter is its own; the first full counter in the order given is named.
+    other = [("recipients", 5), ("domain:example.org", 2)]
+    assert await store.window_take_all("acme", other, now=NOW + 6, window=60) is None
+    assert await store.window_take_all("acme", other, now=NOW + 7, window=60) is None
+    assert await store.window_take_all("acme", other, now=NOW + 8, window=60) == "recipients"
+    assert await store.window_take_all("globex", counters, now=NOW + 8, window=60) is None
+    # Two minutes on, the first minute's counts have left the window.
+    assert await store.window_take_all("acme", counters, now=NOW + 121, window=60) is None
+
+
+async def test_window_take_all_is_atomic_across_stores(store_url):
+    """Stores racing for two shared budgets, in either order, never exceed either of them."""
+    stores = [open_store(store_url) for _ in range(2)]
+    for s in stores:
+        await s.open()
+        await s.migrate()
+    try:
+
+        async def take(n: int) -> str | None:
+            counters = [("recipients", 30), ("domain:example.net", 20)]
+            if n % 3 == 0:
+                counters.reverse()
+            return await stores[n % 2].window_take_all("acme", counters, now=NOW, window=3600)
+
+        results = await asyncio.gather(*(take(n) for n in range(50)))
+        assert results.count(None) == 20
+        _, total = await stores[0].window_take("acme", "recipients", "x", now=NOW, window=3600)
+        assert total == 21
+    finally:
+        for s in stores:
+            await s.close()
+
+
 async def test_prune_windows_drops_only_old_counters(store):
     """Counters of keys never used again (one per client IP) are pruned; live ones stay."""
     await store.window_take("*", "subscribe_ip:192.0.2.1", "x", now=NOW, window=3600, limit=10)

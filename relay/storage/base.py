@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from relay.storage.records import (
     BUCKET,
@@ -58,6 +58,9 @@ from relay.storage.records import (
     subscription_row,
     suppression_key,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "BUCKET",
@@ -475,6 +478,22 @@ class Store(Protocol):
         Returns whether it was allowed and the count in the window afterwards. Plain counts are
         kept in one-minute buckets that leave only once wholly outside the window: a limit may
         hold up to a minute longer, never shorter.
+        """
+        ...
+
+    async def window_take_all(
+        self,
+        account_id: str,
+        counters: Sequence[tuple[str, int | None]],
+        *,
+        now: float,
+        window: float,
+    ) -> str | None:
+        """Count one event in each of `counters` (kind, limit) together, atomically.
+
+        Every counter takes the event, or none does: when one is at its limit (counted as
+        `window_take` counts plain events), nothing is counted and its kind comes back (the
+        first such in the order given). One write for several limits of one event.
         """
         ...
 

@@ -535,4 +535,45 @@ POSTGRES: list[tuple[int, str]] = [
     _shared(13, "POSTGRES"),
     _shared(14, "POSTGRES"),
     _shared(15, "POSTGRES"),
+    (
+        16,
+        # Several windowed counters of one event (an account's limits on a recipient) in one
+        # round trip, all or none: the keys' advisory locks are taken in the order of their
+        # lock numbers (two calls never wait on each other in a circle), every total is read,
+        # and only when none is at its limit is the event added to each. Returns the first
+        # kind (in the order given) at its limit, or NULL.
+        """
+        CREATE FUNCTION window_add_all(
+            p_account TEXT, p_kinds TEXT[], p_limits INTEGER[], p_bucket DOUBLE PRECISION,
+            p_expired DOUBLE PRECISION
+        ) RETURNS TEXT LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            v_lock INTEGER;
+            v_total BIGINT;
+            v_index INTEGER;
+        BEGIN
+            FOR v_lock IN
+                SELECT DISTINCT hashtext(p_account || '/' || k) FROM unnest(p_kinds) k ORDER BY 1
+            LOOP
+                PERFORM pg_advisory_xact_lock(v_lock);
+            END LOOP;
+            FOR v_index IN 1 .. coalesce(array_length(p_kinds, 1), 0) LOOP
+                DELETE FROM window_counts w WHERE w.account_id = p_account
+                    AND w.kind = p_kinds[v_index] AND w.bucket <= p_expired;
+                IF p_limits[v_index] IS NOT NULL THEN
+                    SELECT COALESCE(SUM(w.count), 0) INTO v_total FROM window_counts w
+                        WHERE w.account_id = p_account AND w.kind = p_kinds[v_index];
+                    IF v_total + 1 > p_limits[v_index] THEN
+                        RETURN p_kinds[v_index];
+                    END IF;
+                END IF;
+            END LOOP;
+            INSERT INTO window_counts AS w (account_id, kind, bucket, count)
+                SELECT p_account, k, p_bucket, 1 FROM unnest(p_kinds) k
+                ON CONFLICT (account_id, kind, bucket) DO UPDATE SET count = w.count + 1;
+            RETURN NULL;
+        END
+        $$;
+        """,
+    ),
 ]

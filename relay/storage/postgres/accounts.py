@@ -17,6 +17,8 @@ from relay.storage.postgres.core import DB_ERRORS, PostgresCore
 from relay.storage.postgres.events import insert_events
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import asyncpg
 
 
@@ -169,6 +171,31 @@ class PostgresAccounts(PostgresCore):
                 return True, count + 1
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
+
+    async def window_take_all(
+        self,
+        account_id: str,
+        counters: Sequence[tuple[str, int | None]],
+        *,
+        now: float,
+        window: float,
+    ) -> str | None:
+        """Count an event in several windowed counters, all or none, in one round trip.
+
+        One call of `window_add_all` (migration 16): its own transaction.
+        """
+        if not counters:
+            return None
+        rows = await self._fetch(
+            "SELECT window_add_all($1, $2::text[], $3::int[], $4, $5)",
+            account_id,
+            [kind for kind, _ in counters],
+            [limit for _, limit in counters],
+            now - now % BUCKET,
+            now - window - BUCKET,
+        )
+        refused: str | None = rows[0][0]
+        return refused
 
     async def record_campaign(
         self, account_id: str, campaign: str, recipients: int, *, now: float, window: float

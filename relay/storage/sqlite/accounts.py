@@ -17,6 +17,7 @@ from relay.storage.sqlite.events import insert_events
 
 if TYPE_CHECKING:
     import sqlite3
+    from collections.abc import Sequence
 
 
 def _bucket_add(
@@ -30,23 +31,36 @@ def _bucket_add(
     limit: int | None = None,
 ) -> tuple[bool, int]:
     """Add `amount` to a windowed counter kept in one-minute buckets (bounded work per call)."""
+    total = _bucket_total(db, account_id, kind, now=now, window=window)
+    if limit is not None and total + amount > limit:
+        return False, total
+    _bucket_put(db, account_id, kind, amount, now=now)
+    return True, total + amount
+
+
+def _bucket_total(
+    db: sqlite3.Connection, account_id: str, kind: str, *, now: float, window: float
+) -> int:
+    """A windowed counter's total, after dropping its buckets wholly outside the window."""
     db.execute(
         "DELETE FROM window_counts WHERE account_id = ? AND kind = ? AND bucket <= ?",
-        (account_id, kind, now - window - BUCKET),  # only buckets wholly outside the window
+        (account_id, kind, now - window - BUCKET),
     )
     row = db.execute(
         "SELECT COALESCE(SUM(count), 0) FROM window_counts WHERE account_id = ? AND kind = ?",
         (account_id, kind),
     ).fetchone()
-    total = int(row[0]) if row else 0
-    if limit is not None and total + amount > limit:
-        return False, total
+    return int(row[0]) if row else 0
+
+
+def _bucket_put(
+    db: sqlite3.Connection, account_id: str, kind: str, amount: int, *, now: float
+) -> None:
     db.execute(
         "INSERT INTO window_counts (account_id, kind, bucket, count) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (account_id, kind, bucket) DO UPDATE SET count = count + excluded.count",
         (account_id, kind, now - now % BUCKET, amount),
     )
-    return True, total + amount
 
 
 class SqliteAccounts(SqliteCore):
@@ -143,6 +157,27 @@ class SqliteAccounts(SqliteCore):
                 (account_id, kind, item, now),
             )
             return True, count + 1
+
+        return await self._write(operation)
+
+    async def window_take_all(
+        self,
+        account_id: str,
+        counters: Sequence[tuple[str, int | None]],
+        *,
+        now: float,
+        window: float,
+    ) -> str | None:
+        """Count an event in several windowed counters, all or none, in one write."""
+
+        def operation(db: sqlite3.Connection) -> str | None:
+            for kind, limit in counters:
+                total = _bucket_total(db, account_id, kind, now=now, window=window)
+                if limit is not None and total + 1 > limit:
+                    return kind
+            for kind, _ in counters:
+                _bucket_put(db, account_id, kind, 1, now=now)
+            return None
 
         return await self._write(operation)
 
