@@ -423,6 +423,8 @@ async def test_window_take_all_counts_every_counter_or_none(store):
     assert await store.window_take_all("globex", counters, now=NOW + 8, window=60) is None
     # Two minutes on, the first minute's counts have left the window.
     assert await store.window_take_all("acme", counters, now=NOW + 121, window=60) is None
+    with pytest.raises(ValueError, match="named twice"):
+        await store.window_take_all("acme", [("a", 1), ("a", 2)], now=NOW, window=60)
 
 
 async def test_window_take_all_is_atomic_across_stores(store_url):

@@ -46,6 +46,7 @@ from relay.storage.records import (
     case_from_row,
     case_row,
     consent_row,
+    counter_kinds,
     journal_from_row,
     new_case_id,
     new_event_id,
@@ -105,6 +106,7 @@ __all__ = [
     "case_from_row",
     "case_row",
     "consent_row",
+    "counter_kinds",
     "journal_from_row",
     "new_case_id",
     "new_event_id",
@@ -493,7 +495,8 @@ class Store(Protocol):
 
         Every counter takes the event, or none does: when one is at its limit (counted as
         `window_take` counts plain events), nothing is counted and its kind comes back (the
-        first such in the order given). One write for several limits of one event.
+        first such in the order given). One write for several limits of one event. Each kind
+        may appear once (ValueError otherwise).
         """
         ...
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from relay.storage.sql import CASE_COLUMNS, SUBSCRIPTION_COLUMNS
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
 MessageKind = Literal["message", "dsn", "notice"]  # notice: mail the relay itself writes
 
@@ -157,6 +157,14 @@ def suppression_key(address: str) -> str:
     if domain in _DOTLESS_DOMAINS:
         local, domain = local.replace(".", ""), _DOTLESS_DOMAINS[domain]
     return f"{local}@{domain}"
+
+
+def counter_kinds(counters: Sequence[tuple[str, int | None]]) -> list[str]:
+    """The kinds of `window_take_all`'s counters, each once (ValueError when one repeats)."""
+    kinds = [kind for kind, _ in counters]
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"a windowed counter named twice: {kinds}")
+    return kinds
 
 
 @dataclass(frozen=True)

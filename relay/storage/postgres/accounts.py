@@ -11,6 +11,7 @@ from relay.storage.base import (
     AccountState,
     AccountStateName,
     TermsAcceptance,
+    counter_kinds,
 )
 from relay.storage.events import account_state_events
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
@@ -184,12 +185,13 @@ class PostgresAccounts(PostgresCore):
 
         One call of `window_add_all` (migration 16): its own transaction.
         """
-        if not counters:
+        kinds = counter_kinds(counters)
+        if not kinds:
             return None
         rows = await self._fetch(
             "SELECT window_add_all($1, $2::text[], $3::int[], $4, $5)",
             account_id,
-            [kind for kind, _ in counters],
+            kinds,
             [limit for _, limit in counters],
             now - now % BUCKET,
             now - window - BUCKET,

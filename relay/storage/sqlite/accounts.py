@@ -10,6 +10,7 @@ from relay.storage.base import (
     AccountState,
     AccountStateName,
     TermsAcceptance,
+    counter_kinds,
 )
 from relay.storage.events import account_state_events
 from relay.storage.sqlite.core import SqliteCore
@@ -169,6 +170,7 @@ class SqliteAccounts(SqliteCore):
         window: float,
     ) -> str | None:
         """Count an event in several windowed counters, all or none, in one write."""
+        counter_kinds(counters)
 
         def operation(db: sqlite3.Connection) -> str | None:
             for kind, limit in counters:
