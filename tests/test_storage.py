@@ -728,3 +728,33 @@ async def test_postgres_connection_back_in_the_pool_costs_no_reset_round_trip(pg
     finally:
         await watcher.close()
         await store.close()
+
+
+async def test_postgres_counters_commit_unflushed_and_nothing_else_does(pg_url):
+    """A windowed counter's transaction commits without the WAL flush; it leaves no trace.
+
+    The setting is local to the counter's own statement: the pooled connection it ran on
+    commits the next write (a spooled message) with the server's `synchronous_commit` again,
+    and a counter asked inside a larger transaction is refused rather than making that
+    transaction's commit unflushed.
+    """
+    from relay.storage.postgres.accounts import _bucket_add
+
+    store = open_store(pg_url)
+    await store.open()
+    await store.migrate()
+    try:
+        await store.window_take("acme", "messages", "m1", now=NOW, window=3600, limit=10)
+        await store.window_take_all("acme", [("recipients", 10)], now=NOW, window=3600)
+        await store.record_campaign("acme", "c1", 5, now=NOW, window=3600)
+        assert store._pool.get_size() == 1  # every call above ran on this one connection
+        async with store._acquire() as con:
+            assert await con.fetchval("SHOW synchronous_commit") == "on"
+            async with con.transaction():
+                with pytest.raises(StoreError, match="its own transaction"):
+                    await _bucket_add(con, "acme", "messages", 1, now=NOW, window=3600)
+        assert await store.window_take_all("acme", [("recipients", 1)], now=NOW, window=60) == (
+            "recipients"
+        )
+    finally:
+        await store.close()

@@ -23,6 +23,21 @@ if TYPE_CHECKING:
     import asyncpg
 
 
+# Windowed counters (rate limits, campaign sizes) commit without waiting for the WAL flush,
+# which was a third of a counter's cost on the database server (0.18 to 0.13 ms of its CPU per
+# call) and 40 % of its time (0.34 to 0.20 ms). Visibility and the advisory locks are
+# unchanged, so every node still sees every count at once; a crash of the database server (not
+# of a relay) may forget the counts of its last moments (at most three `wal_writer_delay`s,
+# 0.6 s by default), never a spooled message. The setting (`set_config('synchronous_commit',
+# 'off', true)` in the counter's statement) is local to the statement's own transaction:
+# `_alone` makes sure a counter never shares one with a durable write.
+
+
+def _alone(con: asyncpg.Connection) -> None:
+    if con.is_in_transaction():
+        raise StoreError("a windowed counter is its own transaction (its commit is not flushed)")
+
+
 async def _bucket_add(
     con: asyncpg.Connection,
     account_id: str,
@@ -36,10 +51,13 @@ async def _bucket_add(
     """Add to a windowed counter in one-minute buckets: one call of `window_add` (migration 9).
 
     The function takes the key's advisory lock, drops the buckets wholly outside the window,
-    sums the rest and adds `amount` unless that would pass `limit`.
+    sums the rest and adds `amount` unless that would pass `limit`. The statement is its own
+    transaction, committed without waiting for the WAL flush (see `_alone`).
     """
+    _alone(con)
     row = await con.fetchrow(
-        "SELECT allowed, total FROM window_add($1, $2, $3, $4, $5, $6)",
+        "SELECT w.allowed, w.total FROM window_add($1, $2, $3, $4, $5, $6) w,"
+        " set_config('synchronous_commit', 'off', true)",
         account_id,
         kind,
         amount,
@@ -183,21 +201,27 @@ class PostgresAccounts(PostgresCore):
     ) -> str | None:
         """Count an event in several windowed counters, all or none, in one round trip.
 
-        One call of `window_add_all` (migration 16): its own transaction.
+        One call of `window_add_all` (migration 16): its own transaction, committed as the
+        other counters are (see `_alone`).
         """
         kinds = counter_kinds(counters)
         if not kinds:
             return None
-        rows = await self._fetch(
-            "SELECT window_add_all($1, $2::text[], $3::int[], $4, $5)",
-            account_id,
-            kinds,
-            [limit for _, limit in counters],
-            now - now % BUCKET,
-            now - window - BUCKET,
-        )
-        refused: str | None = rows[0][0]
-        return refused
+        try:
+            async with self._acquire() as con:
+                _alone(con)
+                refused: str | None = await con.fetchval(
+                    "SELECT window_add_all($1, $2::text[], $3::int[], $4, $5)"
+                    " FROM set_config('synchronous_commit', 'off', true)",
+                    account_id,
+                    kinds,
+                    [limit for _, limit in counters],
+                    now - now % BUCKET,
+                    now - window - BUCKET,
+                )
+                return refused
+        except DB_ERRORS as exc:
+            raise StoreError(f"PostgreSQL: {exc}") from exc
 
     async def record_campaign(
         self, account_id: str, campaign: str, recipients: int, *, now: float, window: float
