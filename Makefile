@@ -49,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/explain_scale.py
 	$(BIN)/python bench/auth_sessions.py
 	$(BIN)/python bench/cli_startup.py
+	$(BIN)/python bench/many_accounts.py
 
 # Coverage-guided fuzzing (atheris) of each target in tests/fuzz/targets.py for FUZZ_SECONDS
 # (issue 13 asks for at least 10 minutes each). An input slower than 10 s counts as a crash. What

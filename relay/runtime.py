@@ -52,11 +52,11 @@ class Runtime:
         tokens = make_codec(config, clock)
         keys, warnings = load_keys(config.dkim)
         signer = Signer(keys)
-        for account in config.accounts:
+        for n, account in enumerate(config.accounts):
             for domain in account.from_domains:
                 if not signer.has_key(domain):
                     warnings.append(
-                        f"accounts[{config.accounts.index(account)}].from_domains: no DKIM key "
+                        f"accounts[{n}].from_domains: no DKIM key "
                         f"for {domain} (policies.dkim.missing_key decides)"
                     )
         pipeline = build_pipeline(PolicyServices(config, store, clock, tokens, signer))

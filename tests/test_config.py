@@ -112,6 +112,43 @@ def test_cross_checks(valid):
     assert problems(valid) == ["(top level): accounts: duplicate id: acme"]
 
 
+def test_duplicate_usernames_are_named_once_each(valid):
+    """Every duplicated username is named once, in order, however often it repeats."""
+    first = valid["accounts"][0]
+    valid["accounts"] = [
+        {**first, "id": f"a{n}", "username": name}
+        for n, name in enumerate(["zed", "ann", "zed", "bob", "ann", "zed"])
+    ]
+    assert problems(valid) == ["(top level): accounts: duplicate username: ann, zed"]
+
+
+def test_accounts_are_found_by_id_username_and_from_domain(valid):
+    """Lookups by id, SMTP username and From domain; a domain two accounts declare is the first's.
+
+    A copy of the configuration with other accounts finds those, not the original's.
+    """
+    first = valid["accounts"][0]
+    valid["accounts"] = [
+        {**first, "id": f"a{n}", "username": f"user{n}", "from_domains": [f"d{n}.example"]}
+        for n in range(500)
+    ]
+    valid["accounts"][7]["from_domains"] = ["d7.example", "shared.example"]
+    valid["accounts"][9]["from_domains"] = ["shared.example", "d9.example"]
+    config = parse_config(valid)
+    assert config.account("a499") is config.accounts[499]
+    assert config.account("a500") is None
+    assert config.account_by_username("user42") is config.accounts[42]
+    assert config.account_by_username("a42") is None
+    assert config.account_for_domain("d9.example") is config.accounts[9]
+    assert config.account_for_domain("shared.example") is config.accounts[7]
+    assert config.account_for_domain("nobody.example") is None
+    other = parse_config({**valid, "accounts": [{**first, "id": "zz", "username": "zz"}]})
+    copy = config.model_copy(update={"accounts": other.accounts})
+    assert copy.account("zz") is other.accounts[0]
+    assert copy.account("a1") is None
+    assert config.account("a1") is config.accounts[1]
+
+
 def test_durations_and_sizes(valid):
     """Durations and sizes accept units."""
     valid["delivery"] = {"retry_schedule": ["30s", "15m", "2h"], "max_age": "3d"}

@@ -37,7 +37,7 @@ class Credentials:
 
     async def authenticate(self, config: Config, username: str, password: str) -> Account | None:
         """The account whose SMTP credentials these are, else None."""
-        account = next((a for a in config.accounts if a.username == username), None)
+        account = config.account_by_username(username)
         hashes = account.password_hash if account else None
         ok = await self.verify(f"smtp:{username}", hashes, password)
         return account if ok else None

@@ -145,7 +145,7 @@ class Feedback:
         if sender is None:
             return None
         domain = sender.rpartition("@")[2]
-        account = next((a for a in config.accounts if domain in a.from_domains), None)
+        account = config.account_for_domain(domain)
         if account is None:
             return None
         recipient = _single_address(list(report.original_rcpt_to)) or _single_address(
