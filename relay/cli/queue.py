@@ -15,7 +15,6 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, actor, on_store, when
-from relay.logging import get_logger
 from relay.storage.base import QUEUE_STATES, QueueAction
 
 if TYPE_CHECKING:
@@ -24,7 +23,6 @@ if TYPE_CHECKING:
     from relay.config import Config
     from relay.storage.base import NewMessage, QueuedMessage, Store
 
-log = get_logger(__name__)
 DELETED_REPLY = "550 5.0.0 Deleted from the queue by the relay's operator"
 
 
@@ -138,7 +136,10 @@ def _scope(args: argparse.Namespace) -> tuple[list[str] | None, str | None] | No
 
 
 async def _change(args: argparse.Namespace, config: Config, store: Store) -> int:
+    from relay.logging import get_logger  # noqa: PLC0415 - structlog: only when run
+
     del config
+    log = get_logger(__name__)
     scope = _scope(args)
     if scope is None:
         return EXIT_USAGE
@@ -208,6 +209,9 @@ def _dsns(config: Config, message: QueuedMessage, now: float) -> list[NewMessage
 
 
 async def _delete(args: argparse.Namespace, config: Config, store: Store) -> int:
+    from relay.logging import get_logger  # noqa: PLC0415 - structlog: only when run
+
+    log = get_logger(__name__)
     now = time.time()
     action = QueueAction(
         at=now,

@@ -16,9 +16,6 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, on_store, when
-from relay.configtypes import parse_duration
-from relay.delivery.webhooks import endpoint_key, post
-from relay.storage.base import Event
 
 if TYPE_CHECKING:
     import argparse
@@ -79,6 +76,8 @@ def _list(config: Config) -> int:
 
 
 async def _replay(store: Store, account_id: str, url: str, since_text: str) -> int:
+    from relay.delivery.webhooks import endpoint_key  # noqa: PLC0415 - aiohttp: only when run
+
     since = _since(since_text)
     if since is None:
         print(f"error: --since {since_text!r}: a duration or an ISO 8601 time", file=sys.stderr)
@@ -92,6 +91,8 @@ async def _replay(store: Store, account_id: str, url: str, since_text: str) -> i
 
 
 async def _enable(store: Store, account_id: str, url: str) -> int:
+    from relay.delivery.webhooks import endpoint_key  # noqa: PLC0415 - aiohttp: only when run
+
     if not await store.webhook_enable(endpoint_key(account_id, url), now=time.time()):
         print(f"error: {url} has not been served yet", file=sys.stderr)
         return EXIT_REFUSED
@@ -101,6 +102,8 @@ async def _enable(store: Store, account_id: str, url: str) -> int:
 
 def _since(text: str) -> float | None:
     """`24h` (that long ago) or an ISO 8601 time, as Unix time; None if it is neither."""
+    from relay.configtypes import parse_duration  # noqa: PLC0415 - pydantic: only when run
+
     try:
         return time.time() - parse_duration(text)
     except ValueError:
@@ -113,6 +116,8 @@ def _since(text: str) -> float | None:
 
 
 async def _status(config: Config, store: Store) -> int:
+    from relay.delivery.webhooks import endpoint_key  # noqa: PLC0415 - aiohttp: only when run
+
     states = {state.key: state for state in await store.webhook_states()}
     _row("account", "url", "state", "delivered", "failing_since", "next_attempt", "last_error")
     for account in config.accounts:
@@ -135,6 +140,9 @@ async def _status(config: Config, store: Store) -> int:
 
 
 async def _test(config: Config, account_id: str) -> int:
+    from relay.delivery.webhooks import post  # noqa: PLC0415 - aiohttp: only when run
+    from relay.storage.base import Event  # noqa: PLC0415
+
     account = config.account(account_id)
     assert account is not None  # noqa: S101 - checked by the caller
     if not account.webhooks:
