@@ -279,6 +279,40 @@ async def test_campaign_window(store):
     assert await store.record_campaign("acme", "c1", 5, now=NOW + day + 61, window=day) == 25
 
 
+async def test_every_accounts_state_and_recent_changes_in_one_query_each(store):
+    """The current state of every changed account, and every account's changes since a time.
+
+    What the dashboard shows for all accounts at once (one query each, not two per account).
+    """
+    assert await store.account_states() == {}
+    changes = [
+        ("acme", "suspended", NOW),
+        ("globex", "suspended", NOW + 10),
+        ("acme", "active", NOW + 20),
+        ("initech", "terminated", NOW + 30),
+    ]
+    for account_id, state, at in changes:
+        await store.set_account_state(
+            account_id, state, reason=f"{state} at {at}", actor="policy:test", now=at
+        )
+    states = await store.account_states()
+    assert {key: (s.state, s.at) for key, s in states.items()} == {
+        "acme": ("active", NOW + 20),
+        "globex": ("suspended", NOW + 10),
+        "initech": ("terminated", NOW + 30),
+    }
+    assert states["acme"] == await store.account_state("acme")
+    recent = await store.account_changes(since=NOW + 10)
+    assert [(c.account_id, c.state, c.at) for c in recent] == [
+        ("globex", "suspended", NOW + 10),
+        ("acme", "active", NOW + 20),
+        ("initech", "terminated", NOW + 30),
+    ]
+    assert recent[0].reason == f"suspended at {NOW + 10}"
+    assert recent[0].actor == "policy:test"
+    assert await store.account_changes(since=NOW + 31) == []
+
+
 async def test_account_flags(store):
     """A flag is set once and then reported."""
     assert not await store.has_flag("acme", "mandatory_unsubscribe")

@@ -427,6 +427,14 @@ class Store(Protocol):
         """Every state change of the account, oldest first."""
         ...
 
+    async def account_states(self) -> dict[str, AccountState]:
+        """The current state of every account whose state ever changed (the others are active)."""
+        ...
+
+    async def account_changes(self, *, since: float) -> list[AccountState]:
+        """Every account's state changes at or after `since`, oldest first."""
+        ...
+
     async def accept_terms(self, acceptance: TermsAcceptance) -> bool:
         """Record an acceptance; False if the account had accepted that version already."""
         ...

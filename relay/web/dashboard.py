@@ -84,9 +84,10 @@ def _rate(count: int, delivered: int, threshold: RateThreshold) -> Rate:
 async def _accounts(store: Store, config: Config, now: float) -> list[dict[str, Any]]:
     totals = await store.stats(since=now - WINDOW)
     fines = await fines_by_account(store, since=now - WINDOW)
+    states = await store.account_states()
     rows = []
     for account in config.accounts:
-        state = await store.account_state(account.id)
+        state = states.get(account.id)
         counts = {kind: totals.get(account.id, {}).get(kind, 0) for kind in STAT_KINDS}
         delivered = counts["delivered"]
         rows.append(
@@ -105,14 +106,17 @@ async def _accounts(store: Store, config: Config, now: float) -> list[dict[str, 
 
 
 async def _halts(store: Store, config: Config, now: float) -> list[dict[str, Any]]:
-    halts = []
-    for account in config.accounts:
-        for change in await store.account_history(account.id):
-            if change.actor.startswith("policy:") and change.at >= now - WINDOW:
-                rule = change.actor.removeprefix("policy:")
-                halts.append(
-                    {"account": account.id, "rule": rule, "reason": change.reason, "at": change.at}
-                )
+    configured = {account.id for account in config.accounts}
+    halts = [
+        {
+            "account": change.account_id,
+            "rule": change.actor.removeprefix("policy:"),
+            "reason": change.reason,
+            "at": change.at,
+        }
+        for change in await store.account_changes(since=now - WINDOW)
+        if change.actor.startswith("policy:") and change.account_id in configured
+    ]
     return sorted(halts, key=lambda h: -h["at"])
 
 

@@ -138,6 +138,22 @@ class PostgresAccounts(PostgresCore):
         )
         return [AccountState(*tuple(row)) for row in rows]
 
+    async def account_states(self) -> dict[str, AccountState]:
+        """Every changed account's current state, in one query."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, changed_at FROM account_states"
+        )
+        return {row[0]: AccountState(*tuple(row)) for row in rows}
+
+    async def account_changes(self, *, since: float) -> list[AccountState]:
+        """Every account's state changes since `since`, in one query."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, at FROM account_events"
+            " WHERE at >= $1 ORDER BY id",
+            since,
+        )
+        return [AccountState(*tuple(row)) for row in rows]
+
     async def window_take(
         self,
         account_id: str,

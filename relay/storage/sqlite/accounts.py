@@ -122,6 +122,22 @@ class SqliteAccounts(SqliteCore):
         )
         return [AccountState(*row) for row in rows]
 
+    async def account_states(self) -> dict[str, AccountState]:
+        """Every changed account's current state, in one query."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, changed_at FROM account_states"
+        )
+        return {row[0]: AccountState(*row) for row in rows}
+
+    async def account_changes(self, *, since: float) -> list[AccountState]:
+        """Every account's state changes since `since`, in one query."""
+        rows = await self._fetch(
+            "SELECT account_id, state, reason, actor, at FROM account_events"
+            " WHERE at >= ? ORDER BY id",
+            (since,),
+        )
+        return [AccountState(*row) for row in rows]
+
     async def window_take(
         self,
         account_id: str,
