@@ -142,6 +142,10 @@ def test_accounts_cli(tmp_path, sqlite_url, tls_files):
     assert "acme\tactive" in cli("reinstate", "acme", "--reason", "proof shown").stdout
     cli("terminate", "acme", "--reason", "third strike")
     assert cli("reinstate", "acme", "--reason", "please", check=False).returncode == 1
+    assert cli("list").stdout.splitlines() == [
+        "acme\tacme-crm\tmarketing\tterminated",
+        "globex\tglobex\ttransactional\tactive",
+    ]
     shown = cli("show", "acme").stdout
     assert "state\tterminated" in shown
     assert shown.count("# ") == 3

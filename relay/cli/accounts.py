@@ -51,8 +51,9 @@ def add_parser(
 async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Carry out one `accounts` action."""
     if args.action == "list":
+        states = await store.account_states()
         for account in config.accounts:
-            state = await store.account_state(account.id)
+            state = states.get(account.id)
             standing = state.state if state else "active"
             print(f"{account.id}\t{account.username}\t{account.stream}\t{standing}")
         return EXIT_OK
