@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from relay.config import Config
     from relay.policy import Decision, Pipeline
     from relay.storage.base import (
+        AccountState,
         JournalEntry,
         NewMessage,
         Store,
@@ -326,8 +327,11 @@ async def replay(
     replay_store = ReplayStore(store, scratch, clock)
     replay_store.start = since
     report = Report(since, until)
+    histories: dict[str, list[AccountState]] = {}
+    for change in await store.account_changes(since=0.0):  # every account's, in one query
+        histories.setdefault(change.account_id, []).append(change)
     for account in config.accounts:
-        history = await store.account_history(account.id)
+        history = histories.get(account.id, [])
         standing = [h for h in history if h.at < since]
         if standing and standing[-1].state != "active":
             state = standing[-1]

@@ -201,3 +201,47 @@ async def test_replay_reports_what_a_real_run_of_the_new_config_does(
     )
     assert backwards.returncode == 2
     assert "--since is not before --until" in backwards.stderr
+
+
+async def test_replay_starts_from_each_accounts_standing_and_reports_earlier_halts(
+    store_url, tmp_path, tls_files
+):
+    """Each account's standing before the window, and the policy halts made inside it.
+
+    An account suspended before the window is replayed suspended; a policy halt inside the
+    window is reported as made by the old configuration; each account's changes stay its own.
+    """
+    from relay.config import parse_config
+    from relay.replay import replay
+    from relay.storage import open_store
+
+    store, scratch = open_store(store_url), open_store(f"sqlite:///{tmp_path}/scratch.db")
+    for s in (store, scratch):
+        await s.open()
+        await s.migrate()
+    try:
+        changes = [
+            ("acme", "suspended", "complaints", "cli:ops", START - 100),
+            ("globex", "suspended", "broadcast_halted: 12000 > 10000", "policy:broadcast", START),
+            ("globex", "active", "proof shown", "cli:ops", START + 10),
+            ("acme", "active", "after the window", "cli:ops", START + 7200),
+        ]
+        for account_id, state, reason, actor, at in changes:
+            await store.set_account_state(account_id, state, reason=reason, actor=actor, now=at)
+        data = config_data(store_url=store_url, upstream_port=25, tls_files=tls_files)
+        config = parse_config(data)
+        report = await replay(store, scratch, config, since=START - 1, until=START + 3600)
+        assert report.halts_before == [
+            {
+                "account": "globex",
+                "state": "suspended",
+                "reason": "broadcast_halted: 12000 > 10000",
+                "at": START,
+            }
+        ]
+        standing = await scratch.account_state("acme")
+        assert (standing.state, standing.reason) == ("suspended", "complaints")
+        assert await scratch.account_state("globex") is None
+    finally:
+        for s in (store, scratch):
+            await s.close()
