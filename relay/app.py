@@ -251,6 +251,30 @@ def _instance_config(config_path: Path, web_listen: str | None) -> Config:
     return config.model_copy(update={"web": config.web.model_copy(update={"listen": web_listen})})
 
 
+async def _reloader(
+    relay: Relay, wanted: asyncio.Event, config_path: Path, web_listen: str | None
+) -> None:
+    """Re-read the configuration each time `wanted` is set (SIGHUP), in a worker thread.
+
+    Reading a large file (10,000 accounts: seconds of YAML and validation) must not stall the
+    sessions the loop serves meanwhile. One reading at a time; SIGHUPs during a reading ask for
+    one more after it.
+    """
+    while True:
+        await wanted.wait()
+        wanted.clear()
+        try:
+            new = await asyncio.to_thread(_instance_config, config_path, web_listen)
+        except ConfigError as exc:
+            log.error("config_reload_failed", problems=exc.problems)
+            continue
+        except Exception as exc:  # noqa: BLE001 - the relay goes on with its configuration
+            log.error("config_reload_failed", problems=[f"{type(exc).__name__}: {exc}"])
+            continue
+        relay.reload(new)
+        configure_logging(level=relay.config.log_level)
+
+
 async def serve(config_path: Path, *, web_listen: str | None = None) -> int:
     """Run until SIGTERM or SIGINT; SIGHUP re-reads `config_path`. Returns the exit status."""
     try:
@@ -266,17 +290,11 @@ async def serve(config_path: Path, *, web_listen: str | None = None) -> int:
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     started = False
+    wanted = asyncio.Event()
 
     def on_hup() -> None:
-        if not started:
-            return
-        try:
-            new = _instance_config(config_path, web_listen)
-        except ConfigError as exc:
-            log.error("config_reload_failed", problems=exc.problems)
-            return
-        relay.reload(new)
-        configure_logging(level=relay.config.log_level)
+        if started:
+            wanted.set()
 
     # Installed before anything starts: a SIGTERM during start-up still stops cleanly.
     loop.add_signal_handler(signal.SIGHUP, on_hup)
@@ -293,8 +311,13 @@ async def serve(config_path: Path, *, web_listen: str | None = None) -> int:
         await relay.stop(grace=0)
         return 1
     started = True
+    reloading = asyncio.create_task(
+        _reloader(relay, wanted, config_path, web_listen), name="config-reloader"
+    )
     await stopping.wait()
     log.info("relay_stopping")
+    reloading.cancel()
+    await asyncio.gather(reloading, return_exceptions=True)
     await relay.stop()
     return 0
 

@@ -233,6 +233,39 @@ async def test_sighup_reloads_and_bad_file_keeps_old(tmp_path, sqlite_url, tls_f
         await relay.terminate()
 
 
+async def test_sighup_reads_the_file_off_the_loop(tmp_path, sqlite_url, tls_files, upstream):
+    """A configuration that takes a while to read (5,000 accounts) stalls no open session.
+
+    The file is read in a worker thread: a session opened before the SIGHUP is answered while
+    the reading goes on, and the new configuration is in force once it is done.
+    """
+    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    first = data["accounts"][0]
+    data["accounts"] += [
+        {**first, "id": f"x{n}", "username": f"x{n}", "from_domains": [f"x{n}.example"]}
+        for n in range(5000)
+    ]
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    relay = RelayProcess(path)
+    port = await relay.start(timeout=120)
+    try:
+        client = await smtp_client(port, login=("acme-crm", PASSWORD))
+        data["accounts"][0]["username"] = "acme-v2"
+        path.write_text(yaml.safe_dump(data))
+        relay.proc.send_signal(signal.SIGHUP)
+        await asyncio.sleep(0.2)  # the reading has begun
+        for _ in range(3):
+            assert (await client.noop()).code == 250
+        assert not relay.events("config_reloaded")  # answered while the file is still read
+        await eventually(lambda: bool(relay.events("config_reloaded")), timeout=120)
+        await client.quit()
+        client = await smtp_client(port, login=("acme-v2", PASSWORD))
+        await client.quit()
+    finally:
+        await relay.terminate()
+
+
 async def test_sighup_with_included_account_files_is_atomic(
     tmp_path, sqlite_url, tls_files, upstream
 ):
