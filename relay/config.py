@@ -652,14 +652,19 @@ def _read_yaml(path: Path) -> tuple[object, yaml.Node | None]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from exc
+    # One parse for both: the data is constructed from the node tree that gives the lines (as
+    # yaml.load does, which would parse the text again: half the reading of a large file).
+    loader = _YAML_LOADER(text)
     try:
-        node = yaml.compose(text, Loader=_YAML_LOADER)
-        data = yaml.load(text, Loader=_YAML_LOADER)  # noqa: S506 - a safe loader
+        node = loader.get_single_node()
+        data = None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}: not valid YAML: {problem}"]) from exc
+    finally:
+        loader.dispose()
     return data, node
 
 

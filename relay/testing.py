@@ -62,6 +62,16 @@ def make_config(
     **sections: Any,  # noqa: ANN401
 ) -> Config:
     """A valid configuration with one marketing account (`acme`), validated like a file."""
+    return parse_config(config_dict(policies=policies, accounts=accounts, **sections))
+
+
+def config_dict(
+    *,
+    policies: dict[str, Any] | None = None,
+    accounts: list[dict[str, Any]] | None = None,
+    **sections: Any,  # noqa: ANN401
+) -> dict[str, Any]:
+    """What `make_config` validates, as a YAML file would give it."""
     data: dict[str, Any] = {
         "hostname": "relay.test.example",
         "smtp": {"listeners": [{"address": "127.0.0.1:0", "tls": "none", "auth": "optional"}]},
@@ -74,7 +84,7 @@ def make_config(
         "policies": policies or {},
     }
     data.update(sections)
-    return parse_config(data)
+    return data
 
 
 def submission(content: bytes) -> Submission:
