@@ -265,14 +265,14 @@ async def _reloader(
         wanted.clear()
         try:
             new = await asyncio.to_thread(_instance_config, config_path, web_listen)
+            relay.reload(new)
+            configure_logging(level=relay.config.log_level)
         except ConfigError as exc:
             log.error("config_reload_failed", problems=exc.problems)
-            continue
-        except Exception as exc:  # noqa: BLE001 - the relay goes on with its configuration
-            log.error("config_reload_failed", problems=[f"{type(exc).__name__}: {exc}"])
-            continue
-        relay.reload(new)
-        configure_logging(level=relay.config.log_level)
+        except Exception as exc:  # logged: the relay goes on, and so do later SIGHUPs
+            log.error(
+                "config_reload_failed", problems=[f"{type(exc).__name__}: {exc}"], exc_info=exc
+            )
 
 
 async def serve(config_path: Path, *, web_listen: str | None = None) -> int:
