@@ -434,3 +434,40 @@ async def test_webhook_events_survive_a_sigkill(tmp_path, store_url, tls_files):
                 await process.terminate()
         await receiver.stop()
         await upstream.stop()
+
+
+async def test_sighup_reloads_go_on_after_one_fails_unexpectedly(
+    tmp_path, sqlite_url, tls_files, log_lines
+):
+    """A reload that fails in an unforeseen way is logged; the next SIGHUP still reloads."""
+    from relay.app import _reloader
+
+    data = config_data(store_url=sqlite_url, upstream_port=25, tls_files=tls_files)
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+
+    class Relay:
+        def __init__(self) -> None:
+            self.config = None
+            self.applied: list[object] = []
+
+        def reload(self, new):
+            if not self.applied:
+                self.applied.append(None)
+                raise RuntimeError("a bug while applying")
+            self.applied.append(new)
+            self.config = new
+
+    relay, wanted = Relay(), asyncio.Event()
+    task = asyncio.create_task(_reloader(relay, wanted, path, None))
+    try:
+        wanted.set()
+        await eventually(lambda: any(e["event"] == "config_reload_failed" for e in log_lines()))
+        (failed,) = [e for e in log_lines() if e["event"] == "config_reload_failed"]
+        assert failed["problems"] == ["RuntimeError: a bug while applying"]
+        wanted.set()
+        await eventually(lambda: len(relay.applied) == 2)
+        assert relay.config.accounts[0].id == "acme"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
