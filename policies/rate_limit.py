@@ -72,18 +72,13 @@ class Policy(StorePolicy):
         refused = await self.store.window_take_all(
             tx.account.id, counters, now=self.clock.now(), window=HOUR
         )
-        if refused == "recipients":
-            limit = limits.recipients_per_hour
-            return Defer(
-                f"Rate limit: {limit} recipients per hour; try again later",
-                "rate_limit.recipients_per_hour",
-                facts={"limit": limit},
-            )
-        if refused is not None:
-            limit = limits.per_domain_per_hour
-            return Defer(
-                f"Rate limit: {limit} recipients per domain per hour; try again later",
-                "rate_limit.per_domain_per_hour",
-                facts={"limit": limit},
-            )
-        return CONTINUE
+        if refused is None:
+            return CONTINUE
+        hourly = refused == "recipients"
+        limit = limits.recipients_per_hour if hourly else limits.per_domain_per_hour
+        what = "per hour" if hourly else "per domain per hour"
+        return Defer(
+            f"Rate limit: {limit} recipients {what}; try again later",
+            f"rate_limit.{'recipients_per_hour' if hourly else 'per_domain_per_hour'}",
+            facts={"limit": limit},
+        )
