@@ -233,6 +233,48 @@ async def test_sighup_reloads_and_bad_file_keeps_old(tmp_path, sqlite_url, tls_f
         await relay.terminate()
 
 
+async def test_start_up_objects_are_set_aside_from_the_collector(
+    tmp_path, sqlite_url, tls_files, upstream
+):
+    """`serve` freezes what start-up built (gc.freeze) once it is up, and again after a reload."""
+    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    relay = RelayProcess(path)
+    await relay.start()
+    try:
+        await eventually(lambda: bool(relay.events("heap_settled")))
+        # The relay's modules, configuration and pools: tens of thousands of objects.
+        assert relay.events("heap_settled")[0]["frozen_objects"] > 10_000
+    finally:
+        await relay.terminate()
+
+
+def test_settling_again_collects_what_was_set_aside_and_then_dropped():
+    """What a reload replaces is collected at the next settling, not frozen for ever."""
+    import gc
+    import weakref
+
+    from relay.app import settle_heap
+
+    class Node:
+        pass
+
+    replaced = Node()
+    replaced.self = replaced  # a cycle: only the collector frees it
+    gone = weakref.ref(replaced)
+    try:
+        assert settle_heap() >= 1
+        assert gc.get_freeze_count() >= 1
+        del replaced
+        gc.collect()
+        assert gone() is not None  # frozen: full collections leave it alone
+        settle_heap()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
+
+
 async def test_sighup_reads_the_file_off_the_loop(tmp_path, sqlite_url, tls_files, upstream):
     """A configuration that takes a while to read (5,000 accounts) stalls no open session.
 

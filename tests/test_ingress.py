@@ -421,6 +421,48 @@ async def test_a_connection_does_not_work_out_the_ehlo_hooks_signature_again(
         session.close()
 
 
+async def test_a_finished_connection_is_freed_without_the_garbage_collector(
+    start_relay, data, upstream, monkeypatch
+):
+    """Each connection's objects go when it ends, by reference counting alone.
+
+    With the collector off: a session that relays a message (STARTTLS, AUTH, QUIT) and one that
+    leaves in the middle of DATA leave no protocol object behind once closed. (A failed TLS
+    handshake still leaves its exception's frames to the collector: a rare path.)
+    """
+    import gc
+    import weakref
+
+    from relay.smtp.server import RelaySMTP
+
+    relay = await start_relay(data)
+    port = relay.smtp_ports[0]
+    protocols: list[weakref.ref[RelaySMTP]] = []
+    made = RelaySMTP.__init__
+
+    def tracked(self: RelaySMTP, *args: object, **kwargs: object) -> None:
+        made(self, *args, **kwargs)  # type: ignore[arg-type]
+        protocols.append(weakref.ref(self))
+
+    monkeypatch.setattr(RelaySMTP, "__init__", tracked)
+    gc.collect()
+    gc.disable()
+    try:
+        client = await smtp_client(port, login=LOGIN)
+        await client.sendmail("news@acme.example", ["alice@example.net"], simple_message())
+        await client.quit()
+        session, _ = await RawSession.open(port)
+        for command in (b"MAIL FROM:<news@acme.example>", b"RCPT TO:<a@example.net>", b"DATA"):
+            await session.send(command)
+        session.writer.write(b"Subject: cut short\r\n")
+        await session.writer.drain()
+        session.writer.transport.abort()
+        await eventually(lambda: len(protocols) == 2 and all(p() is None for p in protocols))
+    finally:
+        gc.enable()
+    await eventually(lambda: len(upstream.messages) == 1)
+
+
 async def test_starttls_inside_tls_is_refused(start_relay, data, upstream, log_lines):
     """A second STARTTLS gets 554 5.5.1 (RFC 3207 4.2, as Postfix answers); the session goes on."""
     relay = await start_relay(data)
