@@ -268,7 +268,8 @@ async def _reloader(
             new = await asyncio.to_thread(_instance_config, config_path, web_listen)
             relay.reload(new)
             configure_logging(level=relay.config.log_level)
-            settle_heap()  # the configuration replaced is collected, the new one set aside
+            # The configuration replaced is collected, the new one set aside.
+            log.info("heap_settled", frozen_objects=settle_heap())
         except ConfigError as exc:
             log.error("config_reload_failed", problems=exc.problems)
         except Exception as exc:  # logged: the relay goes on, and so do later SIGHUPs

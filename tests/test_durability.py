@@ -246,6 +246,9 @@ async def test_start_up_objects_are_set_aside_from_the_collector(
         await eventually(lambda: bool(relay.events("heap_settled")))
         # The relay's modules, configuration and pools: tens of thousands of objects.
         assert relay.events("heap_settled")[0]["frozen_objects"] > 10_000
+        relay.proc.send_signal(signal.SIGHUP)
+        await eventually(lambda: len(relay.events("heap_settled")) == 2)
+        assert relay.events("config_reloaded")
     finally:
         await relay.terminate()
 
