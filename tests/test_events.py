@@ -20,7 +20,7 @@ from test_unsubscribe import token_of
 from test_webhooks import SECRET, Receiver, started
 
 from relay.storage import NewMessage, open_store
-from relay.storage.base import Suppression, new_message_id
+from relay.storage.base import Suppression, new_event_id, new_message_id
 from relay.storage.events import EVENT_TYPES, refused_event
 
 NOW = 1_800_000_000.0
@@ -145,6 +145,25 @@ async def test_concurrent_writers_page_exactly_once(store_url):
     finally:
         await first.close()
         await second.close()
+
+
+def test_event_ids_sort_by_creation_time(monkeypatch):
+    """`evt_` and 24 hex digits, the first 11 the time in milliseconds: later ids sort after.
+
+    New ids go to the end of the unique index on `events.id`, not anywhere in it.
+    """
+    import time
+
+    now = [1_796_000_000_000]
+    monkeypatch.setattr(time, "time_ns", lambda: now[0] * 1_000_000)
+    ids = []
+    for _ in range(50):
+        ids.append(new_event_id())
+        now[0] += 1
+    assert all(re.fullmatch(r"evt_[0-9a-f]{24}", i) for i in ids)
+    assert ids == sorted(ids)
+    assert ids[0].startswith(f"evt_{1_796_000_000_000:011x}")
+    assert len({new_event_id() for _ in range(1000)}) == 1000  # the same millisecond: unique
 
 
 def test_every_event_type_is_documented():

@@ -40,8 +40,15 @@ class NewMessage:
 
 
 def new_event_id() -> str:
-    """A stable, unique event id (the webhook-id of its deliveries)."""
-    return f"evt_{secrets.token_hex(12)}"
+    """A stable, unique event id (the webhook-id of its deliveries), sortable by creation time.
+
+    `evt_`, the creation time in milliseconds (11 hex digits), then 52 random bits (13): new
+    ids land at the end of the unique index on `events.id` instead of anywhere in it, so an
+    insert touches the index's last page, not one read from disk once the index outgrows the
+    cache (`bench/event_ids.py`, 1,000,000 events, an 8 MB cache: 36.6 and 35.2 us of CPU per
+    insert with random ids, 15.9 and 16.7 with these, same run).
+    """
+    return f"evt_{time.time_ns() // 1_000_000:011x}{secrets.token_hex(7)[:13]}"
 
 
 @dataclass(frozen=True)
