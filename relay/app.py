@@ -331,7 +331,7 @@ def settle_heap() -> int:
 
     What start-up builds (modules, configuration, policies, pools: about 90,000 objects) lives
     as long as the process, yet each full collection of the garbage collector walked all of it:
-    under load one every few seconds, each a 50-80 ms pause of every session. Frozen
+    under load one every few seconds, each a 50-90 ms pause of every session. Frozen
     (`gc.freeze`), they are walked no more: full collections take a millisecond or two. Each
     call unfreezes first, so what a reload replaced is collected rather than kept for ever.
     """
