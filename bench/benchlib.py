@@ -41,6 +41,21 @@ def sink_command(port: int, backlog: int = 256) -> list[str]:
     return command
 
 
+def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
+    """Postfix's smtp-source, one message per session; the seconds it took."""
+    started = time.monotonic()
+    subprocess.run(
+        [
+            "smtp-source",
+            *("-s", str(sessions), "-m", str(messages), "-l", str(size)),
+            *("-f", "news@bench.example", "-t", "reader@example.net"),
+            f"127.0.0.1:{port}",
+        ],
+        check=True,
+    )
+    return time.monotonic() - started
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds a process has used so far (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -35,7 +35,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import cpu_seconds, free_port, load, message, sink_command, stop, wait_port
+from benchlib import (
+    cpu_seconds,
+    free_port,
+    load,
+    message,
+    sink_command,
+    smtp_source,
+    stop,
+    wait_port,
+)
 
 CONNECTIONS = 8
 LOGIN = ("floor", "floor-password")
@@ -116,21 +125,6 @@ def deliver(port: int, messages: int, size: int, *, sign: bool) -> None:
     uvloop.run(main())
     cpu, elapsed = time.process_time() - started_cpu, time.monotonic() - started
     print(json.dumps({"cpu": cpu, "elapsed": elapsed}))
-
-
-def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
-    """Postfix's smtp-source, one message per session; the seconds it took."""
-    started = time.monotonic()
-    subprocess.run(
-        [
-            "smtp-source",
-            *("-s", str(sessions), "-m", str(messages), "-l", str(size)),
-            *("-f", "news@bench.example", "-t", "reader@example.net"),
-            f"127.0.0.1:{port}",
-        ],
-        check=True,
-    )
-    return time.monotonic() - started
 
 
 def receive(args: argparse.Namespace, work: Path, *, tls: bool) -> dict[str, float]:

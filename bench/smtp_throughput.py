@@ -66,6 +66,7 @@ from benchlib import (
     rss_kib,
     seed_store,
     sink_command,
+    smtp_source,
     start_relay,
     stop,
     wait_delivered,
@@ -91,21 +92,6 @@ SCENARIOS = (
     "journal",
 )
 NEWSLETTER = [f"subscriber{n}@example.net" for n in range(10_000)]
-
-
-def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
-    """Postfix's smtp-source, one message per session; the seconds it took."""
-    started = time.monotonic()
-    subprocess.run(
-        [
-            "smtp-source",
-            *("-s", str(sessions), "-m", str(messages), "-l", str(size)),
-            *("-f", "news@bench.example", "-t", "reader@example.net"),
-            f"127.0.0.1:{port}",
-        ],
-        check=True,
-    )
-    return time.monotonic() - started
 
 
 @dataclass

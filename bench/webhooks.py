@@ -26,8 +26,8 @@ from typing import Any
 
 import yaml
 from aiohttp import web
-from benchlib import cpu_seconds, stop, wait_delivered
-from smtp_throughput import Bench, smtp_source
+from benchlib import cpu_seconds, smtp_source, stop, wait_delivered
+from smtp_throughput import Bench
 
 SECRET = "whsec_" + base64.b64encode(b"bench-webhook-secret-012345678").decode()
 
