@@ -113,7 +113,11 @@ class Relay:
         if self.run_delivery and config.delivery.enabled:
             self._tasks.append(asyncio.create_task(self.delivery.run(), name="delivery"))
             self._tasks.append(asyncio.create_task(self.webhooks.run(), name="webhooks"))
-            self._tasks.append(asyncio.create_task(self._maintenance(), name="maintenance"))
+            # The first pass is over before the relay serves: what was due at start is done.
+            pruned_at = await self._maintain(store, float("-inf"))
+            self._tasks.append(
+                asyncio.create_task(self._maintenance(store, pruned_at), name="maintenance")
+            )
         self.servers = await start_listeners(
             self.handler, config.smtp.listeners, reuse_port=config.smtp.reuse_port
         )
@@ -142,29 +146,42 @@ class Relay:
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
         )
 
-    async def _maintenance(self) -> None:
-        """Uphold cases past their deadline; prune old counters and events hourly."""
-        store = self.store
-        if store is None:
-            return
-        pruned_at = float("-inf")
+    async def _maintain(self, store: Store, pruned_at: float) -> float:
+        """Uphold cases past their deadline; prune old counters and events hourly.
+
+        Returns when it last pruned (`pruned_at` unless this pass pruned).
+        """
+        config = self.runtime.current.config
+        now = self.clock.now()
+        try:
+            await cases.sweep(store, lambda: self.runtime.current.config, now=now)
+            if now - pruned_at >= PRUNE_INTERVAL:
+                await store.prune_windows(now - counter_horizon(config))
+                pruned = await store.prune_events(now - config.events.retention)
+                if pruned:
+                    log.info("events_pruned", count=pruned)
+                pruned = await store.prune_journal(now - config.journal.retention)
+                if pruned:
+                    log.info("journal_pruned", count=pruned)
+                pruned_at = now
+        except StoreError as exc:
+            log.error("maintenance_failed", error=str(exc))
+        return pruned_at
+
+    async def _maintenance(self, store: Store, pruned_at: float) -> None:
+        """A maintenance pass each `feedback.sweep_interval` of the relay's clock.
+
+        The schedule follows the injected clock, not the event loop's: under a manual clock
+        nothing is upheld until the clock is moved past the interval.
+        """
+        due = self.clock.now() + self.runtime.current.config.feedback.sweep_interval
         while True:
-            config = self.runtime.current.config
-            now = self.clock.now()
-            try:
-                await cases.sweep(store, lambda: self.runtime.current.config, now=now)
-                if now - pruned_at >= PRUNE_INTERVAL:
-                    await store.prune_windows(now - counter_horizon(config))
-                    pruned = await store.prune_events(now - config.events.retention)
-                    if pruned:
-                        log.info("events_pruned", count=pruned)
-                    pruned = await store.prune_journal(now - config.journal.retention)
-                    if pruned:
-                        log.info("journal_pruned", count=pruned)
-                    pruned_at = now
-            except StoreError as exc:
-                log.error("maintenance_failed", error=str(exc))
-            await asyncio.sleep(config.feedback.sweep_interval)
+            wait = due - self.clock.now()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            pruned_at = await self._maintain(store, pruned_at)
+            due = self.clock.now() + self.runtime.current.config.feedback.sweep_interval
 
     @property
     def smtp_ports(self) -> list[int]:

@@ -42,7 +42,7 @@ from relay.feedback.intake import Feedback
 from relay.feedback.reports import bounce_class, read_complaint, read_dsn
 from relay.runtime import make_codec
 from relay.storage import NewMessage, open_store
-from relay.storage.base import Consent, Suppression, new_message_id
+from relay.storage.base import Case, Consent, Suppression, new_case_id, new_message_id
 from relay.tokens import TokenCodec
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -915,3 +915,45 @@ async def test_fines_follow_the_complaint_type_and_the_cap(world):
         )
     ]
     assert await cases.fines_by_account(store, since=0) == {"acme": 10000 + 10000 + 5000 + 8000}
+
+
+def _overdue_case(now: float, complainant: str) -> Case:
+    """A case awaiting proof whose deadline passed a day ago."""
+    return Case(
+        new_case_id(), "acme", complainant, "Q1", "Q1", "fbl", "abuse", b"",
+        "awaiting_proof", now - 8 * 86400, now - 86400, now - 8 * 86400,
+    )  # fmt: skip
+
+
+async def test_case_sweeps_follow_the_relays_clock(
+    start_relay, store, store_url, clock, tls_files, upstream
+):
+    """What is due at start is upheld before `start()` returns; later sweeps wait for the clock.
+
+    The sweep's schedule is the injected clock's, not the event loop's: while the clock stands
+    still nothing more is upheld, however often the interval passes in real time (a background
+    sweep once upheld a case a test had just seeded, at random).
+    """
+    before = _overdue_case(clock.now(), "ann@example.net")
+    assert await store.open_case(before)
+    data = config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
+    data["feedback"] = {"sweep_interval": 0.05}
+    relay = await start_relay(data)
+    assert (await relay.store.case(before.id)).status == "upheld"
+
+    after = _overdue_case(clock.now(), "bob@example.net")
+    assert await relay.store.open_case(after)
+    await asyncio.sleep(0.5)  # ten intervals of real time, none of the relay's clock
+    assert (await relay.store.case(after.id)).status == "awaiting_proof"
+
+    clock.advance(0.05)
+    upheld: list[str] = []
+
+    async def check() -> bool:
+        upheld.append((await relay.store.case(after.id)).status)
+        return upheld[-1] == "upheld"
+
+    deadline = asyncio.get_running_loop().time() + 10
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, upheld[-1]
+        await asyncio.sleep(0.02)
