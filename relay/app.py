@@ -137,8 +137,9 @@ class Relay:
         site = web.TCPSite(self._web, host, port)
         await site.start()
         server = site._server  # noqa: SLF001 - aiohttp exposes the bound port only here
-        if isinstance(server, asyncio.Server) and server.sockets:
-            self.web_port = int(server.sockets[0].getsockname()[1])
+        sockets = getattr(server, "sockets", None)  # uvloop's Server is no asyncio.Server
+        if sockets:
+            self.web_port = int(sockets[0].getsockname()[1])
         log.info(
             "relay_started",
             hostname=config.hostname,

@@ -25,6 +25,7 @@ import aiosmtplib
 import asyncpg
 import pytest
 import structlog
+import uvloop
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -43,6 +44,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "s3cret-Passw0rd!"
 PASSWORD_HASH = hash_password(PASSWORD)
 TOKEN_KEY = "test-token-key-0123456789-abcdefghijklmnop"
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Every asynchronous test runs on uvloop, the event loop `serve` uses by default.
+
+    (`serve --event-loop asyncio` is covered by the subprocess tests that pass it.)
+    """
+    del config, item
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture(autouse=True)

@@ -130,6 +130,7 @@ async def check_records(relay, ids, results) -> None:
         ("delete_dsn", "spam")
     ]
     logged = [json.loads(line) for r in results for line in r.stderr.splitlines()]
+    assert all("count" in e for e in logged), logged
     assert [(e["event"], e["count"], e["reason"]) for e in logged] == [
         ("queue_held", 1, "customer asked"),
         ("queue_released", 1, None),

@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import re
 from asyncio import sslproto
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
@@ -234,8 +234,11 @@ class RelaySMTP(SMTP):
         if not self.relay_handler.limiter.acquire(ip):
             self._refused = True
             log.warning("connection_refused", client_ip=ip, reason="per_ip_limit")
-            if isinstance(transport, asyncio.WriteTransport):
-                transport.write(f"{REPLY_TOO_MANY_CONNECTIONS}\r\n".encode())
+            # A stream transport on every loop (uvloop's are not asyncio.WriteTransport
+            # subclasses, so an isinstance test skipped the reply there).
+            cast("asyncio.WriteTransport", transport).write(
+                f"{REPLY_TOO_MANY_CONNECTIONS}\r\n".encode()
+            )
             transport.close()
             return
         self._counted_ip = ip
