@@ -2,7 +2,8 @@
 
 RelayError
 ├── ConfigError     the configuration is invalid (carries every problem with its location)
-└── StoreError      the storage backend failed; callers answer with a temporary failure
+├── StoreError      the storage backend failed; callers answer with a temporary failure
+└── CursorError     an events cursor the store never issued (malformed, or past the feed)
 
 The upstream's refusals are not exceptions: `relay.delivery.upstream` turns them into
 `SendResult` values.
@@ -26,3 +27,7 @@ class ConfigError(RelayError):
 
 class StoreError(RelayError):
     """The storage backend could not complete an operation."""
+
+
+class CursorError(RelayError):
+    """An events cursor that the store never issued: malformed, or past the end of the feed."""

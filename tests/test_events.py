@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import aiohttp
+import pytest
 from conftest import (
     PASSWORD,
     PASSWORD_HASH,
@@ -19,6 +20,7 @@ from conftest import (
 from test_unsubscribe import token_of
 from test_webhooks import SECRET, Receiver, started
 
+from relay.errors import CursorError
 from relay.storage import NewMessage, open_store
 from relay.storage.base import Suppression, new_event_id, new_message_id
 from relay.storage.events import EVENT_TYPES, refused_event
@@ -292,6 +294,8 @@ async def test_the_events_api_checks_its_input(start_relay, sqlite_url, upstream
     relay = await start_relay(data)
     for query, code in [
         ("after=x'--", "invalid_cursor"),
+        ("after=1.5", "invalid_cursor"),  # SQLite's cursors are whole numbers
+        ("after=99999", "invalid_cursor"),  # past the end of the feed
         ("limit=0", "invalid_limit"),
         ("limit=1001", "invalid_limit"),
         ("limit=ten", "invalid_limit"),
@@ -395,18 +399,30 @@ async def test_old_events_are_pruned(store, monkeypatch):
     assert [e.id for e in await store.events("acme", after=before[2].cursor)] == [new.id]
 
 
-async def test_a_cursor_past_any_event_gives_an_empty_page(store):
-    """Cursors too large for the database's integers are past every event: an empty page.
+async def test_a_cursor_the_store_never_issued_is_refused(store):
+    """Malformed for the backend, or past the end of the feed: `CursorError`, never a re-read.
 
-    Schemathesis found the first as a 500 (SQLite cannot bind the integer).
+    Before, SQLite read `1.5` and PostgreSQL `99999` as "from the start" (the whole feed again),
+    and a cursor too large for the database's integers was a 500 (schemathesis found that).
     """
     await store.record_events(
-        [refused_event("acme", "a@example.net", rule="r", reply="550", now=NOW)]
+        [refused_event("acme", f"{n}@example.net", rule="r", reply="550", now=NOW) for n in "ab"]
     )
-    [first] = await read_events(store, 1)
+    first, last = await read_events(store, 2)
+    assert await store.events("acme", after=last.cursor) == []  # caught up: an empty page
+    assert [e.id for e in await store.events("acme", after=first.cursor)] == [last.id]
     if "." in first.cursor:  # PostgreSQL: TXID.SEQ
-        huge = ["99999999999999999999999.1", "1.99999999999999999999"]
+        txid, seq = last.cursor.split(".")
+        malformed = ["99999", "1.5.", ".5", "1.x"]
+        ahead = [
+            f"{int(txid) + 1000}.{seq}",  # a transaction that has not started
+            f"{txid}.{int(seq) + 1000}",  # a number the sequence never reached
+            "99999999999999999999999.1",
+            "1.99999999999999999999",
+        ]
     else:  # SQLite: SEQ
-        huge = ["7792135041095360068318764"]
-    for cursor in huge:
-        assert await store.events("acme", after=cursor) == []
+        malformed = ["1.5", "1.", "-1", "+1"]
+        ahead = [str(int(last.cursor) + 1000), "7792135041095360068318764"]
+    for cursor in malformed + ahead:
+        with pytest.raises(CursorError):
+            await store.events("acme", after=cursor)

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import itertools
 import json
+import re
 
 import pytest
 import yaml
@@ -24,6 +25,7 @@ from conftest import (
 from standardwebhooks.webhooks import Webhook as Verifier
 
 from relay.delivery.webhooks import endpoint_key, forbidden, retry_delay
+from relay.storage import open_store
 
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 OLD_SECRET = "whsec_" + base64.b64encode(b"o" * 32).decode()
@@ -294,6 +296,7 @@ async def test_the_cli_shows_tests_and_enables_endpoints(
         ok = await asyncio.to_thread(run_cli, "webhooks", "test", "acme", "--config", str(path))
         assert f"{url}\tok" in ok.stdout
         assert [e["type"] for e in receiver.events()] == ["webhook.test"]
+        assert re.fullmatch(r"evt_[0-9a-f]{24}", receiver.events()[0]["id"])  # as documented
         await asyncio.to_thread(run_cli, "webhooks", "enable", "acme", url, "--config", str(path))
         relay.webhooks.wake()
         await eventually(lambda: len(receiver.received) >= 3)  # the test, then the two events
@@ -339,3 +342,25 @@ async def test_a_redirect_is_not_followed(start_relay, sqlite_url, upstream, tls
     finally:
         await runner.cleanup()
         await target.stop()
+
+
+async def test_an_endpoint_whose_place_lies_past_the_feed_is_logged(
+    start_relay, sqlite_url, upstream, tls_files, receiver, clock, log_lines
+):
+    """A place the store never issued (an older backup restored): an error, never a re-read."""
+    url = f"http://127.0.0.1:{receiver.port}/hook"
+    store = open_store(sqlite_url)
+    await store.open()
+    await store.migrate()
+    now = clock.now()
+    key = endpoint_key("acme", url)
+    assert await store.webhook_lease(
+        key, "acme", url, start="99999", lease="before", now=now, lease_until=now
+    )
+    await store.close()
+    relay = await start_relay(webhook_data(sqlite_url, upstream, tls_files, url))
+    await send(relay)
+    await eventually(lambda: any(e["event"] == "webhook_cursor_invalid" for e in log_lines()))
+    logged = next(e for e in log_lines() if e["event"] == "webhook_cursor_invalid")
+    assert (logged["account_id"], logged["url"], logged["level"]) == ("acme", url, "error")
+    assert receiver.received == []  # not the feed again from its start

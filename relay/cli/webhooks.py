@@ -9,7 +9,6 @@ answered. `enable ACCOUNT URL` resumes a disabled endpoint where it stopped. `re
 
 from __future__ import annotations
 
-import secrets
 import sys
 import time
 from datetime import UTC, datetime
@@ -141,7 +140,7 @@ async def _status(config: Config, store: Store) -> int:
 
 async def _test(config: Config, account_id: str) -> int:
     from relay.delivery.webhooks import post  # noqa: PLC0415 - aiohttp: only when run
-    from relay.storage.base import Event  # noqa: PLC0415
+    from relay.storage.base import Event, new_event_id  # noqa: PLC0415
 
     account = config.account(account_id)
     assert account is not None  # noqa: S101 - checked by the caller
@@ -149,7 +148,7 @@ async def _test(config: Config, account_id: str) -> int:
         print(f"error: account {account_id} has no webhooks", file=sys.stderr)
         return EXIT_USAGE
     event = Event(
-        f"evt_test_{secrets.token_hex(8)}",
+        new_event_id(),  # the documented format: a CRM may validate ids
         "webhook.test",
         account_id,
         time.time(),

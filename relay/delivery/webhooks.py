@@ -37,7 +37,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from standardwebhooks.webhooks import Webhook as Signer
 
-from relay.errors import StoreError
+from relay.errors import CursorError, StoreError
 from relay.logging import get_logger
 from relay.mail.compose import relay_mail
 
@@ -292,6 +292,8 @@ class Webhooks:
             await self._serve_leased(account, hook, key)
         except StoreError as exc:
             log.warning("webhook_store_error", account_id=account.id, url=hook.url, error=str(exc))
+        except CursorError as exc:  # its place lies past the feed (a store restored from backup)
+            log.error("webhook_cursor_invalid", account_id=account.id, url=hook.url, error=str(exc))
         finally:
             self._busy.discard(key)
 

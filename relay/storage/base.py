@@ -304,7 +304,8 @@ class Store(Protocol):
         """The account's events after cursor `after` (None: from the start), oldest first.
 
         Paging by the last event's cursor never skips or repeats one, with several relays
-        writing to one store.
+        writing to one store. A cursor this store never issued (malformed, or past the end of
+        the feed) raises `CursorError`.
         """
         ...
 

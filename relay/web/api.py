@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from relay.errors import StoreError
+from relay.errors import CursorError, StoreError
 from relay.logging import get_logger
 from relay.storage.base import GLOBAL_SCOPE, Suppression, normalize_address
 from relay.storage.events import EVENT_TYPES
@@ -97,6 +97,8 @@ async def api_events(request: web.Request) -> web.Response:  # noqa: PLR0911 - o
         page = await store_of(request).events(
             account.id, after=after, types=types, limit=int(limit_text)
         )
+    except CursorError:
+        return json_error(400, "invalid_cursor", "after: a cursor from an earlier page's next")
     except StoreError:
         return json_error(503, "unavailable", "the store is unavailable, try again later")
     return web.json_response(
@@ -150,16 +152,18 @@ async def api_suppressions(request: web.Request) -> web.Response:
     limit_text = request.query.get("limit", "100")
     if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_PAGE:
         return json_error(400, "invalid_limit", f"limit: a whole number from 1 to {MAX_PAGE}")
+    limit = int(limit_text)
     try:
+        # One more than asked: whether another page follows (the last page's `next` is null).
         page = await store_of(request).suppressions(
-            scope=account.id, after=start or ("", ""), limit=int(limit_text)
+            scope=account.id, after=start or ("", ""), limit=limit + 1
         )
     except StoreError:
         return json_error(503, "unavailable", "the store is unavailable, try again later")
     return web.json_response(
         {
-            "suppressions": [_suppression(entry) for entry in page],
-            "next": _page_cursor(page[-1]) if page else request.query.get("after"),
+            "suppressions": [_suppression(entry) for entry in page[:limit]],
+            "next": _page_cursor(page[limit - 1]) if len(page) > limit else None,
         }
     )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.errors import StoreError
+from relay.errors import CursorError, StoreError
 from relay.storage.base import WEBHOOK_COLUMNS, WebhookState
 from relay.storage.events import stored_event
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
@@ -48,14 +48,16 @@ MAX_SEQ = 2**63 - 1  # bigint; a transaction id (xid8) fits in 64 bits unsigned
 MAX_TXID = 2**64 - 1
 
 
-def _cursor(after: str | None) -> tuple[str, int] | None:
-    """The cursor's (txid, seq); None when it lies past any event there can be."""
-    txid, _, seq = (after or "").partition(".")
-    if txid.isascii() and seq.isascii() and txid.isdigit() and seq.isdigit():
-        if int(txid) > MAX_TXID or int(seq) > MAX_SEQ:
-            return None
-        return txid, int(seq)
-    return "0", 0
+def _cursor(after: str | None) -> tuple[str, int]:
+    """The cursor's (txid, seq), `("0", 0)` for the start; `CursorError` if it is not one."""
+    if after is None:
+        return "0", 0
+    txid, dot, seq = after.partition(".")
+    if not (dot and txid.isascii() and seq.isascii() and txid.isdigit() and seq.isdigit()):
+        raise CursorError(f"not a cursor of this store: {after[:64]!r}")
+    if int(txid) > MAX_TXID or int(seq) > MAX_SEQ:
+        raise CursorError(f"past the end of the events feed: {after[:64]}")
+    return txid, int(seq)
 
 
 class PostgresEvents(PostgresCore):
@@ -106,10 +108,7 @@ class PostgresEvents(PostgresCore):
         limit: int = 100,
     ) -> list[Event]:
         """The account's events after the cursor `after` (`TXID.SEQ`), oldest first."""
-        cursor = _cursor(after)
-        if cursor is None:
-            return []
-        txid, seq = cursor
+        txid, seq = _cursor(after)
         sql = (
             "SELECT txid::text, seq, id, type, account_id, at, message_id, recipient, data"
             " FROM events WHERE account_id = $1 AND (txid, seq) > ($2::text::xid8, $3)"
@@ -120,6 +119,18 @@ class PostgresEvents(PostgresCore):
             sql += " AND type = ANY($5::text[])"
             args.append(sorted(types))
         rows = await self._fetch(sql + " ORDER BY txid, seq LIMIT $4", *args)
+        if not rows and after is not None:
+            # Handed out by no one: a transaction that has not started yet, or a number the
+            # sequence never reached.
+            ahead = await self._fetch(
+                "SELECT $1::text::xid8 >= pg_snapshot_xmax(pg_current_snapshot())"
+                " OR $2 > coalesce(pg_sequence_last_value("
+                "pg_get_serial_sequence('events', 'seq')::regclass), 0)",
+                txid,
+                seq,
+            )
+            if ahead[0][0]:
+                raise CursorError(f"past the end of the events feed: {after}")
         return [stored_event(tuple(row)[2:], f"{row[0]}.{row[1]}") for row in rows]
 
     async def events_tail(self, account_id: str) -> str | None:

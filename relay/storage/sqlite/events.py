@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from relay.errors import CursorError
 from relay.storage.base import WEBHOOK_COLUMNS, WebhookState
 from relay.storage.events import stored_event
 from relay.storage.sqlite.core import SqliteCore
@@ -82,10 +83,15 @@ class SqliteEvents(SqliteCore):
         types: frozenset[str] | None = None,
         limit: int = 100,
     ) -> list[Event]:
-        """The account's events after the cursor `after`, oldest first."""
-        start = int(after) if after and after.isascii() and after.isdigit() else 0
-        if start > MAX_SEQ:  # past any event there can be (and past SQLite's integers)
-            return []
+        """The account's events after the cursor `after`, oldest first.
+
+        Raises `CursorError` for a cursor that is not a sequence number this store handed out.
+        """
+        start = 0
+        if after is not None:
+            if not (after.isascii() and after.isdigit()) or int(after) > MAX_SEQ:
+                raise CursorError(f"not a cursor of this store: {after[:64]!r}")
+            start = int(after)
         sql = (
             "SELECT seq, id, type, account_id, at, message_id, recipient, data FROM events"
             " WHERE account_id = ? AND seq > ?"
@@ -95,6 +101,11 @@ class SqliteEvents(SqliteCore):
             sql += f" AND type IN ({', '.join('?' * len(types))})"
             params += sorted(types)
         rows = await self._fetch(sql + " ORDER BY seq LIMIT ?", [*params, limit])
+        if not rows and start:
+            # AUTOINCREMENT's high-water mark: pruning and deleting never lower it.
+            issued = await self._fetch("SELECT seq FROM sqlite_sequence WHERE name = 'events'")
+            if start > (int(issued[0][0]) if issued else 0):
+                raise CursorError(f"past the end of the events feed: {after}")
         return [stored_event(tuple(row[1:]), str(row[0])) for row in rows]
 
     async def events_tail(self, account_id: str) -> str | None:
