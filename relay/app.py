@@ -19,7 +19,7 @@ from relay.config import load_config
 from relay.configtypes import split_host_port
 from relay.consent.subscriptions import Subscriptions
 from relay.delivery.upstream import SmtpUpstream
-from relay.delivery.webhooks import Webhooks
+from relay.delivery.webhooks import Webhooks, never_allowed
 from relay.delivery.worker import DeliveryService
 from relay.errors import ConfigError, StoreError
 from relay.feedback import cases
@@ -378,7 +378,8 @@ def counter_horizon(config: Config) -> float:
 def check_runtime(config: Config) -> list[str]:
     """Build the runtime once without a store: keys and TLS files must load; return warnings."""
     try:
-        return list(Runtime.build(config, cast("Store", _NoStore()), SystemClock()).warnings)
+        runtime = Runtime.build(config, cast("Store", _NoStore()), SystemClock())
+        return [*runtime.warnings, *never_allowed(config)]
     except (OSError, ssl.SSLError) as exc:
         files = config.smtp.tls
         where = f"{files.certificate}, {files.private_key}" if files else "?"

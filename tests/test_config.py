@@ -189,6 +189,35 @@ def test_check_config_ok(tmp_path, valid):
     assert "OK" in result.stdout
 
 
+def test_check_config_warns_of_a_webhook_that_can_never_be_called(tmp_path, valid):
+    """A literal private address without `webhooks.allow_private`: a warning naming it, exit 0.
+
+    A host name is not looked up (its addresses are checked at each delivery round).
+    """
+    valid["accounts"][0]["webhooks"] = [
+        {"url": "https://hooks.crm.example/relay", "secret": "whsec_" + "A" * 32},
+        {"url": "http://[::a9fe:a9fe]/latest/meta-data", "secret": "whsec_" + "A" * 32},
+    ]
+    path = write(tmp_path, valid)
+    result = subprocess.run(
+        [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "webhooks" in line]
+    assert warned == [
+        (
+            "warning: accounts[0].webhooks[1].url: ::a9fe:a9fe is a private or reserved address"
+            " and webhooks.allow_private is off: the relay will never call it"
+        )
+    ]
+    valid["webhooks"] = {"allow_private": True}
+    path = write(tmp_path, valid)
+    result = subprocess.run(
+        [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert (result.returncode, "webhooks" in result.stderr) == (0, False)
+
+
 def test_check_config_yaml_syntax_error_has_line(tmp_path):
     """Broken YAML is reported with file, line and column."""
     path = write(tmp_path, "hostname: relay.example\nsmtp: [unclosed\n")

@@ -137,11 +137,15 @@ async def test_events_arrive_signed_in_order(start_relay, store_url, upstream, t
     assert len(leases) >= 1
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "[::127.0.0.1]", "[64:ff9b::7f00:1]"])
 async def test_an_endpoint_on_loopback_is_refused_unless_allowed(
-    start_relay, store_url, upstream, tls_files, receiver, log_lines
+    start_relay, store_url, upstream, tls_files, receiver, log_lines, host
 ):
-    """Account-supplied URLs are untrusted: 127.0.0.1 gets nothing without allow_private."""
-    url = f"http://127.0.0.1:{receiver.port}/hook"
+    """Account-supplied URLs are untrusted: loopback gets nothing without allow_private.
+
+    Nor do IPv6 forms that lead to it (IPv4-compatible, NAT64): the relay once connected there.
+    """
+    url = f"http://{host}:{receiver.port}/hook"
     data = webhook_data(store_url, upstream, tls_files, url, allow_private=False)
     relay = await started(start_relay, data)
     await send(relay)
@@ -157,9 +161,18 @@ async def test_an_endpoint_on_loopback_is_refused_unless_allowed(
         "::1",
         "fd00:ec2::254",
         "::ffff:10.0.0.1",
+        "64:ff9b::a9fe:a9fe",  # NAT64 (RFC 6052) of 169.254.169.254
+        "64:ff9b::c0a8:101",  # ... of 192.168.1.1
+        "64:ff9b:1::808:808",  # the NAT64 local-use prefix (RFC 8215): the operator's own
+        "::127.0.0.1",  # IPv4-compatible (RFC 4291, deprecated)
+        "::a9fe:a9fe",
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "2002:a9fe:a9fe::1",  # 6to4 of 169.254.169.254
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
     ):
         assert forbidden(address), address
-    assert not forbidden("93.184.216.34")
+    for address in ("93.184.216.34", "64:ff9b::5db8:d822", "2002:5db8:d822::1", "2606:4700::1111"):
+        assert not forbidden(address), address  # the same forms of a public address
 
 
 async def test_a_failing_endpoint_is_retried_then_gets_everything(

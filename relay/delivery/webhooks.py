@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from relay.clock import Clock
+    from relay.config import Config
     from relay.configaccounts import Account, Webhook
     from relay.runtime import Runtime
     from relay.storage.base import Event, Store
@@ -68,12 +69,66 @@ def retry_delay(attempts: int, rng: random.Random) -> float:
     return float(base * rng.uniform(0.8, 1.2))
 
 
+# IPv6 forms that carry an IPv4 address in their last 32 bits: the NAT64 well-known prefix
+# (RFC 6052) and the deprecated IPv4-compatible form (RFC 4291 2.5.5.1). The NAT64 local-use
+# prefix (RFC 8215) is the operator's own network, whatever it embeds.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address leads to, where its form embeds one."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:  # 2002::/16: the IPv4 address in bits 16-47
+        return ip.sixtofour
+    if ip.teredo is not None:  # 2001::/32: the client's address, obfuscated (the library undoes it)
+        return ip.teredo[1]
+    if ip in _NAT64 or (ip in _IPV4_COMPATIBLE and int(ip) > 1):  # neither :: nor ::1
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
 def forbidden(address: str) -> bool:
-    """Whether an endpoint may not be on `address` (unless `webhooks.allow_private`)."""
+    """Whether an endpoint may not be on `address` (unless `webhooks.allow_private`).
+
+    An IPv6 address that embeds an IPv4 one (mapped, 6to4, Teredo, NAT64, IPv4-compatible)
+    is judged by the IPv4 address it reaches as well as by itself.
+    """
     ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _NAT64_LOCAL:
+            return True
+        embedded = _embedded_ipv4(ip)
+        if embedded is not None and forbidden(str(embedded)):
+            return True
+        if ip.ipv4_mapped is not None:
+            return False  # judged as the IPv4 address alone (::ffff:0:0/96 is not global)
     return not ip.is_global or ip.is_multicast
+
+
+def never_allowed(config: Config) -> list[str]:
+    """Endpoints whose URL names a literal address that `forbidden` refuses (for check-config).
+
+    Only literal addresses: a host name's addresses are looked up (and checked) at each round.
+    """
+    if config.webhooks.allow_private:
+        return []
+    problems: list[str] = []
+    for index, account in enumerate(config.accounts):
+        for number, hook in enumerate(account.webhooks):
+            host = urlsplit(hook.url).hostname or ""
+            try:
+                refused = forbidden(host)
+            except ValueError:
+                continue  # a host name
+            if refused:
+                problems.append(
+                    f"accounts[{index}].webhooks[{number}].url: {host} is a private or reserved"
+                    " address and webhooks.allow_private is off: the relay will never call it"
+                )
+    return problems
 
 
 @dataclass
