@@ -219,3 +219,34 @@ async def test_an_address_with_a_line_break_gets_a_json_answer(start_relay, data
     for method in ("GET", "DELETE"):
         status, body = await call(relay, method, "/api/v1/suppressions/a%0Ab@example.net")
         assert (status, body["error"]) == (404, "not_suppressed"), body  # JSON, not the router
+
+
+@pytest.mark.parametrize("state", ["terminated", "suspended"])
+async def test_a_closed_account_reads_but_writes_nothing(start_relay, data, clock, state):
+    """Terminated: events and suppressions are read, nothing added or lifted (403).
+
+    Suspended: the key works in full (the CRM answers the suspension through it).
+    """
+    relay = await start_relay(data)
+    assert await call(relay, "POST", "/api/v1/suppressions", json={"address": "a@example.net"}) == (
+        201,
+        {"address": "a@example.net", "added": True},
+    )
+    await relay.store.set_account_state("acme", state, reason="test", actor="test", now=clock.now())
+    reads = [
+        await call(relay, "GET", "/api/v1/events"),
+        await call(relay, "GET", "/api/v1/suppressions"),
+        await call(relay, "GET", "/api/v1/suppressions/a@example.net"),
+    ]
+    assert [status for status, _ in reads] == [200, 200, 200]
+    assert [s["address"] for s in reads[1][1]["suppressions"]] == ["a@example.net"]
+    writes = [  # subscriptions: test_terminated_account_takes_no_subscriptions
+        await call(relay, "POST", "/api/v1/suppressions", json={"address": "b@example.net"}),
+        await call(relay, "DELETE", "/api/v1/suppressions/a@example.net"),
+    ]
+    if state == "terminated":
+        assert [(status, body["error"]) for status, body in writes] == [(403, "account_closed")] * 2
+        assert await relay.store.suppressed("b@example.net", "acme") is None
+        assert await relay.store.suppressed("a@example.net", "acme") is not None
+    else:
+        assert [status for status, _ in writes] == [201, 200]

@@ -74,6 +74,22 @@ async def api_account(request: web.Request) -> Account | web.Response:
     )
 
 
+async def closed_refusal(request: web.Request, account: Account) -> web.Response | None:
+    """The 403 for a write by a terminated account (None when the account may write).
+
+    A terminated account's key still reads its events, suppressions and opt-in records (so the
+    CRM can clean up), but adds and lifts nothing. A suspended account's key works in full: a
+    suspension is to be answered, and the CRM needs the API to answer it.
+    """
+    try:
+        state = await store_of(request).account_state(account.id)
+    except StoreError:
+        return json_error(503, "unavailable", "the store is unavailable, try again later")
+    if state is not None and state.state == "terminated":
+        return json_error(403, "account_closed", f"account {account.id} is terminated")
+    return None
+
+
 async def api_events(request: web.Request) -> web.Response:  # noqa: PLR0911 - one per error
     """`GET /api/v1/events?after=CURSOR&types=A,B&limit=N`: the account's next events."""
     account = await api_account(request)
@@ -196,11 +212,14 @@ def _address_problem(address: object) -> str | None:
     return None
 
 
-async def api_suppress(request: web.Request) -> web.Response:
+async def api_suppress(request: web.Request) -> web.Response:  # noqa: PLR0911 - one per error
     """`POST /api/v1/suppressions` `{"address": ...}`: the CRM's own suppression (reason manual)."""
     account = await api_account(request)
     if isinstance(account, web.Response):
         return account
+    refusal = await closed_refusal(request, account)
+    if refusal is not None:
+        return refusal
     try:
         body = json.loads(await request.text())
     except (ValueError, LookupError):
@@ -226,6 +245,9 @@ async def api_unsuppress(request: web.Request) -> web.Response:
     account = await api_account(request)
     if isinstance(account, web.Response):
         return account
+    refusal = await closed_refusal(request, account)
+    if refusal is not None:
+        return refusal
     address = normalize_address(request.match_info["address"])
     store = store_of(request)
     try:

@@ -28,7 +28,7 @@ from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.mail.branding import form_strings
 from relay.metrics import SUBSCRIPTIONS
-from relay.web.api import api_account
+from relay.web.api import api_account, closed_refusal
 from relay.web.state import client_ip, json_error, read_form, runtime_of
 
 if TYPE_CHECKING:
@@ -336,11 +336,9 @@ async def api_subscribe(request: web.Request) -> web.Response:  # noqa: PLR0911 
     mailing_list = account.mailing_list(body.list)
     if mailing_list is None:
         return json_error(404, "unknown_list", f"account {account.id} has no list {body.list!r}")
-    try:
-        if await _flow(request).closed(account.id):
-            return json_error(403, "account_closed", f"account {account.id} is terminated")
-    except StoreError:
-        return json_error(503, "unavailable", "the store is unavailable, try again later")
+    refusal = await closed_refusal(request, account)
+    if refusal is not None:
+        return refusal
     requester = Requester(
         body.ip, body.user_agent, body.source_url or f"api:{account.id}/{mailing_list.id}"
     )
