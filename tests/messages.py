@@ -115,3 +115,17 @@ def own_messages() -> dict[str, bytes]:
 
 
 FIXTURE_FILES = sorted((FIXTURES / "mime").iterdir()) + sorted((FIXTURES / "signed").iterdir())
+
+
+# The unsubscribe token of one relayed copy, from its List-Unsubscribe field.
+TOKEN = re.compile(
+    rb"List-Unsubscribe: <https://relay\.test\.example/u/([A-Za-z0-9_-]+)>,\r\n"
+    rb" <mailto:(unsub\+[a-z2-7]+)@relay\.test\.example>"
+)
+
+
+def token_of(content: bytes) -> str:
+    """The https unsubscribe token of one relayed copy."""
+    match = TOKEN.search(content)
+    assert match is not None, content[:600]
+    return match.group(1).decode()

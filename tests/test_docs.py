@@ -1,7 +1,7 @@
 """The docs are held to the code: every policy, setting, config key and module is documented.
 
-Also the layout's own rules: only relay/storage touches a database driver, and no module
-imports another in a cycle.
+Also the layout's own rules: only relay/storage touches a database driver, no module imports
+another in a cycle, and no test module imports another.
 """
 
 from __future__ import annotations
@@ -147,6 +147,24 @@ def test_no_import_cycles():
 
     for name in sorted(graph):
         visit(name, [])
+
+
+def test_test_modules_stand_alone():
+    """No test module imports another: shared builders live in tests/ helpers (not test_*).
+
+    A test module that imports another runs that module's fixtures and collection side effects
+    too, and ties the two together: moving or renaming a test breaks a stranger.
+    """
+    tests = ROOT / "tests"
+    helpers = {path.stem for path in tests.glob("*.py") if not path.stem.startswith("test_")}
+    assert {"conftest", "messages", "receiver", "reports"} <= helpers
+    found = {
+        f"{path.name} imports {name}"
+        for path in sorted(tests.rglob("test_*.py"))
+        for name in imports(path.relative_to(ROOT).as_posix())
+        if name.split(".")[0].startswith("test_")
+    }
+    assert found == set()
 
 
 def test_docs_stay_inside_the_repository():

@@ -433,7 +433,7 @@ async def test_events_from_two_relays_page_exactly_once(tmp_path, pg_url, tls_fi
 
 async def test_webhook_events_survive_a_sigkill(tmp_path, store_url, tls_files):
     """Events waiting for a down endpoint survive SIGKILL; after a restart each arrives."""
-    from test_webhooks import SECRET, Receiver
+    from receiver import SECRET, Receiver
 
     upstream = TestUpstream()
     await upstream.start()

@@ -17,8 +17,8 @@ from conftest import (
     simple_message,
     smtp_client,
 )
-from test_unsubscribe import token_of
-from test_webhooks import SECRET, Receiver, started
+from messages import token_of
+from receiver import SECRET, Receiver, started
 
 from relay.errors import CursorError
 from relay.storage import NewMessage, open_store

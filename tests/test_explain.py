@@ -9,7 +9,7 @@ import re
 import yaml
 from clirun import run_cli
 from conftest import TestUpstream, config_data, eventually, simple_message, smtp_client
-from test_feedback import ACME, INBOUND, arf, inbound, listeners
+from reports import ACME, INBOUND, arf, inbound, listeners
 
 from relay.storage.base import Suppression
 

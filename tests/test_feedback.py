@@ -34,6 +34,7 @@ from conftest import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reports import ACME, INBOUND, arf, inbound, listeners
 
 from relay.clock import ManualClock
 from relay.config import Config, parse_config
@@ -46,9 +47,7 @@ from relay.storage.base import Case, Consent, Suppression, new_case_id, new_mess
 from relay.tokens import TokenCodec
 
 FIXTURES = Path(__file__).parent / "fixtures"
-ACME = ("acme-crm", PASSWORD)
 CLI = [sys.executable, "-m", "relay"]
-INBOUND = "relay.test.example"
 FIXTURE_ACCOUNT = {
     "id": "fixtures",
     "username": "fixtures",
@@ -89,13 +88,6 @@ DSN_OUTCOMES: dict[str, str] = {
 }
 
 
-def listeners() -> list[dict[str, str]]:
-    return [
-        {"address": "127.0.0.1:0", "tls": "starttls"},
-        {"address": "127.0.0.1:0", "tls": "none", "auth": "optional"},
-    ]
-
-
 @pytest.fixture
 def data(sqlite_url, upstream: TestUpstream, tls_files):
     return config_data(
@@ -110,44 +102,6 @@ async def send(relay, recipients, *, message: bytes | None = None) -> None:
     client = await smtp_client(relay.smtp_ports[0], login=ACME)
     await client.sendmail("news@acme.example", recipients, message or simple_message())
     await client.quit()
-
-
-async def inbound(relay, address: str, content: bytes) -> tuple[int, str]:
-    """Mail `content` to one of the relay's own addresses, without AUTH (port 25 style)."""
-    client = await smtp_client(relay.smtp_ports[1], starttls=False)
-    await client.mail("reports@isp.example")
-    await client.rcpt(address)
-    try:
-        response = await client.data(content)
-    except aiosmtplib.SMTPDataError as exc:
-        await client.quit()
-        return exc.code, exc.message
-    await client.quit()
-    return response.code, response.message
-
-
-def arf(enclosed: bytes, *, rcpt_to: str | None = None, feedback_type: str = "abuse") -> bytes:
-    """An RFC 5965 report about `enclosed`, as a mailbox provider sends it."""
-    report = EmailMessage()
-    report["From"] = "feedback@isp.example"
-    report["To"] = f"fbl@{INBOUND}"
-    report["Subject"] = "FW: complaint"
-    report["Message-ID"] = f"<{new_message_id()}@isp.example>"
-    report.set_content("This is an email abuse report.\n")
-    report.make_mixed()
-    report.replace_header("Content-Type", 'multipart/report; report-type="feedback-report"')
-    fields = EmailMessage()
-    fields["Content-Type"] = "message/feedback-report"
-    block = f"Feedback-Type: {feedback_type}\r\nUser-Agent: ISP-FBL/1.0\r\nVersion: 1\r\n"
-    if rcpt_to:
-        block += f"Original-Rcpt-To: {rcpt_to}\r\n"
-    fields.set_payload(block)
-    report.attach(fields)
-    original = EmailMessage()
-    original["Content-Type"] = "message/rfc822"
-    original.set_payload([message_from_bytes(enclosed)])
-    report.attach(original)
-    return report.as_bytes()
 
 
 def redact(content: bytes, keep: str) -> bytes:

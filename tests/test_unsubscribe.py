@@ -22,15 +22,12 @@ from conftest import (
     simple_message,
     smtp_client,
 )
+from messages import TOKEN, token_of
 
 from relay.storage.base import Suppression
 
 ACME = ("acme-crm", PASSWORD)
 GLOBEX = ("globex", PASSWORD)
-TOKEN = re.compile(
-    rb"List-Unsubscribe: <https://relay\.test\.example/u/([A-Za-z0-9_-]+)>,\r\n"
-    rb" <mailto:(unsub\+[a-z2-7]+)@relay\.test\.example>"
-)
 
 
 @pytest.fixture
@@ -50,13 +47,6 @@ async def send(relay, recipients, *, login=ACME, sender="news@acme.example", mes
     client = await smtp_client(relay.smtp_ports[0], login=login)
     await client.sendmail(sender, recipients, message or simple_message(sender=sender))
     await client.quit()
-
-
-def token_of(content: bytes) -> str:
-    """The https unsubscribe token of one relayed copy."""
-    match = TOKEN.search(content)
-    assert match is not None, content[:600]
-    return match.group(1).decode()
 
 
 def tampered(token: str) -> str:

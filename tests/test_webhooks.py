@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
 import json
 import re
@@ -22,45 +21,10 @@ from conftest import (
     simple_message,
     smtp_client,
 )
-from standardwebhooks.webhooks import Webhook as Verifier
+from receiver import OLD_SECRET, SECRET, Receiver, started, webhook_data
 
 from relay.delivery.webhooks import endpoint_key, forbidden, retry_delay
 from relay.storage import open_store
-
-SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
-OLD_SECRET = "whsec_" + base64.b64encode(b"o" * 32).decode()
-
-
-class Receiver:
-    """A CRM's webhook endpoint: records what it gets, answers `status`."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.received: list[tuple[dict[str, str], str]] = []
-        self.status = 200
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    async def _hook(self, request: web.Request) -> web.Response:
-        body = await request.text()
-        self.received.append((dict(request.headers), body))
-        return web.Response(status=self.status, text="ok")
-
-    def events(self, secret: str = SECRET) -> list[dict]:
-        """Every request's event, each verified with `secret` (raises if one does not verify)."""
-        verifier = Verifier(secret)
-        return [verifier.verify(body, headers) for headers, body in self.received]
 
 
 @pytest.fixture
@@ -69,24 +33,6 @@ async def receiver():
     await r.start()
     yield r
     await r.stop()
-
-
-def webhook_data(store_url, upstream, tls_files, url, **settings):
-    data = config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
-    data["webhooks"] = {"allow_private": True, "poll_interval": 0.05, **settings}
-    data["accounts"][0]["webhooks"] = [{"url": url, "secret": [SECRET, OLD_SECRET]}]
-    return data
-
-
-async def started(start_relay, data):
-    """A relay whose endpoint has taken its place in the feed (before any mail is sent)."""
-    relay = await start_relay(data)
-    await eventually(lambda: relay.webhooks is not None)
-    for _ in range(200):
-        if await relay.store.webhook_states():
-            break
-        await asyncio.sleep(0.02)
-    return relay
 
 
 async def send(relay, recipients=("a@example.net",)):
