@@ -13,7 +13,6 @@ from aiohttp import web
 
 from relay import passwords
 from relay.accounts.credentials import Credentials
-from relay.accounts.stats import StatsRecorder
 from relay.clock import SystemClock
 from relay.config import load_config
 from relay.configtypes import split_host_port
@@ -85,13 +84,11 @@ class Relay:
         self.runtime = RuntimeRef(Runtime.build(config, store, self.clock))
         upstream = self._upstream or SmtpUpstream(config.upstream, config.hostname)
         self.upstream = upstream
-        self.stats = StatsRecorder(store, self.clock)
         self.delivery = DeliveryService(
             store=store,
             upstream=upstream,
             clock=self.clock,
             runtime=self.runtime,
-            stats=self.stats,
         )
         self.feedback = Feedback(store, self.runtime, self.clock, self.delivery.wake)
         self.subscriptions = Subscriptions(store, self.runtime, self.clock, self.delivery.wake)
@@ -105,10 +102,8 @@ class Relay:
             ),
             on_spooled=self.delivery.spooled,
             feedback=self.feedback,
-            stats=self.stats,
             credentials=self.credentials,
         )
-        self._tasks.append(asyncio.create_task(self.stats.run(), name="stats"))
         self.webhooks = Webhooks(store, self.runtime, self.clock, node=self.delivery.worker_id)
         if self.run_delivery and config.delivery.enabled:
             self._tasks.append(asyncio.create_task(self.delivery.run(), name="delivery"))

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import aiohttp
+import aiosmtplib
 import pytest
 from conftest import (
     PASSWORD,
@@ -426,3 +427,53 @@ async def test_a_cursor_the_store_never_issued_is_refused(store):
     for cursor in malformed + ahead:
         with pytest.raises(CursorError):
             await store.events("acme", after=cursor)
+
+
+async def test_every_refusal_is_an_event_at_every_stage(
+    start_relay, store_url, upstream, tls_files
+):
+    """MAIL: `message.refused`; RCPT and DATA: one `recipient.refused` per recipient.
+
+    A message refused whole at DATA once left only a log line; `stats` counts what the events
+    say (one `refused` per `recipient.refused`).
+    """
+    data = config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
+    data["accounts"][0]["api_key_hash"] = PASSWORD_HASH
+    relay = await start_relay(data)
+    now = relay.clock.now()
+    await relay.store.suppress(
+        Suppression("gone@example.net", "acme", "unsubscribe", "one_click", now), actor="t"
+    )
+    client = await smtp_client(relay.smtp_ports[0], login=("acme-crm", PASSWORD))
+    await client.mail("news@acme.example")
+    assert (await client.execute_command(b"RCPT TO:<gone@example.net>")).code == 550
+    for address in ("a@example.net", "b@example.net"):
+        assert (await client.rcpt(address))[0] == 250
+    foreign = simple_message(sender="news@elsewhere.example")  # a From the account may not use
+    with pytest.raises(aiosmtplib.SMTPDataError) as refused_data:
+        await client.data(foreign)
+    assert refused_data.value.code == 550
+    await relay.store.set_account_state("acme", "suspended", reason="t", actor="t", now=now)
+    with pytest.raises(aiosmtplib.SMTPSenderRefused):
+        await client.mail("news@acme.example")
+    await client.quit()
+
+    types = frozenset({"message.refused", "recipient.refused"})
+    events = await read_events(relay.store, 4, types=types)
+    assert [(e.type, e.recipient, e.data["stage"]) for e in events] == [
+        ("recipient.refused", "gone@example.net", "rcpt"),
+        ("recipient.refused", "a@example.net", "data"),
+        ("recipient.refused", "b@example.net", "data"),
+        ("message.refused", None, "mail"),
+    ]
+    assert events[0].message_id is None
+    assert events[1].message_id == events[2].message_id is not None  # the refused transaction
+    assert events[1].data["reply"].startswith("550 5.7.1")
+    assert events[1].data["rule"].startswith("from_domain")
+    assert events[3].data["rule"] == "account_state.suspended"
+    assert events[3].data["mail_from"] == "news@acme.example"
+    assert events[3].message_id is not None
+    totals = (await relay.store.stats(since=0, account_id="acme"))["acme"]
+    assert totals["refused"] == 3  # the three recipient.refused events
+    status, body = await get_events(relay, "types=message.refused")
+    assert (status, [e["type"] for e in body["events"]]) == (200, ["message.refused"])

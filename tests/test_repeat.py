@@ -56,17 +56,42 @@ async def test_fourth_copy_is_refused_other_campaigns_pass(
     # one of two recipients refused: the other is spooled, the CRM learns of the refused one
     code, reply = await send(client, ["ann@example.net", "bob@example.net"])
     assert code == 250
-    told = render(await story(reply.rsplit(" ", 1)[1], relay.store))
+    queued = reply.rsplit(" ", 1)[1]
+    told = render(await story(queued, relay.store))
     assert "refused <ann@example.net> by repeat.per_recipient: 550 5.7.1" in told
     await client.quit()
-    await eventually(lambda: len(upstream.messages) == 5)
+    await eventually(lambda: len(upstream.messages) == 6)  # 5 copies and the DSN
     assert sorted(m.rcpt for m in upstream.messages).count("ann@example.net") == 4
-    refused = await read_events(relay.store, 1, types=frozenset({"recipient.refused"}))
-    assert [(e.recipient, e.data["rule"]) for e in refused] == [
-        ("ann@example.net", "repeat.per_recipient")
+    # The 4th copy refused whole, then ann refused alone: each an event, with its queue id.
+    refused = await read_events(relay.store, 2, types=frozenset({"recipient.refused"}))
+    assert [(e.recipient, e.data["stage"], e.data["rule"]) for e in refused] == [
+        ("ann@example.net", "data", "repeat.per_recipient"),
+        ("ann@example.net", "data", "repeat.per_recipient"),
     ]
+    assert refused[0].message_id is not None
+    assert refused[1].message_id == queued
+    assert refused[1].data["reply"] == "550 " + text
     rejected = [e for e in log_lines() if e["event"] == "recipient_rejected"]
-    assert [e["rule"] for e in rejected] == ["repeat.per_recipient"]
+    assert [(e["rule"], e["stage"], e["recipient"]) for e in rejected] == [
+        ("repeat.per_recipient", "data", "ann@example.net")
+    ]
+    totals = (await relay.store.stats(since=0, account_id="acme"))["acme"]
+    assert totals["refused"] == 2  # what the events say
+    # The sender's MTA said 250 for both: the relay reports ann's refusal as every MTA does.
+    dsn = next(m for m in upstream.messages if m.rcpt == "news@acme.example")
+    assert dsn.mail_from == "<>"
+    report = dsn.message
+    assert report.get_content_type() == "multipart/report"
+    text_part, status, returned = report.get_payload()
+    assert "<ann@example.net>: 550 5.7.1 <ann@example.net> already got" in text_part.get_payload()
+    blocks = status.get_payload()
+    assert blocks[0]["X-Optin-Relay-Queue-ID"] == queued
+    assert [(b["Final-Recipient"], b["Action"], b["Status"]) for b in blocks[1:]] == [
+        ("rfc822; ann@example.net", "failed", "5.7.1")
+    ]
+    assert blocks[1]["Diagnostic-Code"] == "smtp; 550 " + text
+    assert "Subject: Test" in returned.get_payload()  # the original's header
+    assert "bob@example.net" not in status.as_string()
 
 
 async def test_a_sender_looping_is_halted(start_relay, sqlite_url, tls_files, upstream):

@@ -2,68 +2,27 @@
 
 What each account's mail did: delivered, refused, unsubscribes, complaints, bounces.
 
-Frequent counts (delivered, refused) are added up in memory and written every few seconds, so
-they cost no write per message; a crash loses at most that interval of counts. Feedback events
-(complaints, bounces, unsubscribes) are written at once, before a rate is checked.
+Delivered and refused are counted by the store in the transaction of their events (the copy's
+outcome, the refusal), so the counts are what the events feed says, also after a crash
+(`relay.storage.events.event_stats`). Feedback (complaints, bounces, unsubscribes) is counted
+at once by the intake, before a rate is checked.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from relay.accounts.abuse import halt
-from relay.errors import StoreError
 from relay.logging import get_logger
 
 if TYPE_CHECKING:
-    from relay.clock import Clock
     from relay.config import Config, RateThreshold
     from relay.storage.base import Store
 
 log = get_logger(__name__)
 FLUSH_INTERVAL = 5.0
 RateName = Literal["complaint_rate", "bounce_rate"]
-
-
-class StatsRecorder:
-    """Buffers counts per (account, kind) and writes them in one batch."""
-
-    def __init__(self, store: Store, clock: Clock) -> None:
-        """Write to `store`, bucketed by `clock`."""
-        self.store = store
-        self.clock = clock
-        self._pending: Counter[tuple[str, str]] = Counter()
-
-    def count(self, account_id: str | None, kind: str, amount: int = 1) -> None:
-        """Add `amount` to the account's `kind` (no-op for mail without an account)."""
-        if account_id is not None and amount > 0:
-            self._pending[(account_id, kind)] += amount
-
-    async def flush(self) -> None:
-        """Write what was counted; on a store error keep it for the next flush."""
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, Counter()
-        now = self.clock.now()
-        try:
-            await self.store.add_stats([(a, k, now, n) for (a, k), n in pending.items()])
-        except StoreError as exc:
-            self._pending.update(pending)
-            log.error("stats_flush_failed", error=str(exc))
-
-    async def run(self, interval: float = FLUSH_INTERVAL) -> None:
-        """Flush every `interval` seconds until cancelled (then flush once more)."""
-        try:
-            while True:
-                await asyncio.sleep(interval)
-                await self.flush()
-        finally:
-            with contextlib.suppress(StoreError):
-                await self.flush()
 
 
 @dataclass(frozen=True)

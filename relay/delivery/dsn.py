@@ -52,12 +52,78 @@ def build_dsn(
     expired: bool,
 ) -> bytes:
     """A multipart/report DSN telling `mail_from` that `recipient` could not be reached."""
-    headers = message_from_bytes(original.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
     reason = (
         "The message could not be delivered within the time allowed."
         if expired
         else "The receiving server refused the message permanently."
     )
+    return _report(
+        reporting_host=reporting_host,
+        original=original,
+        message_id=message_id,
+        mail_from=mail_from,
+        failures=[(recipient, result.reply if result.code is not None else None)],
+        fallback=result.reply,
+        text=(
+            f"Your message (queue id {message_id}) could not be delivered to <{recipient}>.\n"
+            f"{reason}\n\nThe server said: {result.reply}\n"
+        ),
+        arrival=arrival,
+        now=now,
+    )
+
+
+def build_refusal_dsn(
+    *,
+    reporting_host: str,
+    original: bytes,
+    message_id: str,
+    mail_from: str,
+    refused: list[tuple[str, str]],
+    arrival: float,
+    now: float,
+) -> bytes:
+    """A DSN telling `mail_from` that the relay itself refused these (recipient, reply) at DATA.
+
+    SMTP has one reply for all of a message's recipients, so the 250 that took the others
+    cannot carry these refusals: as every MTA does for a recipient it has accepted and cannot
+    deliver, the relay reports each one with its own reply as `Diagnostic-Code`.
+    """
+    lines = "".join(f"<{recipient}>: {reply}\n" for recipient, reply in refused)
+    return _report(
+        reporting_host=reporting_host,
+        original=original,
+        message_id=message_id,
+        mail_from=mail_from,
+        failures=[(recipient, reply) for recipient, reply in refused],
+        fallback="",
+        text=(
+            f"Your message (queue id {message_id}) was accepted for its other recipients, but"
+            f" the relay's policy refused it for these:\n\n{lines}"
+        ),
+        arrival=arrival,
+        now=now,
+    )
+
+
+def _report(
+    *,
+    reporting_host: str,
+    original: bytes,
+    message_id: str,
+    mail_from: str,
+    failures: list[tuple[str, str | None]],
+    fallback: str,
+    text: str,
+    arrival: float,
+    now: float,
+) -> bytes:
+    """The multipart/report: `text`, one status block per (recipient, reply), the headers.
+
+    A recipient without a reply (no SMTP answer came) gets no `Diagnostic-Code`; its status
+    is taken from `fallback`.
+    """
+    headers = message_from_bytes(original.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n")
     report = EmailMessage(policy=policy.SMTP)
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_host}>"
     report["To"] = mail_from
@@ -65,11 +131,7 @@ def build_dsn(
     report["Date"] = format_datetime(to_datetime(now))
     report["Message-ID"] = make_msgid(idstring=secrets.token_hex(4), domain=reporting_host)
     report["Auto-Submitted"] = "auto-replied"
-    report.set_content(
-        f"This is the mail system at {reporting_host}.\n\n"
-        f"Your message (queue id {message_id}) could not be delivered to <{recipient}>.\n"
-        f"{reason}\n\nThe server said: {result.reply}\n"
-    )
+    report.set_content(f"This is the mail system at {reporting_host}.\n\n{text}")
     report.make_mixed()
     report.replace_header("Content-Type", "multipart/report; report-type=delivery-status")
 
@@ -77,16 +139,19 @@ def build_dsn(
     per_message["Reporting-MTA"] = f"dns; {reporting_host}"
     per_message["X-Optin-Relay-Queue-ID"] = message_id
     per_message["Arrival-Date"] = format_datetime(to_datetime(arrival))
-    per_recipient = Message()
-    per_recipient["Final-Recipient"] = address_field(recipient)
-    per_recipient["Action"] = "failed"
-    per_recipient["Status"] = _status_code(result.reply, permanent=True)
-    if result.code is not None:
-        per_recipient["Diagnostic-Code"] = f"smtp; {result.reply}"
-    per_recipient["Last-Attempt-Date"] = format_datetime(to_datetime(now))
+    blocks: list[Message | str] = [per_message]
+    for recipient, reply in failures:
+        per_recipient = Message()
+        per_recipient["Final-Recipient"] = address_field(recipient)
+        per_recipient["Action"] = "failed"
+        per_recipient["Status"] = _status_code(reply or fallback, permanent=True)
+        if reply is not None:
+            per_recipient["Diagnostic-Code"] = f"smtp; {reply}"
+        per_recipient["Last-Attempt-Date"] = format_datetime(to_datetime(now))
+        blocks.append(per_recipient)
     status = EmailMessage()
     status["Content-Type"] = "message/delivery-status"
-    status.set_payload([per_message, per_recipient])
+    status.set_payload(blocks)
     report.attach(status)
 
     returned = EmailMessage()

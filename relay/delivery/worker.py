@@ -30,7 +30,6 @@ from relay.storage.base import DeliveryJob, NewMessage, new_message_id
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from relay.accounts.stats import StatsRecorder
     from relay.clock import Clock
     from relay.config import Config, DeliveryConfig
     from relay.delivery.upstream import Outcome, Upstream
@@ -68,11 +67,9 @@ class DeliveryService:
         runtime: Callable[[], Runtime],
         worker_id: str | None = None,
         rng: random.Random | None = None,
-        stats: StatsRecorder | None = None,
     ) -> None:
         """`runtime()` returns the config and pipeline in force (they change on reload)."""
         self.store = store
-        self.stats = stats
         self.upstream = upstream
         self.clock = clock
         self.runtime = runtime
@@ -303,8 +300,6 @@ class DeliveryService:
         if result.outcome == "delivered":
             if await self.store.delivered(job, reply=result.reply, now=now):
                 DELIVERIES.labels("delivered").inc()
-                if self.stats is not None and job.kind == "message":
-                    self.stats.count(job.account_id, "delivered")
                 log.info("delivery_succeeded", **fields)
             else:
                 _lease_lost(fields)

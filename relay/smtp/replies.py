@@ -20,12 +20,12 @@ def rejected(stage: str, reply: str, rule: str, **fields: object) -> None:
     log.info("message_rejected", stage=stage, code=int(reply[:3]), rule=rule, reply=reply, **fields)
 
 
-def recipient_rejected(reply: str, rule: str, recipient: str) -> None:
-    """One recipient refused at RCPT: one `recipient_rejected` event, one count."""
-    REJECTIONS.labels("rcpt", rule).inc()
+def recipient_rejected(reply: str, rule: str, recipient: str, stage: str = "rcpt") -> None:
+    """One recipient refused at RCPT (or alone at DATA): one `recipient_rejected` line, a count."""
+    REJECTIONS.labels(stage, rule).inc()
     log.info(
         "recipient_rejected",
-        stage="rcpt",
+        stage=stage,
         code=int(reply[:3]),
         rule=rule,
         reply=reply,

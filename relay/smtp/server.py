@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from relay.accounts.credentials import Credentials
-    from relay.accounts.stats import StatsRecorder
     from relay.clock import Clock
     from relay.config import Listener
     from relay.feedback.intake import Feedback
@@ -349,7 +348,6 @@ class IngressHandler(SmtpAuth):
         throttle: FailureThrottle,
         on_spooled: Callable[[NewMessage], None],
         feedback: Feedback,
-        stats: StatsRecorder,
         credentials: Credentials,
     ) -> None:
         """Serve with the runtime in force at each command."""
@@ -359,7 +357,7 @@ class IngressHandler(SmtpAuth):
         self.limiter = limiter
         self.throttle = throttle
         self.submissions = Submissions(
-            runtime=runtime, store=store, clock=clock, on_spooled=on_spooled, stats=stats
+            runtime=runtime, store=store, clock=clock, on_spooled=on_spooled
         )
         self.inbound = InboundMail(runtime=runtime, store=store, clock=clock, feedback=feedback)
 

@@ -10,6 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING
 
 from relay import journal
+from relay.delivery.dsn import build_refusal_dsn
 from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.mail import markers
@@ -17,13 +18,12 @@ from relay.mail.campaign import campaign_key, parse
 from relay.metrics import MESSAGES_ACCEPTED
 from relay.policy import Continue, Submission, Transaction
 from relay.smtp.replies import REPLY_NEED_RCPT, REPLY_TEMPFAIL, recipient_rejected, rejected
-from relay.storage.base import NewMessage
-from relay.storage.events import refused_event
+from relay.storage.base import NewMessage, new_message_id
+from relay.storage.events import message_refused_event, refused_event
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from relay.accounts.stats import StatsRecorder
     from relay.clock import Clock
     from relay.configaccounts import Account
     from relay.runtime import Runtime
@@ -45,14 +45,12 @@ class Submissions:
         store: Store,
         clock: Clock,
         on_spooled: Callable[[NewMessage], None],
-        stats: StatsRecorder,
     ) -> None:
         """Judge with the runtime's pipeline, spool into `store`, wake delivery when done."""
         self.runtime = runtime
         self.store = store
         self.clock = clock
         self.on_spooled = on_spooled
-        self.stats = stats
 
     async def mail(
         self,
@@ -78,8 +76,17 @@ class Submissions:
             tx.journal.append(journal.mail_entry(tx, how, journal.verdict(decision), now))
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
-            rejected("mail", reply, decision.verdict.rule, mail_from=address)
-            await self._record(tx, [])
+            rule = decision.verdict.rule
+            rejected("mail", reply, rule, mail_from=address)
+            refused = message_refused_event(
+                account.id,
+                message_id,
+                mail_from=address,
+                rule=rule,
+                reply=reply,
+                now=self.clock.now(),
+            )
+            await self._record(tx, [refused])
             return reply
         envelope.tx = tx
         return None
@@ -102,7 +109,6 @@ class Submissions:
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
             recipient_rejected(reply, decision.verdict.rule, address)
-            self.stats.count(tx.account.id, "refused")
             await self._refused(tx, address, decision.verdict.rule, reply)
             return reply
         tx.recipients.append(address)
@@ -151,17 +157,27 @@ class Submissions:
             # MIME nested deeper than the parser can follow: a property of the message, so a
             # permanent refusal (a 4xx would have the CRM retry it for ever).
             rejected("data", REPLY_TOO_DEEP, "mime_nesting")
-            self.stats.count(tx.account.id, "refused", len(tx.recipients))
             await self._data_refused(
-                tx, content, None, journal.refused("mime_nesting", REPLY_TOO_DEEP)
+                tx,
+                content,
+                None,
+                journal.refused("mime_nesting", REPLY_TOO_DEEP),
+                rule="mime_nesting",
+                reply=REPLY_TOO_DEEP,
             )
             return REPLY_TOO_DEEP
         decision = await runtime.pipeline.data(tx, Submission(content, headers, campaign))
         if not isinstance(decision.verdict, Continue):
             reply = decision.verdict.reply()
             rejected("data", reply, decision.verdict.rule)
-            self.stats.count(tx.account.id, "refused", len(tx.recipients))
-            await self._data_refused(tx, content, campaign, journal.verdict(decision))
+            await self._data_refused(
+                tx,
+                content,
+                campaign,
+                journal.verdict(decision),
+                rule=decision.verdict.rule,
+                reply=reply,
+            )
             return reply
         now = self.clock.now()
         if runtime.config.journal.enabled:
@@ -187,6 +203,8 @@ class Submissions:
             received_at=now,
             campaign=campaign,
             journal=tuple(tx.journal),
+            events=tuple(refused),
+            notices=self._refusal_dsn(tx, content, now),
         )
         tx.journal.clear()
         try:
@@ -195,8 +213,17 @@ class Submissions:
             log.error("spool_failed", error=str(exc) or type(exc).__name__)
             rejected("data", REPLY_TEMPFAIL, "spool")
             return REPLY_TEMPFAIL
-        if refused:  # the recipients a data policy refused one by one
-            await self._record(tx, refused)
+        for event in refused:  # logged once they are on the record with the message
+            data = event.data
+            recipient_rejected(str(data["reply"]), str(data["rule"]), str(event.recipient), "data")
+        for dsn in message.notices:
+            log.info(
+                "dsn_queued",
+                message_id=dsn.id,
+                original_message_id=tx.message_id,
+                recipient=tx.mail_from,
+                reason="refused_at_data",
+            )
         MESSAGES_ACCEPTED.inc()
         log.info(
             "message_accepted",
@@ -208,22 +235,80 @@ class Submissions:
         return f"250 2.0.0 Ok: queued as {tx.message_id}"
 
     def _refused_at_data(self, tx: Transaction, now: float) -> list[NewEvent]:
-        """Log and count the recipients a data policy refused one by one; their events."""
-        events = []
-        for address, (_, verdict) in tx.refused.items():
-            reply = verdict.reply()
-            recipient_rejected(reply, verdict.rule, address)
-            self.stats.count(tx.account.id, "refused")
-            events.append(
-                refused_event(tx.account.id, address, rule=verdict.rule, reply=reply, now=now)
+        """The events of the recipients a data policy refused one by one (with the message)."""
+        return [
+            refused_event(
+                tx.account.id,
+                address,
+                rule=verdict.rule,
+                reply=verdict.reply(),
+                now=now,
+                stage="data",
+                message_id=tx.message_id,
             )
-        return events
+            for address, (_, verdict) in tx.refused.items()
+        ]
+
+    def _refusal_dsn(self, tx: Transaction, content: bytes, now: float) -> tuple[NewMessage, ...]:
+        """The DSN of the recipients refused at DATA; none to a null sender (a DSN's own).
+
+        The relay does not offer the DSN extension (RFC 3461), so no sender can ask for less:
+        a failure is always reported, as by an MTA without it.
+        """
+        refused = [(address, verdict.reply()) for address, (_, verdict) in tx.refused.items()]
+        if not refused or not tx.mail_from:
+            return ()
+        body = build_refusal_dsn(
+            reporting_host=self.runtime().config.hostname,
+            original=content,
+            message_id=tx.message_id,
+            mail_from=tx.mail_from,
+            refused=refused,
+            arrival=now,
+            now=now,
+        )
+        dsn = NewMessage(
+            id=new_message_id(),
+            account_id=tx.account.id,
+            mail_from="",
+            recipients=(tx.mail_from,),
+            content=body,
+            received_at=now,
+            kind="dsn",
+        )
+        return (dsn,)
 
     async def _data_refused(
-        self, tx: Transaction, content: bytes, campaign: str | None, decision: dict[str, object]
+        self,
+        tx: Transaction,
+        content: bytes,
+        campaign: str | None,
+        decision: dict[str, object],
+        *,
+        rule: str,
+        reply: str,
     ) -> None:
-        """Journal a message refused at DATA, with the transaction's entries before it."""
+        """Record a message refused at DATA: one `recipient.refused` per recipient, the journal.
+
+        Those a policy refused one by one carry their own rule and reply; the rest, the
+        message's.
+        """
+        now = self.clock.now()
         if self.runtime().config.journal.enabled:
-            now = self.clock.now()
             tx.journal.append(journal.data_entry(tx, content, campaign, dict(decision), now))
-            await self._record(tx, [])
+        refused = [
+            *self._refused_at_data(tx, now),
+            *(
+                refused_event(
+                    tx.account.id,
+                    address,
+                    rule=rule,
+                    reply=reply,
+                    now=now,
+                    stage="data",
+                    message_id=tx.message_id,
+                )
+                for address in tx.recipients
+            ),
+        ]
+        await self._record(tx, refused)

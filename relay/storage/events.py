@@ -13,7 +13,7 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from relay.storage.base import Event, NewEvent
+from relay.storage.base import STAT_BUCKET, Event, NewEvent
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -34,6 +34,7 @@ EVENT_TYPES: tuple[str, ...] = (
     "message.delivered",
     "message.deferred",
     "message.failed",
+    "message.refused",
     "recipient.refused",
     "recipient.unsubscribed",
     "recipient.complained",
@@ -60,6 +61,25 @@ _BY_STATE = {
     "active": "account.reinstated",
     "terminated": "account.terminated",
 }
+
+
+# The account statistics an event counts, written in the event's own transaction (both
+# backends' `insert_events`), so the counts are what the feed says, also after a crash.
+_STAT_OF = {"message.delivered": "delivered", "recipient.refused": "refused"}
+
+
+def event_stats(events: Iterable[NewEvent]) -> list[tuple[str, str, float, int]]:
+    """The counts `events` add: (account, kind, hourly bucket, count), one row per key, sorted.
+
+    Sorted, so concurrent writers take the rows' locks in one order (no deadlock).
+    """
+    counts: dict[tuple[str, str, float], int] = {}
+    for event in events:
+        kind = _STAT_OF.get(event.type)
+        if kind is not None:
+            key = (event.account_id, kind, event.at - event.at % STAT_BUCKET)
+            counts[key] = counts.get(key, 0) + 1
+    return [(a, k, b, n) for (a, k, b), n in sorted(counts.items())]
 
 
 def stored_event(row: tuple[Any, ...], cursor: str) -> Event:
@@ -197,15 +217,39 @@ def account_state_events(
 
 
 def refused_event(
-    account_id: str, recipient: str, *, rule: str, reply: str, now: float
+    account_id: str,
+    recipient: str,
+    *,
+    rule: str,
+    reply: str,
+    now: float,
+    stage: str = "rcpt",
+    message_id: str | None = None,
 ) -> NewEvent:
-    """`recipient.refused`: a recipient refused at RCPT (or alone at DATA), rule and reply."""
+    """`recipient.refused`: one recipient refused at RCPT, or at DATA (with the message's id)."""
     return NewEvent(
         "recipient.refused",
         account_id,
         now,
+        message_id=message_id,
         recipient=recipient,
-        data={"rule": rule, "reply": reply},
+        data={"stage": stage, "rule": rule, "reply": reply},
+    )
+
+
+def message_refused_event(
+    account_id: str, message_id: str, *, mail_from: str, rule: str, reply: str, now: float
+) -> NewEvent:
+    """`message.refused`: a transaction refused at MAIL, before any recipient was named.
+
+    A refusal at RCPT or DATA names its recipients: one `recipient.refused` each.
+    """
+    return NewEvent(
+        "message.refused",
+        account_id,
+        now,
+        message_id=message_id,
+        data={"stage": "mail", "rule": rule, "reply": reply, "mail_from": mail_from},
     )
 
 

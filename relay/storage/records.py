@@ -37,6 +37,10 @@ class NewMessage:
     kind: MessageKind = "message"
     campaign: str | None = None
     journal: tuple[JournalEntry, ...] = ()  # written with the message (relay.journal)
+    # Written in the message's own transaction too: facts about it that are stored nowhere
+    # else (its recipients refused at DATA) and the relay's own mail about it (their DSN).
+    events: tuple[NewEvent, ...] = ()
+    notices: tuple[NewMessage, ...] = ()
 
 
 def new_event_id() -> str:

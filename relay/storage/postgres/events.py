@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from relay.errors import CursorError, StoreError
 from relay.storage.base import WEBHOOK_COLUMNS, WebhookState
-from relay.storage.events import stored_event
+from relay.storage.events import event_stats, stored_event
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
 from relay.storage.postgres.journal import insert_journal
 
@@ -27,7 +27,7 @@ PRUNE_CHUNK = 5000  # events deleted per transaction when pruning
 
 
 async def insert_events(con: asyncpg.Connection, events: list[NewEvent]) -> None:
-    """Write `events` in the caller's transaction (with the fact they report)."""
+    """Write `events` in the caller's transaction (with the fact they report), and their counts."""
     if not events:
         return
     await con.execute(
@@ -42,6 +42,18 @@ async def insert_events(con: asyncpg.Connection, events: list[NewEvent]) -> None
         [e.recipient for e in events],
         [e.data_json() for e in events],
     )
+    counts = event_stats(events)
+    if counts:
+        await con.execute(
+            "INSERT INTO account_stats (account_id, kind, bucket, count)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::float8[], $4::bigint[])"
+            " ON CONFLICT (account_id, kind, bucket) DO UPDATE"
+            " SET count = account_stats.count + excluded.count",
+            [row[0] for row in counts],
+            [row[1] for row in counts],
+            [row[2] for row in counts],
+            [row[3] for row in counts],
+        )
 
 
 MAX_SEQ = 2**63 - 1  # bigint; a transaction id (xid8) fits in 64 bits unsigned

@@ -52,8 +52,11 @@ async def _insert_message(con: asyncpg.Connection, message: NewMessage) -> None:
         " VALUES ($1, $2, $3, $3)",
         [(message.id, rcpt, message.received_at) for rcpt in message.recipients],
     )
+    await insert_events(con, [*accepted_events(message), *message.events])
     await insert_journal(con, message.journal)
     await _insert_repeats(con, repeat_rows(message))
+    for notice in message.notices:
+        await _insert_message(con, notice)
 
 
 async def _insert_repeats(con: asyncpg.Connection, rows: list[tuple[str, str, str, float]]) -> None:
@@ -88,7 +91,12 @@ class PostgresSpool(PostgresCore):
         await self._spools.submit(message)
 
     async def _spool_many(self, messages: list[NewMessage]) -> list[None]:
-        """Messages and their recipients in one transaction: one statement per table."""
+        """Messages and their recipients in one transaction: one statement per table.
+
+        A message's notices (a DSN of its recipients refused at DATA) go in with it.
+        """
+        spooled = messages
+        messages = [each for m in spooled for each in (m, *m.notices)]
         rcpts = [(m.id, rcpt, m.received_at) for m in messages for rcpt in m.recipients]
         try:
             async with self._acquire() as con, con.transaction():
@@ -113,12 +121,14 @@ class PostgresSpool(PostgresCore):
                     [row[1] for row in rcpts],
                     [row[2] for row in rcpts],
                 )
-                await insert_events(con, [e for m in messages for e in accepted_events(m)])
+                await insert_events(
+                    con, [e for m in messages for e in (*accepted_events(m), *m.events)]
+                )
                 await insert_journal(con, [e for m in messages for e in m.journal])
                 await _insert_repeats(con, [row for m in messages for row in repeat_rows(m)])
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL: {exc}") from exc
-        return [None] * len(messages)
+        return [None] * len(spooled)
 
     async def claim(
         self, *, lease: str, now: float, lease_until: float, limit: int

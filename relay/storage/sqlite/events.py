@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from relay.errors import CursorError
 from relay.storage.base import WEBHOOK_COLUMNS, WebhookState
-from relay.storage.events import stored_event
+from relay.storage.events import event_stats, stored_event
 from relay.storage.sqlite.core import SqliteCore
 from relay.storage.sqlite.journal import insert_journal
 
@@ -24,7 +24,7 @@ MAX_SEQ = 2**63 - 1  # the largest sequence number either backend can hold
 
 
 def insert_events(db: sqlite3.Connection, events: list[NewEvent]) -> None:
-    """Write `events` in the caller's transaction (with the fact they report)."""
+    """Write `events` in the caller's transaction (with the fact they report), and their counts."""
     if events:
         db.executemany(
             "INSERT INTO events (id, account_id, type, at, message_id, recipient, data)"
@@ -33,6 +33,11 @@ def insert_events(db: sqlite3.Connection, events: list[NewEvent]) -> None:
                 (e.id, e.account_id, e.type, e.at, e.message_id, e.recipient, e.data_json())
                 for e in events
             ],
+        )
+        db.executemany(
+            "INSERT INTO account_stats (account_id, kind, bucket, count) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (account_id, kind, bucket) DO UPDATE SET count = count + excluded.count",
+            event_stats(events),
         )
 
 

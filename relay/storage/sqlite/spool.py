@@ -66,12 +66,14 @@ def _insert_message(db: sqlite3.Connection, message: NewMessage) -> None:
             for rcpt in message.recipients
         ],
     )
-    insert_events(db, accepted_events(message))
+    insert_events(db, [*accepted_events(message), *message.events])
     insert_journal(db, message.journal)
     db.executemany(
         "INSERT INTO repeat_sends (account_id, campaign, recipient, at) VALUES (?, ?, ?, ?)",
         repeat_rows(message),
     )
+    for notice in message.notices:
+        _insert_message(db, notice)
 
 
 def _finish(db: sqlite3.Connection, job: DeliveryJob, status: str, reply: str, now: float) -> bool:
