@@ -472,6 +472,7 @@ class RelayProcess:
             await asyncio.wait_for(started.wait(), timeout)
         except TimeoutError:
             self.kill()
+            await self.wait()  # reaped: a child left behind keeps uvloop's loop from closing
             raise AssertionError(f"relay did not start: {self.lines}") from None
         return self.smtp_port
 
