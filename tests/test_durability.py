@@ -576,6 +576,9 @@ async def test_counts_agree_with_the_events_after_ten_sigkills(tmp_path, sqlite_
         assert cells[:2] == [str(delivered), str(refused)]
     finally:
         load.stop.set()
+        for task in loading:
+            task.cancel()
+        await asyncio.gather(*loading, return_exceptions=True)
         await relay.terminate()
         await upstream.stop()
 
