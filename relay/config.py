@@ -281,6 +281,21 @@ class WebhooksConfig(Model):
     concurrency: Annotated[int, Field(ge=1, le=100)] = Field(
         default=8, description="endpoints served at once by one relay process"
     )
+    lease: Annotated[Duration, Field(ge=1)] = Field(
+        default=15.0,
+        description="how long a relay holds an endpoint without news (renewed at each delivered"
+        " event): a crashed relay's endpoints are taken over after this",
+    )
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_request(self) -> WebhooksConfig:
+        if self.lease <= self.timeout:
+            msg = (
+                f"lease ({self.lease:g}s) must be longer than timeout ({self.timeout:g}s): a"
+                " request in flight would lose its endpoint to another relay"
+            )
+            raise ValueError(msg)
+        return self
 
 
 class EventsConfig(Model):

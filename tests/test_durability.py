@@ -14,6 +14,7 @@ import aiohttp
 import aiosmtplib
 import pytest
 import yaml
+from aiohttp import web
 from clirun import run_cli
 from conftest import (
     PASSWORD,
@@ -630,3 +631,62 @@ async def settled_counts(
     delivered = sum(e.type == "message.delivered" for e in events)
     refused = sum(e.type == "recipient.refused" for e in events)
     return delivered, refused, totals
+
+
+async def test_a_crashed_relays_webhook_endpoint_is_taken_over_within_its_lease(
+    tmp_path, sqlite_url, tls_files
+):
+    """SIGKILL while a webhook request is in flight: the next relay sends it within the lease.
+
+    The lease was `4 x timeout + 60 s` and never renewed: after a crash nothing was sent for
+    100 s. It is `webhooks.lease` now (15 s by default, here 4 s), renewed at each event.
+    """
+    from receiver import SECRET, Receiver
+
+    class Stalling(Receiver):
+        """Holds the first request (the relay dies meanwhile), answers the rest at once."""
+
+        held = 0
+        release = asyncio.Event()
+
+        async def _hook(self, request: web.Request) -> web.Response:
+            if not self.held:
+                self.held += 1
+                await self.release.wait()
+                return web.Response(status=503)
+            return await super()._hook(request)
+
+    upstream = TestUpstream()
+    await upstream.start()
+    receiver = Stalling()
+    await receiver.start()
+    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    data["webhooks"] = {"allow_private": True, "poll_interval": 0.05, "timeout": 3, "lease": 4}
+    data["accounts"][0]["webhooks"] = [
+        {"url": f"http://127.0.0.1:{receiver.port}/hook", "secret": SECRET}
+    ]
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    relay = RelayProcess(path)
+    port = await relay.start()
+    restarted = RelayProcess(path)
+    try:
+        client = await smtp_client(port, login=LOGIN)
+        await client.sendmail("news@acme.example", ["r@example.net"], simple_message())
+        await client.quit()
+        await eventually(lambda: receiver.held == 1, timeout=30)  # in flight
+        relay.kill()
+        killed = asyncio.get_running_loop().time()
+        assert await relay.wait() == -signal.SIGKILL
+        await restarted.start()
+        await eventually(lambda: len(receiver.received) >= 1, timeout=15)
+        taken_over = asyncio.get_running_loop().time() - killed
+        assert taken_over < 4 + 5  # the lease, and a relay's start-up
+        assert receiver.events()[0]["type"] == "message.accepted"
+    finally:
+        for process in (relay, restarted):
+            if process.proc and process.proc.returncode is None:
+                await process.terminate()
+        receiver.release.set()
+        await receiver.stop()
+        await upstream.stop()

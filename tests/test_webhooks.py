@@ -244,7 +244,15 @@ async def test_the_cli_shows_tests_and_enables_endpoints(
     path = tmp_path / "cli.yaml"
     path.write_text(yaml.safe_dump(json.loads(json.dumps(data))))
     status = await asyncio.to_thread(run_cli, "webhooks", "status", "--config", str(path))
-    assert f"acme\t{url}\tdisabled\t0" in status.stdout
+    header, row = status.stdout.splitlines()
+    assert header.split("\t")[:8] == [
+        "account", "url", "state", "delivered", "cursor", "behind", "oldest_waiting", "lease"
+    ]  # fmt: skip
+    fields = row.split("\t")
+    assert fields[:4] == ["acme", url, "disabled", "0"]
+    assert fields[5] == "2"  # message.accepted and message.delivered wait for it
+    assert fields[6].endswith("s")  # how long the oldest has waited
+    assert fields[7] == "-"  # disabled: no relay holds it
     failed = await asyncio.to_thread(
         run_cli, "webhooks", "test", "acme", "--config", str(path), check=False
     )
@@ -267,7 +275,9 @@ async def test_the_cli_shows_tests_and_enables_endpoints(
         assert listed.stdout == f"acme\t{url}\tall events\n"
         replay = ("webhooks", "replay", "acme", url, "--since", "1d", "--config", str(path))
         replayed = await asyncio.to_thread(run_cli, *replay)
-        assert "replaying from" in replayed.stdout
+        assert "\treplaying 2 events from " in replayed.stdout
+        logged = [json.loads(line) for line in replayed.stderr.splitlines()]
+        assert [(e["event"], e["events"]) for e in logged] == [("webhook_replayed", 2)]
         relay.webhooks.wake()
         await eventually(lambda: len(receiver.received) >= 5)  # the two events once more
         ids = [e["id"] for e in receiver.events()]

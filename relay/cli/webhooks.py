@@ -76,6 +76,7 @@ def _list(config: Config) -> int:
 
 async def _replay(store: Store, account_id: str, url: str, since_text: str) -> int:
     from relay.delivery.webhooks import endpoint_key  # noqa: PLC0415 - aiohttp: only when run
+    from relay.logging import get_logger  # noqa: PLC0415 - structlog: only when run
 
     since = _since(since_text)
     if since is None:
@@ -85,7 +86,11 @@ async def _replay(store: Store, account_id: str, url: str, since_text: str) -> i
     if not await store.webhook_rewind(key, account_id, since=since, now=time.time()):
         print(f"error: {url} has not been served yet", file=sys.stderr)
         return EXIT_REFUSED
-    _row(account_id, url, f"replaying from {when(since)}")
+    state = next(s for s in await store.webhook_states() if s.key == key)
+    queued, _ = await store.events_behind(account_id, state.cursor)
+    log = get_logger(__name__)
+    log.info("webhook_replayed", account_id=account_id, url=url, since=since, events=queued)
+    _row(account_id, url, f"replaying {queued} events from {when(since)}")
     return EXIT_OK
 
 
@@ -115,22 +120,43 @@ def _since(text: str) -> float | None:
 
 
 async def _status(config: Config, store: Store) -> int:
+    """Each endpoint: its health, its place in the feed and how far behind, who serves it."""
     from relay.delivery.webhooks import endpoint_key  # noqa: PLC0415 - aiohttp: only when run
 
     states = {state.key: state for state in await store.webhook_states()}
-    _row("account", "url", "state", "delivered", "failing_since", "next_attempt", "last_error")
+    now = time.time()
+    _row(
+        "account",
+        "url",
+        "state",
+        "delivered",
+        "cursor",
+        "behind",
+        "oldest_waiting",
+        "lease",
+        "failing_since",
+        "next_attempt",
+        "last_error",
+    )
     for account in config.accounts:
         for hook in account.webhooks:
             state = states.get(endpoint_key(account.id, hook.url))
             if state is None:
-                _row(account.id, hook.url, "new", 0, "-", "-", "-")
+                _row(account.id, hook.url, "new", 0, "-", "-", "-", "-", "-", "-", "-")
                 continue
             health = "disabled" if state.disabled_at else "failing" if state.attempts else "ok"
+            behind, oldest = await store.events_behind(account.id, state.cursor)
+            holder = state.lease.split(":", 1)[0] if state.lease else None
+            held = "-" if holder is None or state.lease_until <= now else holder
             _row(
                 account.id,
                 hook.url,
                 health,
                 state.delivered,
+                state.cursor or "-",
+                behind,
+                "-" if oldest is None else f"{max(now - oldest, 0):.0f}s",
+                held if held == "-" else f"{held} until {when(state.lease_until)}",
                 when(state.failing_since),
                 when(state.next_attempt) if state.attempts else "-",
                 state.last_error or "-",

@@ -364,7 +364,7 @@ class Webhooks:
             start=None if key in self._known else await self.store.events_tail(account.id),
             lease=lease,
             now=now,
-            lease_until=now + 4 * settings.timeout + 60,
+            lease_until=now + settings.lease,
         )
         self._known.add(key)
         if state is None:
@@ -444,9 +444,17 @@ class Webhooks:
         return not skipped or await self._advance(key, progress, sent=0)
 
     async def _advance(self, key: str, progress: _Progress, *, sent: int) -> bool:
-        """Record the endpoint's place; False when the lease ran out (another relay serves it)."""
+        """Record the endpoint's place and renew the lease; False when the lease ran out.
+
+        Renewed at each event, the lease outlasts the next request (`webhooks.lease` is longer
+        than `webhooks.timeout`); a relay that died stops renewing, and within `lease` another
+        relay takes the endpoint over.
+        """
         assert progress.cursor is not None  # noqa: S101 - set by the event just handled
-        if await self.store.webhook_advance(key, progress.lease, cursor=progress.cursor, sent=sent):
+        renewed = self.clock.now() + self.runtime().config.webhooks.lease
+        if await self.store.webhook_advance(
+            key, progress.lease, cursor=progress.cursor, sent=sent, lease_until=renewed
+        ):
             return True
         progress.lease = ""
         return False

@@ -313,6 +313,13 @@ class Store(Protocol):
         """Delete events older than `before`, a few thousand at a time; how many went."""
         ...
 
+    async def events_behind(self, account_id: str, after: str | None) -> tuple[int, float | None]:
+        """How many of the account's events follow cursor `after`, and the oldest one's time.
+
+        What a webhook endpoint at `after` has still to get (for `webhooks status`).
+        """
+        ...
+
     async def events_tail(self, account_id: str) -> str | None:
         """The cursor of the account's newest event (None: it has none)."""
         ...
@@ -333,8 +340,14 @@ class Store(Protocol):
         """Lease the endpoint if it is due and enabled (created at cursor `start` if new)."""
         ...
 
-    async def webhook_advance(self, key: str, lease: str, *, cursor: str, sent: int = 1) -> bool:
-        """Record the endpoint's place `cursor` and `sent` more events; it is healthy again."""
+    async def webhook_advance(
+        self, key: str, lease: str, *, cursor: str, sent: int = 1, lease_until: float | None = None
+    ) -> bool:
+        """Record the endpoint's place `cursor` and `sent` more events; it is healthy again.
+
+        With `lease_until`, the lease is renewed until then (a relay that stops renewing, a
+        crashed one, loses the endpoint to another relay once it runs out).
+        """
         ...
 
     async def webhook_fail(

@@ -112,11 +112,13 @@ class WebhookState:
     failing_since: float | None
     disabled_at: float | None
     last_error: str | None
+    lease: str | None = None  # who serves it now: `NODE:KEY:NS` (None: nobody)
+    lease_until: float = 0.0  # when that lease runs out unless renewed
 
 
 WEBHOOK_COLUMNS = (
     "key, account_id, url, cursor, delivered, attempts, next_attempt, failing_since,"
-    " disabled_at, last_error"
+    " disabled_at, last_error, lease, lease_until"
 )
 
 

@@ -145,6 +145,22 @@ class PostgresEvents(PostgresCore):
                 raise CursorError(f"past the end of the events feed: {after}")
         return [stored_event(tuple(row)[2:], f"{row[0]}.{row[1]}") for row in rows]
 
+    async def events_behind(self, account_id: str, after: str | None) -> tuple[int, float | None]:
+        """How many of the account's visible events follow `after`, and the oldest one's time."""
+        try:
+            txid, seq = _cursor(after)
+        except CursorError:
+            txid, seq = str(MAX_TXID), MAX_SEQ
+        rows = await self._fetch(
+            "SELECT COUNT(*), MIN(at) FROM events WHERE account_id = $1"
+            " AND (txid, seq) > ($2::text::xid8, $3)"
+            " AND txid < pg_snapshot_xmin(pg_current_snapshot())",
+            account_id,
+            txid,
+            seq,
+        )
+        return int(rows[0][0]), None if rows[0][1] is None else float(rows[0][1])
+
     async def events_tail(self, account_id: str) -> str | None:
         """The cursor of the account's newest event that a reader can see."""
         rows = await self._fetch(
@@ -190,15 +206,20 @@ class PostgresEvents(PostgresCore):
             raise StoreError(f"PostgreSQL: {exc}") from exc
         return None if row is None else WebhookState(*tuple(row))
 
-    async def webhook_advance(self, key: str, lease: str, *, cursor: str, sent: int = 1) -> bool:
-        """Record the endpoint's place and `sent` more events."""
+    async def webhook_advance(
+        self, key: str, lease: str, *, cursor: str, sent: int = 1, lease_until: float | None = None
+    ) -> bool:
+        """Record the endpoint's place and `sent` more events (and renew the lease)."""
         rows = await self._fetch(
             "UPDATE webhook_state SET cursor = $1, delivered = delivered + $4, attempts = 0,"
-            " failing_since = NULL, last_error = NULL WHERE key = $2 AND lease = $3 RETURNING 1",
+            " failing_since = NULL, last_error = NULL,"
+            " lease_until = COALESCE($5::float8, lease_until)"
+            " WHERE key = $2 AND lease = $3 RETURNING 1",
             cursor,
             key,
             lease,
             sent,
+            lease_until,
         )
         return len(rows) == 1
 

@@ -113,6 +113,15 @@ class SqliteEvents(SqliteCore):
                 raise CursorError(f"past the end of the events feed: {after}")
         return [stored_event(tuple(row[1:]), str(row[0])) for row in rows]
 
+    async def events_behind(self, account_id: str, after: str | None) -> tuple[int, float | None]:
+        """How many of the account's events follow `after`, and the oldest one's time."""
+        start = int(after) if after and after.isascii() and after.isdigit() else 0
+        rows = await self._fetch(
+            "SELECT COUNT(*), MIN(at) FROM events WHERE account_id = ? AND seq > ?",
+            (account_id, min(start, MAX_SEQ)),
+        )
+        return int(rows[0][0]), None if rows[0][1] is None else float(rows[0][1])
+
     async def events_tail(self, account_id: str) -> str | None:
         """The cursor of the account's newest event."""
         rows = await self._fetch("SELECT MAX(seq) FROM events WHERE account_id = ?", (account_id,))
@@ -152,14 +161,17 @@ class SqliteEvents(SqliteCore):
 
         return await self._write(operation)
 
-    async def webhook_advance(self, key: str, lease: str, *, cursor: str, sent: int = 1) -> bool:
-        """Record the endpoint's place and `sent` more events."""
+    async def webhook_advance(
+        self, key: str, lease: str, *, cursor: str, sent: int = 1, lease_until: float | None = None
+    ) -> bool:
+        """Record the endpoint's place and `sent` more events (and renew the lease)."""
 
         def operation(db: sqlite3.Connection) -> bool:
             done = db.execute(
                 "UPDATE webhook_state SET cursor = ?, delivered = delivered + ?, attempts = 0,"
-                " failing_since = NULL, last_error = NULL WHERE key = ? AND lease = ?",
-                (cursor, sent, key, lease),
+                " failing_since = NULL, last_error = NULL,"
+                " lease_until = COALESCE(?, lease_until) WHERE key = ? AND lease = ?",
+                (cursor, sent, lease_until, key, lease),
             )
             return done.rowcount == 1
 
