@@ -7,6 +7,7 @@ import json
 import random
 import re
 import signal
+import time
 from collections import Counter
 from collections.abc import Callable
 
@@ -551,7 +552,10 @@ async def test_counts_agree_with_the_events_after_ten_sigkills(tmp_path, sqlite_
     rng = random.Random(24)  # when to kill, not secrecy
     try:
         for _ in range(10):
-            await asyncio.sleep(rng.uniform(0.3, 0.8))
+            # Under load: each relay has taken two more messages, and more are on the way.
+            target = len(load.acked) + 2
+            await eventually(lambda: len(load.acked) >= target, timeout=60)  # noqa: B023
+            await asyncio.sleep(rng.uniform(0, 0.2))
             relay.kill()
             assert await relay.wait() == -signal.SIGKILL
             relay = RelayProcess(path)
@@ -559,7 +563,7 @@ async def test_counts_agree_with_the_events_after_ten_sigkills(tmp_path, sqlite_
         load.stop.set()
         await asyncio.gather(*loading)
         delivered, refused, totals = await settled_counts(sqlite_url, upstream, load.acked)
-        assert delivered >= len(load.acked) > 10
+        assert delivered >= len(load.acked) >= 20
         assert refused >= len(load.acked)  # one for each message tried, acknowledged or not
         assert (totals["delivered"], totals["refused"]) == (delivered, refused)
         shown = await asyncio.to_thread(
@@ -676,12 +680,18 @@ async def test_a_crashed_relays_webhook_endpoint_is_taken_over_within_its_lease(
         await client.quit()
         await eventually(lambda: receiver.held == 1, timeout=30)  # in flight
         relay.kill()
-        killed = asyncio.get_running_loop().time()
         assert await relay.wait() == -signal.SIGKILL
+        store = open_store(sqlite_url)
+        await store.open()
+        try:
+            (state,) = await store.webhook_states()
+        finally:
+            await store.close()
+        # The dead relay's lease runs out within `webhooks.lease` (it was 4 x 3 + 60 = 72 s).
+        assert state.lease is not None
+        assert state.lease_until <= time.time() + 4
         await restarted.start()
-        await eventually(lambda: len(receiver.received) >= 1, timeout=15)
-        taken_over = asyncio.get_running_loop().time() - killed
-        assert taken_over < 4 + 5  # the lease, and a relay's start-up
+        await eventually(lambda: len(receiver.received) >= 1, timeout=60)
         assert receiver.events()[0]["type"] == "message.accepted"
     finally:
         for process in (relay, restarted):
