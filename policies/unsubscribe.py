@@ -124,17 +124,22 @@ class Policy(BasePolicy):
             mailto = markers.unsubscribe_mailto(short, self.inbound)
         template = self._template(rendering.message_id, account, rendering.content)
         result = fill(template, list_unsubscribe_headers(url, mailto), {_PLACEHOLDER: url})
-        if result.body_skipped in ("malformed", "no_text"):
-            log.warning(
-                "render_body_skipped",
+        if result.footer_part is not None:
+            log.info(
+                "render_footer_part",
                 message_id=rendering.message_id,
                 recipient=rendering.recipient,
-                reason=result.body_skipped,
+                reason=result.footer_part,
             )
         rendering.content = result.content
+        footer: dict[str, object] = (
+            {"footer": "in_parts", "parts": result.parts_changed}
+            if result.footer_part is None
+            else {"footer": "own_part", "why": result.footer_part}
+        )
         rendering.notes["unsubscribe"] = {
             "token_id": token_id(token),
             "mailto": mailto is not None,
-            "footer": result.body_skipped or "added",
+            **footer,
         }
         return CONTINUE

@@ -77,7 +77,8 @@ async def test_explain_tells_the_whole_story_after_a_restart(
         r"message\.accepted ",
         (
             r"copy for <(kept|angry)@example\.net> attempt 1 \(delivered\); unsubscribe token"
-            r" [0-9a-f]{16}, footer added; trace token [0-9a-f]{16}, envelope <bounce\+\S+>;"
+            r" [0-9a-f]{16}, footer in 1 text part; trace token [0-9a-f]{16},"
+            r" envelope <bounce\+\S+>;"
             r" DKIM signed d=acme\.example, 0 broken signatures removed"
         ),
         r"message\.delivered <(kept|angry)@example\.net> attempt=1, reply=250",

@@ -209,10 +209,28 @@ def _mail(item: dict[str, Any]) -> str:
     return line
 
 
+_WHY_OWN_PART = {
+    "sealed": "the message is signed or encrypted",
+    "malformed": "its MIME is malformed and would not read back the same",
+    "no_text": "it has no text part",
+}
+
+
+def _footer(note: dict[str, Any]) -> str:
+    """Where the unsubscribe footer went, and why there (journal entries of any release)."""
+    if note.get("footer") == "in_parts":
+        count = note.get("parts", 0)
+        return f"footer in {count} text part{'s' if count != 1 else ''}"
+    if note.get("footer") == "own_part":
+        why = _WHY_OWN_PART.get(str(note.get("why")), str(note.get("why")))
+        return f"footer in a text/plain part of its own ({why})"
+    return f"footer {note.get('footer')}"
+
+
 def _copy(item: dict[str, Any], rcpt: str) -> str:
     parts = [f"attempt {item.get('attempt')} ({item.get('status')})"]
     if isinstance(unsub := item.get("unsubscribe"), dict):
-        parts.append(f"unsubscribe token {unsub['token_id']}, footer {unsub['footer']}")
+        parts.append(f"unsubscribe token {unsub['token_id']}, {_footer(unsub)}")
     if isinstance(trace := item.get("trace"), dict):
         parts.append(f"trace token {trace['token_id']}, envelope <{trace['mail_from']}>")
     if isinstance(dkim := item.get("dkim"), dict):

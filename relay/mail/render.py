@@ -4,11 +4,18 @@ Headers: every `List-Unsubscribe` and `List-Unsubscribe-Post` the sender set is 
 exactly one of each is added (RFC 2369, RFC 8058), folded only between items.
 
 Body: the footer goes into every inline text/plain and text/html part (HTML before `</body>`,
-else at the end), in any MIME structure. Attachments and attached messages are not touched. A
-message that is signed or encrypted anywhere (multipart/signed, multipart/encrypted, S/MIME, PGP)
-gets the headers only, so its bytes stay exactly as signed. Changed parts are re-encoded: base64
-stays base64; otherwise quoted-printable when the text is not ASCII or has long lines, so no line
-exceeds 998 characters. Malformed MIME gets the headers only; the caller logs why.
+else at the end), in any MIME structure. Attachments and attached messages are not touched.
+Changed parts are re-encoded: base64 stays base64; otherwise quoted-printable when the text is
+not ASCII or has long lines, so no line exceeds 998 characters. Malformed MIME (a boundary
+reused or missing) is changed in place only when the result parses into the same parts, each
+text part with its footer.
+
+Where no part can safely take the footer, a text/plain part with it is added: the message
+becomes a multipart/mixed of the original body, byte for byte with its own Content-* fields,
+and the footer part (as Mailman does). That is mail signed or encrypted anywhere (the signed
+bytes stay exactly as signed, now one level down), malformed MIME whose parts would not come
+back the same, and mail without a text part to take it (only attachments, an empty
+multipart/related). `Rendered.footer_part` says which.
 
 Parsing and generating use the standard library's email package (compat32, which keeps headers and
 untouched bodies as they came).
@@ -29,7 +36,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from io import BytesIO
 
-from relay.mail.headers import drop_fields
+from relay.mail.headers import drop_fields, split_message
 from relay.mail.wire import MAX_LINE
 
 _REPLACED = frozenset({b"list-unsubscribe", b"list-unsubscribe-post"})
@@ -67,7 +74,9 @@ class Rendered:
 
     content: bytes
     parts_changed: int
-    body_skipped: str | None  # why the body was left alone: "sealed", "malformed", "no_text"
+    # Why the footer went into a text/plain part of its own ("sealed", "malformed", "no_text"),
+    # or None: it is in each of the `parts_changed` text parts.
+    footer_part: str | None
 
 
 def list_unsubscribe_headers(https_url: str, mailto: str | None) -> list[bytes]:
@@ -154,8 +163,10 @@ class Template:
 
     skeleton: bytes
     slots: tuple[_Slot, ...]
-    body_skipped: str | None
+    footer_part: str | None
 
+
+_LONGEST_BOUNDARY = 70  # RFC 2046 section 5.1.1
 
 # Room for the longest URL a placeholder may stand for, when deciding whether lines stay short.
 _URL_ROOM = 600
@@ -211,8 +222,8 @@ def prepare(content: bytes, footer: Footer, *, placeholder: str | None = None) -
         return _prepare_simple(content, footer, placeholder) or _prepare(
             content, footer, placeholder
         )
-    except Exception:  # noqa: BLE001 - any parser failure means: headers only
-        return Template(content, (), "malformed")
+    except Exception:  # noqa: BLE001 - a parser failure: the footer in a part of its own
+        return _wrapped(content, footer, placeholder, "malformed")
 
 
 _IDENTITY = frozenset({"7bit", "8bit"})
@@ -269,13 +280,19 @@ def _prepare_simple(content: bytes, footer: Footer, placeholder: str | None) -> 
 def _prepare(content: bytes, footer: Footer, placeholder: str | None) -> Template:
     message = message_from_bytes(content, policy=_POLICY)
     if _sealed(message):
-        return Template(content, (), "sealed")
-    if _malformed(message):
-        return Template(content, (), "malformed")
+        return _wrapped(content, footer, placeholder, "sealed")
+    malformed = _malformed(message)
     parts = _body_parts(message)
     if not parts:
-        return Template(content, (), "no_text")
+        return _wrapped(content, footer, placeholder, "malformed" if malformed else "no_text")
+    leaves = _leaves(message) if malformed else []
     nonce = secrets.token_hex(8)
+    for number, part in enumerate(message.walk()):
+        boundary = part.get_boundary() if part.is_multipart() else None
+        if boundary is not None and len(boundary) > _LONGEST_BOUNDARY:
+            # Its delimiter lines could not cross SMTP (998 octets) nor pass RFC 2046 (70):
+            # the parts are written anew anyway, under a boundary of the rules' length.
+            part.set_boundary(f"=_part_{nonce}_{number}")  # "=_": in no QP or base64 text
     slots = []
     for index, part in enumerate(parts):
         text, charset = _decode(part)
@@ -288,7 +305,86 @@ def _prepare(content: bytes, footer: Footer, placeholder: str | None) -> Templat
         message["MIME-Version"] = "1.0"  # RFC 2045: without it, charset and encoding are ignored
     out = BytesIO()
     BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(message)
-    return Template(out.getvalue(), tuple(slots), None)
+    skeleton = out.getvalue()
+    if malformed and not _reads_back(skeleton, slots, leaves):
+        return _wrapped(content, footer, placeholder, "malformed")
+    return Template(skeleton, tuple(slots), None)
+
+
+def _leaves(message: Message) -> list[tuple[str, object]]:
+    """Every part that is not multipart, as a parser reads it: its type and its payload."""
+    return [(part.get_content_type(), part.get_payload()) for part in message.walk()]
+
+
+def _reads_back(skeleton: bytes, slots: list[_Slot], leaves: list[tuple[str, object]]) -> bool:
+    """Whether malformed MIME, changed in place, parses into the parts it had, footers in place.
+
+    Each text part must hold its slot's marker (the footer goes there), and every other part
+    must come back as it was; else a reader would see another message than the sender's.
+    """
+    again = message_from_bytes(skeleton, policy=_POLICY)
+    markers = [slot.marker.decode("ascii") for slot in slots]
+    if [str(part.get_payload()).strip() for part in _body_parts(again)] != markers:
+        return False
+    found = _leaves(again)
+    if [kind for kind, _ in found] != [kind for kind, _ in leaves]:
+        return False
+    # A body may come back with one more line end before its boundary (part of the boundary).
+    return all(
+        isinstance(payload, list)
+        or str(payload).strip() in markers
+        or str(payload).rstrip("\r\n") == str(was).rstrip("\r\n")
+        for (_, payload), (_, was) in zip(found, leaves, strict=True)
+    )
+
+
+_ENTITY = (b"content-", b"mime-version")
+
+
+def _wrapped(content: bytes, footer: Footer, placeholder: str | None, why: str) -> Template:
+    """The original body as the first part of a multipart/mixed, the footer as a text/plain part.
+
+    The body keeps every byte, and its Content-* fields go down with it; the other header
+    fields stay on top. The boundary is random, so it occurs nowhere in the body.
+    """
+    header, body = split_message(content)
+    top: list[bytes] = []
+    entity: list[bytes] = []
+    into = top
+    for line in header.splitlines(keepends=True):
+        if line.strip() == b"":
+            continue
+        if line[:1] not in (b" ", b"\t"):
+            into = entity if line.lower().startswith(_ENTITY) else top
+        into.append(line if line.endswith(b"\r\n") else line.rstrip(b"\r\n") + b"\r\n")
+    entity = [line for line in entity if not line.lower().startswith(b"mime-version")]
+    nonce = secrets.token_hex(12)
+    boundary = f"optin-relay-{nonce}".encode("ascii")
+    text = footer.text.replace("\n", "\r\n") + "\r\n"
+    longest = max(
+        len(line) + (_URL_ROOM if placeholder and placeholder in line else 0)
+        for line in text.split("\r\n")
+    )
+    cte = "7bit" if text.isascii() and longest <= MAX_LINE else "quoted-printable"
+    marker = f"optin-relay-slot-{nonce}-0".encode("ascii")
+    skeleton = b"".join(
+        [
+            *top,
+            b"MIME-Version: 1.0\r\n",
+            b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\r\n\r\n',
+            b"--" + boundary + b"\r\n",
+            *entity,
+            b"\r\n",
+            body,
+            b"\r\n--" + boundary + b"\r\n",
+            b"Content-Type: text/plain; charset=utf-8\r\n",
+            b"Content-Transfer-Encoding: " + cte.encode("ascii") + b"\r\n",
+            b"Content-Disposition: inline\r\n\r\n",
+            marker,
+            b"\r\n--" + boundary + b"--\r\n",
+        ]
+    )
+    return Template(skeleton, (_Slot(marker, text, "utf-8", cte),), why)
 
 
 def fill(
@@ -306,7 +402,8 @@ def fill(
                 text = text.replace(placeholder, value)
             pieces += [before, _encode(slot, text)]
         content = b"".join([*pieces, rest])
-    return Rendered(replace_headers(content, headers), len(template.slots), template.body_skipped)
+    changed = 0 if template.footer_part else len(template.slots)
+    return Rendered(replace_headers(content, headers), changed, template.footer_part)
 
 
 def render(content: bytes, headers: list[bytes], footer: Footer) -> Rendered:
