@@ -10,6 +10,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import aiohttp
 import aiosmtplib
@@ -30,6 +31,7 @@ from conftest import (
     simple_message,
     smtp_client,
 )
+from receiver import SECRET, Receiver
 
 from relay.storage import open_store
 
@@ -440,20 +442,22 @@ async def test_events_from_two_relays_page_exactly_once(tmp_path, pg_url, tls_fi
         await upstream.stop()
 
 
+def webhook_relay_config(tmp_path, store_url, upstream, tls_files, port, **webhooks) -> Path:
+    """A relay's configuration file whose account pushes its events to a receiver on `port`."""
+    data = config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
+    data["webhooks"] = {"allow_private": True, "poll_interval": 0.05, **webhooks}
+    data["accounts"][0]["webhooks"] = [{"url": f"http://127.0.0.1:{port}/hook", "secret": SECRET}]
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
 async def test_webhook_events_survive_a_sigkill(tmp_path, store_url, tls_files):
     """Events waiting for a down endpoint survive SIGKILL; after a restart each arrives."""
-    from receiver import SECRET, Receiver
-
     upstream = TestUpstream()
     await upstream.start()
     receiver = Receiver()  # not started: the endpoint is down
-    data = config_data(store_url=store_url, upstream_port=upstream.port, tls_files=tls_files)
-    data["webhooks"] = {"allow_private": True, "poll_interval": 0.05}
-    data["accounts"][0]["webhooks"] = [
-        {"url": f"http://127.0.0.1:{receiver.port}/hook", "secret": SECRET}
-    ]
-    path = tmp_path / "relay.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = webhook_relay_config(tmp_path, store_url, upstream, tls_files, receiver.port)
     relay = RelayProcess(path)
     port = await relay.start()
     restarted = None
@@ -645,7 +649,6 @@ async def test_a_crashed_relays_webhook_endpoint_is_taken_over_within_its_lease(
     The lease was `4 x timeout + 60 s` and never renewed: after a crash nothing was sent for
     100 s. It is `webhooks.lease` now (15 s by default, here 4 s), renewed at each event.
     """
-    from receiver import SECRET, Receiver
 
     class Stalling(Receiver):
         """Holds the first request (the relay dies meanwhile), answers the rest at once."""
@@ -664,13 +667,9 @@ async def test_a_crashed_relays_webhook_endpoint_is_taken_over_within_its_lease(
     await upstream.start()
     receiver = Stalling()
     await receiver.start()
-    data = config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
-    data["webhooks"] = {"allow_private": True, "poll_interval": 0.05, "timeout": 3, "lease": 4}
-    data["accounts"][0]["webhooks"] = [
-        {"url": f"http://127.0.0.1:{receiver.port}/hook", "secret": SECRET}
-    ]
-    path = tmp_path / "relay.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path = webhook_relay_config(
+        tmp_path, sqlite_url, upstream, tls_files, receiver.port, timeout=3, lease=4
+    )
     relay = RelayProcess(path)
     port = await relay.start()
     restarted = RelayProcess(path)
