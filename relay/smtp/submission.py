@@ -231,7 +231,8 @@ class Submissions:
             recipient_count=len(message.recipients),
             mail_from=message.mail_from,
         )
-        self.on_spooled(message)
+        for spooled in (message, *message.notices):  # delivery keeps their content
+            self.on_spooled(spooled)
         return f"250 2.0.0 Ok: queued as {tx.message_id}"
 
     def _refused_at_data(self, tx: Transaction, now: float) -> list[NewEvent]:
