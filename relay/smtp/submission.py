@@ -213,9 +213,8 @@ class Submissions:
             log.error("spool_failed", error=str(exc) or type(exc).__name__)
             rejected("data", REPLY_TEMPFAIL, "spool")
             return REPLY_TEMPFAIL
-        for event in refused:  # logged once they are on the record with the message
-            data = event.data
-            recipient_rejected(str(data["reply"]), str(data["rule"]), str(event.recipient), "data")
+        for address, (_, verdict) in tx.refused.items():  # logged once on the record
+            recipient_rejected(verdict.reply(), verdict.rule, address, "data")
         for dsn in message.notices:
             log.info(
                 "dsn_queued",
@@ -238,15 +237,7 @@ class Submissions:
     def _refused_at_data(self, tx: Transaction, now: float) -> list[NewEvent]:
         """The events of the recipients a data policy refused one by one (with the message)."""
         return [
-            refused_event(
-                tx.account.id,
-                address,
-                rule=verdict.rule,
-                reply=verdict.reply(),
-                now=now,
-                stage="data",
-                message_id=tx.message_id,
-            )
+            _data_event(tx, address, verdict.rule, verdict.reply(), now)
             for address, (_, verdict) in tx.refused.items()
         ]
 
@@ -299,17 +290,19 @@ class Submissions:
             tx.journal.append(journal.data_entry(tx, content, campaign, dict(decision), now))
         refused = [
             *self._refused_at_data(tx, now),
-            *(
-                refused_event(
-                    tx.account.id,
-                    address,
-                    rule=rule,
-                    reply=reply,
-                    now=now,
-                    stage="data",
-                    message_id=tx.message_id,
-                )
-                for address in tx.recipients
-            ),
+            *(_data_event(tx, address, rule, reply, now) for address in tx.recipients),
         ]
         await self._record(tx, refused)
+
+
+def _data_event(tx: Transaction, address: str, rule: str, reply: str, now: float) -> NewEvent:
+    """`recipient.refused` for one recipient of the transaction, refused at DATA."""
+    return refused_event(
+        tx.account.id,
+        address,
+        rule=rule,
+        reply=reply,
+        now=now,
+        stage="data",
+        message_id=tx.message_id,
+    )
