@@ -322,7 +322,11 @@ async def start_relay(clock: ManualClock) -> AsyncIterator[Callable[..., Any]]:
     async def start(data: dict[str, Any], **kwargs: Any) -> Relay:
         config: Config = parse_config(data)
         relay = Relay(config, clock=kwargs.pop("clock", clock), **kwargs)
-        await relay.start()
+        try:
+            await relay.start()
+        except BaseException:
+            await relay.stop(grace=0)  # as `serve` does: what started is stopped, the store closed
+            raise
         _LIVE_RELAYS.append(relay)
         return relay
 
@@ -428,9 +432,17 @@ async def scrape(web_port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]],
 class RelayProcess:
     """`python -m relay serve` as a child process, its JSON log lines collected."""
 
-    def __init__(self, config_path: Path, *args: str) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        *args: str,
+        cwd: Path = ROOT,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.config_path = config_path
         self.args = args  # more `serve` options
+        self.cwd = cwd  # `python -m relay` imports the relay package found here first
+        self.env = env
         self.lines: list[dict[str, Any]] = []
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -449,7 +461,8 @@ class RelayProcess:
             *self.args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            cwd=ROOT,
+            cwd=self.cwd,
+            env=self.env,
         )
         started = asyncio.Event()
 
@@ -468,12 +481,15 @@ class RelayProcess:
                     started.set()
 
         self._reader = asyncio.create_task(read())
-        try:
-            await asyncio.wait_for(started.wait(), timeout)
-        except TimeoutError:
+        ready = asyncio.ensure_future(started.wait())
+        exited = asyncio.ensure_future(self.proc.wait())
+        await asyncio.wait([ready, exited], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.done():
+            ready.cancel()
             self.kill()
             await self.wait()  # reaped: a child left behind keeps uvloop's loop from closing
-            raise AssertionError(f"relay did not start: {self.lines}") from None
+            raise AssertionError(f"relay did not start: {self.lines}")
+        exited.cancel()
         return self.smtp_port
 
     def events(self, name: str) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from receiver import OLD_SECRET, SECRET, Receiver, started, webhook_data
 
 from relay.delivery.webhooks import endpoint_key, forbidden, retry_delay
 from relay.storage import open_store
+from relay.storage.base import NewEvent
 
 
 @pytest.fixture
@@ -333,3 +334,28 @@ async def test_an_endpoint_whose_place_lies_past_the_feed_is_logged(
     logged = next(e for e in log_lines() if e["event"] == "webhook_cursor_invalid")
     assert (logged["account_id"], logged["url"], logged["level"]) == ("acme", url, "error")
     assert receiver.received == []  # not the feed again from its start
+
+
+async def test_a_replay_is_not_undone_by_a_delivery_in_flight(store):
+    """A relay's advance recorded after a rewind does not undo the rewind.
+
+    `replay` rewinds an endpoint while a relay is delivering to it; that relay's advance came
+    after and moved the endpoint past the replayed events again: `replay` said 0 events, and
+    none were sent again.
+    """
+    now = 1_800_000_000.0
+    events = [NewEvent("message.accepted", "acme", now + n, message_id=f"M{n}") for n in range(2)]
+    await store.record_events(events, [])
+    feed = await store.events("acme", after=None, limit=10)
+    url = "http://127.0.0.1:9/hook"
+    key = endpoint_key("acme", url)
+    assert await store.webhook_lease(
+        key, "acme", url, start=None, lease="node-a", now=now, lease_until=now + 60
+    )
+    assert await store.webhook_rewind(key, "acme", since=0, now=now)
+    # node-a had sent both events before the rewind and records that only now
+    assert not await store.webhook_advance(key, "node-a", cursor=feed[-1].cursor, sent=2)
+    (state,) = await store.webhook_states()
+    assert state.cursor is None
+    assert state.lease is None
+    assert await store.events_behind("acme", state.cursor) == (2, now)

@@ -376,7 +376,12 @@ class Store(Protocol):
         ...
 
     async def webhook_rewind(self, key: str, account_id: str, *, since: float, now: float) -> bool:
-        """Move the endpoint back to just before the account's first event at or after `since`."""
+        """Move the endpoint back to just before the account's first event at or after `since`.
+
+        The lease of the relay serving it is taken away with it: that relay's next advance
+        fails instead of moving the endpoint past the replayed events again, and the endpoint
+        is served from its new place (what was in flight is sent again, as a replay does).
+        """
         ...
 
     # --- suppression list ---

@@ -283,7 +283,8 @@ class PostgresEvents(PostgresCore):
         )
         cursor = f"{rows[0][0]}.{rows[0][1]}" if rows else None
         done = await self._fetch(
-            "UPDATE webhook_state SET cursor = $1, next_attempt = $2 WHERE key = $3 RETURNING 1",
+            "UPDATE webhook_state SET cursor = $1, next_attempt = $2, lease = NULL,"
+            " lease_until = 0 WHERE key = $3 RETURNING 1",
             cursor,
             now,
             key,

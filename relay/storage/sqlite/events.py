@@ -240,7 +240,8 @@ class SqliteEvents(SqliteCore):
             ).fetchone()
             cursor = None if row is None or row[0] is None else str(row[0])
             done = db.execute(
-                "UPDATE webhook_state SET cursor = ?, next_attempt = ? WHERE key = ?",
+                "UPDATE webhook_state SET cursor = ?, next_attempt = ?, lease = NULL,"
+                " lease_until = 0 WHERE key = ?",
                 (cursor, now, key),
             )
             return done.rowcount == 1
