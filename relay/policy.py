@@ -92,6 +92,10 @@ class Transaction:
     mail_from: str
     client_ip: str
     recipients: list[str] = field(default_factory=list)
+    # The DSN parameters (relay.mail.dsnrequest): the message's RET and ENVID, and each
+    # recipient's NOTIFY and ORCPT (by address; only those that gave any).
+    envelope_dsn: str | None = None
+    dsn: dict[str, str] = field(default_factory=dict)
     # What one policy tells a later one, as typed fields (a policy names the one it reads in
     # its `after`): the broadcast policy's count of this campaign's recipients in its window.
     campaign_recipients: int = 0

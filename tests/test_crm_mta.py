@@ -170,8 +170,9 @@ async def test_a_newsletter_through_postfix_comes_back_refusal_by_refusal(
 ):
     """60 recipients through Postfix: 3 suppressed, 2 past the repeat limit, 55 delivered.
 
-    The 3 come back in Postfix's own bounce with the relay's text; the 2 (refused at DATA,
-    where the relay could only answer 250) in the relay's DSN; the events feed and the webhooks
+    The 3 come back in Postfix's own bounce with the relay's text; of the 2 (refused at DATA,
+    where the relay could only answer 250), the one whose sender did not ask NOTIFY=NEVER in
+    the relay's DSN, with the ORCPT and ENVID Postfix passed on; the events feed and the webhooks
     carry all 5, the DATA ones with the message's queue id; `stats` agrees.
     """
     assert shutil.which(POSTFIX), "Debian's postfix is needed (.ci/bootstrap installs it)"
@@ -194,6 +195,22 @@ async def test_a_newsletter_through_postfix_comes_back_refusal_by_refusal(
         await bounces.stop()
 
 
+async def check_relay_dsn(upstream: TestUpstream, repeated: list[str]) -> None:
+    """The relay's DSN: the DATA refusals Postfix saw as 250, but for the NOTIFY=NEVER one."""
+    await eventually(lambda: any(m.rcpt == NEWS for m in upstream.messages), timeout=30)
+    dsn = next(m for m in upstream.messages if m.rcpt == NEWS)
+    assert dsn.mail_from == "<>"
+    report = message_from_bytes(dsn.content)
+    relay_blocks = statuses(report)
+    assert set(relay_blocks) == {repeated[1]}  # repeated[0] asked NOTIFY=NEVER
+    for address, block in relay_blocks.items():
+        assert block["Action"] == "failed"
+        assert "already got this message 3 times" in block["Diagnostic-Code"]
+        assert block["Original-Recipient"] == f"rfc822;{address}"  # Postfix's ORCPT
+    status = next(p for p in report.walk() if p.get_content_type() == "message/delivery-status")
+    assert status.get_payload()[0]["Original-Envelope-Id"] == "autumn+60"
+
+
 async def run_newsletter(relay, upstream, bounces, hooks, postfix) -> None:
     everyone = [f"reader{n:02d}@example.net" for n in range(60)]
     repeated, suppressed = everyone[:2], everyone[10:13]
@@ -209,9 +226,15 @@ async def run_newsletter(relay, upstream, bounces, hooks, postfix) -> None:
 
     await postfix.start()
     mta = await smtp_client(postfix.port, starttls=False)
-    refused, reply = await mta.sendmail(NEWS, everyone, newsletter(everyone))
+    await mta.mail(NEWS, options=["ENVID=autumn+2B60"])
+    for address in everyone:
+        # The first of the two past the limit: its sender asked for no failure notice, and
+        # Postfix passes that on (the relay offers DSN).
+        options = ["NOTIFY=NEVER"] if address == repeated[0] else []
+        await mta.rcpt(address, options=options)
+    response = await mta.data(newsletter(everyone))
     await mta.quit()
-    assert (refused, reply[:5]) == ({}, "2.0.0")  # Postfix took it for all 60
+    assert response.message[:5] == "2.0.0"  # Postfix took it for all 60
 
     await eventually(
         lambda: len({m.rcpt for m in upstream.messages[6:] if m.rcpt != NEWS}) == 55, timeout=60
@@ -231,15 +254,7 @@ async def run_newsletter(relay, upstream, bounces, hooks, postfix) -> None:
         assert block["Action"] == "failed"
         assert "has unsubscribed" in block["Diagnostic-Code"]
 
-    # The relay's DSN: the DATA refusals that Postfix saw as 250.
-    await eventually(lambda: any(m.rcpt == NEWS for m in upstream.messages), timeout=30)
-    dsn = next(m for m in upstream.messages if m.rcpt == NEWS)
-    assert dsn.mail_from == "<>"
-    relay_blocks = statuses(message_from_bytes(dsn.content))
-    assert set(relay_blocks) == set(repeated)
-    for block in relay_blocks.values():
-        assert block["Action"] == "failed"
-        assert "already got this message 3 times" in block["Diagnostic-Code"]
+    await check_relay_dsn(upstream, repeated)
 
     # The feed and the webhooks: all five, the DATA ones with the queue id of the message.
     events = await read_events(relay.store, 5, types=frozenset({"recipient.refused"}))

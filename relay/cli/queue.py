@@ -176,13 +176,22 @@ async def _change(args: argparse.Namespace, config: Config, store: Store) -> int
 
 
 def _dsns(config: Config, message: QueuedMessage, now: float) -> list[NewMessage]:
-    """A failure notice to the sender for each pending recipient (none for a null sender)."""
+    """A failure notice to the sender for each pending recipient (none for a null sender).
+
+    None for a recipient whose sender asked for no failure notices (NOTIFY, RFC 3461).
+    """
     from relay.delivery.dsn import build_dsn  # noqa: PLC0415
     from relay.delivery.upstream import SendResult  # noqa: PLC0415
+    from relay.mail import dsnrequest  # noqa: PLC0415
     from relay.storage.base import NewMessage, new_message_id  # noqa: PLC0415
 
     if not message.mail_from or message.kind != "message" or message.content is None:
         return []
+    pending = [
+        (r, request)
+        for r in message.recipients
+        if r.status == "pending" and (request := dsnrequest.read(r.dsn, message.dsn)).on_failure
+    ]
     return [
         NewMessage(
             id=new_message_id(),
@@ -199,12 +208,12 @@ def _dsns(config: Config, message: QueuedMessage, now: float) -> list[NewMessage
                 arrival=message.received_at,
                 now=now,
                 expired=False,
+                request=request,
             ),
             received_at=now,
             kind="dsn",
         )
-        for r in message.recipients
-        if r.status == "pending"
+        for r, request in pending
     ]
 
 

@@ -19,10 +19,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from relay import journal
-from relay.delivery.dsn import build_dsn
+from relay.delivery.dsn import build_dsn, build_relayed_dsn
 from relay.delivery.upstream import SendResult
 from relay.errors import StoreError
 from relay.logging import get_logger
+from relay.mail import dsnrequest
 from relay.metrics import DELIVERIES
 from relay.policy import Continue, Defer, Rendering
 from relay.storage.base import DeliveryJob, NewMessage, new_message_id
@@ -298,9 +299,13 @@ class DeliveryService:
         if rule is not None:
             fields["rule"] = rule
         if result.outcome == "delivered":
-            if await self.store.delivered(job, reply=result.reply, now=now):
+            dsn = self._success_dsn(job, result, config, content, now=now)
+            if await self.store.delivered(job, reply=result.reply, now=now, dsn=dsn):
                 DELIVERIES.labels("delivered").inc()
                 log.info("delivery_succeeded", **fields)
+                if dsn is not None:
+                    _dsn_queued(dsn, job, "notify_success")
+                    self.wake()
             else:
                 _lease_lost(fields)
             return
@@ -322,13 +327,30 @@ class DeliveryService:
         DELIVERIES.labels("failed").inc()
         log.warning("delivery_failed", expired=expired, **fields)
         if dsn is not None:
-            log.info(
-                "dsn_queued",
-                message_id=dsn.id,
-                original_message_id=job.message_id,
-                recipient=job.mail_from,
-            )
+            _dsn_queued(dsn, job, "expired" if expired else "failed")
             self.wake()
+
+    def _success_dsn(
+        self, job: DeliveryJob, result: SendResult, config: Config, content: bytes, *, now: float
+    ) -> NewMessage | None:
+        """The `relayed` report of a copy the upstream took, when its sender asked for one."""
+        if not job.dsn or not job.mail_from or job.kind == "dsn":
+            return None
+        request = dsnrequest.read(job.dsn, job.envelope_dsn)
+        if not request.on_success:
+            return None
+        body = build_relayed_dsn(
+            reporting_host=config.hostname,
+            original=content,
+            message_id=job.message_id,
+            mail_from=job.mail_from,
+            recipient=job.recipient,
+            reply=result.reply,
+            request=request,
+            arrival=job.received_at,
+            now=now,
+        )
+        return _notice(job, body, now)
 
     def _dsn(
         self,
@@ -340,8 +362,12 @@ class DeliveryService:
         now: float,
         expired: bool,
     ) -> NewMessage | None:
-        # Never a DSN about a DSN, nor to a null sender (RFC 5321 section 3.6.3).
+        # Never a DSN about a DSN, nor to a null sender (RFC 5321 section 3.6.3), nor to one
+        # that asked for none (NOTIFY without FAILURE, RFC 3461).
         if not job.mail_from or job.kind == "dsn":
+            return None
+        request = dsnrequest.read(job.dsn, job.envelope_dsn)
+        if not request.on_failure:
             return None
         body = build_dsn(
             reporting_host=config.hostname,
@@ -353,13 +379,29 @@ class DeliveryService:
             arrival=job.received_at,
             now=now,
             expired=expired,
+            request=request,
         )
-        return NewMessage(
-            id=new_message_id(),
-            account_id=job.account_id,
-            mail_from="",
-            recipients=(job.mail_from,),
-            content=body,
-            received_at=now,
-            kind="dsn",
-        )
+        return _notice(job, body, now)
+
+
+def _notice(job: DeliveryJob, body: bytes, now: float) -> NewMessage:
+    """The DSN `body` about `job`, from the null sender to the message's sender."""
+    return NewMessage(
+        id=new_message_id(),
+        account_id=job.account_id,
+        mail_from="",
+        recipients=(job.mail_from,),
+        content=body,
+        received_at=now,
+        kind="dsn",
+    )
+
+
+def _dsn_queued(dsn: NewMessage, job: DeliveryJob, reason: str) -> None:
+    log.info(
+        "dsn_queued",
+        message_id=dsn.id,
+        original_message_id=job.message_id,
+        recipient=job.mail_from,
+        reason=reason,
+    )

@@ -9,6 +9,7 @@ and the failed-AUTH throttle live here, because they are properties of the SMTP 
 from __future__ import annotations
 
 import asyncio
+import collections
 import inspect
 import re
 from asyncio import sslproto
@@ -18,6 +19,7 @@ import structlog
 from aiosmtpd.smtp import SMTP, TLSSetupException, syntax
 
 from relay.logging import get_logger
+from relay.mail import dsnrequest
 from relay.smtp import addresses
 from relay.smtp.auth import SmtpAuth
 from relay.smtp.inbound import InboundMail
@@ -93,6 +95,13 @@ def _hook_names(cls: type, prefixes: tuple[str, ...]) -> list[str]:
     return names
 
 
+# Command lines with the extensions' parameters (RFC 1869): SIZE (26) and SMTPUTF8 (10) on MAIL,
+# as aiosmtpd counts them, and DSN: RET and ENVID (100) on MAIL, NOTIFY and ORCPT (500) on RCPT
+# (RFC 3461 section 4).
+MAIL_LINE_LIMIT = SMTP.command_size_limit + 26 + 10 + 100
+RCPT_LINE_LIMIT = SMTP.command_size_limit + 500
+
+
 class _LeanTLS(sslproto.SSLProtocol):
     """asyncio's TLS layer for STARTTLS with a 32 KiB read buffer instead of 256 KiB.
 
@@ -112,6 +121,9 @@ class RelaySMTP(SMTP):
         # aiosmtpd reads DATA lines (CRLF included) up to this; commands keep their own limits.
         self.line_length_limit = handler.runtime().config.smtp.max_line_length + 2
         super().__init__(handler, **kwargs)
+        # aiosmtpd keeps these limits in one dict for all connections and adds to them at
+        # every EHLO; each connection has its own, set by `handle_EHLO`.
+        self.command_size_limits = collections.defaultdict(lambda: SMTP.command_size_limit)
         self.relay_handler = handler
         self.listener = listener
         self._counted_ip: str | None = None
@@ -119,6 +131,7 @@ class RelaySMTP(SMTP):
         self._handler_done = False  # aiosmtpd's task for the session has ended (see _release)
         self._released = False
         self.junk_commands = 0  # since the last accepted message (see _junk)
+        self.dsn_params: str | None = None  # the DSN parameters of the MAIL or RCPT being read
 
     def __dir__(self) -> list[str]:
         """Its SMTP verbs and AUTH mechanisms: what aiosmtpd's constructor looks up by dir()."""
@@ -194,6 +207,44 @@ class RelaySMTP(SMTP):
             raise
         except Exception as error:
             raise TLSSetupException from error
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's verb
+        """MAIL, with the DSN extension's RET and ENVID taken out for the handler."""
+        arg = await self._take_dsn(arg, "FROM:", dsnrequest.MAIL_PARAMS)
+        if arg is not None:
+            await super().smtp_MAIL(arg)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 - aiosmtpd's verb
+        """RCPT, with the DSN extension's NOTIFY and ORCPT taken out for the handler."""
+        arg = await self._take_dsn(arg, "TO:", dsnrequest.RCPT_PARAMS)
+        if arg is not None:
+            await super().smtp_RCPT(arg)
+
+    async def _take_dsn(self, arg: str | None, keyword: str, names: tuple[str, ...]) -> str | None:
+        """`arg` without its DSN parameters (kept in `dsn_params`); None when refused here.
+
+        aiosmtpd knows no parameters but SIZE, BODY and SMTPUTF8 (555 for any other) and
+        upper-cases them all, which would change an ENVID or ORCPT; so they are read here
+        first, and the rest of the command goes on to aiosmtpd as the client sent it.
+        """
+        self.dsn_params = None
+        session = self.session
+        if not arg or "=" not in arg or session is None or not session.extended_smtp:
+            return arg
+        path = self._strip_command_keyword(keyword, arg)
+        if path is None:
+            return arg
+        address, params = self._getaddr(path)
+        if not address or not params or not path.endswith(params):
+            return arg  # aiosmtpd answers for the path
+        try:
+            self.dsn_params, others = dsnrequest.take(params.split(), names)
+        except dsnrequest.DsnParamError as error:
+            await self.push(error.reply)
+            return None
+        return " ".join([keyword, path[: len(path) - len(params)].rstrip(), *others])
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The path of MAIL FROM or RCPT TO and the rest (parameters), as aiosmtpd reads them."""
@@ -369,15 +420,19 @@ class IngressHandler(SmtpAuth):
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        """Offer PIPELINING (RFC 2920) besides aiosmtpd's own extensions.
+        """Offer PIPELINING (RFC 2920) and DSN (RFC 3461) besides aiosmtpd's own extensions.
 
         aiosmtpd reads commands one line at a time from its buffer and answers each in order, so
         a client may send MAIL, RCPT and DATA in one write; data after STARTTLS is discarded.
         """
-        del server, envelope
+        del envelope
         session.host_name = hostname
+        # RFC 1869 section 4.1.2: each extension's parameters lengthen its commands' lines.
+        server.command_size_limits.clear()
+        server.command_size_limits["MAIL"] = MAIL_LINE_LIMIT
+        server.command_size_limits["RCPT"] = RCPT_LINE_LIMIT
         *lines, last = responses
-        return [*lines, "250-PIPELINING", last]
+        return [*lines, "250-PIPELINING", "250-DSN", last]
 
     async def handle_MAIL(  # noqa: N802
         self,
@@ -415,7 +470,13 @@ class IngressHandler(SmtpAuth):
                 "helo": session.host_name,
             }
             refusal = await self.submissions.mail(
-                envelope, account, message_id, session.client_ip, address, origin=origin
+                envelope,
+                account,
+                message_id,
+                session.client_ip,
+                address,
+                origin=origin,
+                dsn=server.dsn_params,
             )
             if refusal is not None:
                 return refusal
@@ -432,7 +493,7 @@ class IngressHandler(SmtpAuth):
         rcpt_options: list[str],
     ) -> str:
         """The relay's own addresses to the inbound mail; the rest to the submission."""
-        del server, session
+        del session
         refused = addresses.refusal(address, smtputf8=envelope.smtp_utf8, recipient=True)
         if refused is not None:
             recipient_rejected(refused[0], refused[1], address)
@@ -450,7 +511,7 @@ class IngressHandler(SmtpAuth):
             reply = f"554 5.7.1 <{address}>: Relay access denied"
             recipient_rejected(reply, "relay_denied", address)
             return reply
-        reply = await self.submissions.rcpt(envelope.tx, address)
+        reply = await self.submissions.rcpt(envelope.tx, address, dsn=server.dsn_params)
         if reply.startswith("250"):
             envelope.rcpt_tos.append(address)
             envelope.rcpt_options.extend(rcpt_options)

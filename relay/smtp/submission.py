@@ -13,7 +13,7 @@ from relay import journal
 from relay.delivery.dsn import build_refusal_dsn
 from relay.errors import StoreError
 from relay.logging import get_logger
-from relay.mail import markers
+from relay.mail import dsnrequest, markers
 from relay.mail.campaign import campaign_key, parse
 from relay.metrics import MESSAGES_ACCEPTED
 from relay.policy import Continue, Submission, Transaction
@@ -61,12 +61,14 @@ class Submissions:
         address: str,
         *,
         origin: Mapping[str, object],
+        dsn: str | None = None,
     ) -> str | None:
         """The mail stage; None when the sender may go on, else the refusal's reply.
 
-        `origin`: how the message came (listener, TLS, AUTH user, HELO), for the journal.
+        `origin`: how the message came (listener, TLS, AUTH user, HELO), for the journal;
+        `dsn`: its RET and ENVID (relay.mail.dsnrequest).
         """
-        tx = Transaction(message_id, account, address, client_ip)
+        tx = Transaction(message_id, account, address, client_ip, envelope_dsn=dsn)
         runtime = self.runtime()
         decision = await runtime.pipeline.mail(tx)
         if runtime.config.journal.enabled:
@@ -91,8 +93,8 @@ class Submissions:
         envelope.tx = tx
         return None
 
-    async def rcpt(self, tx: Transaction, address: str) -> str:
-        """The recipient limit, then the rcpt stage."""
+    async def rcpt(self, tx: Transaction, address: str, *, dsn: str | None = None) -> str:
+        """The recipient limit, then the rcpt stage; `dsn`: its NOTIFY and ORCPT."""
         runtime = self.runtime()
         tx.rcpt_seen += 1
         journaling = runtime.config.journal.enabled
@@ -112,6 +114,8 @@ class Submissions:
             await self._refused(tx, address, decision.verdict.rule, reply)
             return reply
         tx.recipients.append(address)
+        if dsn is not None:
+            tx.dsn[address] = dsn
         return "250 2.1.5 Recipient ok"
 
     def _journal_rcpt(self, tx: Transaction, address: str, decision: dict[str, object]) -> None:
@@ -205,6 +209,8 @@ class Submissions:
             journal=tuple(tx.journal),
             events=tuple(refused),
             notices=self._refusal_dsn(tx, content, now),
+            envelope_dsn=tx.envelope_dsn,
+            recipient_dsn={a: tx.dsn[a] for a in tx.recipients if a in tx.dsn},
         )
         tx.journal.clear()
         try:
@@ -244,10 +250,14 @@ class Submissions:
     def _refusal_dsn(self, tx: Transaction, content: bytes, now: float) -> tuple[NewMessage, ...]:
         """The DSN of the recipients refused at DATA; none to a null sender (a DSN's own).
 
-        The relay does not offer the DSN extension (RFC 3461), so no sender can ask for less:
-        a failure is always reported, as by an MTA without it.
+        A recipient whose NOTIFY leaves out FAILURE (NEVER, say) is left out of it
+        (RFC 3461); its `recipient.refused` event still says it.
         """
-        refused = [(address, verdict.reply()) for address, (_, verdict) in tx.refused.items()]
+        refused = [
+            (address, verdict.reply(), request)
+            for address, (_, verdict) in tx.refused.items()
+            if (request := dsnrequest.read(tx.dsn.get(address), tx.envelope_dsn)).on_failure
+        ]
         if not refused or not tx.mail_from:
             return ()
         body = build_refusal_dsn(

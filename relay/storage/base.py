@@ -154,8 +154,14 @@ class Store(Protocol):
         """The spooled content of `message_id`."""
         ...
 
-    async def delivered(self, job: DeliveryJob, *, reply: str, now: float) -> bool:
-        """Mark `job` delivered; False if its lease was lost meanwhile."""
+    async def delivered(
+        self, job: DeliveryJob, *, reply: str, now: float, dsn: NewMessage | None = None
+    ) -> bool:
+        """Mark `job` delivered; False if its lease was lost meanwhile.
+
+        `dsn`: the report the sender asked for (NOTIFY=SUCCESS), spooled in the same
+        transaction.
+        """
         ...
 
     async def deferred(
@@ -376,12 +382,7 @@ class Store(Protocol):
         ...
 
     async def webhook_rewind(self, key: str, account_id: str, *, since: float, now: float) -> bool:
-        """Move the endpoint back to just before the account's first event at or after `since`.
-
-        The lease of the relay serving it is taken away with it: that relay's next advance
-        fails instead of moving the endpoint past the replayed events again, and the endpoint
-        is served from its new place (what was in flight is sent again, as a replay does).
-        """
+        """Move the endpoint back to just before the account's first event at or after `since`."""
         ...
 
     # --- suppression list ---

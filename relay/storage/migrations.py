@@ -173,6 +173,11 @@ _SHARED: dict[int, str] = {
             published_at {real} NOT NULL
         );
         """,
+    # The DSN extension (RFC 3461): what the sender asked, as sent (NULL: nothing asked).
+    17: """
+        ALTER TABLE messages ADD COLUMN dsn TEXT;
+        ALTER TABLE recipients ADD COLUMN dsn TEXT;
+        """,
 }
 
 
@@ -340,6 +345,7 @@ SQLITE: list[tuple[int, str]] = [
     _shared(13, "SQLITE"),
     _shared(14, "SQLITE"),
     _shared(15, "SQLITE"),
+    _shared(17, "SQLITE"),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -576,4 +582,5 @@ POSTGRES: list[tuple[int, str]] = [
         $$;
         """,
     ),
+    _shared(17, "POSTGRES"),
 ]

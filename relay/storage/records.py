@@ -41,6 +41,10 @@ class NewMessage:
     # else (its recipients refused at DATA) and the relay's own mail about it (their DSN).
     events: tuple[NewEvent, ...] = ()
     notices: tuple[NewMessage, ...] = ()
+    # What the sender asked of DSNs (relay.mail.dsnrequest), as stored: the message's RET and
+    # ENVID, and the NOTIFY and ORCPT of the recipients that gave any.
+    envelope_dsn: str | None = None
+    recipient_dsn: Mapping[str, str] = field(default_factory=dict)
 
 
 def new_event_id() -> str:
@@ -136,6 +140,8 @@ class DeliveryJob:
     kind: MessageKind
     lease: str
     campaign: str | None = None
+    dsn: str | None = None  # the recipient's NOTIFY and ORCPT, as stored
+    envelope_dsn: str | None = None  # the message's RET and ENVID, as stored
     # What the render stage did to this copy (tokens, footer, signatures), journaled with the
     # outcome of the attempt; set by the worker after the render stage.
     render: Mapping[str, Any] | None = None
@@ -442,6 +448,7 @@ class QueuedRecipient:
     next_attempt: float
     last_reply: str | None
     leased_until: float
+    dsn: str | None = None  # its NOTIFY and ORCPT, as stored
 
 
 @dataclass(frozen=True)
@@ -458,6 +465,7 @@ class QueuedMessage:
     held_at: float | None
     content: bytes | None
     recipients: tuple[QueuedRecipient, ...]
+    dsn: str | None = None  # its RET and ENVID, as stored
 
 
 @dataclass(frozen=True)
@@ -532,7 +540,7 @@ def queued_message_from_rows(
     head: Iterable[Any], recipients: Iterable[Iterable[Any]]
 ) -> QueuedMessage:
     """A `QueuedMessage` from its message row (sql.QUEUED_MESSAGE_COLUMNS) and recipient rows."""
-    mid, account, mail_from, kind, size, received, completed, held, content = head
+    mid, account, mail_from, kind, size, received, completed, held, content, dsn = head
     return QueuedMessage(
         mid,
         account,
@@ -544,6 +552,7 @@ def queued_message_from_rows(
         held,
         None if content is None else bytes(content),
         tuple(QueuedRecipient(*tuple(row)) for row in recipients),
+        dsn,
     )
 
 

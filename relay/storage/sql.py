@@ -75,6 +75,6 @@ def queue_sql(now: str) -> str:
 JOURNAL_COLUMNS = "id, message_id, at, kind, account_id, detail, recipient"
 # A message of the spool and its recipients, as records.queued_message_from_rows reads them.
 QUEUED_MESSAGE_COLUMNS = (
-    "id, account_id, mail_from, kind, size, received_at, completed_at, held_at, content"
+    "id, account_id, mail_from, kind, size, received_at, completed_at, held_at, content, dsn"
 )
-QUEUED_RECIPIENT_COLUMNS = "rcpt, status, attempts, next_attempt, last_reply, lease_until"
+QUEUED_RECIPIENT_COLUMNS = "rcpt, status, attempts, next_attempt, last_reply, lease_until, dsn"

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 async def _insert_message(con: asyncpg.Connection, message: NewMessage) -> None:
     await con.execute(
         "INSERT INTO messages (id, account_id, mail_from, kind, content, size, received_at,"
-        " campaign) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        " campaign, dsn) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         message.id,
         message.account_id,
         message.mail_from,
@@ -46,11 +46,13 @@ async def _insert_message(con: asyncpg.Connection, message: NewMessage) -> None:
         len(message.content),
         message.received_at,
         message.campaign,
+        message.envelope_dsn,
     )
+    dsn = message.recipient_dsn
     await con.executemany(
-        "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at)"
-        " VALUES ($1, $2, $3, $3)",
-        [(message.id, rcpt, message.received_at) for rcpt in message.recipients],
+        "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at, dsn)"
+        " VALUES ($1, $2, $3, $3, $4)",
+        [(message.id, rcpt, message.received_at, dsn.get(rcpt)) for rcpt in message.recipients],
     )
     await insert_events(con, [*accepted_events(message), *message.events])
     await insert_journal(con, message.journal)
@@ -97,13 +99,18 @@ class PostgresSpool(PostgresCore):
         """
         spooled = messages
         messages = [each for m in spooled for each in (m, *m.notices)]
-        rcpts = [(m.id, rcpt, m.received_at) for m in messages for rcpt in m.recipients]
+        rcpts = [
+            (m.id, rcpt, m.received_at, m.recipient_dsn.get(rcpt))
+            for m in messages
+            for rcpt in m.recipients
+        ]
         try:
             async with self._acquire() as con, con.transaction():
                 await con.execute(
                     "INSERT INTO messages (id, account_id, mail_from, kind, content, size,"
-                    " received_at, campaign) SELECT * FROM unnest($1::text[], $2::text[],"
-                    " $3::text[], $4::text[], $5::bytea[], $6::int[], $7::float8[], $8::text[])",
+                    " received_at, campaign, dsn) SELECT * FROM unnest($1::text[], $2::text[],"
+                    " $3::text[], $4::text[], $5::bytea[], $6::int[], $7::float8[], $8::text[],"
+                    " $9::text[])",
                     [m.id for m in messages],
                     [m.account_id for m in messages],
                     [m.mail_from for m in messages],
@@ -112,14 +119,16 @@ class PostgresSpool(PostgresCore):
                     [len(m.content) for m in messages],
                     [m.received_at for m in messages],
                     [m.campaign for m in messages],
+                    [m.envelope_dsn for m in messages],
                 )
                 await con.execute(
-                    "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at)"
-                    " SELECT m, r, t, t FROM unnest($1::text[], $2::text[], $3::float8[])"
-                    " AS u(m, r, t)",
+                    "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at, dsn)"
+                    " SELECT m, r, t, t, d FROM unnest($1::text[], $2::text[], $3::float8[],"
+                    " $4::text[]) AS u(m, r, t, d)",
                     [row[0] for row in rcpts],
                     [row[1] for row in rcpts],
                     [row[2] for row in rcpts],
+                    [row[3] for row in rcpts],
                 )
                 await insert_events(
                     con, [e for m in messages for e in (*accepted_events(m), *m.events)]
@@ -143,9 +152,9 @@ class PostgresSpool(PostgresCore):
             " AND s.state <> 'active'))"
             " ORDER BY r.next_attempt LIMIT $4 FOR UPDATE OF r SKIP LOCKED),"
             " leased AS (UPDATE recipients r SET lease = $1, lease_until = $3 FROM picked"
-            " WHERE r.id = picked.id RETURNING r.id, r.message_id, r.rcpt, r.attempts)"
+            " WHERE r.id = picked.id RETURNING r.id, r.message_id, r.rcpt, r.attempts, r.dsn)"
             " SELECT l.id, l.message_id, l.rcpt, l.attempts, m.account_id, m.mail_from,"
-            " m.received_at, m.kind, m.campaign FROM leased l"
+            " m.received_at, m.kind, m.campaign, l.dsn, m.dsn FROM leased l"
             " JOIN messages m ON m.id = l.message_id"
             " ORDER BY l.id",
             lease,
@@ -154,7 +163,13 @@ class PostgresSpool(PostgresCore):
             limit,
         )
         return [
-            DeliveryJob(*tuple(row)[:8], lease=lease, campaign=row[8])  # type: ignore[misc]
+            DeliveryJob(
+                *tuple(row)[:8],  # type: ignore[misc]
+                lease=lease,
+                campaign=row[8],
+                dsn=row[9],
+                envelope_dsn=row[10],
+            )
             for row in rows
         ]
 
@@ -165,8 +180,15 @@ class PostgresSpool(PostgresCore):
             raise StoreError(f"no spooled content for message {message_id}")
         return bytes(rows[0][0])
 
-    async def delivered(self, job: DeliveryJob, *, reply: str, now: float) -> bool:
-        """Mark `job` delivered (batched with other deliveries finishing meanwhile)."""
+    async def delivered(
+        self, job: DeliveryJob, *, reply: str, now: float, dsn: NewMessage | None = None
+    ) -> bool:
+        """Mark `job` delivered (batched with other deliveries finishing meanwhile).
+
+        One with a DSN to spool (NOTIFY=SUCCESS, rare) has its own transaction.
+        """
+        if dsn is not None:
+            return await self._finish(job, "delivered", reply, now, dsn)
         return await self._deliveries.submit((job, reply, now))
 
     async def _delivered_many(self, done: list[tuple[DeliveryJob, str, float]]) -> list[bool]:

@@ -47,7 +47,7 @@ _DUE = (
 def _insert_message(db: sqlite3.Connection, message: NewMessage) -> None:
     db.execute(
         "INSERT INTO messages (id, account_id, mail_from, kind, content, size, received_at,"
-        " campaign) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " campaign, dsn) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             message.id,
             message.account_id,
@@ -57,12 +57,15 @@ def _insert_message(db: sqlite3.Connection, message: NewMessage) -> None:
             len(message.content),
             message.received_at,
             message.campaign,
+            message.envelope_dsn,
         ),
     )
+    dsn = message.recipient_dsn
     db.executemany(
-        "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at) VALUES (?, ?, ?, ?)",
+        "INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at, dsn)"
+        " VALUES (?, ?, ?, ?, ?)",
         [
-            (message.id, rcpt, message.received_at, message.received_at)
+            (message.id, rcpt, message.received_at, message.received_at, dsn.get(rcpt))
             for rcpt in message.recipients
         ],
     )
@@ -76,7 +79,16 @@ def _insert_message(db: sqlite3.Connection, message: NewMessage) -> None:
         _insert_message(db, notice)
 
 
-def _finish(db: sqlite3.Connection, job: DeliveryJob, status: str, reply: str, now: float) -> bool:
+def _finish(
+    db: sqlite3.Connection,
+    job: DeliveryJob,
+    status: str,
+    reply: str,
+    now: float,
+    *,
+    dsn: NewMessage | None = None,
+) -> bool:
+    """The final outcome of `job` and the DSN it sends, or False if its lease was lost."""
     cursor = db.execute(
         "UPDATE recipients SET status = ?, attempts = attempts + 1, lease = NULL, lease_until = 0,"
         " last_reply = ?, updated_at = ? WHERE id = ? AND lease = ? AND status = 'pending'",
@@ -92,6 +104,8 @@ def _finish(db: sqlite3.Connection, job: DeliveryJob, status: str, reply: str, n
     )
     insert_events(db, delivery_events(status, job, reply, now))
     insert_journal(db, render_journal(job, status, now))
+    if dsn is not None:
+        _insert_message(db, dsn)
     return True
 
 
@@ -124,7 +138,7 @@ class SqliteSpool(SqliteCore):
             )
             return db.execute(
                 "SELECT r.id, r.message_id, r.rcpt, r.attempts, m.account_id, m.mail_from,"
-                " m.received_at, m.kind, m.campaign FROM recipients r"
+                " m.received_at, m.kind, m.campaign, r.dsn, m.dsn FROM recipients r"
                 " JOIN messages m ON m.id = r.message_id"
                 " WHERE r.lease = ? AND r.status = 'pending' ORDER BY r.id",
                 (lease,),
@@ -133,7 +147,13 @@ class SqliteSpool(SqliteCore):
         rows = await self._write(operation)
         self._nothing_due = not rows
         return [
-            DeliveryJob(*row[:8], lease=lease, campaign=row[8])  # type: ignore[misc]
+            DeliveryJob(
+                *row[:8],  # type: ignore[misc]
+                lease=lease,
+                campaign=row[8],
+                dsn=row[9],
+                envelope_dsn=row[10],
+            )
             for row in rows
         ]
 
@@ -144,9 +164,11 @@ class SqliteSpool(SqliteCore):
             raise StoreError(f"no spooled content for message {message_id}")
         return bytes(rows[0][0])
 
-    async def delivered(self, job: DeliveryJob, *, reply: str, now: float) -> bool:
-        """Mark `job` delivered."""
-        return await self._write(lambda db: _finish(db, job, "delivered", reply, now))
+    async def delivered(
+        self, job: DeliveryJob, *, reply: str, now: float, dsn: NewMessage | None = None
+    ) -> bool:
+        """Mark `job` delivered (and spool the DSN the sender asked for, atomically)."""
+        return await self._write(lambda db: _finish(db, job, "delivered", reply, now, dsn=dsn))
 
     async def deferred(
         self, job: DeliveryJob, *, reply: str, now: float, next_attempt: float
@@ -174,15 +196,7 @@ class SqliteSpool(SqliteCore):
         self, job: DeliveryJob, *, reply: str, now: float, dsn: NewMessage | None
     ) -> bool:
         """Mark `job` failed and spool its DSN atomically."""
-
-        def operation(db: sqlite3.Connection) -> bool:
-            if not _finish(db, job, "failed", reply, now):
-                return False
-            if dsn is not None:
-                _insert_message(db, dsn)
-            return True
-
-        return await self._write(operation)
+        return await self._write(lambda db: _finish(db, job, "failed", reply, now, dsn=dsn))
 
     async def renew(self, lease: str, *, lease_until: float) -> int:
         """Extend a lease held by deliveries in flight."""
