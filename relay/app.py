@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
 
-from relay import passwords
+from relay import __version__, passwords
 from relay.accounts.credentials import Credentials
 from relay.clock import SystemClock
 from relay.config import load_config
@@ -20,7 +20,7 @@ from relay.consent.subscriptions import Subscriptions
 from relay.delivery.upstream import SmtpUpstream
 from relay.delivery.webhooks import Webhooks, never_allowed
 from relay.delivery.worker import DeliveryService
-from relay.errors import ConfigError, StoreError
+from relay.errors import ConfigError, SchemaError, StoreError
 from relay.feedback import cases
 from relay.feedback.intake import Feedback
 from relay.logging import configure as configure_logging
@@ -29,6 +29,7 @@ from relay.runtime import Runtime, RuntimeRef, unsigned_own_mail
 from relay.smtp.server import IngressHandler, start_listeners
 from relay.smtp.throttle import ConnectionLimiter, FailureThrottle
 from relay.storage import open_store
+from relay.storage.schema import prepare
 from relay.web.server import make_app
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class Relay:
         store = open_store(config.storage.url)
         self.store = store
         await store.open()
-        await store.migrate()
+        await prepare(store, config.storage.migrate)
         self.runtime = RuntimeRef(Runtime.build(config, store, self.clock))
         upstream = self._upstream or SmtpUpstream(config.upstream, config.hostname)
         self.upstream = upstream
@@ -137,6 +138,7 @@ class Relay:
             self.web_port = int(sockets[0].getsockname()[1])
         log.info(
             "relay_started",
+            version=__version__,
             hostname=config.hostname,
             worker_id=self.delivery.worker_id,
             event_loop=type(asyncio.get_running_loop()).__module__.split(".")[0],
@@ -318,6 +320,10 @@ async def serve(config_path: Path, *, web_listen: str | None = None) -> int:
         loop.add_signal_handler(sig, stopping.set)
     try:
         await relay.start()
+    except SchemaError as exc:  # waiting will not help: an operator must upgrade or migrate
+        log.error("schema_refused", error=str(exc))
+        await relay.stop(grace=0)
+        return 78  # EX_CONFIG: systemd does not restart us (RestartPreventExitStatus)
     except StoreError as exc:
         log.error("store_unavailable", error=str(exc))
         await relay.stop(grace=0)

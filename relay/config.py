@@ -182,6 +182,11 @@ class StorageConfig(Model):
     """Where state lives: `sqlite:///path` or `postgresql://...`."""
 
     url: str
+    migrate: Literal["auto", "never"] = Field(
+        "auto",
+        description="auto: migrate the schema at start-up; never: refuse to start while"
+        " migration steps are pending (run `optin-relay migrate` once for the fleet)",
+    )
 
     @field_validator("url")
     @classmethod

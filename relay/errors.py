@@ -3,6 +3,7 @@
 RelayError
 ├── ConfigError     the configuration is invalid (carries every problem with its location)
 ├── StoreError      the storage backend failed; callers answer with a temporary failure
+│   └── SchemaError the schema and this release do not go together (too old, or not migrated)
 └── CursorError     an events cursor the store never issued (malformed, or past the feed)
 
 The upstream's refusals are not exceptions: `relay.delivery.upstream` turns them into
@@ -27,6 +28,10 @@ class ConfigError(RelayError):
 
 class StoreError(RelayError):
     """The storage backend could not complete an operation."""
+
+
+class SchemaError(StoreError):
+    """This release may not run on the store's schema until someone acts (upgrade, migrate)."""
 
 
 class CursorError(RelayError):

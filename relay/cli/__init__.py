@@ -24,6 +24,7 @@ from relay.cli import (
     consent,
     dkim,
     explain,
+    migrate,
     policy,
     queue,
     service,
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     consent.add_parser(commands, common)
     cases.add_parsers(commands, common)
     webhooks.add_parser(commands, common)
+    migrate.add_parser(commands, common)
     return parser
 
 

@@ -42,11 +42,16 @@ def load(config_path: Path) -> Config:
     return load_config(config_path)
 
 
-def with_store(config_path: Path, work: Callable[[Config, Store], Awaitable[int]]) -> int:
-    """Open the configured store (migrated), run `work`, close it."""
+def with_store(
+    config_path: Path, work: Callable[[Config, Store], Awaitable[int]], *, prepare: bool = True
+) -> int:
+    """Open the configured store (migrated, as `storage.migrate` says), run `work`, close it.
+
+    `prepare=False`: as it is, for the commands that look at the schema itself (`migrate`).
+    """
     import asyncio  # noqa: PLC0415 - `--help` and usage errors need no event loop
 
-    from relay.storage import open_store  # noqa: PLC0415 - only the driver in use is loaded
+    from relay.storage import open_store, schema  # noqa: PLC0415 - the driver in use only
 
     config = load(config_path)
 
@@ -54,7 +59,8 @@ def with_store(config_path: Path, work: Callable[[Config, Store], Awaitable[int]
         store = open_store(config.storage.url)
         await store.open()
         try:
-            await store.migrate()
+            if prepare:
+                await schema.prepare(store, config.storage.migrate)
             return await work(config, store)
         finally:
             await store.close()

@@ -36,6 +36,7 @@ from relay.storage.records import (
     QueuedRecipient,
     QueueEntry,
     QueueState,
+    SchemaState,
     SentRecipient,
     Subscription,
     SubscriptionStatus,
@@ -95,6 +96,7 @@ __all__ = [
     "QueueState",
     "QueuedMessage",
     "QueuedRecipient",
+    "SchemaState",
     "SentRecipient",
     "Store",
     "Subscription",
@@ -129,7 +131,14 @@ class Store(Protocol):
         ...
 
     async def migrate(self) -> None:
-        """Bring the schema up to date (safe to run concurrently and repeatedly)."""
+        """Bring the schema up to date (safe to run concurrently and repeatedly).
+
+        Records the oldest release that may run on it (relay.storage.schema).
+        """
+        ...
+
+    async def schema_state(self) -> SchemaState:
+        """The migration steps applied, and the oldest release the schema allows."""
         ...
 
     async def close(self) -> None:
@@ -382,7 +391,12 @@ class Store(Protocol):
         ...
 
     async def webhook_rewind(self, key: str, account_id: str, *, since: float, now: float) -> bool:
-        """Move the endpoint back to just before the account's first event at or after `since`."""
+        """Move the endpoint back to just before the account's first event at or after `since`.
+
+        The lease of the relay serving it is taken away with it: that relay's next advance
+        fails instead of moving the endpoint past the replayed events again, and the endpoint
+        is served from its new place (what was in flight is sent again, as a replay does).
+        """
         ...
 
     # --- suppression list ---

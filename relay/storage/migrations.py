@@ -6,6 +6,31 @@ types filled in per dialect (`_TYPES`).
 
 from __future__ import annotations
 
+# What each step adds, for `optin-relay migrate --check` and `status`.
+STEPS: dict[int, str] = {
+    1: "the spool: messages, recipients and their leases",
+    2: "suppressions and their audit trail, campaign sends, account flags",
+    3: "account states and their history",
+    4: "consent records, windowed events",
+    5: "windowed counters",
+    6: "campaign_sends dropped (replaced by windowed counters)",
+    7: "complaint cases and their history, account statistics",
+    8: "consent history, subscriptions",
+    9: "window_add(): a windowed counter in one round trip (PostgreSQL)",
+    10: "suppressions matched by their canonical key",
+    11: "the events feed",
+    12: "webhook endpoints' places in the feed",
+    13: "queue actions, the journal, held messages",
+    14: "repeated sends of a campaign to a recipient",
+    15: "terms of use: versions and acceptances",
+    16: "window_add_all(): several windowed counters at once (PostgreSQL)",
+    17: "messages.dsn, recipients.dsn: what senders asked of DSNs (RFC 3461)",
+    18: "schema_info: the oldest release that may run on the schema",
+}
+# The oldest release that may run on a schema with the step applied: a step that only adds
+# keeps the floor of the steps before it (expand/contract, see relay.storage.schema).
+FLOORS: dict[int, str] = dict.fromkeys(STEPS, "0.1.0")
+
 _TYPES = {
     "SQLITE": {"real": "REAL", "blob": "BLOB", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT"},
     "POSTGRES": {"real": "DOUBLE PRECISION", "blob": "BYTEA", "serial": "BIGSERIAL PRIMARY KEY"},
@@ -178,6 +203,13 @@ _SHARED: dict[int, str] = {
         ALTER TABLE messages ADD COLUMN dsn TEXT;
         ALTER TABLE recipients ADD COLUMN dsn TEXT;
         """,
+    # `min_version`: the oldest release that may run on the schema (relay.storage.schema).
+    18: """
+        CREATE TABLE schema_info (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        """,
 }
 
 
@@ -346,6 +378,7 @@ SQLITE: list[tuple[int, str]] = [
     _shared(14, "SQLITE"),
     _shared(15, "SQLITE"),
     _shared(17, "SQLITE"),
+    _shared(18, "SQLITE"),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -583,4 +616,5 @@ POSTGRES: list[tuple[int, str]] = [
         """,
     ),
     _shared(17, "POSTGRES"),
+    _shared(18, "POSTGRES"),
 ]

@@ -127,6 +127,25 @@ WEBHOOK_COLUMNS = (
 
 
 @dataclass(frozen=True)
+class SchemaState:
+    """Where a store's schema stands, seen by this code (relay.storage.schema)."""
+
+    applied: frozenset[int]
+    known: tuple[int, ...]  # the steps this code has for the store's dialect
+    min_version: str | None  # the oldest release the schema allows (None: it records none)
+
+    @property
+    def pending(self) -> list[int]:
+        """The steps this code has that the schema lacks, in order."""
+        return [step for step in self.known if step not in self.applied]
+
+    @property
+    def newer(self) -> list[int]:
+        """The steps a newer release applied that this code does not know."""
+        return sorted(self.applied - set(self.known))
+
+
+@dataclass(frozen=True)
 class DeliveryJob:
     """One recipient of a spooled message, leased to one delivery worker."""
 

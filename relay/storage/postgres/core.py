@@ -18,6 +18,8 @@ import asyncpg
 
 from relay.errors import StoreError
 from relay.storage.migrations import POSTGRES
+from relay.storage.records import SchemaState
+from relay.storage.schema import MIN_VERSION, floor_of
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -190,8 +192,34 @@ class PostgresCore:
                         await con.execute(
                             "INSERT INTO schema_migrations (version) VALUES ($1)", version
                         )
+                        done.add(version)
+                recorded = await con.fetchval(
+                    "SELECT value FROM schema_info WHERE key = $1", MIN_VERSION
+                )
+                await con.execute(
+                    "INSERT INTO schema_info (key, value) VALUES ($1, $2)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    MIN_VERSION,
+                    floor_of(done, recorded),
+                )
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL migration failed: {exc}") from exc
+
+    async def schema_state(self) -> SchemaState:
+        """The migration steps applied and the oldest release the schema allows."""
+        rows = await self._fetch(
+            "SELECT to_regclass('schema_migrations') IS NOT NULL,"
+            " to_regclass('schema_info') IS NOT NULL"
+        )
+        has_steps, has_info = rows[0]
+        applied: set[int] = set()
+        floor = None
+        if has_steps:
+            applied = {row[0] for row in await self._fetch("SELECT version FROM schema_migrations")}
+        if has_info:
+            found = await self._fetch("SELECT value FROM schema_info WHERE key = $1", MIN_VERSION)
+            floor = found[0][0] if found else None
+        return SchemaState(frozenset(applied), tuple(v for v, _ in POSTGRES), floor)
 
     async def ping(self) -> None:
         """Run a trivial query."""

@@ -31,6 +31,8 @@ import aiosqlite
 
 from relay.errors import StoreError
 from relay.storage.migrations import SQLITE
+from relay.storage.records import SchemaState
+from relay.storage.schema import MIN_VERSION, floor_of
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -149,6 +151,14 @@ def _migrate(db: sqlite3.Connection) -> None:
                 for statement in _statements(script):
                     db.execute(statement)
                 db.execute("INSERT INTO schema_migrations (version) VALUES (?)", (version,))
+                done.add(version)
+            recorded = db.execute(
+                "SELECT value FROM schema_info WHERE key = ?", (MIN_VERSION,)
+            ).fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO schema_info (key, value) VALUES (?, ?)",
+                (MIN_VERSION, floor_of(done, recorded[0] if recorded else None)),
+            )
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -339,6 +349,24 @@ class SqliteCore:
         if self._db is None:
             raise StoreError("the store is not open")
         await self._in_writer(_migrate, self._db)
+
+    async def schema_state(self) -> SchemaState:
+        """The migration steps applied and the oldest release the schema allows."""
+        tables = {
+            row[0]
+            for row in await self._fetch(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+                " AND name IN ('schema_migrations', 'schema_info')"
+            )
+        }
+        applied: set[int] = set()
+        floor = None
+        if "schema_migrations" in tables:
+            applied = {row[0] for row in await self._fetch("SELECT version FROM schema_migrations")}
+        if "schema_info" in tables:
+            rows = await self._fetch("SELECT value FROM schema_info WHERE key = ?", (MIN_VERSION,))
+            floor = rows[0][0] if rows else None
+        return SchemaState(frozenset(applied), tuple(v for v, _ in SQLITE), floor)
 
     async def ping(self) -> None:
         """Run a trivial query."""
