@@ -218,3 +218,36 @@ def test_docs_stay_inside_the_repository():
     """README and docs link to nothing outside the checkout."""
     for path in [ROOT / "README.md", *DOCS.glob("*.md")]:
         assert "../shared" not in path.read_text(), path
+
+
+def test_releases_are_numbered_and_name_their_commits():
+    """pyproject.toml and `optin-relay --version` say the newest release of the CHANGELOG.
+
+    Each released section names the commit it is (tags may not travel with a clone), and that
+    commit is in the history.
+    """
+    import tomllib
+
+    from relay import __version__
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    sections = re.findall(r"(?m)^## \[([^\]]+)\](.*)\n\n(.*)", changelog)
+    assert sections[0][0] == "Unreleased"
+    released = sections[1:]
+    assert released, "no release in the CHANGELOG"
+    assert project["version"] == __version__ == released[0][0]
+    for version, dated, first_line in released:
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), version
+        assert re.fullmatch(r" - \d{4}-\d{2}-\d{2}", dated), version
+        commit = re.match(r"Commit ([0-9a-f]{7,40})\.", first_line)
+        assert commit, f"{version}: its first line names its commit"
+        found = subprocess.run(
+            ["git", "-C", str(ROOT), "cat-file", "-e", f"{commit.group(1)}^{{commit}}"],
+            check=False,
+        )
+        assert found.returncode == 0, f"{version}: commit {commit.group(1)} is not in the history"
+    printed = subprocess.run(
+        [sys.executable, "-m", "relay", "--version"], capture_output=True, text=True, check=True
+    )
+    assert printed.stdout.strip() == f"optin-relay {__version__}"
