@@ -20,6 +20,7 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
 from relay import __version__
 from relay.cli import (
     accounts,
+    backup,
     cases,
     consent,
     dkim,
@@ -57,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     cases.add_parsers(commands, common)
     webhooks.add_parser(commands, common)
     migrate.add_parser(commands, common)
+    backup.add_parser(commands, common)
     return parser
 
 

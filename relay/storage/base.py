@@ -63,6 +63,7 @@ from relay.storage.records import (
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from pathlib import Path
 
 __all__ = [
     "BUCKET",
@@ -134,6 +135,13 @@ class Store(Protocol):
         """Bring the schema up to date (safe to run concurrently and repeatedly).
 
         Records the oldest release that may run on it (relay.storage.schema).
+        """
+        ...
+
+    async def backup(self, target: Path) -> int:
+        """A consistent copy of the store at `target` while it is in use; its size in bytes.
+
+        SQLite only (its online backup API); PostgreSQL raises StoreError (pg_dump, PITR).
         """
         ...
 

@@ -24,6 +24,7 @@ from relay.storage.schema import MIN_VERSION, floor_of
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
     from contextlib import AbstractAsyncContextManager
+    from pathlib import Path
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -204,6 +205,14 @@ class PostgresCore:
                 )
         except DB_ERRORS as exc:
             raise StoreError(f"PostgreSQL migration failed: {exc}") from exc
+
+    async def backup(self, target: Path) -> int:
+        """Not for PostgreSQL: its own tools do it better (docs/operations.md#backups)."""
+        del target
+        raise StoreError(
+            "optin-relay backup copies a SQLite store; back PostgreSQL up with pg_dump or"
+            " continuous archiving (docs/operations.md, Backups)"
+        )
 
     async def schema_state(self) -> SchemaState:
         """The migration steps applied and the oldest release the schema allows."""
