@@ -7,6 +7,7 @@ import contextlib
 import gc
 import signal
 import ssl
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
@@ -14,6 +15,7 @@ from aiohttp import web
 from relay import __version__, passwords
 from relay.accounts.credentials import Credentials
 from relay.clock import SystemClock
+from relay.cluster import HEARTBEAT, this_node
 from relay.config import load_config
 from relay.configtypes import split_host_port
 from relay.consent.subscriptions import Subscriptions
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
     from relay.clock import Clock
     from relay.config import Config
     from relay.delivery.upstream import Upstream
-    from relay.storage.base import Store
+    from relay.storage.base import NodeRecord, Store
 
 log = get_logger(__name__)
 
@@ -67,6 +69,7 @@ class Relay:
         self._tasks: list[asyncio.Task[None]] = []
         self._web: web.AppRunner | None = None
         self.web_port: int | None = None
+        self._node: NodeRecord | None = None  # this process's heartbeat (relay.cluster)
         self.store: Store | None = None
         self.upstream: Upstream | None = None
         self.delivery: DeliveryService | None = None
@@ -76,6 +79,7 @@ class Relay:
 
     async def start(self) -> None:
         """Open the store, migrate it, then start delivery, listeners and HTTP."""
+        started = self.clock.now()
         await asyncio.to_thread(passwords.prepare)
         config = self.config
         store = open_store(config.storage.url)
@@ -136,6 +140,11 @@ class Relay:
         sockets = getattr(server, "sockets", None)  # uvloop's Server is no asyncio.Server
         if sockets:
             self.web_port = int(sockets[0].getsockname()[1])
+        self._node = this_node(
+            self.delivery.worker_id, self._listeners(), started_at=started, now=self.clock.now()
+        )
+        await self._heartbeat_once()
+        self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeat"))
         log.info(
             "relay_started",
             version=__version__,
@@ -180,6 +189,32 @@ class Relay:
                 continue
             pruned_at = await self._maintain(store, pruned_at)
             due = self.clock.now() + self.runtime.current.config.feedback.sweep_interval
+
+    def _listeners(self) -> list[str]:
+        """Where this process listens, as `status` shows it."""
+        smtp = [
+            f"smtp://{server.sockets[0].getsockname()[0]}:{port}"
+            for server, port in zip(self.servers, self.smtp_ports, strict=True)
+        ]
+        host, _ = split_host_port(self.config.web.listen)
+        return [*smtp, f"http://{host}:{self.web_port}"]
+
+    async def _heartbeat_once(self, *, stopped: bool = False) -> None:
+        """Tell the store this process is alive (or has stopped cleanly)."""
+        if self.store is None or self._node is None:
+            return
+        now = self.clock.now()
+        node = replace(self._node, heartbeat_at=now, stopped_at=now if stopped else None)
+        try:
+            await self.store.node_heartbeat(node)
+        except StoreError as exc:
+            log.warning("heartbeat_failed", error=str(exc))
+
+    async def _heartbeats(self) -> None:
+        """A heartbeat every HEARTBEAT seconds, for `optin-relay status` on any node."""
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            await self._heartbeat_once()
 
     @property
     def smtp_ports(self) -> list[int]:
@@ -235,6 +270,7 @@ class Relay:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._heartbeat_once(stopped=True)
         if self._web is not None:
             await self._web.cleanup()
         if self.upstream is not None:

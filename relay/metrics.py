@@ -61,3 +61,40 @@ SPOOL_OLDEST_AGE = Gauge(
     "Age of the oldest message with a recipient waiting for delivery (0 when none)",
     registry=REGISTRY,
 )
+
+# One view of the cluster (relay.cluster), read from the store at each scrape: every node's
+# /metrics says the same, so alert on one series per cluster (max or min over instances).
+NODES = Gauge(
+    "optin_relay_nodes",
+    "Relay processes heard from in the last hour, by state (running, missing, stopped)",
+    ["state"],
+    registry=REGISTRY,
+)
+QUEUE_RECIPIENTS = Gauge(
+    "optin_relay_queue_recipients",
+    "Recipients waiting for delivery, by queue state (queued, active, deferred, held)",
+    ["state"],
+    registry=REGISTRY,
+)
+WEBHOOK_BEHIND = Gauge(
+    "optin_relay_webhook_events_behind",
+    "Events not yet delivered to an account's webhook endpoints (summed over its endpoints)",
+    ["account"],
+    registry=REGISTRY,
+)
+WEBHOOK_OLDEST = Gauge(
+    "optin_relay_webhook_oldest_waiting_seconds",
+    "How long the oldest event not yet delivered to an account's endpoints has waited",
+    ["account"],
+    registry=REGISTRY,
+)
+SCHEMA_PENDING = Gauge(
+    "optin_relay_schema_pending_steps",
+    "Migration steps of this release the schema lacks",
+    registry=REGISTRY,
+)
+CERTIFICATE_EXPIRY = Gauge(
+    "optin_relay_tls_certificate_expiry_timestamp_seconds",
+    "When the SMTP listeners' TLS certificate expires (Unix time; absent without TLS)",
+    registry=REGISTRY,
+)

@@ -17,6 +17,12 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+def certificate_expiry(certificate: Path) -> float:
+    """When the first certificate in the PEM file `certificate` expires (Unix time)."""
+    loaded = x509.load_pem_x509_certificate(certificate.read_bytes())
+    return loaded.not_valid_after_utc.timestamp()
+
+
 def server_context(certificate: Path, private_key: Path) -> ssl.SSLContext:
     """A server-side context (TLS 1.2 or newer) with the given certificate chain and key."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -29,6 +29,7 @@ from relay.cli import (
     policy,
     queue,
     service,
+    status,
     suppress,
     webhooks,
 )
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     webhooks.add_parser(commands, common)
     migrate.add_parser(commands, common)
     backup.add_parser(commands, common)
+    status.add_parser(commands, common)
     return parser
 
 

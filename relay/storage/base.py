@@ -31,6 +31,7 @@ from relay.storage.records import (
     MessageKind,
     NewEvent,
     NewMessage,
+    NodeRecord,
     QueueAction,
     QueuedMessage,
     QueuedRecipient,
@@ -92,6 +93,7 @@ __all__ = [
     "MessageKind",
     "NewEvent",
     "NewMessage",
+    "NodeRecord",
     "QueueAction",
     "QueueEntry",
     "QueueState",
@@ -147,6 +149,27 @@ class Store(Protocol):
 
     async def schema_state(self) -> SchemaState:
         """The migration steps applied, and the oldest release the schema allows."""
+        ...
+
+    # --- the relay processes on the store (relay.cluster) ---
+
+    async def node_heartbeat(self, node: NodeRecord) -> None:
+        """Record the process's heartbeat (or its clean stop, `stopped_at`)."""
+        ...
+
+    async def nodes(self, since: float) -> list[NodeRecord]:
+        """The processes whose last heartbeat is at or after `since`, oldest start first."""
+        ...
+
+    async def leases_by_node(self, now: float) -> dict[str, tuple[int, int]]:
+        """Per lease holder (node id): recipients and webhook endpoints it holds at `now`."""
+        ...
+
+    async def queue_summary(self, now: float) -> dict[str, tuple[int, float]]:
+        """Pending recipients by queue state (queued, active, deferred, held).
+
+        For each: how many, and when the oldest of their messages was received.
+        """
         ...
 
     async def close(self) -> None:

@@ -26,6 +26,7 @@ STEPS: dict[int, str] = {
     16: "window_add_all(): several windowed counters at once (PostgreSQL)",
     17: "messages.dsn, recipients.dsn: what senders asked of DSNs (RFC 3461)",
     18: "schema_info: the oldest release that may run on the schema",
+    19: "nodes: the relay processes on the store and their heartbeats",
 }
 # The oldest release that may run on a schema with the step applied: a step that only adds
 # keeps the floor of the steps before it (expand/contract, see relay.storage.schema).
@@ -210,6 +211,20 @@ _SHARED: dict[int, str] = {
             value TEXT NOT NULL
         );
         """,
+    # The relay processes using the store (relay.cluster): `id` is a process's delivery worker
+    # id, which prefixes its leases; `listeners` a JSON list of its addresses.
+    19: """
+        CREATE TABLE nodes (
+            id TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            version TEXT NOT NULL,
+            started_at {real} NOT NULL,
+            heartbeat_at {real} NOT NULL,
+            stopped_at {real},
+            listeners TEXT NOT NULL
+        );
+        """,
 }
 
 
@@ -379,6 +394,7 @@ SQLITE: list[tuple[int, str]] = [
     _shared(15, "SQLITE"),
     _shared(17, "SQLITE"),
     _shared(18, "SQLITE"),
+    _shared(19, "SQLITE"),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -617,4 +633,5 @@ POSTGRES: list[tuple[int, str]] = [
     ),
     _shared(17, "POSTGRES"),
     _shared(18, "POSTGRES"),
+    _shared(19, "POSTGRES"),
 ]

@@ -127,6 +127,51 @@ WEBHOOK_COLUMNS = (
 
 
 @dataclass(frozen=True)
+class NodeRecord:
+    """A relay process on the store, as its last heartbeat said (relay.cluster)."""
+
+    id: str  # its delivery worker id: the prefix of its leases (`ID:N`, `ID:KEY:NS`)
+    host: str
+    pid: int
+    version: str
+    started_at: float
+    heartbeat_at: float
+    stopped_at: float | None  # a clean stop; None while it runs (or after a crash)
+    listeners: tuple[str, ...]
+
+    def row(self) -> tuple[Any, ...]:
+        """Its values in NODE_COLUMNS' order."""
+        return (
+            self.id,
+            self.host,
+            self.pid,
+            self.version,
+            self.started_at,
+            self.heartbeat_at,
+            self.stopped_at,
+            json.dumps(list(self.listeners)),
+        )
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> NodeRecord:
+        """A record from a row of NODE_COLUMNS."""
+        node_id, host, pid, version, started_at, heartbeat_at, stopped_at, listeners = row
+        return cls(
+            str(node_id),
+            str(host),
+            int(pid),
+            str(version),
+            float(started_at),
+            float(heartbeat_at),
+            None if stopped_at is None else float(stopped_at),
+            tuple(json.loads(listeners)),
+        )
+
+
+NODE_COLUMNS = "id, host, pid, version, started_at, heartbeat_at, stopped_at, listeners"
+
+
+@dataclass(frozen=True)
 class SchemaState:
     """Where a store's schema stands, seen by this code (relay.storage.schema)."""
 

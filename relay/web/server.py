@@ -14,18 +14,26 @@ setting the endpoint does not exist (404). Failed tokens are throttled per clien
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from relay.cluster import read_status, show_metrics
 from relay.consent.optout import Method, unsubscribe
 from relay.errors import StoreError
 from relay.logging import get_logger
 from relay.mail.branding import page
-from relay.metrics import REGISTRY, SPOOL_OLDEST_AGE, SPOOL_PENDING
+from relay.metrics import (
+    CERTIFICATE_EXPIRY,
+    REGISTRY,
+    SPOOL_OLDEST_AGE,
+    SPOOL_PENDING,
+)
 from relay.smtp.throttle import FailureThrottle
+from relay.tlsutil import certificate_expiry
 from relay.web import api, dashboard, forms, terms
 from relay.web.state import (
     admin_refusal,
@@ -102,12 +110,28 @@ async def unsubscribe_post(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when the store answers, 503 otherwise."""
+    """200 when the store answers, 503 otherwise.
+
+    `?verbose` (with the admin token) adds the cluster's status (relay.cluster): the nodes,
+    their leases, the queue, the webhooks' lag and the schema, as `optin-relay status --json`.
+    """
+    verbose = "verbose" in request.query
+    if verbose:
+        refused = await admin_refusal(request)
+        if refused is not None:
+            return refused
+    store = store_of(request)
     try:
-        await store_of(request).ping()
+        await store.ping()
+        if not verbose:
+            return web.json_response({"status": "ok"})
+        runtime = runtime_of(request)
+        status = await read_status(
+            store, runtime.config, await store.schema_state(), clock_of(request).now()
+        )
     except StoreError:
         return web.json_response({"status": "unavailable", "store": "down"}, status=503)
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok", "cluster": status.as_json()})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -123,13 +147,18 @@ async def metrics(request: web.Request) -> web.Response:
         refused = await admin_refusal(request)
         if refused is not None:
             return refused
+    store, now = store_of(request), clock_of(request).now()
     try:
-        pending, oldest = await store_of(request).backlog()
+        pending, oldest = await store.backlog()
+        show_metrics(await read_status(store, runtime.config, await store.schema_state(), now))
     except StoreError as exc:
         log.warning("metrics_store_unavailable", error=str(exc))  # the gauges keep their values
     else:
         SPOOL_PENDING.set(pending)
-        SPOOL_OLDEST_AGE.set(0 if oldest is None else max(0.0, clock_of(request).now() - oldest))
+        SPOOL_OLDEST_AGE.set(0 if oldest is None else max(0.0, now - oldest))
+    if runtime.config.smtp.tls is not None:
+        with contextlib.suppress(OSError, ValueError):
+            CERTIFICATE_EXPIRY.set(certificate_expiry(runtime.config.smtp.tls.certificate))
     return web.Response(
         body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

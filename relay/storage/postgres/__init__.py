@@ -5,6 +5,7 @@ from relay.storage.postgres.events import PostgresEvents
 from relay.storage.postgres.feedback import PostgresFeedback
 from relay.storage.postgres.journal import PostgresJournal
 from relay.storage.postgres.lists import PostgresLists
+from relay.storage.postgres.nodes import PostgresNodes
 from relay.storage.postgres.spool import PostgresSpool
 from relay.storage.postgres.subscriptions import PostgresSubscriptions
 
@@ -17,6 +18,7 @@ class PostgresStore(
     PostgresSubscriptions,
     PostgresEvents,
     PostgresJournal,
+    PostgresNodes,
 ):
     """The `Store` on PostgreSQL: one class made of its parts."""
 

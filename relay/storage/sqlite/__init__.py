@@ -5,6 +5,7 @@ from relay.storage.sqlite.events import SqliteEvents
 from relay.storage.sqlite.feedback import SqliteFeedback
 from relay.storage.sqlite.journal import SqliteJournal
 from relay.storage.sqlite.lists import SqliteLists
+from relay.storage.sqlite.nodes import SqliteNodes
 from relay.storage.sqlite.spool import SqliteSpool
 from relay.storage.sqlite.subscriptions import SqliteSubscriptions
 
@@ -17,6 +18,7 @@ class SqliteStore(
     SqliteSubscriptions,
     SqliteEvents,
     SqliteJournal,
+    SqliteNodes,
 ):
     """The `Store` on SQLite: one class made of its parts."""
 

@@ -362,6 +362,16 @@ class SqliteSpool(SqliteCore):
         )
         return queued_message_from_rows(found[0], rows)
 
+    async def queue_summary(self, now: float) -> dict[str, tuple[int, float]]:
+        """Pending recipients by queue state: how many, the oldest message's arrival."""
+        rows = await self._fetch(
+            f"SELECT {queue_state_sql('?')}, COUNT(*), MIN(m.received_at)"  # noqa: S608
+            " FROM recipients r JOIN messages m ON m.id = r.message_id"
+            " WHERE r.status = 'pending' GROUP BY 1",
+            (now,),
+        )
+        return {str(state): (int(count), float(oldest)) for state, count, oldest in rows}
+
     async def counts(self) -> dict[str, int]:
         """Recipients per state."""
         rows = await self._fetch("SELECT status, COUNT(*) FROM recipients GROUP BY status")
