@@ -35,6 +35,7 @@ from relay.storage.schema import prepare
 from relay.web.server import make_app
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
     from pathlib import Path
 
     from relay.clock import Clock
@@ -46,6 +47,7 @@ log = get_logger(__name__)
 
 # Settings that only take effect on restart; a reload that changes them says so.
 PRUNE_INTERVAL = 3600.0
+RESTART_DELAY = 1.0  # seconds before a crashed background loop starts again
 _RESTART_ONLY = ("smtp.listeners", "storage", "web.listen", "upstream")
 
 
@@ -111,13 +113,11 @@ class Relay:
         )
         self.webhooks = Webhooks(store, self.runtime, self.clock, node=self.delivery.worker_id)
         if self.run_delivery and config.delivery.enabled:
-            self._tasks.append(asyncio.create_task(self.delivery.run(), name="delivery"))
-            self._tasks.append(asyncio.create_task(self.webhooks.run(), name="webhooks"))
+            self._background("delivery", self.delivery.run)
+            self._background("webhooks", self.webhooks.run)
             # The first pass is over before the relay serves: what was due at start is done.
             pruned_at = await self._maintain(store, float("-inf"))
-            self._tasks.append(
-                asyncio.create_task(self._maintenance(store, pruned_at), name="maintenance")
-            )
+            self._background("maintenance", lambda: self._maintenance(store, pruned_at))
         self.servers = await start_listeners(
             self.handler, config.smtp.listeners, reuse_port=config.smtp.reuse_port
         )
@@ -144,7 +144,7 @@ class Relay:
             self.delivery.worker_id, self._listeners(), started_at=started, now=self.clock.now()
         )
         await self._heartbeat_once()
-        self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeat"))
+        self._background("heartbeat", self._heartbeats)
         log.info(
             "relay_started",
             version=__version__,
@@ -189,6 +189,27 @@ class Relay:
                 continue
             pruned_at = await self._maintain(store, pruned_at)
             due = self.clock.now() + self.runtime.current.config.feedback.sweep_interval
+
+    def _background(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run `loop` for the relay's life, started again whenever it raises.
+
+        A background loop that died of an error nobody foresaw (a driver's exception outside
+        the store's, say) would stop delivery, webhooks or the heartbeat in silence while the
+        relay goes on accepting mail: it is logged (`task_crashed`, with the traceback) and
+        started again after a second.
+        """
+
+        async def supervised() -> None:
+            while True:
+                try:
+                    await loop()
+                except Exception:
+                    log.exception("task_crashed", task=name)
+                    await asyncio.sleep(RESTART_DELAY)
+                else:
+                    return
+
+        self._tasks.append(asyncio.create_task(supervised(), name=name))
 
     def _listeners(self) -> list[str]:
         """Where this process listens, as `status` shows it."""

@@ -42,6 +42,7 @@ from relay.configtypes import (
 )
 from relay.errors import ConfigError
 from relay.policyfiles import policy_module
+from relay.storage.url import parameter_problem
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -197,6 +198,9 @@ class StorageConfig(Model):
             return f"sqlite:///{path}"
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("expected sqlite:///PATH or postgresql://...")
+        problem = parameter_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
 

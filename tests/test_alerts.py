@@ -58,9 +58,7 @@ def test_the_rules_read_metrics_the_relay_exports():
         for sample_name in (family.name, f"{family.name}_total")
     }
     used = {
-        name
-        for rule in rules()
-        for name in re.findall(r"\boptin_relay_\w+", str(rule["expr"]))
+        name for rule in rules() for name in re.findall(r"\boptin_relay_\w+", str(rule["expr"]))
     }
     assert used
     assert used <= exported, used - exported

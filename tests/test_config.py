@@ -377,3 +377,20 @@ def test_check_config_fails_when_the_relays_own_mail_cannot_be_signed(tmp_path, 
         [*CLI, "check-config", "--config", str(path)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("query", "problem"),
+    [
+        ("?pooler=pgbouncer&schema=relay", "a pooler in transaction mode does not keep"),
+        ("?pooler=odyssey", "unknown pooler 'odyssey'"),
+        ("?schema=bad-name", "invalid schema name"),
+    ],
+)
+def test_storage_url_parameters_are_checked(valid, query, problem):
+    """The relay's own URL parameters are refused at load, not at the first connection."""
+    valid["storage"]["url"] = "postgresql://relay@db1:5432,db2:5432/relay" + query
+    with pytest.raises(ConfigError, match=problem):
+        parse_config(valid)
+    valid["storage"]["url"] = "postgresql://relay@db/relay?pooler=pgbouncer"
+    assert parse_config(valid).storage.url.endswith("?pooler=pgbouncer")

@@ -365,3 +365,32 @@ async def test_queue_retry_makes_deferred_mail_due_at_once(
         await eventually(lambda: len(upstream.messages) == 20, timeout=5)
     finally:
         await upstream.stop()
+
+
+async def test_delivery_goes_on_after_its_loop_crashes(
+    start_relay, sqlite_url, tls_files, upstream, log_lines
+):
+    """An error nobody foresaw in the claim loop is logged, and delivery starts again.
+
+    It stopped delivery for good while the relay went on accepting: a PostgreSQL connection
+    killed mid-claim raised asyncpg's InternalClientError, which the store did not translate.
+    """
+    relay = await start_relay(
+        config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    )
+    claim = relay.store.claim
+    raised = []
+
+    async def claim_once_broken(**kwargs):
+        if not raised:
+            raised.append(True)
+            msg = "cannot switch to state 12; another operation (2) is in progress"
+            raise RuntimeError(msg)
+        return await claim(**kwargs)
+
+    relay.store.claim = claim_once_broken
+    await send(relay, ["alice@example.net"])
+    await eventually(lambda: [m.rcpt for m in upstream.messages] == ["alice@example.net"])
+    (crashed,) = events(log_lines, "task_crashed")
+    assert (crashed["task"], crashed["level"]) == ("delivery", "error")
+    assert "cannot switch to state 12" in crashed["exception"]

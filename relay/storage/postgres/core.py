@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
@@ -20,6 +19,7 @@ from relay.errors import StoreError
 from relay.storage.migrations import POSTGRES
 from relay.storage.records import SchemaState
 from relay.storage.schema import MIN_VERSION, floor_of
+from relay.storage.url import parameter_problem, relay_parameters
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -31,18 +31,14 @@ Result = TypeVar("Result")
 
 
 # Any failure of the driver or the connection becomes a StoreError at this boundary.
-DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+# What a database failure looks like from asyncpg: the server's errors, the client's (a closed
+# connection), the network's, and InternalClientError, which a connection killed in the middle
+# of an operation raises ("cannot switch to state 12; another operation is in progress") and
+# which derives from neither of the first two.
+DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
 _MIGRATION_LOCK = 0x6F7074696E  # an arbitrary advisory-lock key for migrations
-
-
-def _split_schema(url: str) -> tuple[str, str | None]:
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    schema = next((value for key, value in query if key == "schema"), None)
-    rest = urlencode([(key, value) for key, value in query if key != "schema"])
-    return urlunsplit(parts._replace(query=rest)), schema
 
 
 class Batcher(Generic[Item, Result]):
@@ -127,9 +123,10 @@ class PostgresCore:
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         """Connect to `url` on `open`."""
-        self.url, self.schema = _split_schema(url)
-        if self.schema is not None and not self.schema.replace("_", "").isalnum():
-            raise ValueError(f"invalid schema name: {self.schema!r}")
+        problem = parameter_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
+        self.url, self.schema, self.pooler = relay_parameters(url)
         self.pool_size = pool_size
         self._pool: asyncpg.Pool | None = None
 
@@ -149,6 +146,9 @@ class PostgresCore:
                 max_size=self.pool_size,
                 server_settings=settings,
                 reset=_session_unchanged,
+                # Behind a pooler in transaction mode a prepared statement lives on a server
+                # connection the next transaction may not get: none are kept.
+                statement_cache_size=0 if self.pooler else 100,
             )
         except DB_ERRORS as exc:
             raise StoreError(f"cannot connect to PostgreSQL: {exc}") from exc
