@@ -29,6 +29,25 @@ def _as_postgres(args: list[str], **kwargs: object) -> subprocess.CompletedProce
     return subprocess.run(args, capture_output=True, text=True, check=True, timeout=120, **kwargs)  # type: ignore[call-overload, no-any-return]
 
 
+def psql(port: int, statement: str, database: str) -> str:
+    """Run one statement against the server (or pooler) on `port`; its output."""
+    return _as_postgres(
+        [
+            str(PG_BIN / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-Atc",
+            statement,
+        ]
+    ).stdout
+
+
 def scratch(prefix: str) -> Path:
     """A folder the postgres user owns."""
     folder = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
@@ -126,21 +145,7 @@ class PgCluster:
 
     def sql(self, statement: str, database: str = "relay") -> str:
         """Run one statement with psql; its output."""
-        return _as_postgres(
-            [
-                str(PG_BIN / "psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "-d",
-                database,
-                "-Atc",
-                statement,
-            ]
-        ).stdout
+        return psql(self.port, statement, database)
 
     def url(self, database: str = "relay") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
@@ -205,21 +210,7 @@ class PgBouncer:
         raise AssertionError(msg)
 
     def cluster_ready(self) -> None:
-        _as_postgres(
-            [
-                str(PG_BIN / "psql"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "-d",
-                "relay",
-                "-Atc",
-                "select 1",
-            ]
-        )
+        psql(self.port, "select 1", "relay")
 
     def url(self) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/relay"

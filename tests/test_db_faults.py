@@ -16,6 +16,7 @@ import contextlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import aiosmtplib
 import pytest
@@ -115,9 +116,9 @@ async def outage(sender: Sender, down: object, up: object) -> None:
     """Take the database away with `down()`, see 4xx, bring it back with `up()`, see 250."""
     await sender.until_accepted(30)
     failed_from = len(sender.temporary)
-    await asyncio.to_thread(down)  # type: ignore[arg-type]
+    await asyncio.to_thread(down)
     await eventually(lambda: len(sender.temporary) > failed_from, timeout=60)
-    await asyncio.to_thread(up)  # type: ignore[arg-type]
+    await asyncio.to_thread(up)
     back = time.monotonic()
     await eventually(lambda: sender.accepted_after(back) is not None, timeout=60)
     recovered = sender.accepted_after(back)
@@ -126,15 +127,25 @@ async def outage(sender: Sender, down: object, up: object) -> None:
     await sender.until_accepted(30)
 
 
-async def test_the_database_crashes_under_load_and_comes_back(
-    start_relay, cluster, tls_files, upstream
-):
-    """`pg_ctl stop -m immediate` mid-load: 4xx meanwhile, every 250 delivered afterwards."""
-    relay = await start_relay(relay_data(cluster.url(), upstream, tls_files), clock=SystemClock())
+def crash(cluster: PgCluster) -> Callable[[], None]:
+    return lambda: cluster.stop("immediate")
+
+
+async def fault(
+    start_relay,
+    url: str,
+    upstream: TestUpstream,
+    tls_files,
+    *,
+    down: Callable[[], None],
+    up: Callable[[], None],
+) -> None:
+    """A relay on `url` under load through an outage (`down`, then `up`): nothing lost."""
+    relay = await start_relay(relay_data(url, upstream, tls_files), clock=SystemClock())
     sender = Sender(relay.smtp_ports[0])
     sender.start()
     try:
-        await outage(sender, lambda: cluster.stop("immediate"), cluster.start)
+        await outage(sender, down, up)
     finally:
         await sender.stop()
     copies = await all_delivered(sender, upstream)
@@ -142,6 +153,15 @@ async def test_the_database_crashes_under_load_and_comes_back(
     assert {code for _, code, _ in sender.temporary} <= {421, 451}
     report(accepted=len(sender.accepted))
     report(duplicates=sum(count - 1 for count in copies.values()))
+
+
+async def test_the_database_crashes_under_load_and_comes_back(
+    start_relay, cluster, tls_files, upstream
+):
+    """`pg_ctl stop -m immediate` mid-load: 4xx meanwhile, every 250 delivered afterwards."""
+    await fault(
+        start_relay, cluster.url(), upstream, tls_files, down=crash(cluster), up=cluster.start
+    )
 
 
 async def test_the_relays_connections_are_killed_mid_transaction(
@@ -190,23 +210,13 @@ async def test_a_standby_is_promoted_and_the_relay_follows(
             f"postgresql://postgres@127.0.0.1:{cluster.port},127.0.0.1:{standby.port}/relay"
             "?target_session_attrs=read-write"
         )
-        relay = await start_relay(relay_data(url, upstream, tls_files), clock=SystemClock())
-        sender = Sender(relay.smtp_ports[0])
-        sender.start()
 
         def fail_over() -> None:
             cluster.stop("immediate")
             standby.promote()
 
-        try:
-            await outage(sender, fail_over, lambda: None)
-        finally:
-            await sender.stop()
-        copies = await all_delivered(sender, upstream)
-        assert sender.permanent == []
+        await fault(start_relay, url, upstream, tls_files, down=fail_over, up=lambda: None)
         assert standby.sql("SELECT pg_is_in_recovery()").strip() == "f"
-        report(accepted=len(sender.accepted))
-        report(duplicates=sum(count - 1 for count in copies.values()))
     finally:
         await asyncio.to_thread(standby.remove)
 
@@ -233,17 +243,7 @@ async def test_through_pgbouncer_in_transaction_mode(start_relay, cluster, tls_f
     await asyncio.to_thread(bouncer.start)
     try:
         url = bouncer.url() + "?pooler=pgbouncer"
-        relay = await start_relay(relay_data(url, upstream, tls_files), clock=SystemClock())
-        sender = Sender(relay.smtp_ports[0])
-        sender.start()
-        try:
-            await outage(sender, lambda: cluster.stop("immediate"), cluster.start)
-        finally:
-            await sender.stop()
-        copies = await all_delivered(sender, upstream)
-        assert sender.permanent == []
-        report(accepted=len(sender.accepted))
-        report(duplicates=sum(count - 1 for count in copies.values()))
+        await fault(start_relay, url, upstream, tls_files, down=crash(cluster), up=cluster.start)
     except AssertionError:
         print(bouncer.log()[-3000:])  # noqa: T201 - what PgBouncer saw, beside the failure
         raise
