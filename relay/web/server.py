@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from relay.cluster import read_status, show_metrics
+from relay.cluster import HEARTBEAT, read_status, show_metrics
 from relay.consent.optout import Method, unsubscribe
 from relay.errors import StoreError
 from relay.logging import get_logger
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 FEEDBACK_KEY = web.AppKey("feedback", object)
+CLUSTER_READ_KEY = web.AppKey("cluster_read", list[float])  # when /metrics last read the cluster
 
 
 def _html(body: str, status: int) -> web.Response:
@@ -150,7 +151,13 @@ async def metrics(request: web.Request) -> web.Response:
     store, now = store_of(request), clock_of(request).now()
     try:
         pending, oldest = await store.backlog()
-        show_metrics(await read_status(store, runtime.config, await store.schema_state(), now))
+        last = request.app[CLUSTER_READ_KEY]
+        if now - last[0] >= HEARTBEAT or now < last[0]:
+            # The cluster's snapshot costs a count per webhook endpoint: read at most once per
+            # heartbeat, whatever the scrape interval (the gauges keep the last values between).
+            last[0] = now
+            status = await read_status(store, runtime.config, await store.schema_state(), now)
+            show_metrics(status)
     except StoreError as exc:
         log.warning("metrics_store_unavailable", error=str(exc))  # the gauges keep their values
     else:
@@ -223,6 +230,7 @@ def make_app(
     throttle = FailureThrottle(smtp.auth_failure_limit, smtp.auth_failure_window, clock)
     share(app, store, runtime, clock, throttle, credentials=credentials)
     app[FEEDBACK_KEY] = feedback
+    app[CLUSTER_READ_KEY] = [float("-inf")]
     forms.add_routes(app, subscriptions)
     api.add_routes(app)
     terms.add_routes(app)
