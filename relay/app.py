@@ -213,12 +213,16 @@ class Relay:
 
     def _listeners(self) -> list[str]:
         """Where this process listens, as `status` shows it."""
+
+        def address(host: str, port: int | None) -> str:
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
         smtp = [
-            f"smtp://{server.sockets[0].getsockname()[0]}:{port}"
+            f"smtp://{address(server.sockets[0].getsockname()[0], port)}"
             for server, port in zip(self.servers, self.smtp_ports, strict=True)
         ]
         host, _ = split_host_port(self.config.web.listen)
-        return [*smtp, f"http://{host}:{self.web_port}"]
+        return [*smtp, f"http://{address(host, self.web_port)}"]
 
     async def _heartbeat_once(self, *, stopped: bool = False) -> None:
         """Tell the store this process is alive (or has stopped cleanly)."""
