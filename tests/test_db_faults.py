@@ -210,12 +210,8 @@ async def test_a_standby_is_promoted_and_the_relay_follows(
             f"postgresql://postgres@127.0.0.1:{cluster.port},127.0.0.1:{standby.port}/relay"
             "?target_session_attrs=read-write"
         )
-
-        def fail_over() -> None:
-            cluster.stop("immediate")
-            standby.promote()
-
-        await fault(start_relay, url, upstream, tls_files, down=fail_over, up=lambda: None)
+        # Until the standby is promoted no server takes writes: 451s, then the new primary.
+        await fault(start_relay, url, upstream, tls_files, down=crash(cluster), up=standby.promote)
         assert standby.sql("SELECT pg_is_in_recovery()").strip() == "f"
     finally:
         await asyncio.to_thread(standby.remove)

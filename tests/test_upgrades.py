@@ -301,3 +301,36 @@ async def upgrade(load: Load, old: RelayProcess, new_path: Path) -> RelayProcess
     await load.until(40)
     await eventually(lambda: upgraded.events("delivery_succeeded"), timeout=30)
     return upgraded
+
+
+async def test_a_migration_under_load_waits_its_turn_and_never_deadlocks(pg_url, log_lines):
+    """A step that locks two tables, while a transaction holds one and then wants the other.
+
+    That is a delivery (recipients, then messages) meeting `ALTER TABLE messages, recipients`:
+    PostgreSQL's deadlock detector aborted the migration (seen in the rolling-upgrade test).
+    Now the migration gives its locks up after 500 ms, lets the delivery finish and tries again.
+    """
+    store = open_store(pg_url)
+    await store.open()
+    base, schema = pg_url.split("?schema=")
+    delivery = await asyncpg.connect(base, server_settings={"search_path": schema})
+    try:
+        await store.migrate()
+        # step 17 pending again: its two columns gone
+        await delivery.execute(
+            "ALTER TABLE messages DROP COLUMN dsn; ALTER TABLE recipients DROP COLUMN dsn;"
+            " DELETE FROM schema_migrations WHERE version = 17"
+        )
+        transaction = delivery.transaction()
+        await transaction.start()
+        await delivery.execute("UPDATE recipients SET attempts = attempts WHERE id = 0")
+        migrating = asyncio.create_task(store.migrate())
+        await asyncio.sleep(0.2)  # the migration holds messages and waits for recipients
+        await delivery.execute("UPDATE messages SET size = size WHERE id = ''")
+        await transaction.commit()  # the delivery finished: nobody was aborted
+        await asyncio.wait_for(migrating, 30)
+        assert 17 in (await store.schema_state()).applied
+        assert [e["attempt"] for e in log_lines() if e["event"] == "migration_retry"]
+    finally:
+        await delivery.close()
+        await store.close()

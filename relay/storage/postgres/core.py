@@ -11,11 +11,13 @@ statement per table over arrays (`unnest`), and each caller is answered once it 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 import asyncpg
 
 from relay.errors import StoreError
+from relay.logging import get_logger
 from relay.storage.migrations import POSTGRES
 from relay.storage.records import SchemaState
 from relay.storage.schema import MIN_VERSION, floor_of
@@ -38,7 +40,13 @@ Result = TypeVar("Result")
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
+log = get_logger(__name__)
 _MIGRATION_LOCK = 0x6F7074696E  # an arbitrary advisory-lock key for migrations
+# A migration's statement waits this long for its table locks (below PostgreSQL's
+# deadlock_timeout of 1 s, so the migration gives up before a deadlock is even looked for),
+# and the migration is tried again for this long.
+MIGRATION_LOCK_TIMEOUT = "500ms"
+MIGRATION_PATIENCE = 120.0
 
 
 class Batcher(Generic[Item, Result]):
@@ -178,33 +186,59 @@ class PostgresCore:
             raise StoreError(f"PostgreSQL: {exc}") from exc
 
     async def migrate(self) -> None:
-        """Apply missing migrations under an advisory lock (nodes may start together)."""
-        try:
-            async with self._acquire() as con, con.transaction():
-                await con.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-                await con.execute(
-                    "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
-                    " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-                )
-                done = {row[0] for row in await con.fetch("SELECT version FROM schema_migrations")}
-                for version, script in POSTGRES:
-                    if version not in done:
-                        await con.execute(script)
-                        await con.execute(
-                            "INSERT INTO schema_migrations (version) VALUES ($1)", version
-                        )
-                        done.add(version)
-                recorded = await con.fetchval(
-                    "SELECT value FROM schema_info WHERE key = $1", MIN_VERSION
-                )
-                await con.execute(
-                    "INSERT INTO schema_info (key, value) VALUES ($1, $2)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    MIN_VERSION,
-                    floor_of(done, recorded),
-                )
-        except DB_ERRORS as exc:
-            raise StoreError(f"PostgreSQL migration failed: {exc}") from exc
+        """Apply missing migrations under an advisory lock (nodes may start together).
+
+        Under load (a running fleet, `optin-relay migrate` as an upgrade step) a step's table
+        lock would queue behind the relay's transactions and every later query behind it, or
+        deadlock with one (a delivery locks recipients, then messages): each statement waits at
+        most MIGRATION_LOCK_TIMEOUT for its locks, and the whole migration, rolled back, is
+        tried again until MIGRATION_PATIENCE has passed. The relay's own transactions are never
+        the ones given up.
+        """
+        deadline = time.monotonic() + MIGRATION_PATIENCE
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await self._migrate_once()
+            except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"PostgreSQL migration failed: the tables stayed busy for"
+                        f" {MIGRATION_PATIENCE:g} s ({exc})"
+                    ) from exc
+                log.info("migration_retry", attempt=attempt, error=str(exc))
+                await asyncio.sleep(min(0.1 * attempt, 2.0))
+            except DB_ERRORS as exc:
+                raise StoreError(f"PostgreSQL migration failed: {exc}") from exc
+            else:
+                return
+
+    async def _migrate_once(self) -> None:
+        async with self._acquire() as con, con.transaction():
+            await con.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await con.execute(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'")
+            await con.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in await con.fetch("SELECT version FROM schema_migrations")}
+            for version, script in POSTGRES:
+                if version not in done:
+                    await con.execute(script)
+                    await con.execute(
+                        "INSERT INTO schema_migrations (version) VALUES ($1)", version
+                    )
+                    done.add(version)
+            recorded = await con.fetchval(
+                "SELECT value FROM schema_info WHERE key = $1", MIN_VERSION
+            )
+            await con.execute(
+                "INSERT INTO schema_info (key, value) VALUES ($1, $2)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                MIN_VERSION,
+                floor_of(done, recorded),
+            )
 
     async def backup(self, target: Path) -> int:
         """Not for PostgreSQL: its own tools do it better (docs/operations.md#backups)."""
