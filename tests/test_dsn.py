@@ -72,6 +72,7 @@ async def test_the_door_offers_dsn_and_checks_its_parameters(
         "MAIL FROM:<news@acme.example> RET=BODY": "501 5.5.4 Bad RET parameter syntax",
         "MAIL FROM:<news@acme.example> ENVID=" + "x" * 101: "501 5.5.4 Bad ENVID parameter syntax",
         "MAIL FROM:<news@acme.example> ENVID=a+0Ab": "501 5.5.4 Bad ENVID parameter syntax",
+        "MAIL FROM:<news@acme.example> ENVID=a+C3b": "501 5.5.4 Bad ENVID parameter syntax",
         "MAIL FROM:<news@acme.example> RET=FULL RET=HDRS": "501 5.5.4 Error: multiple RET"
         " parameters",
     }
@@ -216,6 +217,31 @@ async def test_notify_decides_which_reports_the_sender_gets(
         ("message.delivered", "alice@example.net"),
         *(("message.failed", f"{who}@example.net") for who in ("bob", "carol", "dave")),
     }
+
+
+async def test_a_non_ascii_orcpt_is_reported_in_its_7bit_form(
+    start_relay, sqlite_url, tls_files, upstream: TestUpstream
+):
+    """RFC 6533's utf-8 address type: taken with SMTPUTF8, escaped to 7 bits in the DSN.
+
+    Building that DSN raised UnicodeEncodeError (a header that must be 7-bit).
+    """
+    upstream.reject["dave@example.net"] = "550 5.1.1 No such user here"
+    relay = await start_relay(
+        config_data(store_url=sqlite_url, upstream_port=upstream.port, tls_files=tls_files)
+    )
+    client = await smtp_client(relay.smtp_ports[0], login=LOGIN)
+    await client.mail(SENDER, options=["SMTPUTF8"])
+    command = "RCPT TO:<dave@example.net> NOTIFY=FAILURE ORCPT=utf-8;J\u00f6rg@example.net"
+    assert (await client.execute_command(command.encode())).code == 250  # UTF-8 on the wire
+    await client.data(simple_message())
+    await client.quit()
+    await eventually(lambda: any(m.rcpt == SENDER for m in upstream.messages))
+    report = next(m for m in upstream.messages if m.rcpt == SENDER)
+    _, per_recipient = blocks(message_from_bytes(report.content))
+    assert per_recipient["dave@example.net"]["Original-Recipient"] == (
+        "utf-8; J\\x{F6}rg@example.net"
+    )
 
 
 async def test_queue_delete_reports_only_to_senders_who_asked(

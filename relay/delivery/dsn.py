@@ -44,6 +44,12 @@ def address_field(address: str) -> str:
 RET_FULL_LIMIT = 50_000  # octets: a larger message is returned by its header (as Postfix does)
 
 
+def _original_field(orcpt: str) -> str:
+    """ORCPT (`type;address`, decoded) as Original-Recipient: 7-bit, RFC 6533 when it is not."""
+    kind, _, address = orcpt.partition(";")
+    return f"{kind};{address}" if address.isascii() else address_field(address)
+
+
 def build_dsn(
     *,
     reporting_host: str,
@@ -212,7 +218,7 @@ def _report(
     for entry in entries:
         per_recipient = Message()
         if entry.original_recipient is not None:
-            per_recipient["Original-Recipient"] = entry.original_recipient
+            per_recipient["Original-Recipient"] = _original_field(entry.original_recipient)
         per_recipient["Final-Recipient"] = address_field(entry.recipient)
         per_recipient["Action"] = entry.action
         per_recipient["Status"] = entry.status

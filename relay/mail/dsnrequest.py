@@ -66,8 +66,9 @@ def _decode(xtext: str) -> str:
     return _HEX.sub(lambda match: chr(int(match.group(1), 16)), xtext)
 
 
-def _printable(text: str) -> bool:
-    return not any(ord(c) < 0x20 or ord(c) == 0x7F for c in text)  # noqa: PLR2004
+def _escapes_printable(xtext: str) -> bool:
+    """Whether every `+XX` of `xtext` stands for printable ASCII (Postfix's check too)."""
+    return all(0x20 <= int(code, 16) <= 0x7E for code in _HEX.findall(xtext))  # noqa: PLR2004
 
 
 def _checked(name: str, value: str) -> str:
@@ -87,7 +88,7 @@ def _checked(name: str, value: str) -> str:
     if name == "ENVID":
         if len(value) > MAX_ENVID or not _XTEXT.fullmatch(value):
             raise DsnParamError(bad)
-        if not _printable(_decode(value)):
+        if not _escapes_printable(value):
             raise DsnParamError(bad)
         return value
     # ORCPT: addr-type ";" xtext
@@ -99,7 +100,7 @@ def _checked(name: str, value: str) -> str:
         or len(value) > MAX_ORCPT
         or not _ADDR_TYPE.fullmatch(kind)
         or not pattern.fullmatch(address)
-        or not _printable(_decode(address))
+        or not _escapes_printable(address)
     ):
         raise DsnParamError(bad)
     return value
