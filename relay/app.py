@@ -80,7 +80,17 @@ class Relay:
         self.credentials = Credentials()
 
     async def start(self) -> None:
-        """Open the store, migrate it, then start delivery, listeners and HTTP."""
+        """Open the store, migrate it, then start delivery, listeners and HTTP.
+
+        A start that fails stops what it had started (and closes the store) before raising.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> None:
         started = self.clock.now()
         await asyncio.to_thread(passwords.prepare)
         config = self.config
@@ -383,15 +393,12 @@ async def serve(config_path: Path, *, web_listen: str | None = None) -> int:
         await relay.start()
     except SchemaError as exc:  # waiting will not help: an operator must upgrade or migrate
         log.error("schema_refused", error=str(exc))
-        await relay.stop(grace=0)
         return 78  # EX_CONFIG: systemd does not restart us (RestartPreventExitStatus)
     except StoreError as exc:
         log.error("store_unavailable", error=str(exc))
-        await relay.stop(grace=0)
         return 75  # EX_TEMPFAIL: systemd restarts us
     except OSError as exc:  # a port in use, an address not on this host
         log.error("listen_failed", error=str(exc))
-        await relay.stop(grace=0)
         return 1
     started = True
     log.info("heap_settled", frozen_objects=settle_heap())

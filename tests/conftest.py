@@ -322,11 +322,7 @@ async def start_relay(clock: ManualClock) -> AsyncIterator[Callable[..., Any]]:
     async def start(data: dict[str, Any], **kwargs: Any) -> Relay:
         config: Config = parse_config(data)
         relay = Relay(config, clock=kwargs.pop("clock", clock), **kwargs)
-        try:
-            await relay.start()
-        except BaseException:
-            await relay.stop(grace=0)  # as `serve` does: what started is stopped, the store closed
-            raise
+        await relay.start()  # a start that fails has stopped what it started
         _LIVE_RELAYS.append(relay)
         return relay
 

@@ -231,8 +231,11 @@ class RelaySMTP(SMTP):
         """
         self.dsn_params = None
         session = self.session
-        if not arg or "=" not in arg or session is None or not session.extended_smtp:
+        if not arg or session is None or not session.extended_smtp:
             return arg
+        upper = arg.upper()
+        if not any(f"{name}=" in upper for name in names):
+            return arg  # the usual MAIL (SIZE=, BODY=) and RCPT: read once, by aiosmtpd
         path = self._strip_command_keyword(keyword, arg)
         if path is None:
             return arg

@@ -210,7 +210,7 @@ class Submissions:
             events=tuple(refused),
             notices=self._refusal_dsn(tx, content, now),
             envelope_dsn=tx.envelope_dsn,
-            recipient_dsn={a: tx.dsn[a] for a in tx.recipients if a in tx.dsn},
+            recipient_dsn={a: tx.dsn[a] for a in tx.recipients if a in tx.dsn} if tx.dsn else {},
         )
         tx.journal.clear()
         try:

@@ -1,7 +1,7 @@
 """Which release may run on which schema, and when to migrate it.
 
-Migrations are expand/contract: a release only adds (tables, columns with defaults or NULL,
-indexes), so the previous release keeps working on the migrated schema while a fleet is
+Migrations are expand/contract: a release only adds (tables, columns with defaults or NULL),
+so the previous release keeps working on the migrated schema while a fleet is
 upgraded node by node; what a release stops using is dropped one release later. A step that
 would break an older release records the oldest release that may still run (`FLOORS`): the
 schema keeps the highest floor of its steps (`schema_info.min_version`), and a node older than

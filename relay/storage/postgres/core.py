@@ -32,11 +32,10 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
-# Any failure of the driver or the connection becomes a StoreError at this boundary.
-# What a database failure looks like from asyncpg: the server's errors, the client's (a closed
-# connection), the network's, and InternalClientError, which a connection killed in the middle
-# of an operation raises ("cannot switch to state 12; another operation is in progress") and
-# which derives from neither of the first two.
+# Any failure of the driver or the connection becomes a StoreError at this boundary: the
+# server's errors, the client's (a closed connection), the network's, and InternalClientError,
+# which a connection killed in the middle of an operation raises ("cannot switch to state 12;
+# another operation is in progress") and which derives from neither of the first two.
 DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
 
