@@ -143,25 +143,11 @@ class PostgresSpool(PostgresCore):
         self, *, lease: str, now: float, lease_until: float, limit: int
     ) -> list[DeliveryJob]:
         """Lease due recipients; SKIP LOCKED keeps concurrent claimers apart."""
+        # Mail of a suspended or terminated account is held: never claimed (migration 20).
         rows = await self._fetch(
-            # Mail of a suspended or terminated account is held: never claimed.
-            "WITH picked AS (SELECT r.id FROM recipients r JOIN messages m ON m.id = r.message_id"
-            " WHERE r.status = 'pending' AND r.next_attempt <= $2 AND r.lease_until <= $2"
-            " AND m.held_at IS NULL AND NOT (m.kind = 'message' AND EXISTS"
-            " (SELECT 1 FROM account_states s WHERE s.account_id = m.account_id"
-            " AND s.state <> 'active'))"
-            " ORDER BY r.next_attempt LIMIT $4 FOR UPDATE OF r SKIP LOCKED),"
-            " leased AS (UPDATE recipients r SET lease = $1, lease_until = $3 FROM picked"
-            " WHERE r.id = picked.id RETURNING r.id, r.message_id, r.rcpt, r.attempts, r.dsn)"
-            " SELECT l.id, l.message_id, l.rcpt, l.attempts, m.account_id, m.mail_from,"
-            " m.received_at, m.kind, m.campaign, l.dsn, m.dsn FROM leased l"
-            " JOIN messages m ON m.id = l.message_id"
-            " ORDER BY l.id",
-            lease,
-            now,
-            lease_until,
-            limit,
+            "SELECT * FROM claim_recipients($1, $2, $3, $4)", lease, now, lease_until, limit
         )
+        rows.sort(key=lambda row: row[0])
         return [
             DeliveryJob(
                 *tuple(row)[:8],  # type: ignore[misc]
