@@ -28,6 +28,8 @@ STEPS: dict[int, str] = {
     18: "schema_info: the oldest release that may run on the schema",
     19: "nodes: the relay processes on the store and their heartbeats",
     20: "claim_recipients(): the delivery claim, planned to walk the queue in order (PostgreSQL)",
+    21: "window_apply(): the windowed counters of concurrent sessions in one round trip"
+    " (PostgreSQL)",
 }
 # The oldest release that may run on a schema with the step applied: a step that only adds
 # keeps the floor of the steps before it (expand/contract, see relay.storage.schema).
@@ -669,6 +671,77 @@ POSTGRES: list[tuple[int, str]] = [
             SELECT l.id, l.message_id, l.rcpt, l.attempts, m.account_id, m.mail_from,
                 m.received_at, m.kind, m.campaign, l.dsn, m.dsn
             FROM leased l JOIN messages m ON m.id = l.message_id;
+        END
+        $$;
+        """,
+    ),
+    (
+        21,
+        # The windowed counters that concurrent sessions ask for meanwhile, in one round trip
+        # and one transaction: a third of the database's CPU per accepted message went on
+        # three counters of its own (messages per hour, its recipients' limits, its campaign).
+        # Each operation is one or more rows of the arrays with the same `p_op` (several: all
+        # or none, as window_add_all), applied in order, each seeing the ones before it. Every
+        # key's advisory lock is taken first, in the order of the lock numbers (as
+        # window_add_all; the keys and numbers are window_add's), so no two calls wait on each
+        # other in a circle. One row per operation: the first kind at its limit (NULL when
+        # counted) and the total of its first kind (with the amount when counted).
+        """
+        CREATE FUNCTION window_apply(
+            p_op INTEGER[], p_account TEXT[], p_kind TEXT[], p_limit INTEGER[],
+            p_amount INTEGER[], p_bucket DOUBLE PRECISION[], p_expired DOUBLE PRECISION[]
+        ) RETURNS TABLE (op INTEGER, refused TEXT, total BIGINT)
+        LANGUAGE plpgsql VOLATILE AS $$
+        DECLARE
+            v_lock INTEGER;
+            v_rows INTEGER := coalesce(array_length(p_op, 1), 0);
+            v_first INTEGER := 1;
+            v_last INTEGER;
+            v_row INTEGER;
+            v_sum BIGINT;
+            v_total BIGINT;
+        BEGIN
+            FOR v_lock IN
+                SELECT DISTINCT hashtext(a || '/' || k) FROM unnest(p_account, p_kind) u(a, k)
+                ORDER BY 1
+            LOOP
+                PERFORM pg_advisory_xact_lock(v_lock);
+            END LOOP;
+            WHILE v_first <= v_rows LOOP
+                v_last := v_first;
+                WHILE v_last < v_rows AND p_op[v_last + 1] = p_op[v_first] LOOP
+                    v_last := v_last + 1;
+                END LOOP;
+                op := p_op[v_first];
+                refused := NULL;
+                FOR v_row IN v_first .. v_last LOOP
+                    DELETE FROM window_counts w WHERE w.account_id = p_account[v_row]
+                        AND w.kind = p_kind[v_row] AND w.bucket <= p_expired[v_row];
+                    SELECT COALESCE(SUM(w.count), 0) INTO v_sum FROM window_counts w
+                        WHERE w.account_id = p_account[v_row] AND w.kind = p_kind[v_row];
+                    IF v_row = v_first THEN
+                        v_total := v_sum;
+                    END IF;
+                    IF p_limit[v_row] IS NOT NULL
+                        AND v_sum + p_amount[v_row] > p_limit[v_row] THEN
+                        refused := p_kind[v_row];
+                        EXIT;
+                    END IF;
+                END LOOP;
+                IF refused IS NULL THEN
+                    FOR v_row IN v_first .. v_last LOOP
+                        INSERT INTO window_counts AS w (account_id, kind, bucket, count)
+                            VALUES (p_account[v_row], p_kind[v_row], p_bucket[v_row],
+                                p_amount[v_row])
+                            ON CONFLICT (account_id, kind, bucket)
+                            DO UPDATE SET count = w.count + excluded.count;
+                    END LOOP;
+                    v_total := v_total + p_amount[v_first];
+                END IF;
+                total := v_total;
+                RETURN NEXT;
+                v_first := v_last + 1;
+            END LOOP;
         END
         $$;
         """,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from typing import TYPE_CHECKING, Any
 
 from relay.errors import StoreError
 from relay.storage.base import (
@@ -14,7 +15,7 @@ from relay.storage.base import (
     counter_kinds,
 )
 from relay.storage.events import account_state_events
-from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.postgres.core import DB_ERRORS, Batcher, PostgresCore
 from relay.storage.postgres.events import insert_events
 
 if TYPE_CHECKING:
@@ -38,38 +39,46 @@ def _alone(con: asyncpg.Connection) -> None:
         raise StoreError("a windowed counter is its own transaction (its commit is not flushed)")
 
 
-async def _bucket_add(
-    con: asyncpg.Connection,
-    account_id: str,
-    kind: str,
-    amount: int,
-    *,
-    now: float,
-    window: float,
-    limit: int | None = None,
-) -> tuple[bool, int]:
-    """Add to a windowed counter in one-minute buckets: one call of `window_add` (migration 9).
+# One windowed counter of an operation: account, kind, limit, amount, bucket, expired before.
+Counter = tuple[str, str, int | None, int, float, float]
+# What an operation's counters came to: the first kind at its limit (None when counted) and
+# the total of its first counter.
+Counted = tuple[str | None, int]
 
-    The function takes the key's advisory lock, drops the buckets wholly outside the window,
-    sums the rest and adds `amount` unless that would pass `limit`. The statement is its own
-    transaction, committed without waiting for the WAL flush (see `_alone`).
-    """
-    _alone(con)
-    row = await con.fetchrow(
-        "SELECT w.allowed, w.total FROM window_add($1, $2, $3, $4, $5, $6) w,"
-        " set_config('synchronous_commit', 'off', true)",
-        account_id,
-        kind,
-        amount,
-        now - now % BUCKET,
-        now - window - BUCKET,
-        limit,
-    )
-    return bool(row[0]), int(row[1])
+
+def _counter(
+    account_id: str, kind: str, limit: int | None, amount: int, *, now: float, window: float
+) -> Counter:
+    return account_id, kind, limit, amount, now - now % BUCKET, now - window - BUCKET
 
 
 class PostgresAccounts(PostgresCore):
     """The accounts part of `PostgresStore`."""
+
+    @functools.cached_property
+    def _counters(self) -> Batcher[tuple[Counter, ...], Counted]:
+        return Batcher(self._apply_counters)
+
+    def _batchers(self) -> list[Batcher[Any, Any]]:
+        return [*super()._batchers(), self._counters]
+
+    async def _apply_counters(self, operations: list[tuple[Counter, ...]]) -> list[Counted]:
+        """The counters concurrent sessions asked for meanwhile: one call of `window_apply`.
+
+        Migration 21: applied in order, all in one transaction, committed as every counter is
+        (without waiting for the WAL flush, see `_alone`).
+        """
+        rows = [(n, *counter) for n, operation in enumerate(operations) for counter in operation]
+        async with self._acquire() as con:
+            _alone(con)
+            found = await con.fetch(
+                "SELECT w.op, w.refused, w.total FROM window_apply($1::int[], $2::text[],"
+                " $3::text[], $4::int[], $5::int[], $6::float8[], $7::float8[]) w,"
+                " set_config('synchronous_commit', 'off', true)",
+                *(list(column) for column in zip(*rows, strict=True)),
+            )
+        counted = {row[0]: (row[1], int(row[2])) for row in found}
+        return [counted[n] for n in range(len(operations))]
 
     async def account_state(self, account_id: str) -> AccountState | None:
         """The account's current state."""
@@ -166,13 +175,12 @@ class PostgresAccounts(PostgresCore):
         distinct: bool = False,
     ) -> tuple[bool, int]:
         """Count an event in a sliding window; an advisory lock makes it atomic across nodes."""
-        counted = "COUNT(DISTINCT item)" if distinct else "COUNT(*)"
+        if not distinct:  # batched with the other sessions' counters
+            refused, total = await self._counters.submit(
+                (_counter(account_id, kind, limit, 1, now=now, window=window),)
+            )
+            return refused is None, total
         try:
-            if not distinct:  # one statement: its own transaction
-                async with self._acquire() as con:
-                    return await _bucket_add(
-                        con, account_id, kind, 1, now=now, window=window, limit=limit
-                    )
             async with self._acquire() as con, con.transaction():
                 await con.execute(
                     "SELECT pg_advisory_xact_lock(hashtext($1))", f"{account_id}/{kind}"
@@ -184,14 +192,15 @@ class PostgresAccounts(PostgresCore):
                     now - window,
                 )
                 row = await con.fetchrow(
-                    f"SELECT {counted}, COUNT(*) FILTER (WHERE item = $3) FROM window_events"  # noqa: S608 - constant
+                    "SELECT COUNT(DISTINCT item), COUNT(*) FILTER (WHERE item = $3)"
+                    " FROM window_events"
                     " WHERE account_id = $1 AND kind = $2",
                     account_id,
                     kind,
                     item,
                 )
                 count, seen = (int(row[0] or 0), int(row[1] or 0)) if row else (0, 0)
-                if distinct and seen:
+                if seen:
                     return True, count
                 if limit is not None and count >= limit:
                     return False, count
@@ -215,42 +224,26 @@ class PostgresAccounts(PostgresCore):
         now: float,
         window: float,
     ) -> str | None:
-        """Count an event in several windowed counters, all or none, in one round trip.
-
-        One call of `window_add_all` (migration 16): its own transaction, committed as the
-        other counters are (see `_alone`).
-        """
-        kinds = counter_kinds(counters)
-        if not kinds:
+        """Count an event in several windowed counters, all or none (batched, `window_apply`)."""
+        if not counter_kinds(counters):  # ValueError when a kind repeats
             return None
-        try:
-            async with self._acquire() as con:
-                _alone(con)
-                refused: str | None = await con.fetchval(
-                    "SELECT window_add_all($1, $2::text[], $3::int[], $4, $5)"
-                    " FROM set_config('synchronous_commit', 'off', true)",
-                    account_id,
-                    kinds,
-                    [limit for _, limit in counters],
-                    now - now % BUCKET,
-                    now - window - BUCKET,
-                )
-                return refused
-        except DB_ERRORS as exc:
-            raise StoreError(f"PostgreSQL: {exc}") from exc
+        refused, _ = await self._counters.submit(
+            tuple(
+                _counter(account_id, kind, limit, 1, now=now, window=window)
+                for kind, limit in counters
+            )
+        )
+        return refused
 
     async def record_campaign(
         self, account_id: str, campaign: str, recipients: int, *, now: float, window: float
     ) -> int:
-        """Add a campaign's recipients; return its total over the window."""
-        try:
-            async with self._acquire() as con:  # one statement: its own transaction
-                _, total = await _bucket_add(
-                    con, account_id, f"campaign:{campaign}", recipients, now=now, window=window
-                )
-                return total
-        except DB_ERRORS as exc:
-            raise StoreError(f"PostgreSQL: {exc}") from exc
+        """Add a campaign's recipients; return its total over the window (batched)."""
+        kind = f"campaign:{campaign}"
+        _, total = await self._counters.submit(
+            (_counter(account_id, kind, None, recipients, now=now, window=window),)
+        )
+        return total
 
     async def set_flag(self, account_id: str, flag: str, *, reason: str, now: float) -> bool:
         """Set an account flag once."""
