@@ -78,7 +78,7 @@ async def test_the_claim_walks_the_queue_in_order_whatever_the_statistics_say(pg
         (claim,) = [plan for plan in plans if "WITH picked" in plan]
         assert "Sort" not in claim
         walked = re.search(
-            r"Index Scan using recipients_due on recipients .*rows=(\d+) loops=1", claim
+            r"Index Scan using recipients_pending on recipients .*rows=(\d+) loops=1", claim
         )
         assert walked is not None, claim
         assert int(walked.group(1)) == 10  # the limit: nothing read past it

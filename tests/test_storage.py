@@ -770,9 +770,12 @@ async def test_postgres_counters_commit_unflushed_and_nothing_else_does(pg_url):
     The setting is local to the counters' own statement: the pooled connection it ran on
     commits the next write (a spooled message) with the server's `synchronous_commit` again.
     """
+    migrated = open_store(pg_url)  # a concurrent migration step takes a second connection
+    await migrated.open()
+    await migrated.migrate()
+    await migrated.close()
     store = open_store(pg_url)
     await store.open()
-    await store.migrate()
     try:
         await store.window_take("acme", "messages", "m1", now=NOW, window=3600, limit=10)
         await store.window_take_all("acme", [("recipients", 10)], now=NOW, window=3600)

@@ -28,6 +28,7 @@ from conftest import (
     TestUpstream,
     config_data,
     eventually,
+    settles,
     simple_message,
     smtp_client,
 )
@@ -333,4 +334,113 @@ async def test_a_migration_under_load_waits_its_turn_and_never_deadlocks(pg_url,
         assert [e["attempt"] for e in log_lines() if e["event"] == "migration_retry"]
     finally:
         await delivery.close()
+        await store.close()
+
+
+async def _step_22_pending(con: asyncpg.Connection) -> None:
+    """The schema as the release before step 22 left it."""
+    await con.execute(
+        "DROP INDEX recipients_pending; CREATE INDEX recipients_due ON recipients"
+        " (status, next_attempt); DELETE FROM schema_migrations WHERE version = 22"
+    )
+
+
+async def _index_valid(con: asyncpg.Connection, name: str) -> bool | None:
+    return await con.fetchval(
+        "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass($1)", name
+    )
+
+
+async def test_an_index_is_built_concurrently_while_the_spool_takes_writes(pg_url):
+    """Step 22 builds its index CONCURRENTLY, outside the migration's transaction.
+
+    A delivery's transaction is open on recipients, so the build waits for it; meanwhile a
+    message is spooled. A plain CREATE INDEX would have queued every write behind it (the
+    spool's INSERT waits for its lock: `lock_timeout` says so), and the runner could not run
+    the step at all before (CREATE INDEX CONCURRENTLY cannot run in a transaction block).
+    """
+    store = open_store(pg_url)
+    await store.open()
+    base, schema = pg_url.split("?schema=")
+    delivery = await asyncpg.connect(base, server_settings={"search_path": schema})
+    writer = await asyncpg.connect(base, server_settings={"search_path": schema})
+    try:
+        await store.migrate()
+        await _step_22_pending(delivery)
+        transaction = delivery.transaction()
+        await transaction.start()
+        await delivery.execute("UPDATE recipients SET attempts = attempts WHERE id = 0")
+        migrating = asyncio.create_task(store.migrate())
+
+        async def building() -> int:
+            return int(
+                await writer.fetchval(
+                    "SELECT count(*) FROM pg_stat_progress_create_index"
+                    " WHERE relid = 'recipients'::regclass"
+                )
+            )
+
+        await settles(building, 1, timeout=30)
+        await writer.execute("SET lock_timeout = '5s'")
+        await writer.execute(
+            "INSERT INTO messages (id, account_id, mail_from, content, size, received_at)"
+            " VALUES ('during', 'acme', 'news@acme.example', 'x', 1, 0);"
+            " INSERT INTO recipients (message_id, rcpt, next_attempt, updated_at)"
+            " VALUES ('during', 'r@example.net', 0, 0)"
+        )
+        assert not migrating.done()  # written while the index was being built
+        await transaction.commit()
+        await asyncio.wait_for(migrating, 60)
+        assert 22 in (await store.schema_state()).applied
+        assert await _index_valid(writer, "recipients_pending") is True
+        assert await _index_valid(writer, "recipients_due") is None  # dropped
+        (job,) = await store.claim(lease="t:1", now=1.0, lease_until=61.0, limit=10)
+        assert job.message_id == "during"
+    finally:
+        await delivery.close()
+        await writer.close()
+        await store.close()
+
+
+async def test_an_index_build_that_failed_is_built_again(pg_url):
+    """A build cancelled half-way leaves an invalid index; the step, run again, replaces it."""
+    store = open_store(pg_url)
+    await store.open()
+    base, schema = pg_url.split("?schema=")
+    con = await asyncpg.connect(base, server_settings={"search_path": schema})
+    builder = await asyncpg.connect(base, server_settings={"search_path": schema})
+    try:
+        await store.migrate()
+        await _step_22_pending(con)
+        transaction = con.transaction()
+        await transaction.start()
+        await con.execute("UPDATE recipients SET attempts = attempts WHERE id = 0")
+        build = asyncio.create_task(
+            builder.execute(
+                "CREATE INDEX CONCURRENTLY recipients_pending ON recipients (next_attempt)"
+                " WHERE status = 'pending'"
+            )
+        )
+        watcher = await asyncpg.connect(base, server_settings={"search_path": schema})
+        try:
+            await settles(
+                lambda: watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_progress_create_index WHERE pid = $1",
+                    builder.get_server_pid(),
+                ),
+                1,
+                timeout=30,
+            )
+            await watcher.execute("SELECT pg_cancel_backend($1)", builder.get_server_pid())
+            with pytest.raises(asyncpg.QueryCanceledError):
+                await build
+            await transaction.rollback()
+            assert await _index_valid(watcher, "recipients_pending") is False
+            await store.migrate()
+            assert await _index_valid(watcher, "recipients_pending") is True
+        finally:
+            await watcher.close()
+    finally:
+        await con.close()
+        await builder.close()
         await store.close()

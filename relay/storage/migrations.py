@@ -30,7 +30,14 @@ STEPS: dict[int, str] = {
     20: "claim_recipients(): the delivery claim, planned to walk the queue in order (PostgreSQL)",
     21: "window_apply(): the windowed counters of concurrent sessions in one round trip"
     " (PostgreSQL)",
+    22: "recipients_pending replaces recipients_due: an index of the queue alone, built"
+    " concurrently (PostgreSQL)",
 }
+# Steps PostgreSQL runs outside a transaction, one statement at a time, while another
+# connection holds the migration lock: indexes built and dropped CONCURRENTLY, so the spool
+# keeps taking writes while they build. Each such step starts by dropping what a failed
+# attempt may have left (an invalid index).
+CONCURRENT: frozenset[int] = frozenset({22})
 # The oldest release that may run on a schema with the step applied: a step that only adds
 # keeps the floor of the steps before it (expand/contract, see relay.storage.schema).
 FLOORS: dict[int, str] = dict.fromkeys(STEPS, "0.1.0")
@@ -744,6 +751,20 @@ POSTGRES: list[tuple[int, str]] = [
             END LOOP;
         END
         $$;
+        """,
+    ),
+    (
+        22,
+        # The queue alone: every hot read of recipients asks for the pending ones (the claim,
+        # renewals, the backlog, holds), and recipients_due also indexed every delivered
+        # recipient kept until retention, a new entry at each delivery. The partial index
+        # serves every query of the releases before it as recipients_due did, so that one goes
+        # in the same step (expand/contract holds: nothing an older node runs changes).
+        """
+        DROP INDEX CONCURRENTLY IF EXISTS recipients_pending;
+        CREATE INDEX CONCURRENTLY recipients_pending ON recipients (next_attempt)
+            WHERE status = 'pending';
+        DROP INDEX CONCURRENTLY IF EXISTS recipients_due
         """,
     ),
 ]

@@ -18,7 +18,7 @@ import asyncpg
 
 from relay.errors import StoreError
 from relay.logging import get_logger
-from relay.storage.migrations import POSTGRES
+from relay.storage.migrations import CONCURRENT, POSTGRES
 from relay.storage.records import SchemaState
 from relay.storage.schema import MIN_VERSION, floor_of
 from relay.storage.url import parameter_problem, relay_parameters
@@ -190,9 +190,9 @@ class PostgresCore:
         Under load (a running fleet, `optin-relay migrate` as an upgrade step) a step's table
         lock would queue behind the relay's transactions and every later query behind it, or
         deadlock with one (a delivery locks recipients, then messages): each statement waits at
-        most MIGRATION_LOCK_TIMEOUT for its locks, and the whole migration, rolled back, is
+        most MIGRATION_LOCK_TIMEOUT for its locks, and the round of steps, rolled back, is
         tried again until MIGRATION_PATIENCE has passed. The relay's own transactions are never
-        the ones given up.
+        the ones given up. Indexes are built CONCURRENTLY, outside a transaction (CONCURRENT).
         """
         deadline = time.monotonic() + MIGRATION_PATIENCE
         attempt = 0
@@ -214,30 +214,73 @@ class PostgresCore:
                 return
 
     async def _migrate_once(self) -> None:
-        async with self._acquire() as con, con.transaction():
-            await con.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await con.execute(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'")
-            await con.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
-                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-            done = {row[0] for row in await con.fetch("SELECT version FROM schema_migrations")}
-            for version, script in POSTGRES:
-                if version not in done:
-                    await con.execute(script)
-                    await con.execute(
-                        "INSERT INTO schema_migrations (version) VALUES ($1)", version
-                    )
-                    done.add(version)
-            recorded = await con.fetchval(
-                "SELECT value FROM schema_info WHERE key = $1", MIN_VERSION
-            )
-            await con.execute(
-                "INSERT INTO schema_info (key, value) VALUES ($1, $2)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                MIN_VERSION,
-                floor_of(done, recorded),
-            )
+        """Apply the pending steps: rounds of steps in one transaction, then a concurrent one.
+
+        A step in CONCURRENT cannot run in a transaction: the steps before it are committed
+        first (it may build on them, and would wait for the transaction that made them), then
+        one connection holds the migration lock in a transaction while another runs the
+        step's statements, and the first records the step. Both are transactions, so this
+        holds behind PgBouncer in transaction mode too.
+        """
+        waited = 0
+        while True:
+            async with self._acquire() as con, con.transaction():
+                done = await self._locked(con)
+                if done is not None:
+                    await self._round(con, done)
+            if done is None:  # another node migrates: ask again (see _locked)
+                waited += 1
+                if waited % 50 == 0:
+                    log.info("migration_waiting", seconds=waited // 5)
+                await asyncio.sleep(0.2)
+            elif done.issuperset(v for v, _ in POSTGRES):
+                return
+
+    async def _locked(self, con: asyncpg.Connection) -> set[int] | None:
+        """Take the migration lock in `con`'s transaction: the steps applied, or None if taken.
+
+        Never waits for the lock inside a statement: an index built CONCURRENTLY waits for
+        every transaction whose snapshot is older than its own, and one waiting here for the
+        node that builds it would wait forever with it.
+        """
+        if not await con.fetchval("SELECT pg_try_advisory_xact_lock($1)", _MIGRATION_LOCK):
+            return None
+        await con.execute(f"SET LOCAL lock_timeout = '{MIGRATION_LOCK_TIMEOUT}'")
+        await con.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+            " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        return {row[0] for row in await con.fetch("SELECT version FROM schema_migrations")}
+
+    async def _round(self, con: asyncpg.Connection, done: set[int]) -> None:
+        """The steps up to the next concurrent one, or that one alone; `done` grows."""
+        committed = frozenset(done)
+        for version, script in POSTGRES:
+            if version in done:
+                continue
+            if version in CONCURRENT:
+                if not committed.issuperset(v for v, _ in POSTGRES if v < version):
+                    break  # the steps before it are committed first
+                # The index build waits for every transaction holding an older snapshot, this
+                # one too: an extended-protocol statement's portal keeps its snapshot until
+                # the next statement, and a simple query (no arguments) drops it.
+                await con.execute("SELECT 1")
+                async with self._acquire() as worker:
+                    for statement in filter(None, map(str.strip, script.split(";"))):
+                        await worker.execute(statement)
+            else:
+                await con.execute(script)
+            await con.execute("INSERT INTO schema_migrations (version) VALUES ($1)", version)
+            done.add(version)
+            if version in CONCURRENT:
+                break  # recorded: the next round starts a new transaction
+        recorded = await con.fetchval("SELECT value FROM schema_info WHERE key = $1", MIN_VERSION)
+        await con.execute(
+            "INSERT INTO schema_info (key, value) VALUES ($1, $2)"
+            " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            MIN_VERSION,
+            floor_of(done, recorded),
+        )
 
     async def backup(self, target: Path) -> int:
         """Not for PostgreSQL: its own tools do it better (docs/operations.md#backups)."""
