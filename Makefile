@@ -40,9 +40,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Issue 12's report (about 25 minutes on 2 cores): throughput, CPU, latency, memory, Postfix
+# (plain, and with OpenDKIM signing),
 # and the newsletter on SQLite, then on the local PostgreSQL; suppression lookups to 10 million.
 BENCH_PG ?= postgresql://postgres@127.0.0.1:5432/test
-bench: $(STAMP)
+bench: bootstrap $(STAMP)
 	$(BIN)/python bench/smtp_throughput.py
 	$(BIN)/python bench/smtp_throughput.py --storage $(BENCH_PG) --only direct,plain,starttls,phases
 	$(BIN)/python bench/suppression_scale.py

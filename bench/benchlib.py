@@ -320,14 +320,78 @@ def percentile(values: list[float], fraction: float) -> float:
 READERS = [f"reader{n}@example.net" for n in range(1000)] + ["reader@example.net"]
 
 
-class PostfixRelay:
-    """Postfix as a plain relay (no policy, no signing) into `sink_port`, from its own folder.
+class OpenDKIM:
+    """OpenDKIM signing bench.example with `key`, a milter on a unix socket in its own folder.
 
-    Needs Debian's `postfix` package and root (Postfix's master runs its daemons as the
-    `postfix` user); no system-wide Postfix runs or is changed.
+    Needs Debian's `opendkim` package and root (it runs as the `opendkim` user).
     """
 
-    def __init__(self, sink_port: int) -> None:
+    def __init__(self, key: Path) -> None:
+        """Write opendkim.conf and a readable copy of the key."""
+        import shutil  # noqa: PLC0415
+        import tempfile  # noqa: PLC0415
+
+        self.root = Path(tempfile.mkdtemp(prefix="optin-relay-opendkim-"))
+        self.root.chmod(0o755)
+        self.socket = self.root / "opendkim.sock"
+        shutil.copy(key, self.root / "key.pem")
+        (self.root / "key.pem").chmod(0o644)
+        shutil.chown(self.root, user="opendkim")
+        settings = {
+            "Syslog": "no",
+            "Mode": "s",
+            "Domain": "bench.example",
+            "Selector": "bench",
+            "KeyFile": self.root / "key.pem",
+            "RequireSafeKeys": "no",
+            "Canonicalization": "relaxed/relaxed",
+            "SignatureAlgorithm": "rsa-sha256",
+            "Socket": f"local:{self.socket}",
+            "UMask": "000",
+            "UserID": "opendkim",
+            "Background": "no",
+        }
+        self.conf = self.root / "opendkim.conf"
+        self.conf.write_text("".join(f"{k} {v}\n" for k, v in settings.items()))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> str | None:
+        """Why OpenDKIM cannot run here, or None."""
+        if os.geteuid() != 0:
+            return "needs root"
+        if not Path("/usr/sbin/opendkim").exists():
+            return "needs Debian's opendkim package"
+        return None
+
+    def start(self) -> None:
+        """Start the milter and wait for its socket."""
+        self.process = subprocess.Popen(["/usr/sbin/opendkim", "-f", "-x", str(self.conf)])
+        deadline = time.monotonic() + 10
+        while not self.socket.exists():
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise SystemExit(f"opendkim did not start ({self.conf})")
+            time.sleep(0.02)
+
+    def cpu(self) -> float:
+        """CPU seconds the milter has used so far."""
+        return cpu_seconds(self.process.pid) if self.process else 0.0
+
+    def stop(self) -> None:
+        """Stop the milter."""
+        if self.process is not None:
+            stop(self.process)
+
+
+class PostfixRelay:
+    """Postfix as a relay into `sink_port`, from its own folder: plain, or with a DKIM milter.
+
+    Needs Debian's `postfix` package and root (Postfix's master runs its daemons as the
+    `postfix` user); no system-wide Postfix runs or is changed. With `milter` (OpenDKIM's
+    socket) every message is signed before it is queued, as a Postfix + OpenDKIM relay does.
+    """
+
+    def __init__(self, sink_port: int, milter: Path | None = None) -> None:
         """Write main.cf and master.cf in a folder of its own (the postfix user must enter it)."""
         import tempfile  # noqa: PLC0415
 
@@ -357,6 +421,12 @@ class PostfixRelay:
             "smtpd_tls_security_level": "none",
             "default_process_limit": "100",
         }
+        if milter is not None:
+            settings |= {
+                "smtpd_milters": f"unix:{milter}",
+                "milter_default_action": "tempfail",  # unsigned mail never leaves
+                "milter_protocol": "6",
+            }
         (self.etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
         master = Path("/etc/postfix/master.cf").read_text().splitlines()
         lines = [
