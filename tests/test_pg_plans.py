@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from relay.storage import NewMessage, open_store
 from relay.storage.base import new_message_id
+from relay.storage.postgres.spool import COMPLETED
+
+if TYPE_CHECKING:
+    from relay.storage.base import Store
 
 NOW = 1_800_000_000.0
 QUEUED = 2000
@@ -33,6 +38,28 @@ async def explained(con: asyncpg.Connection) -> list[str]:
     return notices
 
 
+async def spool_queue(store: Store) -> None:
+    """QUEUED one-recipient messages, spooled as the relay spools them, due one a second.
+
+    (A bulk INSERT ... SELECT would leave the planner statistics that get the good plans.)
+    """
+    await asyncio.gather(
+        *(
+            store.spool(
+                NewMessage(
+                    id=new_message_id(),
+                    account_id="acme",
+                    mail_from="news@acme.example",
+                    recipients=(f"r{n}@example.net",),
+                    content=b"Subject: x\r\n\r\nbody\r\n",
+                    received_at=NOW + n,
+                )
+            )
+            for n in range(1, QUEUED + 1)
+        )
+    )
+
+
 async def test_the_claim_walks_the_queue_in_order_whatever_the_statistics_say(pg_url):
     """The claim reads as many queued recipients as it leases, on a table never analysed.
 
@@ -46,22 +73,7 @@ async def test_the_claim_walks_the_queue_in_order_whatever_the_statistics_say(pg
     await store.migrate()
     con = await asyncpg.connect(store.url, server_settings={"search_path": store.schema or ""})
     try:
-        # spooled as the relay spools them (a bulk INSERT ... SELECT gets the good plan)
-        await asyncio.gather(
-            *(
-                store.spool(
-                    NewMessage(
-                        id=new_message_id(),
-                        account_id="acme",
-                        mail_from="news@acme.example",
-                        recipients=(f"r{n}@example.net",),
-                        content=b"Subject: x\r\n\r\nbody\r\n",
-                        received_at=NOW + n,
-                    )
-                )
-                for n in range(1, QUEUED + 1)
-            )
-        )
+        await spool_queue(store)
         analysed = await con.fetchval(
             "SELECT last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL"
             " FROM pg_stat_user_tables WHERE relid = 'recipients'::regclass"
@@ -82,6 +94,39 @@ async def test_the_claim_walks_the_queue_in_order_whatever_the_statistics_say(pg
         )
         assert walked is not None, claim
         assert int(walked.group(1)) == 10  # the limit: nothing read past it
+    finally:
+        await con.close()
+        await store.close()
+
+
+async def test_completing_messages_asks_each_message_not_the_whole_queue(pg_url):
+    """After a delivery batch, each of its messages is checked for a recipient still to go.
+
+    Before, the check was a `NOT EXISTS` the planner made a hash anti join: on statistics that
+    said the queue was small it read every pending recipient of the queue for a batch of a few
+    messages, a cost growing with the queue at every delivery batch.
+    """
+    store = open_store(pg_url)
+    await store.open()
+    await store.migrate()
+    con = await asyncpg.connect(store.url, server_settings={"search_path": store.schema or ""})
+    try:
+        await spool_queue(store)
+        batch = [row[0] for row in await con.fetch("SELECT id FROM messages LIMIT 10")]
+        await con.execute(
+            "UPDATE recipients SET status = 'delivered' WHERE message_id = ANY($1)", batch
+        )
+        plans = await explained(con)
+        transaction = con.transaction()
+        await transaction.start()
+        assert await con.execute(COMPLETED, NOW, batch) == f"UPDATE {len(batch)}"
+        await transaction.rollback()
+        (plan,) = [plan for plan in plans if "UPDATE messages m" in plan]
+        assert "Hash" not in plan, plan
+        assert "recipients_pending" not in plan, plan  # the queue's index: not read at all
+        probe = re.search(r"Index Scan (?:using|on) recipients_message .*loops=(\d+)", plan)
+        assert probe is not None, plan
+        assert int(probe.group(1)) == len(batch)  # one look per message of the batch
     finally:
         await con.close()
         await store.close()

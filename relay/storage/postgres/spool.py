@@ -74,6 +74,18 @@ async def _insert_repeats(con: asyncpg.Connection, rows: list[tuple[str, str, st
         )
 
 
+# Messages ($2) whose last recipient is done: their content goes. Whether one still has a
+# recipient to deliver is asked of that message's own recipients (by recipients_message, the
+# only index its one condition can use, whatever the statistics say): as `NOT EXISTS (...
+# status = 'pending')`, on statistics that said the queue was small, the planner read every
+# pending recipient of the queue for the few messages of a delivery batch.
+COMPLETED = (
+    "UPDATE messages m SET content = NULL, completed_at = $1 WHERE m.id = ANY($2::text[])"
+    " AND NOT (SELECT coalesce(bool_or(r.status = 'pending'), false) FROM recipients r"
+    " WHERE r.message_id = m.id)"
+)
+
+
 class PostgresSpool(PostgresCore):
     """The spool part of `PostgresStore`."""
 
@@ -213,9 +225,7 @@ class PostgresSpool(PostgresCore):
                         ],
                     )
                     await con.execute(
-                        "UPDATE messages m SET content = NULL, completed_at = $1"
-                        " WHERE m.id = ANY($2::text[]) AND NOT EXISTS (SELECT 1 FROM recipients"
-                        " WHERE message_id = m.id AND status = 'pending')",
+                        COMPLETED,
                         max(at for _, _, at in done),
                         list({row[1] for row in rows}),
                     )
@@ -391,9 +401,7 @@ class PostgresSpool(PostgresCore):
                     message_ids,
                 )
                 await con.execute(
-                    "UPDATE messages m SET content = NULL, completed_at = $1"
-                    " WHERE m.id = ANY($2::text[]) AND m.completed_at IS NULL AND NOT EXISTS"
-                    " (SELECT 1 FROM recipients WHERE message_id = m.id AND status = 'pending')",
+                    f"{COMPLETED} AND m.completed_at IS NULL",
                     action.at,
                     message_ids,
                 )
