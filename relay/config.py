@@ -28,6 +28,7 @@ from relay.configaccounts import (
     Account,
     AccountIndex,
 )
+from relay.configdomains import DeliverabilityConfig, DnsConfig
 from relay.configtypes import (
     ConfigPath,
     Domain,
@@ -464,6 +465,8 @@ class Config(Model):
     journal: JournalConfig = JournalConfig()
     terms: TermsConfig | None = None
     tokens: TokensConfig | None = None
+    dns: DnsConfig = DnsConfig()
+    deliverability: DeliverabilityConfig = DeliverabilityConfig()
     accounts: list[Account] = Field(default_factory=list)
     dkim: list[DkimKeyConfig] = Field(default_factory=list)
     policies: dict[str, Any] = Field(

@@ -372,15 +372,15 @@ async def test_an_index_is_built_concurrently_while_the_spool_takes_writes(pg_ur
         await delivery.execute("UPDATE recipients SET attempts = attempts WHERE id = 0")
         migrating = asyncio.create_task(store.migrate())
 
-        async def building() -> int:
-            return int(
-                await writer.fetchval(
-                    "SELECT count(*) FROM pg_stat_progress_create_index"
-                    " WHERE relid = 'recipients'::regclass"
-                )
+        async def building() -> str | None:
+            phase: str | None = await writer.fetchval(
+                "SELECT phase FROM pg_stat_progress_create_index"
+                " WHERE relid = 'recipients'::regclass"
             )
+            return phase
 
-        await settles(building, 1, timeout=30)
+        # the build waits for the delivery's transaction to end
+        await settles(building, "waiting for writers before build", timeout=30)
         await writer.execute("SET lock_timeout = '5s'")
         await writer.execute(
             "INSERT INTO messages (id, account_id, mail_from, content, size, received_at)"
@@ -423,12 +423,14 @@ async def test_an_index_build_that_failed_is_built_again(pg_url):
         )
         watcher = await asyncpg.connect(base, server_settings={"search_path": schema})
         try:
+            # past its first transaction (the invalid index is in the catalog), waiting for
+            # the open one to end
             await settles(
                 lambda: watcher.fetchval(
-                    "SELECT count(*) FROM pg_stat_progress_create_index WHERE pid = $1",
+                    "SELECT phase FROM pg_stat_progress_create_index WHERE pid = $1",
                     builder.get_server_pid(),
                 ),
-                1,
+                "waiting for writers before build",
                 timeout=30,
             )
             await watcher.execute("SELECT pg_cancel_backend($1)", builder.get_server_pid())

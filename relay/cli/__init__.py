@@ -24,6 +24,7 @@ from relay.cli import (
     cases,
     consent,
     dkim,
+    domains,
     explain,
     migrate,
     policy,
@@ -54,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     policy.add_parser(commands, common)
     suppress.add_parser(commands, common)
     dkim.add_parser(commands, common)
+    domains.add_parser(commands, common)
     accounts.add_parser(commands, common)
     consent.add_parser(commands, common)
     cases.add_parsers(commands, common)

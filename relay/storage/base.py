@@ -66,6 +66,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
+    from relay.storage.domainchecks import DomainCheck
+
 __all__ = [
     "BUCKET",
     "GLOBAL_SCOPE",
@@ -163,6 +165,17 @@ class Store(Protocol):
 
     async def leases_by_node(self, now: float) -> dict[str, tuple[int, int]]:
         """Per lease holder (node id): recipients and webhook endpoints it holds at `now`."""
+        ...
+
+    async def save_domain_check(self, check: DomainCheck) -> DomainCheck:
+        """Keep `check` for its account and domain, after the one kept before (what it keeps).
+
+        An unknown check keeps the status the one before it settled (DomainCheck.after).
+        """
+        ...
+
+    async def domain_checks(self, account_id: str | None = None) -> list[DomainCheck]:
+        """The checks kept, of one account or of all, by account and domain."""
         ...
 
     async def queue_summary(self, now: float) -> dict[str, tuple[int, float]]:

@@ -32,6 +32,7 @@ STEPS: dict[int, str] = {
     " (PostgreSQL)",
     22: "recipients_pending replaces recipients_due: an index of the queue alone, built"
     " concurrently (PostgreSQL)",
+    23: "domain_checks: what DNS proved about each account's sending domains",
 }
 # Steps PostgreSQL runs outside a transaction, one statement at a time, while another
 # connection holds the migration lock: indexes built and dropped CONCURRENTLY, so the spool
@@ -235,6 +236,18 @@ _SHARED: dict[int, str] = {
             listeners TEXT NOT NULL
         );
         """,
+    23: """
+        CREATE TABLE domain_checks (
+            account_id TEXT NOT NULL,
+            domain TEXT NOT NULL,
+            status TEXT NOT NULL,
+            requirements TEXT NOT NULL,
+            checked_at {real} NOT NULL,
+            settled TEXT NOT NULL,
+            settled_at {real},
+            PRIMARY KEY (account_id, domain)
+        );
+        """,
 }
 
 
@@ -405,6 +418,7 @@ SQLITE: list[tuple[int, str]] = [
     _shared(17, "SQLITE"),
     _shared(18, "SQLITE"),
     _shared(19, "SQLITE"),
+    _shared(23, "SQLITE"),
 ]
 
 POSTGRES: list[tuple[int, str]] = [
@@ -767,4 +781,5 @@ POSTGRES: list[tuple[int, str]] = [
         DROP INDEX CONCURRENTLY IF EXISTS recipients_due
         """,
     ),
+    _shared(23, "POSTGRES"),
 ]

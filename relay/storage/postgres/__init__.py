@@ -1,6 +1,7 @@
 """The PostgresStore (see relay.storage.postgres.core for how it works)."""
 
 from relay.storage.postgres.accounts import PostgresAccounts
+from relay.storage.postgres.domains import PostgresDomains
 from relay.storage.postgres.events import PostgresEvents
 from relay.storage.postgres.feedback import PostgresFeedback
 from relay.storage.postgres.journal import PostgresJournal
@@ -19,6 +20,7 @@ class PostgresStore(
     PostgresEvents,
     PostgresJournal,
     PostgresNodes,
+    PostgresDomains,
 ):
     """The `Store` on PostgreSQL: one class made of its parts."""
 

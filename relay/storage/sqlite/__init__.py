@@ -1,6 +1,7 @@
 """The SqliteStore (see relay.storage.sqlite.core for how it works)."""
 
 from relay.storage.sqlite.accounts import SqliteAccounts
+from relay.storage.sqlite.domains import SqliteDomains
 from relay.storage.sqlite.events import SqliteEvents
 from relay.storage.sqlite.feedback import SqliteFeedback
 from relay.storage.sqlite.journal import SqliteJournal
@@ -19,6 +20,7 @@ class SqliteStore(
     SqliteEvents,
     SqliteJournal,
     SqliteNodes,
+    SqliteDomains,
 ):
     """The `Store` on SQLite: one class made of its parts."""
 
