@@ -23,6 +23,7 @@ import ipaddress
 from functools import cache
 from typing import TYPE_CHECKING
 
+from relay.mail.dnsrecords import key_of, tags, txt_record
 from relay.resolver import LookupFailed
 from relay.storage.domainchecks import DomainCheck, Requirement, Status
 
@@ -31,18 +32,6 @@ if TYPE_CHECKING:
 
     from relay.mail.signing import SigningKey
     from relay.resolver import Resolver
-
-
-def tags(record: str) -> dict[str, str]:
-    """The `tag=value` pairs of a DKIM or DMARC record (RFC 6376 3.2), names in lower case."""
-    pairs = (part.split("=", 1) for part in record.split(";") if "=" in part)
-    return {name.strip().lower(): value.strip() for name, value in pairs}
-
-
-def txt_record(name: str, value: str) -> str:
-    """A zone-file TXT record, split into strings of at most 255 characters."""
-    chunks = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
-    return f"{name}. IN TXT ( {chunks} )"
 
 
 @cache
@@ -120,10 +109,10 @@ class Checker:
 
         async def lookup() -> Requirement:
             records = await self.resolver.txt(key.dns_name)
-            expected = tags(key.public_record)["p"]
+            expected = key_of(key.public_record)
             if not records:
                 return Requirement(name, "missing", f"no record at {key.dns_name}", publish)
-            if any(tags(r).get("p", "").replace(" ", "") == expected for r in records):
+            if any(key_of(r) == expected for r in records):
                 return Requirement(name, "ok", f"{key.dns_name} publishes the configured key")
             return Requirement(
                 name,

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.cli.common import EXIT_OK, EXIT_REFUSED, load
+from relay.mail.dnsrecords import key_of, txt_record
 
 if TYPE_CHECKING:
     import argparse
@@ -37,12 +38,6 @@ def add_parser(
     parser.set_defaults(handler=run)
 
 
-def txt_record(name: str, value: str) -> str:
-    """A zone-file TXT record, split into strings of at most 255 characters."""
-    chunks = " ".join(f'"{value[i : i + 255]}"' for i in range(0, len(value), 255))
-    return f"{name}. IN TXT ( {chunks} )"
-
-
 def lookup_txt(name: str) -> list[str]:
     """The TXT strings published at `name` (each record's strings joined)."""
     import dns.resolver  # noqa: PLC0415 - loaded by the one command that looks DNS up
@@ -52,11 +47,6 @@ def lookup_txt(name: str) -> list[str]:
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return []
     return [b"".join(record.strings).decode("ascii", "replace") for record in answer]
-
-
-def _p_tag(record: str) -> str:
-    tags = dict(part.strip().split("=", 1) for part in record.split(";") if "=" in part)
-    return tags.get("p", "").replace(" ", "")
 
 
 def keygen(args: argparse.Namespace) -> int:
@@ -105,11 +95,11 @@ def check(config: Config, domain: str) -> int:
             print(f"{key.dns_name}\tlookup failed: {exc}")
             status = EXIT_REFUSED
             continue
-        expected = _p_tag(key.public_record)
+        expected = key_of(key.public_record)
         if not published:
             print(f"{key.dns_name}\tnot published")
             status = EXIT_REFUSED
-        elif any(_p_tag(record) == expected for record in published):
+        elif any(key_of(record) == expected for record in published):
             print(f"{key.dns_name}\tok")
         else:
             print(f"{key.dns_name}\tmismatch: the published key is not the configured one")
