@@ -155,6 +155,8 @@ class Relay:
         )
         await self._heartbeat_once()
         self._background("heartbeat", self._heartbeats)
+        if "domain_auth" in config.policies:
+            self._background("domains", self._domain_rechecks)
         log.info(
             "relay_started",
             version=__version__,
@@ -250,6 +252,29 @@ class Relay:
         while True:
             await asyncio.sleep(HEARTBEAT)
             await self._heartbeat_once()
+
+    async def _domain_rechecks(self) -> None:
+        """With `domain_auth` on: the sending domains looked up at start and every recheck."""
+        from relay.domains import check_all  # noqa: PLC0415 - only with the policy on
+
+        while True:
+            config = self.runtime.current.config
+            if self.store is not None:
+                try:
+                    kept = await check_all(config, self.store, now=self.clock.now())
+                except StoreError as exc:
+                    log.warning("domains_check_failed", error=str(exc))
+                else:
+                    log.info(
+                        "domains_checked",
+                        verified=sum(c.status == "verified" for c in kept),
+                        not_verified=sorted(
+                            f"{c.account_id}/{c.domain}:{c.status}"
+                            for c in kept
+                            if c.status != "verified"
+                        ),
+                    )
+            await asyncio.sleep(config.deliverability.recheck)
 
     @property
     def smtp_ports(self) -> list[int]:

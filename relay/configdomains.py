@@ -59,3 +59,7 @@ class DeliverabilityConfig(Model):
         default_factory=list,
         description="the upstream's sending addresses: the envelope domain's SPF must allow them",
     )
+    recheck: Annotated[Duration, Field(gt=0)] = Field(
+        default=6 * 3600.0,
+        description="with the domain_auth policy on: how often each relay looks the domains up",
+    )

@@ -30,8 +30,10 @@ from relay.storage.domainchecks import DomainCheck, Requirement, Status
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
+    from relay.config import Config
     from relay.mail.signing import SigningKey
     from relay.resolver import Resolver
+    from relay.storage.base import Store
 
 
 @cache
@@ -199,3 +201,30 @@ def _allows(record: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> b
         except ValueError:
             continue
     return False
+
+
+async def check_all(
+    config: Config, store: Store, *, domain: str | None = None, now: float
+) -> list[DomainCheck]:
+    """Check every account's From domains (or only `domain`); keep and return what was found.
+
+    `domains check` runs it, and every relay with the `domain_auth` policy on at start and
+    every `deliverability.recheck`.
+    """
+    from relay.mail.signing import load_keys  # noqa: PLC0415 - the keys of this config
+    from relay.resolver import Resolver  # noqa: PLC0415
+
+    checker = Checker(
+        Resolver(config.dns),
+        load_keys(config.dkim)[0],
+        envelope_domain=config.relay_domain,
+        hostname=config.hostname,
+        sending_ips=config.deliverability.sending_ips,
+    )
+    kept = []
+    for account in config.accounts:
+        for name in account.from_domains:
+            if domain is None or name == domain.lower():
+                found = await checker.check(account.id, name, now=now)
+                kept.append(await store.save_domain_check(found))
+    return kept

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import aiosmtplib
 import pytest
 import yaml
 from clirun import run_cli
-from conftest import config_data
+from conftest import PASSWORD, config_data, settles, simple_message, smtp_client
 from dnsserver import DnsServer
 
-from relay.cli.domains import check_all
+from policies.domain_auth import DOMAINS_FRESH
 from relay.config import parse_config
-from relay.domains import organisational_domain
+from relay.domains import check_all, organisational_domain
 from relay.mail.signing import load_keys
 from relay.storage import open_store
 
@@ -241,3 +242,70 @@ async def test_checks_are_kept_on_postgresql_too(tmp_path, pg_url, dns_server, t
         assert await store.domain_checks("acme") == [later]
     finally:
         await store.close()
+
+
+def relay_data(url: str, dns_server: DnsServer, tls_files, upstream, mode: str | None) -> dict:
+    data = config_data(store_url=url, upstream_port=upstream.port, tls_files=tls_files)
+    data["dns"] = {"nameservers": [dns_server.nameserver], "timeout": 0.5}
+    data["deliverability"] = {"sending_ips": [SENDING_IP]}
+    data["policies"] = {"domain_auth": {"mode": mode} if mode else {}}
+    return data
+
+
+async def statuses(store: Store) -> list[tuple[str, str]]:
+    return [(c.domain, c.status) for c in await store.domain_checks("acme")]
+
+
+async def test_enforced_mail_from_a_failing_domain_is_refused_until_its_record_is_published(
+    start_relay, tmp_path, sqlite_url, dns_server, tls_files, upstream, clock, log_lines
+):
+    """550 5.7.26 at MAIL naming the missing record, then accepted once it is published.
+
+    `domains check` runs after the record appears; the relay reads the checks again within
+    DOMAINS_FRESH seconds and accepts: no reload, no restart.
+    """
+    data = relay_data(sqlite_url, dns_server, tls_files, upstream, "enforce")
+    publish_everything(dns_server, parse_config(data))
+    dns_server.zones.remove("_dmarc.acme.example", "TXT")
+    relay = await start_relay(data)
+    # checked at start, in the background
+    await settles(lambda: statuses(relay.store), [("acme.example", "failing")], timeout=30)
+    client = await smtp_client(relay.smtp_ports[0], login=("acme-crm", PASSWORD))
+    with pytest.raises(aiosmtplib.SMTPSenderRefused) as refused:
+        await client.mail("news@acme.example")
+    assert refused.value.code == 550
+    assert refused.value.message.startswith(
+        "5.7.26 acme.example is not authenticated: dmarc (_dmarc.acme.example TXT)."
+    )
+    await client.rset()
+    dns_server.zones.add("_dmarc.acme.example", "TXT", "v=DMARC1; p=none")
+    path = tmp_path / "relay.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert run_cli("domains", "check", "acme.example", "--config", str(path)).returncode == 0
+    clock.advance(DOMAINS_FRESH)
+    await client.sendmail("news@acme.example", ["alice@example.net"], simple_message())
+    await client.quit()
+    refusals = [e for e in log_lines() if e.get("rule") == "domain_auth.unverified"]
+    assert refusals
+    assert refusals[0]["reply"].startswith("550 5.7.26")
+
+
+async def test_in_monitor_mode_the_mail_flows_and_the_refusal_is_logged(
+    start_relay, sqlite_url, dns_server, tls_files, upstream, log_lines
+):
+    data = relay_data(sqlite_url, dns_server, tls_files, upstream, None)  # monitor: the default
+    publish_everything(dns_server, parse_config(data))
+    dns_server.zones.remove("relay.test.example", "MX")
+    relay = await start_relay(data)
+    await settles(lambda: statuses(relay.store), [("acme.example", "failing")], timeout=30)
+    client = await smtp_client(relay.smtp_ports[0], login=("acme-crm", PASSWORD))
+    await client.sendmail("news@acme.example", ["alice@example.net"], simple_message())
+    await client.quit()
+    (would,) = [e for e in log_lines() if e["event"] == "policy_would_refuse"]
+    assert (would["policy"], would["rule"]) == ("domain_auth", "domain_auth.unverified")
+    assert "envelope mx (relay.test.example MX)" in would["reply"]
+    checked = [e for e in log_lines() if e["event"] == "domains_checked"]
+    assert checked[0]["not_verified"] == [
+        "acme/acme.example:failing",
+        "globex/globex.example:failing",
+    ]

@@ -47,32 +47,10 @@ def _handler(args: argparse.Namespace, config_path: Path) -> int:
     return with_store(config_path, work)
 
 
-async def check_all(
-    config: Config, store: Store, *, domain: str | None = None, now: float
-) -> list[DomainCheck]:
-    """Check every account's From domains (or only `domain`) and keep what was found."""
-    from relay.domains import Checker  # noqa: PLC0415 - DNS and the suffix list: when used
-    from relay.mail.signing import load_keys  # noqa: PLC0415
-    from relay.resolver import Resolver  # noqa: PLC0415
-
-    checker = Checker(
-        Resolver(config.dns),
-        load_keys(config.dkim)[0],
-        envelope_domain=config.relay_domain,
-        hostname=config.hostname,
-        sending_ips=config.deliverability.sending_ips,
-    )
-    kept = []
-    for account in config.accounts:
-        for name in account.from_domains:
-            if domain is None or name == domain.lower():
-                found = await checker.check(account.id, name, now=now)
-                kept.append(await store.save_domain_check(found))
-    return kept
-
-
 async def check(config: Config, store: Store, *, domain: str | None, as_json: bool) -> int:
     """Check, keep, print; exit 1 when any domain is not verified."""
+    from relay.domains import check_all  # noqa: PLC0415 - DNS and the suffix list: when used
+
     kept = await check_all(config, store, domain=domain, now=time.time())
     if not kept:
         print(f"error: no account sends from {domain or 'any domain'}")
