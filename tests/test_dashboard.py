@@ -118,6 +118,16 @@ async def test_dashboard_in_headless_chromium(
         assert "warn" in await complaint_cell.inner_text()
         assert await complaint_cell.get_attribute("class") == "warn"
         assert "50.00 USD" in await acme.inner_text()  # the upheld virus case's fine
+        rules = acme.locator("td.readiness")
+        # never checked in DNS; the test upstream takes no TLS; 0.2 % complaints this week
+        assert await rules.get_attribute("class") == "readiness not-ready"
+        assert (await rules.inner_text()).splitlines() == [
+            "not ready",
+            "authentication: unknown",
+            "complaint_rate: warning",
+            "tls_to_upstream: failing",
+        ]
+        assert await rules.locator(".rule-failing").get_attribute("title") == "upstream.tls: none"
         chart_loaded = await acme.locator("img").evaluate("img => img.naturalWidth > 0")
         assert chart_loaded
         globex = page.locator("#account-globex")

@@ -1,4 +1,4 @@
-"""`optin-relay accounts list | show | suspend | reinstate | terminate | accept-terms`.
+"""`optin-relay accounts list | show | suspend | reinstate | terminate | accept-terms | readiness`.
 
 Every change is kept in the store with its reason, actor and time. Suspending holds the
 account's mail in the spool; reinstating releases it; terminating purges it (no DSNs).
@@ -42,6 +42,11 @@ def add_parser(
     accept.add_argument("account")
     accept.add_argument("--version", required=True, help="the version accepted")
     accept.add_argument("--by", required=True, help="who accepted, for the record")
+    ready = actions.add_parser(
+        "readiness", parents=[common], help="each account against the bulk-sender rules"
+    )
+    ready.add_argument("account", nargs="?", help="only this account")
+    ready.add_argument("--json", action="store_true", help="one JSON document")
     for action in _TARGET:
         change = actions.add_parser(action, parents=[common], help=f"{action} an account")
         change.add_argument("account")
@@ -50,13 +55,8 @@ def add_parser(
 
 async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Carry out one `accounts` action."""
-    if args.action == "list":
-        states = await store.account_states()
-        for account in config.accounts:
-            state = states.get(account.id)
-            standing = state.state if state else "active"
-            print(f"{account.id}\t{account.username}\t{account.stream}\t{standing}")
-        return EXIT_OK
+    if args.action in ("list", "readiness"):  # every account, or one that may be left out
+        return await (_list if args.action == "list" else _readiness)(args, config, store)
     if config.account(args.account) is None:
         print(f"error: no account {args.account!r} in the configuration", file=sys.stderr)
         return EXIT_REFUSED
@@ -107,3 +107,36 @@ async def _accept_terms(args: argparse.Namespace, config: Config, store: Store) 
         return EXIT_OK
     print(f"{args.account}\taccepted terms {args.version}\tby {done.accepted_by}")
     return EXIT_OK
+
+
+async def _list(args: argparse.Namespace, config: Config, store: Store) -> int:
+    """Every configured account and its standing."""
+    del args
+    states = await store.account_states()
+    for account in config.accounts:
+        state = states.get(account.id)
+        standing = state.state if state else "active"
+        print(f"{account.id}\t{account.username}\t{account.stream}\t{standing}")
+    return EXIT_OK
+
+
+async def _readiness(args: argparse.Namespace, config: Config, store: Store) -> int:
+    """Print each account's standing against the bulk-sender rules; exit 1 unless all ok."""
+    import json  # noqa: PLC0415
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from relay.readiness import readiness  # noqa: PLC0415
+
+    chosen = [a for a in config.accounts if args.account in (None, a.id)]
+    if not chosen:
+        print(f"error: no account {args.account!r} in the configuration", file=sys.stderr)
+        return EXIT_REFUSED
+    found = [await readiness(config, store, account, now=time.time()) for account in chosen]
+    if args.json:
+        print(json.dumps([asdict(r) for r in found], indent=2))
+    else:
+        for ready in found:
+            print(f"{ready.account_id}: {'ready' if ready.ready else 'not ready'}")
+            for rule in ready.rules:
+                print(f"  {rule.state:<8} {rule.name}: {rule.figure}")
+    return EXIT_OK if all(r.ready for r in found) else EXIT_REFUSED

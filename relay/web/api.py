@@ -279,6 +279,46 @@ async def api_unsuppress(request: web.Request) -> web.Response:
 OPENAPI = Path(__file__).with_name("openapi.json")
 
 
+async def api_domains(request: web.Request) -> web.Response:
+    """`GET /api/v1/domains`: the account's domains as DNS last proved them, and its rules.
+
+    What a CRM shows its customer: each From domain's requirements with the record to publish,
+    and the account against the mailbox providers' bulk-sender rules (relay.readiness).
+    """
+    account = await api_account(request)
+    if isinstance(account, web.Response):
+        return account
+    from relay.readiness import readiness  # noqa: PLC0415 - one endpoint's module
+
+    try:
+        ready = await readiness(
+            runtime_of(request).config, store_of(request), account, now=clock_of(request).now()
+        )
+    except StoreError:
+        return json_error(503, "unavailable", "the store is unavailable, try again later")
+    checked = {check.domain: check for check in ready.domains}
+    domains = []
+    for name in account.from_domains:
+        check = checked.get(name)
+        domains.append(
+            {
+                "domain": name,
+                "status": check.status if check else "pending",
+                "settled": check.settled if check else "pending",
+                "checked_at": check.checked_at if check else None,
+                "settled_at": check.settled_at if check else None,
+                "requirements": [
+                    {"name": r.name, "state": r.state, "found": r.found, "publish": r.publish}
+                    for r in (check.requirements if check else [])
+                ],
+            }
+        )
+    rules = [{"name": r.name, "state": r.state, "figure": r.figure} for r in ready.rules]
+    return web.json_response(
+        {"account": account.id, "ready": ready.ready, "domains": domains, "rules": rules}
+    )
+
+
 async def api_openapi(request: web.Request) -> web.Response:
     """`GET /api/v1/openapi.json`: the OpenAPI 3.1 description of this API (no key needed)."""
     del request
@@ -289,6 +329,7 @@ def add_routes(app: web.Application) -> None:
     """Register the API routes of this module."""
     app.router.add_get("/api/v1/openapi.json", api_openapi)
     app.router.add_get("/api/v1/events", api_events)
+    app.router.add_get("/api/v1/domains", api_domains)
     app.router.add_get("/api/v1/suppressions", api_suppressions)
     app.router.add_post("/api/v1/suppressions", api_suppress)
     app.router.add_get("/api/v1/suppressions/{address:[\\s\\S]+}", api_suppression)

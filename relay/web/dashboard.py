@@ -24,6 +24,7 @@ from pygal.style import Style
 from relay.clock import to_datetime
 from relay.errors import StoreError
 from relay.feedback.cases import fines_by_account
+from relay.readiness import readiness
 from relay.storage.base import STAT_KINDS
 from relay.web.forms import page_headers
 from relay.web.state import admin_refusal, clock_of, json_error, runtime_of, store_of
@@ -100,6 +101,7 @@ async def _accounts(store: Store, config: Config, now: float) -> list[dict[str, 
                 "complaint": _rate(counts["complaint"], delivered, config.feedback.complaint_rate),
                 "bounce": _rate(counts["bounce"], delivered, config.feedback.bounce_rate),
                 "fines": fines.get(account.id, 0) / 100,
+                "readiness": await readiness(config, store, account, now=now),
             }
         )
     return rows
