@@ -309,3 +309,20 @@ async def test_in_monitor_mode_the_mail_flows_and_the_refusal_is_logged(
         "acme/acme.example:failing",
         "globex/globex.example:failing",
     ]
+
+
+async def test_each_relay_looks_again_every_recheck(
+    start_relay, sqlite_url, dns_server, tls_files, upstream
+):
+    """With `domain_auth` on, the relay checks at start and every `deliverability.recheck`.
+
+    A record published later is found with no command and no restart.
+    """
+    data = relay_data(sqlite_url, dns_server, tls_files, upstream, "enforce")
+    data["deliverability"]["recheck"] = 0.2
+    publish_everything(dns_server, parse_config(data))
+    dns_server.zones.remove("relay.test.example", "MX")
+    relay = await start_relay(data)
+    await settles(lambda: statuses(relay.store), [("acme.example", "failing")], timeout=30)
+    dns_server.zones.add("relay.test.example", "MX", (10, "relay.test.example"))
+    await settles(lambda: statuses(relay.store), [("acme.example", "verified")], timeout=30)
