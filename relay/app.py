@@ -256,13 +256,14 @@ class Relay:
     async def _domain_rechecks(self) -> None:
         """With `domain_auth` on: the sending domains looked up at start and every recheck."""
         from relay.domains import check_all  # noqa: PLC0415 - only with the policy on
+        from relay.resolver import LookupFailed  # noqa: PLC0415
 
         while True:
             config = self.runtime.current.config
             if self.store is not None:
                 try:
                     kept = await check_all(config, self.store, now=self.clock.now())
-                except StoreError as exc:
+                except (StoreError, LookupFailed) as exc:
                     log.warning("domains_check_failed", error=str(exc))
                 else:
                     log.info(

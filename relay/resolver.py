@@ -28,8 +28,16 @@ class Resolver:
     """TXT and MX lookups, from `dns.nameservers` or the system's resolvers."""
 
     def __init__(self, config: DnsConfig) -> None:
-        """Ask `config.nameservers` (else /etc/resolv.conf), each lookup within its timeout."""
-        self._resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
+        """Ask `config.nameservers` (else /etc/resolv.conf), each lookup within its timeout.
+
+        Raises LookupFailed when neither names a server.
+        """
+        try:
+            self._resolver = dns.asyncresolver.Resolver(configure=not config.nameservers)
+        except dns.resolver.NoResolverConfiguration as exc:
+            raise LookupFailed(
+                f"no DNS server to ask: /etc/resolv.conf names none; set dns.nameservers ({exc})"
+            ) from exc
         if config.nameservers:
             self._resolver.nameservers = [
                 dns.nameserver.Do53Nameserver(*split_nameserver(server))

@@ -326,3 +326,23 @@ async def test_each_relay_looks_again_every_recheck(
     await settles(lambda: statuses(relay.store), [("acme.example", "failing")], timeout=30)
     dns_server.zones.add("relay.test.example", "MX", (10, "relay.test.example"))
     await settles(lambda: statuses(relay.store), [("acme.example", "verified")], timeout=30)
+
+
+async def test_without_a_dns_server_to_ask_domains_check_says_so(setup, monkeypatch):
+    """No `dns.nameservers` and none in /etc/resolv.conf: a clear error, exit 1, no crash."""
+    import dns.asyncresolver
+    import dns.resolver
+
+    path, _, _ = setup
+    data = yaml.safe_load(path.read_text())
+    data["dns"] = {}
+    path.write_text(yaml.safe_dump(data))
+
+    def no_servers(self, filename="/etc/resolv.conf"):
+        raise dns.resolver.NoResolverConfiguration(filename)
+
+    monkeypatch.setattr(dns.asyncresolver.Resolver, "read_resolv_conf", no_servers)
+    result = run_cli("domains", "check", "--config", str(path), check=False)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: no DNS server to ask")
+    assert "set dns.nameservers" in result.stderr

@@ -9,6 +9,7 @@ not verified.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
@@ -50,8 +51,13 @@ def _handler(args: argparse.Namespace, config_path: Path) -> int:
 async def check(config: Config, store: Store, *, domain: str | None, as_json: bool) -> int:
     """Check, keep, print; exit 1 when any domain is not verified."""
     from relay.domains import check_all  # noqa: PLC0415 - DNS and the suffix list: when used
+    from relay.resolver import LookupFailed  # noqa: PLC0415
 
-    kept = await check_all(config, store, domain=domain, now=time.time())
+    try:
+        kept = await check_all(config, store, domain=domain, now=time.time())
+    except LookupFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     if not kept:
         print(f"error: no account sends from {domain or 'any domain'}")
         return EXIT_REFUSED
