@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from relay.config import Config
     from relay.configaccounts import Account
     from relay.storage.base import Store
@@ -74,10 +76,7 @@ def _percent(rate: float) -> str:
     return f"{100 * rate:.3f} %".replace(".000 %", " %")
 
 
-async def _complaints(store: Store, account_id: str, now: float, min_volume: int) -> Rule:
-    days = (await store.stats_by_day(since=now - 30 * DAY, account_id=account_id)).get(
-        account_id, {}
-    )
+def _complaints(days: dict[float, dict[str, int]], now: float, min_volume: int) -> Rule:
     week = [totals for day, totals in days.items() if day >= now - 7 * DAY]
     complaints = sum(t.get("complaint", 0) for t in week)
     delivered = sum(t.get("delivered", 0) for t in week)
@@ -105,7 +104,31 @@ async def _complaints(store: Store, account_id: str, now: float, min_volume: int
 
 async def readiness(config: Config, store: Store, account: Account, *, now: float) -> Readiness:
     """The account against every rule."""
-    checks = {c.domain: c for c in await store.domain_checks(account.id)}
+    return (await readiness_of(config, store, [account], now=now))[0]
+
+
+async def readiness_of(
+    config: Config, store: Store, accounts: Sequence[Account], *, now: float
+) -> list[Readiness]:
+    """Several accounts against every rule, from two queries whatever their number."""
+    one = accounts[0].id if len(accounts) == 1 else None
+    checks: dict[str, dict[str, DomainCheck]] = {}
+    for check in await store.domain_checks(one):
+        checks.setdefault(check.account_id, {})[check.domain] = check
+    days = await store.stats_by_day(since=now - 30 * DAY, account_id=one)
+    return [
+        _rules(config, account, checks.get(account.id, {}), days.get(account.id, {}), now)
+        for account in accounts
+    ]
+
+
+def _rules(
+    config: Config,
+    account: Account,
+    checks: dict[str, DomainCheck],
+    days: dict[float, dict[str, int]],
+    now: float,
+) -> Readiness:
     one_click = (
         "List-Unsubscribe and List-Unsubscribe-Post (RFC 8058) and a visible link on every copy"
         if account.stream == "marketing"
@@ -117,7 +140,7 @@ async def readiness(config: Config, store: Store, account: Account, *, now: floa
         _authentication(account, checks),
         Rule("one_click_unsubscribe", "ok", one_click),
         Rule("unsubscribe_honoured", "ok", "at once: an unsubscribe suppresses the address"),
-        await _complaints(store, account.id, now, config.feedback.complaint_rate.min_volume),
+        _complaints(days, now, config.feedback.complaint_rate.min_volume),
         Rule(
             "tls_to_upstream",
             "ok" if tls == "required" else "warning" if tls == "opportunistic" else "failing",

@@ -125,13 +125,13 @@ async def _readiness(args: argparse.Namespace, config: Config, store: Store) -> 
     import json  # noqa: PLC0415
     from dataclasses import asdict  # noqa: PLC0415
 
-    from relay.readiness import readiness  # noqa: PLC0415
+    from relay.readiness import readiness_of  # noqa: PLC0415
 
     chosen = [a for a in config.accounts if args.account in (None, a.id)]
     if not chosen:
         print(f"error: no account {args.account!r} in the configuration", file=sys.stderr)
         return EXIT_REFUSED
-    found = [await readiness(config, store, account, now=time.time()) for account in chosen]
+    found = await readiness_of(config, store, chosen, now=time.time())
     if args.json:
         print(json.dumps([asdict(r) for r in found], indent=2))
     else:

@@ -24,7 +24,7 @@ from pygal.style import Style
 from relay.clock import to_datetime
 from relay.errors import StoreError
 from relay.feedback.cases import fines_by_account
-from relay.readiness import readiness
+from relay.readiness import readiness_of
 from relay.storage.base import STAT_KINDS
 from relay.web.forms import page_headers
 from relay.web.state import admin_refusal, clock_of, json_error, runtime_of, store_of
@@ -86,8 +86,9 @@ async def _accounts(store: Store, config: Config, now: float) -> list[dict[str, 
     totals = await store.stats(since=now - WINDOW)
     fines = await fines_by_account(store, since=now - WINDOW)
     states = await store.account_states()
+    ready = await readiness_of(config, store, config.accounts, now=now)
     rows = []
-    for account in config.accounts:
+    for account, standing in zip(config.accounts, ready, strict=True):
         state = states.get(account.id)
         counts = {kind: totals.get(account.id, {}).get(kind, 0) for kind in STAT_KINDS}
         delivered = counts["delivered"]
@@ -101,7 +102,7 @@ async def _accounts(store: Store, config: Config, now: float) -> list[dict[str, 
                 "complaint": _rate(counts["complaint"], delivered, config.feedback.complaint_rate),
                 "bounce": _rate(counts["bounce"], delivered, config.feedback.bounce_rate),
                 "fines": fines.get(account.id, 0) / 100,
-                "readiness": await readiness(config, store, account, now=now),
+                "readiness": standing,
             }
         )
     return rows
