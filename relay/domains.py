@@ -126,7 +126,9 @@ class Checker:
         return await _looked_up(name, key.dns_name, lookup)
 
     async def _dmarc(self, domain: str, signed: bool) -> Requirement:  # noqa: FBT001
-        publish = txt_record(f"_dmarc.{domain}", f"v=DMARC1; p=none; rua=mailto:dmarc@{domain}")
+        # The least a provider asks: a record, policy none. Where aggregate reports go (rua=)
+        # is the domain owner's choice of a mailbox the relay cannot know.
+        publish = txt_record(f"_dmarc.{domain}", "v=DMARC1; p=none")
         organisational = organisational_domain(domain)
         record, where = None, ""
         for candidate in dict.fromkeys((domain, organisational)):
