@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 from contextlib import redirect_stderr, redirect_stdout
+from typing import Any
 
 import structlog
 
@@ -21,6 +22,35 @@ from relay.cli import main
 
 CLI = [sys.executable, "-m", "relay"]
 TIMEOUT = 120
+
+
+class _ThreadStream(io.TextIOBase):
+    """The command thread's writes go to `mine`, any other thread's to `others`.
+
+    Another thread is a relay the test runs in this process, logging meanwhile; its lines go
+    where they went before.
+    `redirect_stdout` swaps the stream for the whole process, and the command configures the
+    process's logging to it: without this, a relay's line written while a command ran landed
+    in the command's captured output (a test reading that output failed now and then).
+    """
+
+    def __init__(self, mine: io.StringIO, others: Any) -> None:
+        self.mine = mine
+        self.others = others
+        self.thread = threading.get_ident()
+
+    def write(self, text: str) -> int:
+        """Write `text` where its thread's output goes."""
+        target = self.mine if threading.get_ident() == self.thread else self.others
+        return int(target.write(text))
+
+    def flush(self) -> None:
+        """Flush the other threads' stream (the command's is a buffer)."""
+        self.others.flush()
+
+    def writable(self) -> bool:
+        """A stream one writes to."""
+        return True
 
 
 def run_cli(
@@ -41,7 +71,10 @@ def run_cli(
         stdin_before = sys.stdin
         sys.stdin = io.TextIOWrapper(io.BytesIO((stdin or "").encode()), encoding="utf-8")
         try:
-            with redirect_stdout(out), redirect_stderr(err):
+            with (
+                redirect_stdout(_ThreadStream(out, sys.stdout)),
+                redirect_stderr(_ThreadStream(err, sys.stderr)),
+            ):
                 try:
                     status.append(main(list(args)))
                 except SystemExit as exc:  # argparse: --help, usage errors
