@@ -23,7 +23,7 @@ import ipaddress
 from functools import cache
 from typing import TYPE_CHECKING
 
-from relay.mail.dnsrecords import key_of, tags, txt_record
+from relay.mail.dnsrecords import key_published, tags, txt_record
 from relay.resolver import LookupFailed
 from relay.storage.domainchecks import DomainCheck, Requirement, Status
 
@@ -110,18 +110,13 @@ class Checker:
         publish = txt_record(key.dns_name, key.public_record)
 
         async def lookup() -> Requirement:
-            records = await self.resolver.txt(key.dns_name)
-            expected = key_of(key.public_record)
-            if not records:
-                return Requirement(name, "missing", f"no record at {key.dns_name}", publish)
-            if any(key_of(r) == expected for r in records):
-                return Requirement(name, "ok", f"{key.dns_name} publishes the configured key")
-            return Requirement(
-                name,
-                "failing",
-                f"{key.dns_name} publishes another key than the configured one",
-                publish,
-            )
+            state = key_published(await self.resolver.txt(key.dns_name), key.public_record)
+            found = {
+                "ok": f"{key.dns_name} publishes the configured key",
+                "missing": f"no record at {key.dns_name}",
+                "failing": f"{key.dns_name} publishes another key than the configured one",
+            }[state]
+            return Requirement(name, state, found, None if state == "ok" else publish)
 
         return await _looked_up(name, key.dns_name, lookup)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.cli.common import EXIT_OK, EXIT_REFUSED, load
-from relay.mail.dnsrecords import key_of, txt_record
+from relay.mail.dnsrecords import key_published, txt_record
 
 if TYPE_CHECKING:
     import argparse
@@ -95,14 +95,16 @@ def check(config: Config, domain: str) -> int:
             print(f"{key.dns_name}\tlookup failed: {exc}")
             status = EXIT_REFUSED
             continue
-        expected = key_of(key.public_record)
-        if not published:
-            print(f"{key.dns_name}\tnot published")
-            status = EXIT_REFUSED
-        elif any(key_of(record) == expected for record in published):
-            print(f"{key.dns_name}\tok")
-        else:
-            print(f"{key.dns_name}\tmismatch: the published key is not the configured one")
+        state = key_published(published, key.public_record)
+        print(
+            f"{key.dns_name}\t"
+            + {
+                "ok": "ok",
+                "missing": "not published",
+                "failing": "mismatch: the published key is not the configured one",
+            }[state]
+        )
+        if state != "ok":
             status = EXIT_REFUSED
     return status
 

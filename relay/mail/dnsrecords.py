@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 def tags(record: str) -> dict[str, str]:
     """The `tag=value` pairs of a DKIM or DMARC record (RFC 6376 3.2), names in lower case."""
@@ -12,6 +14,17 @@ def tags(record: str) -> dict[str, str]:
 def key_of(record: str) -> str:
     """A DKIM record's public key (`p=`), its folding whitespace taken out."""
     return "".join(tags(record).get("p", "").split())
+
+
+def key_published(records: list[str], public_record: str) -> Literal["ok", "missing", "failing"]:
+    """Whether the TXT `records` at a selector publish a key: `ok`, `missing` or `failing`.
+
+    `failing`: a record is there, with another key than `public_record`'s.
+    """
+    if not records:
+        return "missing"
+    expected = key_of(public_record)
+    return "ok" if any(key_of(record) == expected for record in records) else "failing"
 
 
 def txt_record(name: str, value: str) -> str:

@@ -21,8 +21,6 @@ from relay.storage.postgres.events import insert_events
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    import asyncpg
-
 
 # Windowed counters (rate limits, campaign sizes) commit without waiting for the WAL flush,
 # which was a third of a counter's cost on the database server (0.18 to 0.13 ms of its CPU per
@@ -30,13 +28,8 @@ if TYPE_CHECKING:
 # unchanged, so every node still sees every count at once; a crash of the database server (not
 # of a relay) may forget the counts of its last moments (at most three `wal_writer_delay`s,
 # 0.6 s by default), never a spooled message. The setting (`set_config('synchronous_commit',
-# 'off', true)` in the counter's statement) is local to the statement's own transaction:
-# `_alone` makes sure a counter never shares one with a durable write.
-
-
-def _alone(con: asyncpg.Connection) -> None:
-    if con.is_in_transaction():
-        raise StoreError("a windowed counter is its own transaction (its commit is not flushed)")
+# 'off', true)` in the counters' statement) is local to that statement's own transaction,
+# on a connection of its own from the pool: a counter never shares one with a durable write.
 
 
 # One windowed counter of an operation: account, kind, limit, amount, bucket, expired before.
@@ -66,11 +59,10 @@ class PostgresAccounts(PostgresCore):
         """The counters concurrent sessions asked for meanwhile: one call of `window_apply`.
 
         Migration 21: applied in order, all in one transaction, committed as every counter is
-        (without waiting for the WAL flush, see `_alone`).
+        (without waiting for the WAL flush, see above).
         """
         rows = [(n, *counter) for n, operation in enumerate(operations) for counter in operation]
         async with self._acquire() as con:
-            _alone(con)
             found = await con.fetch(
                 "SELECT w.op, w.refused, w.total FROM window_apply($1::int[], $2::text[],"
                 " $3::text[], $4::int[], $5::int[], $6::float8[], $7::float8[]) w,"
