@@ -52,6 +52,7 @@ bench: bootstrap $(STAMP)
 	$(BIN)/python bench/cli_startup.py
 	$(BIN)/python bench/many_accounts.py
 	$(BIN)/python bench/library_floor.py
+	$(BIN)/python bench/threads.py
 
 # Coverage-guided fuzzing (atheris) of each target in tests/fuzz/targets.py for FUZZ_SECONDS
 # (issue 13 asks for at least 10 minutes each). An input slower than 10 s counts as a crash. What
