@@ -26,7 +26,7 @@ import yaml
 from benchlib import free_port, sink_command, wait_port
 
 from relay.clock import SystemClock
-from relay.config import load_config
+from relay.configfile import load_config
 from relay.mail.signing import generate_key, write_key
 from relay.passwords import hash_password
 from relay.runtime import make_codec

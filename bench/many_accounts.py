@@ -34,7 +34,7 @@ SIZES = (1, 1000, 10_000)
 
 def measure(count: int) -> dict[str, float | None]:
     """Parse a configuration of `count` accounts; time the lookups of the last one."""
-    from relay.config import load_config  # noqa: PLC0415 - after --tree
+    from relay.configfile import load_config  # noqa: PLC0415 - after --tree
     from relay.testing import account_data, make_config  # noqa: PLC0415
 
     accounts = [account_data(f"a{n}") for n in range(count)]

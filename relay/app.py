@@ -16,7 +16,7 @@ from relay import __version__, passwords
 from relay.accounts.credentials import Credentials
 from relay.clock import SystemClock
 from relay.cluster import HEARTBEAT, this_node
-from relay.config import load_config
+from relay.configfile import load_config
 from relay.configtypes import split_host_port
 from relay.consent.subscriptions import Subscriptions
 from relay.delivery.upstream import SmtpUpstream

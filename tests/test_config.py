@@ -10,7 +10,8 @@ import pytest
 import yaml
 from conftest import PASSWORD_HASH, ROOT, config_data
 
-from relay.config import ConfigError, load_config, parse_config
+from relay.config import ConfigError, parse_config
+from relay.configfile import load_config
 from relay.passwords import hash_password
 
 CLI = [sys.executable, "-m", "relay"]

@@ -37,7 +37,7 @@ def default_config() -> Path:
 
 def load(config_path: Path) -> Config:
     """The validated configuration (raises ConfigError listing every problem)."""
-    from relay.config import load_config  # noqa: PLC0415 - pydantic models cost start-up time
+    from relay.configfile import load_config  # noqa: PLC0415 - pydantic models cost start-up time
 
     return load_config(config_path)
 
