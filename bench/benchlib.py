@@ -172,7 +172,7 @@ class Storage:
 async def seed_store(url: str, *, consents: list[str], suppressed: int = 0) -> None:
     """Migrate `url` and record opt-in for `consents` and `suppressed` suppressions."""
     from relay.storage import open_store  # noqa: PLC0415 - after sys.path
-    from relay.storage.base import Consent, Suppression  # noqa: PLC0415
+    from relay.storage.records import Consent, Suppression  # noqa: PLC0415
 
     store = open_store(url)
     await store.open()

@@ -2,7 +2,7 @@
 
 `events.id` has a unique index. With random ids (`evt_` and 24 random hex digits, the format
 before 2026-11-30) each insert lands anywhere in that index; with the relay's ids (the creation
-time in milliseconds first, `relay.storage.base.new_event_id`) each lands at its end. Both
+time in milliseconds first, `relay.storage.records.new_event_id`) each lands at its end. Both
 tables are filled to `--rows` events, then take `--batches` group commits of `--per` events
 with a cache smaller than the index (`--cache-mib`), alternating, in one run: CPU per insert.
 
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relay.storage.base import new_event_id
+from relay.storage.records import new_event_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable

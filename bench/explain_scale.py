@@ -27,7 +27,7 @@ from benchlib import Storage, percentile
 
 from relay.cli.explain import story
 from relay.storage import open_store
-from relay.storage.base import JournalEntry
+from relay.storage.records import JournalEntry
 
 HEADERS = (
     "Received: from crm.example (crm.example [192.0.2.10]) by relay.example (optin-relay)"

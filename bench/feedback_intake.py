@@ -31,7 +31,7 @@ from relay.mail.signing import generate_key, write_key
 from relay.passwords import hash_password
 from relay.runtime import make_codec
 from relay.storage import NewMessage, open_store
-from relay.storage.base import new_message_id
+from relay.storage.records import new_message_id
 
 ROOT = Path(__file__).resolve().parent.parent
 INBOUND = "relay.bench.example"

@@ -28,7 +28,7 @@ from benchlib import free_port, wait_port
 
 from relay.passwords import hash_password
 from relay.storage import open_store
-from relay.storage.base import Consent, Suppression
+from relay.storage.records import Consent, Suppression
 
 
 async def fill(url: str, count: int, consents: list[str]) -> tuple[float, float]:

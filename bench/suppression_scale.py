@@ -38,7 +38,7 @@ from benchlib import (
 )
 
 from relay.storage import open_store
-from relay.storage.base import Consent, Suppression
+from relay.storage.records import Consent, Suppression
 
 
 async def grow(url: str, start: int, end: int) -> float:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from relay.logging import get_logger
 from relay.policy import CONTINUE, Reject, RuleSettings, StorePolicy, Verdict
-from relay.storage.base import normalize_address
+from relay.storage.records import normalize_address
 
 if TYPE_CHECKING:
     from relay.policy import Transaction

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.policy import CONTINUE, Defer, RuleSettings, StorePolicy, Verdict
-from relay.storage.base import normalize_address
+from relay.storage.records import normalize_address
 
 if TYPE_CHECKING:
     from relay.policy import Transaction

@@ -41,7 +41,8 @@ if TYPE_CHECKING:
     from relay.clock import Clock
     from relay.config import Config
     from relay.delivery.upstream import Upstream
-    from relay.storage.base import NodeRecord, Store
+    from relay.storage.base import Store
+    from relay.storage.records import NodeRecord
 
 log = get_logger(__name__)
 

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from relay import __version__
 from relay.clock import to_datetime
 from relay.metrics import NODES, QUEUE_RECIPIENTS, SCHEMA_PENDING, WEBHOOK_BEHIND, WEBHOOK_OLDEST
-from relay.storage.base import NodeRecord
+from relay.storage.records import NodeRecord
 
 if TYPE_CHECKING:
     from relay.config import Config
-    from relay.storage.base import SchemaState, Store, WebhookState
+    from relay.storage.base import Store
+    from relay.storage.records import SchemaState, WebhookState
 
 HEARTBEAT = 10.0  # seconds between a process's heartbeats
 MISSING_AFTER = 3 * HEARTBEAT  # silent this long: missing

@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from relay.policy import Continue, Decision, Defer, Monitored, Reject
-from relay.storage.base import JournalEntry
+from relay.storage.records import JournalEntry
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

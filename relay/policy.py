@@ -38,7 +38,8 @@ if TYPE_CHECKING:
     from relay.config import Config
     from relay.configaccounts import Account
     from relay.mail.signing import Signer
-    from relay.storage.base import JournalEntry, MessageKind, Store
+    from relay.storage.base import Store
+    from relay.storage.records import JournalEntry, MessageKind
     from relay.tokens import TokenCodec
 
 log = get_logger(__name__)

@@ -29,11 +29,11 @@ if TYPE_CHECKING:
 
     from relay.config import Config
     from relay.policy import Decision, Pipeline
-    from relay.storage.base import (
+    from relay.storage.base import Store
+    from relay.storage.records import (
         AccountState,
         JournalEntry,
         NewMessage,
-        Store,
         Suppression,
         TermsAcceptance,
     )

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 import aiosmtplib
 from conftest import PASSWORD, smtp_client
 
-from relay.storage.base import new_message_id
+from relay.storage.records import new_message_id
 
 ACME = ("acme-crm", PASSWORD)
 INBOUND = "relay.test.example"

@@ -19,7 +19,7 @@ from conftest import (
 )
 
 from relay.accounts.standing import change_state
-from relay.storage.base import PURGED_REPLY
+from relay.storage.records import PURGED_REPLY
 
 LOGIN = ("acme-crm", PASSWORD)
 

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from conftest import PASSWORD, PASSWORD_HASH, config_data, smtp_client
 
-from relay.storage.base import Suppression
+from relay.storage.records import Suppression
 
 AUTH = {"Authorization": f"Bearer acme:{PASSWORD}"}
 

@@ -27,7 +27,7 @@ from conftest import (
 )
 
 from relay.storage import open_store
-from relay.storage.base import Case, Consent, Suppression
+from relay.storage.records import Case, Consent, Suppression
 
 LOGIN = ("acme-crm", PASSWORD)
 

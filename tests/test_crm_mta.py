@@ -30,7 +30,7 @@ from conftest import (
 )
 from receiver import Receiver, webhook_data
 
-from relay.storage.base import Suppression
+from relay.storage.records import Suppression
 
 pytestmark = pytest.mark.slow
 POSTFIX = "/usr/sbin/postfix"

@@ -9,7 +9,7 @@ from pathlib import Path
 import aiohttp
 from conftest import PASSWORD, PASSWORD_HASH, config_data
 
-from relay.storage.base import Case, new_case_id
+from relay.storage.records import Case, new_case_id
 
 CHROMIUM = "/usr/bin/chromium"
 INJECTION = '"><script>alert(1)</script><img src=x onerror=alert(2)>'

@@ -21,7 +21,7 @@ from conftest import (
 )
 from messages import newsletter
 
-from relay.storage.base import Consent, Suppression
+from relay.storage.records import Consent, Suppression
 
 LOGIN = ("acme-crm", PASSWORD)
 

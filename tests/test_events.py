@@ -23,8 +23,8 @@ from receiver import SECRET, Receiver, started
 
 from relay.errors import CursorError
 from relay.storage import NewMessage, open_store
-from relay.storage.base import Suppression, new_event_id, new_message_id
 from relay.storage.events import EVENT_TYPES, refused_event
+from relay.storage.records import Suppression, new_event_id, new_message_id
 
 NOW = 1_800_000_000.0
 DOCS = Path(__file__).parents[1] / "docs" / "events.md"
@@ -315,7 +315,7 @@ async def test_the_events_api_checks_its_input(start_relay, sqlite_url, upstream
 
 async def test_subscriptions_and_cases_write_their_events(store):
     """Requested, confirmed (lifting an unsubscribe), case opened, case decided."""
-    from relay.storage.base import Case, CaseChange, Confirmation, Consent, Subscription
+    from relay.storage.records import Case, CaseChange, Confirmation, Consent, Subscription
 
     entry = Suppression("fan@example.net", "acme", "unsubscribe", "one_click", NOW)
     await store.suppress(entry, actor="recipient")

@@ -11,7 +11,7 @@ from clirun import run_cli
 from conftest import TestUpstream, config_data, eventually, simple_message, smtp_client
 from reports import ACME, INBOUND, arf, inbound, listeners
 
-from relay.storage.base import Suppression
+from relay.storage.records import Suppression
 
 
 async def test_explain_tells_the_whole_story_after_a_restart(

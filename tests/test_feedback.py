@@ -43,7 +43,7 @@ from relay.feedback.intake import Feedback
 from relay.feedback.reports import bounce_class, read_complaint, read_dsn
 from relay.runtime import make_codec
 from relay.storage import NewMessage, open_store
-from relay.storage.base import Case, Consent, Suppression, new_case_id, new_message_id
+from relay.storage.records import Case, Consent, Suppression, new_case_id, new_message_id
 from relay.tokens import TokenCodec
 
 FIXTURES = Path(__file__).parent / "fixtures"

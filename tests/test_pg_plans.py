@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 
 from relay.storage import NewMessage, open_store
-from relay.storage.base import new_message_id
 from relay.storage.postgres.spool import COMPLETED
+from relay.storage.records import new_message_id
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

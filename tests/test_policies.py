@@ -16,7 +16,7 @@ from relay.accounts.standing import change_state
 from relay.errors import ConfigError
 from relay.policy import Continue, Defer, Reject, build_pipeline
 from relay.policyfiles import order_names, policy_module
-from relay.storage.base import Consent, Suppression
+from relay.storage.records import Consent, Suppression
 from relay.testing import PolicyHarness, account_data, make_config, submission
 
 

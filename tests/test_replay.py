@@ -18,7 +18,7 @@ from clirun import run_cli
 from conftest import PASSWORD, config_data, simple_message, smtp_client
 
 from relay.clock import ManualClock
-from relay.storage.base import Suppression
+from relay.storage.records import Suppression
 
 LOGIN = ("acme-crm", PASSWORD)
 START = 1_800_000_000.0

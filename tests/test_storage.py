@@ -9,7 +9,7 @@ import pytest
 
 from relay.errors import StoreError
 from relay.storage import NewMessage, open_store
-from relay.storage.base import new_message_id
+from relay.storage.records import new_message_id
 
 NOW = 1_800_000_000.0
 
@@ -211,7 +211,7 @@ async def test_store_errors_are_translated(tmp_path):
 
 
 def entry(address, scope="acme", reason="unsubscribe", source="test", at=NOW):
-    from relay.storage.base import Suppression
+    from relay.storage.records import Suppression
 
     return Suppression(address, scope, reason, source, at)
 
@@ -340,7 +340,7 @@ async def test_campaign_travels_with_the_message(store):
 
 async def test_consent_records(store):
     """Opt-in records upsert, match case-insensitively, and withdrawn ones do not count."""
-    from relay.storage.base import Consent
+    from relay.storage.records import Consent
 
     record = Consent(
         "acme",
@@ -605,7 +605,7 @@ async def test_old_journal_entries_are_pruned_in_chunks(store, monkeypatch):
     """Entries older than the retention go, a few at a time; newer ones and their order stay."""
     import relay.storage.postgres.journal as pg_journal
     import relay.storage.sqlite.journal as sqlite_journal
-    from relay.storage.base import JournalEntry
+    from relay.storage.records import JournalEntry
 
     monkeypatch.setattr(sqlite_journal, "PRUNE_CHUNK", 3)
     monkeypatch.setattr(pg_journal, "PRUNE_CHUNK", 3)
@@ -627,7 +627,7 @@ async def test_old_journal_entries_are_pruned_in_chunks(store, monkeypatch):
 
 async def test_holding_unknown_messages_leaves_no_audit_row_for_the_whole_queue(store):
     """A hold that names only unknown ids changes nothing and audits nothing (not 'all')."""
-    from relay.storage.base import QueueAction
+    from relay.storage.records import QueueAction
 
     message = NewMessage(new_message_id(), "acme", "a@acme.example", ("b@x.example",), b"x", 1.0)
     await store.spool(message)

@@ -27,7 +27,7 @@ from relay.config import parse_config
 from relay.errors import ConfigError
 from relay.mail.branding import LANGUAGES, form_strings, strings
 from relay.passwords import hash_password
-from relay.storage.base import Suppression
+from relay.storage.records import Suppression
 
 ACME = ("acme-crm", PASSWORD)
 CHROMIUM = "/usr/bin/chromium"

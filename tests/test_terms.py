@@ -15,7 +15,7 @@ from conftest import PASSWORD, config_data, eventually, simple_message, smtp_cli
 from relay.clock import ManualClock, to_datetime
 from relay.config import parse_config
 from relay.feedback import cases
-from relay.storage.base import Case, new_case_id
+from relay.storage.records import Case, new_case_id
 
 LOGIN = ("acme-crm", PASSWORD)
 TERMS_URL = "https://relay.test.example/terms/2026-11"
@@ -131,7 +131,7 @@ async def test_case_notice_quotes_the_accepted_version_and_its_clause(
     store, tls_files, clock: ManualClock
 ):
     """A complaint's notice reminds the account what it accepted about bulk mail."""
-    from relay.storage.base import TermsAcceptance
+    from relay.storage.records import TermsAcceptance
 
     config = parse_config(
         with_terms(

@@ -24,7 +24,7 @@ from conftest import (
 )
 from messages import TOKEN, token_of
 
-from relay.storage.base import Suppression
+from relay.storage.records import Suppression
 
 ACME = ("acme-crm", PASSWORD)
 GLOBEX = ("globex", PASSWORD)

@@ -25,7 +25,7 @@ from receiver import OLD_SECRET, SECRET, Receiver, started, webhook_data
 
 from relay.delivery.webhooks import endpoint_key, forbidden, retry_delay
 from relay.storage import open_store
-from relay.storage.base import NewEvent
+from relay.storage.records import NewEvent
 
 
 @pytest.fixture

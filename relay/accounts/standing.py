@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 from relay.logging import get_logger
 
 if TYPE_CHECKING:
-    from relay.storage.base import AccountStateName, Store
+    from relay.storage.base import Store
+    from relay.storage.records import AccountStateName
 
 log = get_logger(__name__)
 

@@ -21,7 +21,8 @@ from relay.mail.compose import relay_mail
 if TYPE_CHECKING:
     from relay.config import Config, TermsConfig
     from relay.configaccounts import Account
-    from relay.storage.base import Store, TermsAcceptance
+    from relay.storage.base import Store
+    from relay.storage.records import TermsAcceptance
     from relay.tokens import TokenCodec
 
 log = get_logger(__name__)

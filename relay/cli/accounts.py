@@ -16,7 +16,8 @@ if TYPE_CHECKING:
     import argparse
 
     from relay.config import Config
-    from relay.storage.base import AccountStateName, Store
+    from relay.storage.base import Store
+    from relay.storage.records import AccountStateName
 
 _TARGET: dict[str, AccountStateName] = {
     "suspend": "suspended",
@@ -94,7 +95,7 @@ async def run(args: argparse.Namespace, config: Config, store: Store) -> int:
 
 async def _accept_terms(args: argparse.Namespace, config: Config, store: Store) -> int:
     """Record an acceptance given otherwise (signed paper, an email): who and when."""
-    from relay.storage.base import TermsAcceptance  # noqa: PLC0415
+    from relay.storage.records import TermsAcceptance  # noqa: PLC0415
 
     if config.terms is not None and args.version != config.terms.version:
         print(

@@ -15,14 +15,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from relay.cli.common import EXIT_OK, EXIT_REFUSED, actor, on_store, when
-from relay.storage.base import STAT_KINDS
+from relay.storage.records import STAT_KINDS
 
 if TYPE_CHECKING:
     import argparse
 
     from relay.config import Config
     from relay.feedback.cases import Decision
-    from relay.storage.base import Case, Store
+    from relay.storage.base import Store
+    from relay.storage.records import Case
     from relay.tokens import TokenCodec
 
 MAX_REPORT = 32 * 1024 * 1024

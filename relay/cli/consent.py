@@ -18,13 +18,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TextIO
 
 from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Progress, on_store
-from relay.storage.base import Consent, normalize_address
+from relay.storage.records import Consent, normalize_address
 
 if TYPE_CHECKING:
     import argparse
 
     from relay.config import Config
-    from relay.storage.base import ConsentMethod, Store
+    from relay.storage.base import Store
+    from relay.storage.records import ConsentMethod
 
 BATCH = 5000
 ROLE_PARTS = frozenset(

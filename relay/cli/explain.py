@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     import argparse
 
     from relay.config import Config
-    from relay.storage.base import Event, JournalEntry, Store
+    from relay.storage.base import Store
+    from relay.storage.records import Event, JournalEntry
 
 _LONG_AGO = 100 * 365 * 86400.0  # explain reads old tokens too: their age is not the question
 _KIND_ORDER = {"mail": 0, "rcpt": 1, "data": 2, "render": 4}

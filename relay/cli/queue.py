@@ -15,13 +15,14 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, actor, on_store, when
-from relay.storage.base import QUEUE_STATES, QueueAction
+from relay.storage.records import QUEUE_STATES, QueueAction
 
 if TYPE_CHECKING:
     import argparse
 
     from relay.config import Config
-    from relay.storage.base import NewMessage, QueuedMessage, Store
+    from relay.storage.base import Store
+    from relay.storage.records import NewMessage, QueuedMessage
 
 DELETED_REPLY = "550 5.0.0 Deleted from the queue by the relay's operator"
 
@@ -183,7 +184,7 @@ def _dsns(config: Config, message: QueuedMessage, now: float) -> list[NewMessage
     from relay.delivery.dsn import build_dsn  # noqa: PLC0415
     from relay.delivery.upstream import SendResult  # noqa: PLC0415
     from relay.mail import dsnrequest  # noqa: PLC0415
-    from relay.storage.base import NewMessage, new_message_id  # noqa: PLC0415
+    from relay.storage.records import NewMessage, new_message_id  # noqa: PLC0415
 
     if not message.mail_from or message.kind != "message" or message.content is None:
         return []

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, TextIO
 
 from relay.cli.common import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Progress, actor, on_store, when
-from relay.storage.base import GLOBAL_SCOPE, REASONS, Suppression, normalize_address
+from relay.storage.records import GLOBAL_SCOPE, REASONS, Suppression, normalize_address
 
 if TYPE_CHECKING:
     import argparse

@@ -166,7 +166,7 @@ async def _status(config: Config, store: Store) -> int:
 
 async def _test(config: Config, account_id: str) -> int:
     from relay.delivery.webhooks import post  # noqa: PLC0415 - aiohttp: only when run
-    from relay.storage.base import Event, new_event_id  # noqa: PLC0415
+    from relay.storage.records import Event, new_event_id  # noqa: PLC0415
 
     account = config.account(account_id)
     assert account is not None  # noqa: S101 - checked by the caller

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from relay.logging import get_logger
-from relay.storage.base import GLOBAL_SCOPE, Suppression
+from relay.storage.records import GLOBAL_SCOPE, Suppression
 from relay.tokens import Claim, campaign_tag
 
 if TYPE_CHECKING:

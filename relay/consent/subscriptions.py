@@ -23,13 +23,7 @@ from relay.logging import get_logger
 from relay.mail.branding import confirmation_email
 from relay.mail.compose import relay_mail
 from relay.metrics import SUBSCRIPTIONS
-from relay.storage.base import (
-    Confirmation,
-    Consent,
-    NewMessage,
-    Subscription,
-    normalize_address,
-)
+from relay.storage.records import Confirmation, Consent, NewMessage, Subscription, normalize_address
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -48,7 +48,8 @@ if TYPE_CHECKING:
     from relay.config import Config
     from relay.configaccounts import Account, Webhook
     from relay.runtime import Runtime
-    from relay.storage.base import Event, Store
+    from relay.storage.base import Store
+    from relay.storage.records import Event
 
 log = get_logger(__name__)
 PAGE = 50

@@ -26,7 +26,7 @@ from relay.logging import get_logger
 from relay.mail import dsnrequest
 from relay.metrics import DELIVERIES
 from relay.policy import Continue, Defer, Rendering
-from relay.storage.base import DeliveryJob, NewMessage, new_message_id
+from relay.storage.records import DeliveryJob, NewMessage, new_message_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

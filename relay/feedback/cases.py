@@ -18,13 +18,14 @@ from relay.clock import to_datetime
 from relay.logging import get_logger
 from relay.mail.compose import relay_mail
 from relay.metrics import CASES
-from relay.storage.base import CaseChange
+from relay.storage.records import CaseChange
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from relay.config import Config
-    from relay.storage.base import Case, CaseStatus, Store
+    from relay.storage.base import Store
+    from relay.storage.records import Case, CaseStatus
 
 log = get_logger(__name__)
 Decision = Literal["uphold", "dismiss"]

@@ -25,13 +25,8 @@ from relay.feedback.reports import ComplaintReport, bounce_class, read_complaint
 from relay.logging import get_logger
 from relay.mail import markers
 from relay.metrics import FEEDBACK_REPORTS
-from relay.storage.base import (
-    GLOBAL_SCOPE,
-    Case,
-    new_case_id,
-    normalize_address,
-)
 from relay.storage.events import bounce_event
+from relay.storage.records import GLOBAL_SCOPE, Case, new_case_id, normalize_address
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -40,7 +35,8 @@ if TYPE_CHECKING:
     from relay.config import Config
     from relay.feedback.reports import BounceClass
     from relay.runtime import Context
-    from relay.storage.base import AccountStateName, SentRecipient, Store
+    from relay.storage.base import Store
+    from relay.storage.records import AccountStateName, SentRecipient
     from relay.tokens import TokenCodec
 
 log = get_logger(__name__)

@@ -14,7 +14,7 @@ from email.utils import format_datetime, formataddr, make_msgid
 from typing import TYPE_CHECKING
 
 from relay.clock import to_datetime
-from relay.storage.base import NewMessage, new_message_id
+from relay.storage.records import NewMessage, new_message_id
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

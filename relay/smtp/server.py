@@ -34,7 +34,7 @@ from relay.smtp.replies import (
 )
 from relay.smtp.session import RelayEnvelope, RelaySession, relay_session
 from relay.smtp.submission import Submissions
-from relay.storage.base import new_message_id
+from relay.storage.records import new_message_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from relay.feedback.intake import Feedback
     from relay.runtime import Runtime
     from relay.smtp.throttle import ConnectionLimiter, FailureThrottle
-    from relay.storage.base import NewMessage, Store
+    from relay.storage.base import Store
+    from relay.storage.records import NewMessage
 
 log = get_logger(__name__)
 

@@ -18,8 +18,8 @@ from relay.mail.campaign import campaign_key, parse
 from relay.metrics import MESSAGES_ACCEPTED
 from relay.policy import Continue, Submission, Transaction
 from relay.smtp.replies import REPLY_NEED_RCPT, REPLY_TEMPFAIL, recipient_rejected, rejected
-from relay.storage.base import NewMessage, new_message_id
 from relay.storage.events import message_refused_event, refused_event
+from relay.storage.records import NewMessage, new_message_id
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from relay.configaccounts import Account
     from relay.runtime import Runtime
     from relay.smtp.session import RelayEnvelope, RelaySession
-    from relay.storage.base import JournalEntry, NewEvent, Store
+    from relay.storage.base import Store
+    from relay.storage.records import JournalEntry, NewEvent
 
 log = get_logger(__name__)
 STORE_TIMEOUT = 30.0

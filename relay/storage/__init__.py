@@ -11,7 +11,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from relay.storage.base import DeliveryJob, NewMessage, QueueEntry, Store
+from relay.storage.base import Store
+from relay.storage.records import DeliveryJob, NewMessage, QueueEntry
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator

@@ -13,12 +13,12 @@ import json
 import re
 from typing import TYPE_CHECKING, Any
 
-from relay.storage.base import STAT_BUCKET, Event, NewEvent
+from relay.storage.records import STAT_BUCKET, Event, NewEvent
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
-    from relay.storage.base import (
+    from relay.storage.records import (
         Case,
         CaseChange,
         Consent,

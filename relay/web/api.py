@@ -22,8 +22,8 @@ from aiohttp import web
 
 from relay.errors import CursorError, StoreError
 from relay.logging import get_logger
-from relay.storage.base import GLOBAL_SCOPE, Suppression, normalize_address
 from relay.storage.events import EVENT_TYPES
+from relay.storage.records import GLOBAL_SCOPE, Suppression, normalize_address
 from relay.web.state import (
     client_ip,
     clock_of,

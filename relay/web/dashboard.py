@@ -25,7 +25,7 @@ from relay.clock import to_datetime
 from relay.errors import StoreError
 from relay.feedback.cases import fines_by_account
 from relay.readiness import readiness_of
-from relay.storage.base import STAT_KINDS
+from relay.storage.records import STAT_KINDS
 from relay.web.forms import page_headers
 from relay.web.state import admin_refusal, clock_of, json_error, runtime_of, store_of
 

@@ -34,7 +34,7 @@ from relay.web.state import client_ip, json_error, read_form, runtime_of
 if TYPE_CHECKING:
     from relay.config import Config
     from relay.configaccounts import Account, MailingList
-    from relay.storage.base import Consent, Subscription
+    from relay.storage.records import Consent, Subscription
 
 log = get_logger(__name__)
 SUBSCRIPTIONS_KEY = web.AppKey("subscriptions", object)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
 from relay.logging import get_logger
-from relay.storage.base import TermsAcceptance
+from relay.storage.records import TermsAcceptance
 from relay.web.forms import page
 from relay.web.state import client_ip, clock_of, runtime_of, store_of
 

@@ -6,7 +6,10 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from relay.errors import StoreError
-from relay.storage.base import (
+from relay.storage.events import account_state_events
+from relay.storage.postgres.core import DB_ERRORS, Batcher, PostgresCore
+from relay.storage.postgres.events import insert_events
+from relay.storage.records import (
     BUCKET,
     PURGED_REPLY,
     AccountState,
@@ -14,9 +17,6 @@ from relay.storage.base import (
     TermsAcceptance,
     counter_kinds,
 )
-from relay.storage.events import account_state_events
-from relay.storage.postgres.core import DB_ERRORS, Batcher, PostgresCore
-from relay.storage.postgres.events import insert_events
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

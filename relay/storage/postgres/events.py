@@ -13,15 +13,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.errors import CursorError, StoreError
-from relay.storage.base import WEBHOOK_COLUMNS, WebhookState
 from relay.storage.events import event_stats, stored_event
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
 from relay.storage.postgres.journal import insert_journal
+from relay.storage.records import WEBHOOK_COLUMNS, WebhookState
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from relay.storage.base import Event, JournalEntry, NewEvent
+    from relay.storage.records import Event, JournalEntry, NewEvent
 
 PRUNE_CHUNK = 5000  # events deleted per transaction when pruning
 

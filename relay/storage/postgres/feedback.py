@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
-from relay.storage.base import (
+from relay.storage.events import case_decided_events, case_opened_events
+from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.postgres.events import insert_events
+from relay.storage.records import (
     STAT_BUCKET,
     Case,
     CaseChange,
@@ -16,9 +19,6 @@ from relay.storage.base import (
     case_from_row,
     case_row,
 )
-from relay.storage.events import case_decided_events, case_opened_events
-from relay.storage.postgres.core import DB_ERRORS, PostgresCore
-from relay.storage.postgres.events import insert_events
 from relay.storage.sql import CASE_COLUMNS, SENT_SQL
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
-from relay.storage.base import JournalEntry, QueueAction, journal_from_row
 from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.records import JournalEntry, QueueAction, journal_from_row
 from relay.storage.sql import JOURNAL_COLUMNS
 
 if TYPE_CHECKING:

@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.errors import StoreError
-from relay.storage.base import (
+from relay.storage.events import suppression_events, unsuppression_events
+from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.postgres.events import insert_events
+from relay.storage.records import (
     GLOBAL_SCOPE,
     AuditEntry,
     Consent,
@@ -14,9 +17,6 @@ from relay.storage.base import (
     normalize_address,
     suppression_key,
 )
-from relay.storage.events import suppression_events, unsuppression_events
-from relay.storage.postgres.core import DB_ERRORS, PostgresCore
-from relay.storage.postgres.events import insert_events
 from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT
 
 if TYPE_CHECKING:

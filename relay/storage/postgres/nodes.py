@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from relay.storage.base import NodeRecord
 from relay.storage.postgres.core import PostgresCore
-from relay.storage.records import NODE_COLUMNS
+from relay.storage.records import NODE_COLUMNS, NodeRecord
 
 FORGET_AFTER = 7 * 86400.0  # seconds without a heartbeat before a process is forgotten
 

@@ -6,7 +6,11 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from relay.errors import StoreError
-from relay.storage.base import (
+from relay.storage.events import accepted_events, deleted_events, delivery_events
+from relay.storage.postgres.core import DB_ERRORS, Batcher, PostgresCore
+from relay.storage.postgres.events import insert_events
+from relay.storage.postgres.journal import insert_actions, insert_journal
+from relay.storage.records import (
     DeliveryJob,
     NewMessage,
     QueuedMessage,
@@ -16,10 +20,6 @@ from relay.storage.base import (
     render_journal,
     repeat_rows,
 )
-from relay.storage.events import accepted_events, deleted_events, delivery_events
-from relay.storage.postgres.core import DB_ERRORS, Batcher, PostgresCore
-from relay.storage.postgres.events import insert_events
-from relay.storage.postgres.journal import insert_actions, insert_journal
 from relay.storage.sql import (
     BACKLOG_SQL,
     QUEUED_MESSAGE_COLUMNS,
@@ -31,7 +31,7 @@ from relay.storage.sql import (
 if TYPE_CHECKING:
     import asyncpg
 
-    from relay.storage.base import QueueAction, QueueState
+    from relay.storage.records import QueueAction, QueueState
 
 
 async def _insert_message(con: asyncpg.Connection, message: NewMessage) -> None:

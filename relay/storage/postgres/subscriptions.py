@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from relay.errors import StoreError
-from relay.storage.base import (
+from relay.storage.events import confirmation_events, subscription_events
+from relay.storage.postgres.core import DB_ERRORS, PostgresCore
+from relay.storage.postgres.events import insert_events
+from relay.storage.postgres.lists import insert_audit
+from relay.storage.records import (
     RESUBSCRIBED,
     AuditEntry,
     Confirmation,
@@ -13,10 +17,6 @@ from relay.storage.base import (
     normalize_address,
     subscription_row,
 )
-from relay.storage.events import confirmation_events, subscription_events
-from relay.storage.postgres.core import DB_ERRORS, PostgresCore
-from relay.storage.postgres.events import insert_events
-from relay.storage.postgres.lists import insert_audit
 from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT, SUBSCRIPTION_COLUMNS
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.storage.base import (
+from relay.storage.events import account_state_events
+from relay.storage.records import (
     BUCKET,
     PURGED_REPLY,
     AccountState,
@@ -12,7 +13,6 @@ from relay.storage.base import (
     TermsAcceptance,
     counter_kinds,
 )
-from relay.storage.events import account_state_events
 from relay.storage.sqlite.core import SqliteCore
 from relay.storage.sqlite.events import insert_events
 

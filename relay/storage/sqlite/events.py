@@ -9,15 +9,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.errors import CursorError
-from relay.storage.base import WEBHOOK_COLUMNS, WebhookState
 from relay.storage.events import event_stats, stored_event
+from relay.storage.records import WEBHOOK_COLUMNS, WebhookState
 from relay.storage.sqlite.core import SqliteCore
 from relay.storage.sqlite.journal import insert_journal
 
 if TYPE_CHECKING:
     import sqlite3
 
-    from relay.storage.base import Event, JournalEntry, NewEvent
+    from relay.storage.records import Event, JournalEntry, NewEvent
 
 PRUNE_CHUNK = 5000  # events deleted per transaction when pruning
 MAX_SEQ = 2**63 - 1  # the largest sequence number either backend can hold

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.storage.base import (
+from relay.storage.events import case_decided_events, case_opened_events
+from relay.storage.records import (
     STAT_BUCKET,
     Case,
     CaseChange,
@@ -15,7 +16,6 @@ from relay.storage.base import (
     case_from_row,
     case_row,
 )
-from relay.storage.events import case_decided_events, case_opened_events
 from relay.storage.sql import CASE_COLUMNS, SENT_SQL
 from relay.storage.sqlite.core import SqliteCore
 from relay.storage.sqlite.events import insert_events

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.storage.base import JournalEntry, QueueAction, journal_from_row
+from relay.storage.records import JournalEntry, QueueAction, journal_from_row
 from relay.storage.sql import JOURNAL_COLUMNS
 from relay.storage.sqlite.core import SqliteCore
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.storage.base import (
+from relay.storage.events import suppression_events, unsuppression_events
+from relay.storage.records import (
     GLOBAL_SCOPE,
     AuditEntry,
     Consent,
@@ -13,7 +14,6 @@ from relay.storage.base import (
     normalize_address,
     suppression_key,
 )
-from relay.storage.events import suppression_events, unsuppression_events
 from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT
 from relay.storage.sqlite.core import SqliteCore
 from relay.storage.sqlite.events import insert_events

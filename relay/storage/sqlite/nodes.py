@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.storage.base import NodeRecord
-from relay.storage.records import NODE_COLUMNS
+from relay.storage.records import NODE_COLUMNS, NodeRecord
 from relay.storage.sqlite.core import SqliteCore
 
 if TYPE_CHECKING:

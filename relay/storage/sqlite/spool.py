@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from relay.errors import StoreError
-from relay.storage.base import (
+from relay.storage.events import accepted_events, deleted_events, delivery_events
+from relay.storage.records import (
     DeliveryJob,
     NewMessage,
     QueuedMessage,
@@ -15,7 +16,6 @@ from relay.storage.base import (
     render_journal,
     repeat_rows,
 )
-from relay.storage.events import accepted_events, deleted_events, delivery_events
 from relay.storage.sql import (
     BACKLOG_SQL,
     QUEUED_MESSAGE_COLUMNS,
@@ -30,7 +30,7 @@ from relay.storage.sqlite.journal import insert_actions, insert_journal
 if TYPE_CHECKING:
     import sqlite3
 
-    from relay.storage.base import QueueAction, QueueState
+    from relay.storage.records import QueueAction, QueueState
 
 
 # Recipients due for delivery now (parameters: now, now). A message on hold, and the mail of a

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from relay.storage.base import (
+from relay.storage.events import confirmation_events, subscription_events
+from relay.storage.records import (
     RESUBSCRIBED,
     AuditEntry,
     Confirmation,
@@ -14,7 +15,6 @@ from relay.storage.base import (
     normalize_address,
     subscription_row,
 )
-from relay.storage.events import confirmation_events, subscription_events
 from relay.storage.sql import CONSENT_COLUMNS, CONSENT_UPSERT, SUBSCRIPTION_COLUMNS
 from relay.storage.sqlite.core import SqliteCore
 from relay.storage.sqlite.events import insert_events
