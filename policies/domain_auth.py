@@ -14,6 +14,7 @@ authentication checks failed").
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
@@ -62,14 +63,17 @@ class Policy(BasePolicy):
         self.clock = services.clock
         self._checks: dict[tuple[str, str], DomainCheck] = {}
         self._read_at = float("-inf")
+        self._reading = asyncio.Lock()  # sessions that find the checks stale share one read
         self._told: set[tuple[str, str, str]] = set()  # unproven domains logged, once each
 
     async def _check(self, account_id: str, domain: str) -> DomainCheck | None:
-        now = self.clock.now()
-        if now - self._read_at >= DOMAINS_FRESH:
-            checks = await self.store.domain_checks()
-            self._checks = {(c.account_id, c.domain): c for c in checks}
-            self._read_at = now
+        if self.clock.now() - self._read_at >= DOMAINS_FRESH:
+            async with self._reading:
+                now = self.clock.now()
+                if now - self._read_at >= DOMAINS_FRESH:  # nobody read them while it waited
+                    checks = await self.store.domain_checks()
+                    self._checks = {(c.account_id, c.domain): c for c in checks}
+                    self._read_at = now
         return self._checks.get((account_id, domain))
 
     async def on_mail(self, tx: Transaction) -> Verdict:

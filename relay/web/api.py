@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -289,6 +290,7 @@ async def api_domains(request: web.Request) -> web.Response:
     if isinstance(account, web.Response):
         return account
     from relay.readiness import readiness  # noqa: PLC0415 - one endpoint's module
+    from relay.storage.domainchecks import DomainCheck  # noqa: PLC0415
 
     try:
         ready = await readiness(
@@ -299,21 +301,10 @@ async def api_domains(request: web.Request) -> web.Response:
     checked = {check.domain: check for check in ready.domains}
     domains = []
     for name in account.from_domains:
-        check = checked.get(name)
-        domains.append(
-            {
-                "domain": name,
-                "status": check.status if check else "pending",
-                "settled": check.settled if check else "pending",
-                "checked_at": check.checked_at if check else None,
-                "settled_at": check.settled_at if check else None,
-                "requirements": [
-                    {"name": r.name, "state": r.state, "found": r.found, "publish": r.publish}
-                    for r in (check.requirements if check else [])
-                ],
-            }
-        )
-    rules = [{"name": r.name, "state": r.state, "figure": r.figure} for r in ready.rules]
+        entry = asdict(checked.get(name) or DomainCheck(account.id, name, "pending"))
+        del entry["account_id"]
+        domains.append(entry)
+    rules = [asdict(rule) for rule in ready.rules]
     return web.json_response(
         {"account": account.id, "ready": ready.ready, "domains": domains, "rules": rules}
     )
