@@ -41,11 +41,25 @@ def sink_command(port: int, backlog: int = 256) -> list[str]:
     return command
 
 
-def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
-    """Postfix's smtp-source, one message per session; the seconds it took."""
+def taskset(cpus: set[int] | None) -> list[str]:
+    """The command prefix that runs a program (and all it starts) on `cpus` only; none for None."""
+    return ["taskset", "-c", ",".join(map(str, sorted(cpus)))] if cpus else []
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of running process `pid` on `cpus` from now on (threads it starts inherit)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def smtp_source(
+    port: int, messages: int, sessions: int, size: int, cpus: set[int] | None = None
+) -> float:
+    """Postfix's smtp-source, one message per session (on `cpus`); the seconds it took."""
     started = time.monotonic()
     subprocess.run(
         [
+            *taskset(cpus),
             "smtp-source",
             *("-s", str(sessions), "-m", str(messages), "-l", str(size)),
             *("-f", "news@bench.example", "-t", "reader@example.net"),
@@ -56,10 +70,29 @@ def smtp_source(port: int, messages: int, sessions: int, size: int) -> float:
     return time.monotonic() - started
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (from /proc)."""
+def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU seconds a process has used so far (from /proc).
+
+    With `reaped`, also what its children that have ended used (once it waited for them).
+    """
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu(parent: int) -> float:
+    """CPU seconds used so far by the running children of `parent` (from /proc)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 FULL_POLICY_LIMITS = {
@@ -227,14 +260,16 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def start_relay(config: Path, tree: Path | None = None) -> subprocess.Popen[bytes]:
-    """`optin-relay serve` on `config`, from this checkout or from `tree` (same virtualenv)."""
+def start_relay(
+    config: Path, tree: Path | None = None, cpus: set[int] | None = None
+) -> subprocess.Popen[bytes]:
+    """`optin-relay serve` on `config` (on `cpus`), from this checkout or `tree` (same venv)."""
     where: dict[str, Any] = {}
     if tree is not None:  # `-m` puts the working folder first on the path: run from the tree
         where = {"cwd": tree, "env": {**os.environ, "PYTHONPATH": str(tree)}}
     log = (config.parent / f"{config.stem}.log").open("w")
     return subprocess.Popen(
-        [sys.executable, "-m", "relay", "serve", "--config", str(config)],
+        [*taskset(cpus), sys.executable, "-m", "relay", "serve", "--config", str(config)],
         stdout=log,
         stderr=log,
         **where,
@@ -364,9 +399,10 @@ class OpenDKIM:
             return "needs Debian's opendkim package"
         return None
 
-    def start(self) -> None:
-        """Start the milter and wait for its socket."""
-        self.process = subprocess.Popen(["/usr/sbin/opendkim", "-f", "-x", str(self.conf)])
+    def start(self, cpus: set[int] | None = None) -> None:
+        """Start the milter (on `cpus`) and wait for its socket."""
+        command = [*taskset(cpus), "/usr/sbin/opendkim", "-f", "-x", str(self.conf)]
+        self.process = subprocess.Popen(command)
         deadline = time.monotonic() + 10
         while not self.socket.exists():
             if time.monotonic() > deadline or self.process.poll() is not None:
@@ -446,15 +482,20 @@ class PostfixRelay:
             return "needs Debian's postfix package"
         return None
 
-    def start(self) -> None:
-        """Start Postfix's master and wait for its SMTP port."""
+    def start(self, cpus: set[int] | None = None) -> None:
+        """Start Postfix's master (its daemons on `cpus`) and wait for its SMTP port."""
         import shutil  # noqa: PLC0415
 
         shutil.chown(self.root / "data", user="postfix")
         postfix = ["/usr/sbin/postfix", "-c", str(self.etc)]
         subprocess.run([*postfix, "set-permissions"], check=False, capture_output=True)
-        subprocess.run([*postfix, "start"], check=True, capture_output=True)
+        subprocess.run([*taskset(cpus), *postfix, "start"], check=True, capture_output=True)
         wait_port(self.port)
+
+    def cpu(self) -> float:
+        """CPU seconds Postfix has used so far: its master, the daemons it ran and runs."""
+        master = int((self.root / "queue" / "pid" / "master.pid").read_text().split()[0])
+        return cpu_seconds(master, reaped=True) + children_cpu(master)
 
     def sent(self) -> int:
         """Messages Postfix has handed to the relayhost so far."""

@@ -11,7 +11,12 @@ DKIM RSA-2048 and the durable spool; its upstream is the same smtp-sink.
 - Postfix itself as a plain relay (no policy, no signing; its own folder, root needed) into the
   same sink, with the same smtp-source load; and Postfix with OpenDKIM as a milter on a unix
   socket signing every message with the relay's RSA-2048 key (Debian's `opendkim`): the
-  yardsticks for the plain listener (`plain_vs_postfix_opendkim` is the one to beat);
+  yardsticks for the plain listener (`plain_vs_postfix_opendkim` is the one to beat), with
+  Postfix + OpenDKIM's CPU per message (every Postfix daemon and OpenDKIM) against the relay's;
+- one core each (`one_core`): Postfix + OpenDKIM, then one relay process, each held to the same
+  single core by taskset while the load, the sink and the bench run on the others. Postfix and
+  OpenDKIM spread over every core of the machine, one relay process (one event loop, one GIL)
+  uses one: the whole-machine ratio compares N cores with one, this one core with one core;
 - end to end over a trusted plain listener (smtp-source), and over STARTTLS + AUTH (the Python
   client, which is what a CRM is): messages per second until the last copy reached the sink,
   and the relay's CPU per message (from /proc);
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import shutil
 import ssl
@@ -65,6 +71,7 @@ from benchlib import (
     machine_cpu,
     message,
     percentile,
+    pin,
     processes_cpu,
     relay_config,
     rss_kib,
@@ -89,6 +96,7 @@ SCENARIOS = (
     "postfix_dkim",
     "plain",
     "plain2",
+    "one_core",
     "starttls",
     "phases",
     "latency",
@@ -147,8 +155,9 @@ class Bench:
         tree: Path | None = None,
         consents: list[str] = READERS,
         configure: Callable[[Path], None] | None = None,
+        cpus: set[int] | None = None,
     ) -> Relays:
-        """Start `processes` relays on one port and one (fresh unless given) store.
+        """Start `processes` relays (on `cpus`) on one port and one (fresh unless given) store.
 
         `configure` may change each relay's configuration file before the relay starts.
         """
@@ -192,7 +201,7 @@ class Bench:
             )
             if configure is not None:
                 configure(path)
-            started.append(start_relay(path, tree))
+            started.append(start_relay(path, tree, cpus))
             web_ports.append(web_port)
         try:
             for web_port in web_ports:
@@ -207,13 +216,19 @@ class Bench:
         return relays
 
     def send(
-        self, relays: Relays, *, tls: bool, rate: float | None = None, sessions: int | None = None
+        self,
+        relays: Relays,
+        *,
+        tls: bool,
+        rate: float | None = None,
+        sessions: int | None = None,
+        cpus: set[int] | None = None,
     ) -> list[float]:
-        """The load: smtp-source on the plain listener, the Python client over TLS + AUTH."""
+        """The load: smtp-source on the plain listener (on `cpus`), the Python client over TLS."""
         args = self.args
         if not tls:
             sessions = sessions or args.sessions
-            return [smtp_source(relays.smtp_port, args.messages, sessions, args.size)]
+            return [smtp_source(relays.smtp_port, args.messages, sessions, args.size, cpus)]
         elapsed, latencies = asyncio.run(
             load(
                 relays.smtp_port,
@@ -228,32 +243,36 @@ class Bench:
         return [elapsed, *latencies]
 
 
-def postfix(bench: Bench, *, dkim: bool = False) -> dict[str, Any]:
+def postfix(bench: Bench, *, dkim: bool = False, cores: Cores | None = None) -> dict[str, Any]:
     """Postfix as a relay into the same sink, the same load: plain, or signing with OpenDKIM.
 
     With `dkim`, OpenDKIM (a milter on a unix socket) signs every message with the relay's own
     RSA-2048 key for bench.example: the relay's work without its policies, as mail software
     has done it for years. Postfix tempfails what the milter cannot sign, so every message
-    counted as sent was signed.
+    counted as sent was signed. The CPU per message is Postfix's (its master and every daemon
+    it ran) and OpenDKIM's: the whole yardstick, as the relay's is the whole relay.
     """
     why = PostfixRelay.available() or (OpenDKIM.available() if dkim else None)
     if why is not None:
         print(f"Postfix as a relay: not measured ({why})", file=sys.stderr)
         return {"skipped": why}
     n = bench.args.messages
+    own, load_cpus = (cores.system, cores.load) if cores else (None, None)
     milter = OpenDKIM(bench.key) if dkim else None
     if milter is not None:
-        milter.start()
+        milter.start(own)
     relay = PostfixRelay(bench.sink_port, milter=milter.socket if milter else None)
-    relay.start()
+    relay.start(own)
     try:
+        postfix_before = relay.cpu()
         started = time.monotonic()
-        smtp_source(relay.port, n, bench.args.sessions, bench.args.size)
+        smtp_source(relay.port, n, bench.args.sessions, bench.args.size, load_cpus)
         deadline = started + 600
         while relay.sent() < n and time.monotonic() < deadline:
             time.sleep(0.02)
         elapsed = time.monotonic() - started
         sent = relay.sent()
+        postfix_cpu = relay.cpu() - postfix_before
         signing = milter.cpu() if milter is not None else 0.0
     finally:
         relay.stop()
@@ -261,10 +280,60 @@ def postfix(bench: Bench, *, dkim: bool = False) -> dict[str, Any]:
             milter.stop()
     if sent < n:
         raise SystemExit(f"Postfix sent {sent} of {n} messages (log: {relay.log})")
-    result = {"msgs_per_s": round(n / elapsed, 1)}
+    result = {
+        "msgs_per_s": round(n / elapsed, 1),
+        "cpu_ms_per_msg": round(1000 * (postfix_cpu + signing) / n, 3),
+    }
     if milter is not None:
         result["opendkim_cpu_ms_per_msg"] = round(1000 * signing / n, 3)
     return result
+
+
+@dataclass(frozen=True)
+class Cores:
+    """The system under test on `system`; the load, the sink and the bench on `load`."""
+
+    system: set[int]
+    load: set[int]
+
+    @staticmethod
+    def split() -> Cores | None:
+        """The first usable core for the system, the others for the rest (None with one core)."""
+        usable = sorted(os.sched_getaffinity(0))
+        if len(usable) < 2:  # the system's core, and one at least for the load
+            return None
+        return Cores({usable[0]}, set(usable[1:]))
+
+
+def one_core(bench: Bench) -> dict[str, Any]:
+    """Postfix + OpenDKIM, then one relay process, each given one core (the load the others).
+
+    Postfix and OpenDKIM are several processes and threads: on a machine of N cores they use
+    them all, while one relay process (one event loop) uses one; `plain_vs_postfix_opendkim`
+    compares the two on the whole machine. Here each has the same single core (taskset: every
+    Postfix daemon, OpenDKIM's threads, every thread of the relay), and smtp-source, smtp-sink
+    and the bench itself run on the other cores: the rate each gets out of one core.
+    """
+    cores = Cores.split()
+    if cores is None:
+        return {"skipped": "needs two cores"}
+    why = PostfixRelay.available() or OpenDKIM.available()
+    if why is not None:
+        return {"skipped": why}
+    everywhere = os.sched_getaffinity(0)
+    pin(os.getpid(), cores.load)
+    pin(bench.sink.pid, cores.load)
+    try:
+        yardstick = postfix(bench, dkim=True, cores=cores)
+        relay = end_to_end(bench, tls=False, cores=cores)
+    finally:
+        pin(bench.sink.pid, everywhere)
+        pin(os.getpid(), everywhere)
+    return {
+        "postfix_opendkim_msgs_per_s": yardstick["msgs_per_s"],
+        "relay_msgs_per_s": relay["msgs_per_s"],
+        "relay_vs_postfix_opendkim": round(relay["msgs_per_s"] / yardstick["msgs_per_s"], 4),
+    }
 
 
 def end_to_end(
@@ -274,13 +343,15 @@ def end_to_end(
     tree: Path | None = None,
     processes: int = 1,
     configure: Callable[[Path], None] | None = None,
+    cores: Cores | None = None,
 ) -> dict[str, float]:
     """Messages per second until the last copy reached the sink, and CPU per message."""
     n = bench.args.messages
-    relays = bench.relays(tls=tls, tree=tree, processes=processes, configure=configure)
+    own, load_cpus = (cores.system, cores.load) if cores else (None, None)
+    relays = bench.relays(tls=tls, tree=tree, processes=processes, configure=configure, cpus=own)
     try:
         started = time.monotonic()
-        bench.send(relays, tls=tls)
+        bench.send(relays, tls=tls, cpus=load_cpus)
         wait_delivered(relays.web_ports, n)
         elapsed = time.monotonic() - started
         cpu = relays.cpu()
@@ -536,7 +607,7 @@ def report(result: dict[str, Any]) -> None:
     for name in ("phases_1", "phases_2"):
         for key, value in result.get(name, {}).items():
             rows.append((f"{name.replace('_', ', ')} process(es): {key}", value))
-    for name in ("ratios", "latency", "idle", "newsletter"):
+    for name in ("one_core", "ratios", "latency", "idle", "newsletter"):
         for key, value in result.get(name, {}).items():
             rows.append((f"{name}: {key}", value))
     rows += journal_rows(result.get("journal", {}))
@@ -600,6 +671,7 @@ def run_scenario(bench: Bench, name: str, result: dict[str, Any]) -> None:
         "postfix_dkim": lambda: postfix(bench, dkim=True),
         "plain": lambda: end_to_end(bench, tls=False, tree=tree),
         "plain_2": lambda: end_to_end(bench, tls=False, tree=tree, processes=2),
+        "one_core": lambda: one_core(bench),
         "starttls": lambda: end_to_end(bench, tls=True, tree=tree),
         "phases_1": lambda: phases(bench, 1),
         "phases_2": lambda: phases(bench, 2),
@@ -644,6 +716,10 @@ def against_postfix(result: dict[str, Any]) -> dict[str, float]:
             out[f"plain_vs_{suffix}"] = result["plain"]["msgs_per_s"] / rate
         if "plain_2" in result:
             out[f"plain_2_processes_vs_{suffix}"] = result["plain_2"]["msgs_per_s"] / rate
+    cpu = result.get("postfix_dkim", {}).get("cpu_ms_per_msg")
+    if cpu and "plain" in result:
+        # Below 1: the relay spends less CPU on a message (all its policy included).
+        out["plain_cpu_vs_postfix_opendkim_cpu"] = result["plain"]["cpu_ms_per_msg"] / cpu
     return out
 
 
