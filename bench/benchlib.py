@@ -10,9 +10,12 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 
 def free_port() -> int:
@@ -52,6 +55,17 @@ def pin(pid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(int(task.name), cpus)
 
 
+def start_sink(port: int, backlog: int = 256) -> subprocess.Popen[bytes]:
+    """Postfix's smtp-sink on 127.0.0.1:`port`, once it accepts connections."""
+    sink = subprocess.Popen(sink_command(port, backlog))
+    try:
+        wait_port(port)
+    except SystemExit:
+        stop(sink)
+        raise
+    return sink
+
+
 def smtp_source(
     port: int, messages: int, sessions: int, size: int, cpus: set[int] | None = None
 ) -> float:
@@ -84,15 +98,7 @@ def cpu_seconds(pid: int, *, reaped: bool = False) -> float:
 
 def children_cpu(parent: int) -> float:
     """CPU seconds used so far by the running children of `parent` (from /proc)."""
-    total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == parent:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return sum(seconds for _, ppid, seconds in _processes() if ppid == parent)
 
 
 FULL_POLICY_LIMITS = {
@@ -521,13 +527,17 @@ def machine_cpu() -> tuple[float, float]:
 
 def processes_cpu(name: str) -> float:
     """CPU seconds used so far by every process called `name` (the database server, say)."""
-    total = 0.0
+    return sum(seconds for comm, _, seconds in _processes() if comm == name)
+
+
+def _processes() -> Iterator[tuple[str, int, float]]:
+    """Each running process: its name, its parent's pid, the CPU seconds it has used (/proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             text = stat.read_text()
-        except OSError:
+        except OSError:  # it ended meanwhile
             continue
-        if text.split(" (", 1)[1].split(")", 1)[0] == name:
-            fields = text.rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        name, rest = text.split(" (", 1)[1].rsplit(")", 1)
+        fields = rest.split()
+        yield name, int(fields[1]), (int(fields[11]) + int(fields[12])) / tick

@@ -47,7 +47,6 @@ import resource
 import shutil
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -56,6 +55,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
+    import subprocess
     from collections.abc import Callable
 
 import aiosmtplib
@@ -76,9 +76,9 @@ from benchlib import (
     relay_config,
     rss_kib,
     seed_store,
-    sink_command,
     smtp_source,
     start_relay,
+    start_sink,
     stop,
     wait_delivered,
     wait_port,
@@ -135,8 +135,7 @@ class Bench:
         self.cert, self.cert_key = self.work / "cert.pem", self.work / "key.pem"
         write_self_signed(self.cert, self.cert_key, ["relay.bench.example", "localhost"])
         self.sink_port = free_port()
-        self.sink = subprocess.Popen(sink_command(self.sink_port, backlog=1024))
-        wait_port(self.sink_port)
+        self.sink = start_sink(self.sink_port, backlog=1024)
         self._count = 0
 
     def close(self) -> None:

@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,9 +28,9 @@ from benchlib import (
     machine_cpu,
     relay_config,
     seed_store,
-    sink_command,
     smtp_source,
     start_relay,
+    start_sink,
     stop,
     wait_delivered,
     wait_port,
@@ -67,7 +66,7 @@ def main() -> int:
     key = work / "bench.example.pem"
     write_key(key, generate_key("rsa-sha256"))
     sink_port, port, web_port = free_port(), free_port(), free_port()
-    sink = start_sink(sink_port)
+    sink = start_sink(sink_port, backlog=1024)
     relay = None
     try:
         url = storage.fresh()
@@ -128,13 +127,6 @@ def main() -> int:
     print(f"  the machine: {result['machine_busy']:.2f} of its {os.cpu_count()} cores busy")
     print(json.dumps(result))
     return 0
-
-
-def start_sink(port: int) -> subprocess.Popen[bytes]:
-    """Postfix's smtp-sink on `port`."""
-    sink = subprocess.Popen(sink_command(port, backlog=1024))
-    wait_port(port)
-    return sink
 
 
 if __name__ == "__main__":
